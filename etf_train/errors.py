@@ -1,0 +1,5 @@
+"""The one exception type that reaches users as a single line (see cli.py)."""
+
+
+class EtfTrainError(ValueError):
+    """Bad input or an unrecoverable run condition, worded for the user."""

@@ -1,0 +1,230 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import orthogonal_procrustes
+
+from etf_train import EtfTrainError, canonical_stiefel, centring_matrix, nearest_etf, random_stiefel, simplex_etf
+from etf_train.solver import objective, procrustes_target
+
+f64 = torch.float64
+
+
+def problem(d, K, batch=(), seed=0, dtype=f64):
+    g = torch.Generator().manual_seed(seed)
+    H = torch.randn(*batch, d, K, generator=g, dtype=f64)
+    H = H / H.flatten(-2).norm(dim=-1)[..., None, None]
+    prev = torch.stack([random_stiefel(d, K, generator=g, dtype=f64) for _ in range(math.prod(batch))])
+    return H.to(dtype), prev.reshape(*batch, d, K).to(dtype)
+
+
+# --- ETF geometry ------------------------------------------------------------------------------
+
+
+def test_centring_matrix_is_symmetric_idempotent_rank_k_minus_1():
+    M = centring_matrix(7, dtype=f64)
+    assert torch.allclose(M, M.T)
+    assert torch.allclose(M @ M, M)
+    assert torch.linalg.matrix_rank(M) == 6
+    assert torch.allclose(M.sum(0), torch.zeros(7, dtype=f64))
+
+
+@pytest.mark.parametrize("d,K", [(3, 3), (10, 4), (64, 10)])
+def test_simplex_etf_unit_rows_and_equal_angles(d, K):
+    W = simplex_etf(random_stiefel(d, K, generator=torch.Generator().manual_seed(1), dtype=f64))
+    assert W.shape == (K, d)
+    G = W @ W.T
+    assert torch.allclose(G.diagonal(), torch.ones(K, dtype=f64))
+    off = G[~torch.eye(K, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -1.0 / (K - 1)))
+
+
+def test_random_stiefel_orthonormal_and_seeded():
+    P = random_stiefel(50, 8, generator=torch.Generator().manual_seed(3), dtype=f64)
+    assert torch.allclose(P.T @ P, torch.eye(8, dtype=f64), atol=1e-12)
+    assert torch.equal(P, random_stiefel(50, 8, generator=torch.Generator().manual_seed(3), dtype=f64))
+    with pytest.raises(ValueError):
+        random_stiefel(3, 5)
+
+
+# --- forward ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d,K", [(5, 5), (20, 4), (64, 10)])
+def test_closed_form_matches_scipy_procrustes_and_beats_other_points(d, K):
+    H, prev = problem(d, K)
+    delta = 1e-3
+    P = nearest_etf(H, prev, delta)
+    A = procrustes_target(H, prev, delta).numpy()
+    # scipy solves min ||I_{dxK}... ; polar(A) = argmax tr(R^T A) over orthonormal R, i.e. procrustes(I, A).
+    R, _ = orthogonal_procrustes(np.eye(d, K), A)
+    ref = np.eye(d, K) @ R if d == K else None
+    if ref is None:  # scipy's procrustes is square: take the polar factor of A from numpy's SVD instead
+        U, _, Vt = np.linalg.svd(A, full_matrices=False)
+        ref = U @ Vt
+    assert np.abs(P.numpy() - ref).max() < 1e-10
+    best = objective(P, H, prev, delta)
+    g = torch.Generator().manual_seed(7)
+    for _ in range(20):
+        Q = random_stiefel(d, K, generator=g, dtype=f64)
+        assert objective(Q, H, prev, delta) >= best
+        pert = torch.linalg.qr(P + 1e-3 * torch.randn(d, K, generator=g, dtype=f64)).Q
+        assert objective(pert, H, prev, delta) >= best - 1e-12
+
+
+def test_scipy_procrustes_on_square_problem():
+    H, prev = problem(6, 6)
+    A = procrustes_target(H, prev, 1e-3).numpy()
+    R, _ = orthogonal_procrustes(np.eye(6), A)
+    assert np.abs(nearest_etf(H, prev).numpy() - R).max() < 1e-10
+
+
+def test_result_is_a_simplex_etf_and_centring_is_internal():
+    H, prev = problem(30, 6)
+    shifted = H + torch.randn(30, 1, dtype=f64)  # adding a vector to every class mean changes nothing
+    P = nearest_etf(H, prev)
+    assert torch.allclose(P, nearest_etf(shifted, prev), atol=1e-12)
+    W = simplex_etf(P)
+    assert torch.allclose(W @ W.T, math.sqrt(6 / 5) ** 2 * centring_matrix(6, dtype=f64), atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["gram", "riemannian"])
+def test_other_methods_reach_the_closed_form(method):
+    H, prev = problem(40, 8)
+    P = nearest_etf(H, prev)
+    Q, info = nearest_etf(H, prev, method=method, return_info=True)
+    assert (Q - P).abs().max() <= 1e-5
+    if method == "riemannian":
+        assert 0 < int(info.iters) < 100
+        assert float(info.grad_norm) < 1e-9
+
+
+@pytest.mark.parametrize("d,K", [(12, 3), (40, 8), (64, 16)])
+def test_riemannian_from_cold_and_warm_starts(d, K):
+    H, prev = problem(d, K, seed=2)
+    P = nearest_etf(H, prev)
+    cold = random_stiefel(d, K, generator=torch.Generator().manual_seed(11), dtype=f64)
+    for init in (cold, canonical_stiefel(d, K, dtype=f64), torch.linalg.qr(P + 0.01).Q):
+        Q = nearest_etf(H, prev, method="riemannian", init=init, max_iters=200)
+        assert (Q - P).abs().max() <= 1e-5
+
+
+def test_riemannian_batched_reports_per_problem():
+    H, prev = problem(20, 5, batch=(3,))
+    Q, info = nearest_etf(H, prev, method="riemannian", return_info=True)
+    assert info.iters.shape == (3,) and info.grad_norm.shape == (3,)
+    assert (Q - nearest_etf(H, prev)).abs().max() <= 1e-5
+
+
+# --- backward -----------------------------------------------------------------------------------
+
+
+def _fn(backward, method="svd"):
+    return lambda H, prev: nearest_etf(H, prev, backward=backward, method=method, check=False)
+
+
+@pytest.mark.parametrize("backward", ["polar", "ddn"])
+def test_gradcheck(backward):
+    H, prev = problem(6, 3)
+    assert torch.autograd.gradcheck(_fn(backward), (H.requires_grad_(), prev.requires_grad_()))
+
+
+def test_gradcheck_polar_batched_and_through_riemannian_solution():
+    H, prev = problem(5, 3, batch=(2,))
+    assert torch.autograd.gradcheck(_fn("polar"), (H.requires_grad_(), prev.requires_grad_()))
+    H, prev = problem(6, 3, seed=4)
+    opts = dict(backward="polar", method="riemannian", check=False)
+    assert torch.autograd.gradcheck(lambda h: nearest_etf(h, prev, **opts), (H.requires_grad_(),))
+
+
+@pytest.mark.parametrize("d,K", [(8, 4), (15, 6)])
+def test_polar_equals_ddn(d, K):
+    H, prev = problem(d, K, seed=5)
+    H.requires_grad_(), prev.requires_grad_()
+    G = torch.randn(d, K, dtype=f64, generator=torch.Generator().manual_seed(9))
+    g_polar = torch.autograd.grad((_fn("polar")(H, prev) * G).sum(), (H, prev))
+    g_ddn = torch.autograd.grad((_fn("ddn")(H, prev) * G).sum(), (H, prev))
+    for a, b in zip(g_polar, g_ddn):
+        assert (a - b).abs().max() <= 1e-8
+
+
+def test_float32_polar_close_to_float64_at_paper_size():
+    H, prev = problem(512, 100, seed=6)
+    G = torch.randn(512, 100, dtype=f64, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for dt in (f64, torch.float32):
+        h = H.to(dt).requires_grad_()
+        P = nearest_etf(h, prev.to(dt))
+        (gH,) = torch.autograd.grad((P * G.to(dt)).sum(), h)
+        grads.append((P.double(), gH.double()))
+    (P64, g64), (P32, g32) = grads
+    assert (P32 - P64).norm() / P64.norm() < 1e-3
+    assert (g32 - g64).norm() / g64.norm() < 1e-3
+
+
+def test_backward_none_is_constant_and_gram_has_same_gradient():
+    H, prev = problem(10, 4)
+    H.requires_grad_()
+    assert not nearest_etf(H, prev, backward="none").requires_grad
+    G = torch.randn(10, 4, dtype=f64)
+    a = torch.autograd.grad((nearest_etf(H, prev) * G).sum(), H)[0]
+    b = torch.autograd.grad((nearest_etf(H, prev, method="gram") * G).sum(), H)[0]
+    assert (a - b).abs().max() < 1e-8
+
+
+# --- batching, dtype, errors --------------------------------------------------------------------
+
+
+def test_batched_equals_loop_of_single_calls():
+    H, prev = problem(12, 4, batch=(2, 3))
+    H.requires_grad_()
+    P = nearest_etf(H, prev)
+    (gB,) = torch.autograd.grad(P.square().mul(torch.arange(4.0, dtype=f64)).sum(), H)
+    for i in range(2):
+        for j in range(3):
+            h = H[i, j].detach().requires_grad_()
+            p = nearest_etf(h, prev[i, j])
+            assert torch.allclose(p, P[i, j], atol=1e-12)
+            (g,) = torch.autograd.grad(p.square().mul(torch.arange(4.0, dtype=f64)).sum(), h)
+            assert torch.allclose(g, gB[i, j], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dtype_is_preserved(dtype):
+    H, prev = problem(16, 4)
+    P = nearest_etf(H.to(dtype), prev.to(dtype), check=False)
+    assert P.dtype == dtype
+    assert (P.double() - nearest_etf(H, prev)).abs().max() < 3e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["svd", "gram", "riemannian"])
+def test_cuda_matches_cpu(method):
+    H, prev = problem(64, 10, batch=(2,))
+    Hc = H.cuda().requires_grad_()
+    P = nearest_etf(Hc, prev.cuda(), method=method)
+    assert P.device.type == "cuda"
+    P.sum().backward()
+    assert (P.cpu() - nearest_etf(H, prev)).abs().max() < 1e-5
+
+
+def test_bad_inputs():
+    H, prev = problem(10, 4)
+    with pytest.raises(EtfTrainError, match="d=3 is smaller than the number of classes K=4"):
+        nearest_etf(H[:3], prev[:3])
+    with pytest.raises(EtfTrainError, match="K >= 2"):
+        nearest_etf(H[:, :1], prev[:, :1])
+    with pytest.raises(EtfTrainError, match="same shape"):
+        nearest_etf(H, prev[:, :3])
+    with pytest.raises(EtfTrainError, match="not on St"):
+        nearest_etf(H, prev * 1.1)
+    bad = H.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(EtfTrainError, match="non-finite"):
+        nearest_etf(bad, prev)
+    with pytest.raises(EtfTrainError, match="unknown method"):
+        nearest_etf(H, prev, method="newton")
+    with pytest.raises(EtfTrainError, match="unknown backward"):
+        nearest_etf(H, prev, backward="autograd")
+    assert issubclass(EtfTrainError, ValueError)
