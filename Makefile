@@ -1,0 +1,30 @@
+# One virtualenv in .venv, made on first use; every target below depends on it.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: run test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e ".[dev,sweep]"
+	touch $(STAMP)
+
+# The default experiment: nearest-ETF head on scikit-learn's bundled digits, offline, ~1 min on 2 CPU cores.
+run: $(STAMP)
+	$(BIN)/etf-train $(ARGS)
+
+# The default test suite (pytest exit 5, "no tests collected", is not a failure).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_solver.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs

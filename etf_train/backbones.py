@@ -1,0 +1,290 @@
+"""Feature extractors keyed by config name, like timm's `create_model`.
+
+Every module that `create_backbone` returns has an int `feature_dim` and maps a batch to
+penultimate features: forward(x) -> (B, feature_dim), no classifier (the head owns that).
+x is (B, C, H, W) float images, or (B,) long sample indices for the UFM backbone.
+Each builder's keyword-only arguments are its options; configs/backbone/<name>.yaml
+lists all of them with these defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import timm
+import torchvision
+from torch import nn
+
+from etf_train.errors import EtfTrainError
+
+__all__ = ["BACKBONES", "register_backbone", "create_backbone"]
+
+# A builder is called as builder(in_shape, num_samples, **options) and returns an nn.Module with `feature_dim`.
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str):
+    """Decorator adding a builder to BACKBONES under its config name."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        BACKBONES[name] = builder
+        return builder
+
+    return decorator
+
+
+def create_backbone(
+    arch: str, *, in_shape: tuple[int, ...], num_samples: int | None = None, **options: Any
+) -> nn.Module:
+    """Build backbone `arch` for inputs of per-sample shape `in_shape` ((C, H, W), or () for UFM indices).
+
+    num_samples: train-set size, needed only by `ufm`. Unknown arch or options -> EtfTrainError.
+    """
+    if arch not in BACKBONES:
+        raise EtfTrainError(f"unknown backbone {arch!r}; choose one of: {', '.join(sorted(BACKBONES))}")
+    builder = BACKBONES[arch]
+    in_shape = tuple(int(s) for s in in_shape)
+    try:
+        inspect.signature(builder).bind(in_shape, num_samples, **options)
+    except TypeError as e:
+        allowed = [p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY]
+        raise EtfTrainError(f"backbone {arch}: {e}; its options are: {', '.join(allowed) or 'none'}") from None
+    model = builder(in_shape, num_samples, **options)
+    assert isinstance(model.feature_dim, int), f"backbone {arch} set no int feature_dim"
+    return model
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+
+def _check_not_indices(arch: str, in_shape: tuple[int, ...]) -> None:
+    if in_shape == ():
+        raise EtfTrainError(f"backbone {arch}: dataset ufm gives sample indices; use backbone=ufm")
+
+
+def _image_channels(arch: str, in_shape: tuple[int, ...]) -> int:
+    """C of a (C, H, W) in_shape."""
+    _check_not_indices(arch, in_shape)
+    if len(in_shape) != 3:
+        raise EtfTrainError(f"backbone {arch} needs images of shape (C, H, W), got per-sample shape {in_shape}")
+    return in_shape[0]
+
+
+def _check_positive_ints(arch: str, **values: Any) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise EtfTrainError(f"backbone {arch}: option {name} must be a positive integer, got {v!r}")
+
+
+def _check_bools(arch: str, **values: Any) -> None:
+    # A YAML string such as "no" would otherwise be truthy.
+    for name, v in values.items():
+        if not isinstance(v, bool):
+            raise EtfTrainError(f"backbone {arch}: option {name} must be true or false, got {v!r}")
+
+
+def _with_feature_dim(model: nn.Module, feature_dim: int) -> nn.Module:
+    model.feature_dim = int(feature_dim)
+    return model
+
+
+def _he_init(conv: nn.Conv2d) -> nn.Conv2d:
+    """torchvision's ResNet/VGG conv init: He normal (fan_out), zero bias."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _fresh_conv(conv: nn.Conv2d, in_channels: int, **changes: Any) -> nn.Conv2d:
+    """A new conv shaped like `conv` but with `in_channels` (and `changes`)."""
+    spec = dict(
+        in_channels=in_channels,
+        out_channels=conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    return _he_init(nn.Conv2d(**{**spec, **changes}))
+
+
+# ------------------------------------------------------------------------------------ torchvision
+
+
+def _resnet(arch: str, in_shape: tuple[int, ...], cifar_stem: bool) -> nn.Module:
+    C = _image_channels(arch, in_shape)
+    _check_bools(arch, cifar_stem=cifar_stem)
+    net = getattr(torchvision.models, arch)(weights=None)
+    if cifar_stem:
+        # 32 px inputs: the 7x7/2 conv and the max-pool would cut the map to 8x8 before layer1.
+        net.conv1 = _fresh_conv(net.conv1, C, kernel_size=3, stride=1, padding=1)
+        net.maxpool = nn.Identity()
+    elif C != net.conv1.in_channels:
+        net.conv1 = _fresh_conv(net.conv1, C)
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return _with_feature_dim(net, feature_dim)
+
+
+@register_backbone("resnet18")
+def _resnet18(in_shape: tuple[int, ...], num_samples: int | None, *, cifar_stem: bool = True) -> nn.Module:
+    """torchvision ResNet-18 -> 512 pooled features; cifar_stem=false keeps the ImageNet stem (224 px)."""
+    return _resnet("resnet18", in_shape, cifar_stem)
+
+
+@register_backbone("resnet50")
+def _resnet50(in_shape: tuple[int, ...], num_samples: int | None, *, cifar_stem: bool = True) -> nn.Module:
+    """torchvision ResNet-50 -> 2048 pooled features; cifar_stem=false keeps the ImageNet stem (224 px)."""
+    return _resnet("resnet50", in_shape, cifar_stem)
+
+
+@register_backbone("vgg13")
+def _vgg13(in_shape: tuple[int, ...], num_samples: int | None) -> nn.Module:
+    """torchvision vgg13_bn convolutional features -> global average pool -> 512 features.
+
+    Built from torchvision's VGG-13 layer list ("B") rather than vgg13_bn(), whose 120M-parameter
+    classifier would be initialised only to be thrown away; the init is vgg13_bn's.
+    """
+    C = _image_channels("vgg13", in_shape)
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["B"], batch_norm=True)
+    features[0] = nn.Conv2d(C, features[0].out_channels, 3, padding=1)
+    for layer in features:
+        if isinstance(layer, nn.Conv2d):
+            _he_init(layer)
+        elif isinstance(layer, nn.MaxPool2d):
+            # Five 2x2/2 pools take 8x8 to 0x0 when flooring; ceil_mode keeps a 1x1 map (a pool on
+            # 1x1 returns it unchanged) and equals flooring on the even sizes of 32 and 96 px data.
+            layer.ceil_mode = True
+    net = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    width = [m for m in features if isinstance(m, nn.BatchNorm2d)][-1].num_features
+    return _with_feature_dim(net, width)
+
+
+# ------------------------------------------------------------------------------ small CPU models
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+@register_backbone("small_cnn")
+def _small_cnn(
+    in_shape: tuple[int, ...], num_samples: int | None, *, width: int = 32, dim: int = 128
+) -> nn.Module:
+    """Three conv-BN-ReLU blocks (width, 2 width, 4 width; two ceil-mode pools), global pool, Linear -> dim.
+
+    The global pool makes it size-agnostic (8x8 digits up to 96x96 STL-10).
+    """
+    C = _image_channels("small_cnn", in_shape)
+    _check_positive_ints("small_cnn", width=width, dim=dim)
+    net = nn.Sequential(
+        *_conv_bn_relu(C, width),
+        *_conv_bn_relu(width, 2 * width),
+        nn.MaxPool2d(2, ceil_mode=True),
+        *_conv_bn_relu(2 * width, 4 * width),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, dim),
+    )
+    return _with_feature_dim(net, dim)
+
+
+_NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+
+
+@register_backbone("mlp")
+def _mlp(
+    in_shape: tuple[int, ...],
+    num_samples: int | None,
+    *,
+    hidden: int = 256,
+    depth: int = 2,
+    dim: int = 128,
+    norm: str = "batch",
+) -> nn.Module:
+    """Flatten, then `depth` x (Linear -> hidden, norm, ReLU), then Linear -> dim.  norm: batch | layer."""
+    _check_not_indices("mlp", in_shape)
+    _check_positive_ints("mlp", hidden=hidden, depth=depth, dim=dim)
+    if norm not in _NORMS:
+        raise EtfTrainError(f"backbone mlp: unknown norm {norm!r}; choose one of: {', '.join(_NORMS)}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(in_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), _NORMS[norm](hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, dim))
+    return _with_feature_dim(nn.Sequential(*layers), dim)
+
+
+# ------------------------------------------------------------------------------------------- timm
+
+
+@register_backbone("timm")
+def _timm(
+    in_shape: tuple[int, ...],
+    num_samples: int | None,
+    *,
+    name: str = "resnet18",
+    pretrained: bool = False,
+    kwargs: Mapping[str, Any] = MappingProxyType({}),
+) -> nn.Module:
+    """Any timm model, built with num_classes=0 so that it returns pooled pre-logits features.
+
+    kwargs go to timm.create_model as they are (e.g. drop_path_rate, img_size).
+    """
+    C = _image_channels("timm", in_shape)
+    _check_bools("timm", pretrained=pretrained)
+    source, _ = timm.models.parse_model_name(name)
+    # "arch.tag" names one weight set, which must exist; hf-hub: / local-dir: names are resolved by timm itself.
+    known = timm.is_model(name) and ("." not in name or timm.models.is_model_pretrained(name))
+    if source is None and not known:
+        stem = name.split("_")[0].split(".")[0]
+        raise EtfTrainError(f"unknown timm model {name!r}; list the names with timm.list_models('*{stem}*')")
+    if pretrained and source is None and not timm.models.is_model_pretrained(name):
+        raise EtfTrainError(f"timm model {name!r} has no pretrained weights; set backbone.pretrained=false")
+    kwargs = dict(kwargs)
+    fixed = {"pretrained", "num_classes", "in_chans"} & kwargs.keys()
+    if fixed:
+        raise EtfTrainError(f"backbone timm: kwargs must not set {', '.join(sorted(fixed))} (etf-train sets them)")
+    try:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=C, **kwargs)
+    except TypeError as e:
+        raise EtfTrainError(f"timm model {name!r} rejected kwargs {kwargs}: {e}") from None
+    except OSError as e:  # hub and URL downloads both fail as OSError subclasses
+        raise EtfTrainError(
+            f"could not download pretrained weights for timm model {name!r} ({type(e).__name__}; no network?); "
+            "put them in the Hugging Face cache ($HF_HOME) first or set backbone.pretrained=false"
+        ) from None
+    # Pre-logits width: differs from num_features where a head conv follows the pool (e.g. MobileNetV3).
+    return _with_feature_dim(net, getattr(net, "head_hidden_size", None) or net.num_features)
+
+
+# -------------------------------------------------------------------------------------------- UFM
+
+
+@register_backbone("ufm")
+def _ufm(
+    in_shape: tuple[int, ...], num_samples: int | None, *, dim: int = 512, init_std: float = 1.0
+) -> nn.Module:
+    """Unconstrained features model: one free `dim`-vector per train sample, x = long indices (B,) -> (B, dim)."""
+    if in_shape != ():
+        raise EtfTrainError(
+            f"backbone ufm needs dataset=ufm (sample indices), got images of shape {in_shape}; "
+            "use an image backbone such as backbone=resnet18"
+        )
+    if num_samples is None:
+        raise EtfTrainError("backbone ufm needs num_samples (the train-set size), got none")
+    _check_positive_ints("ufm", num_samples=num_samples, dim=dim)
+    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not init_std > 0:
+        raise EtfTrainError(f"backbone ufm: option init_std must be positive, got {init_std!r}")
+    net = nn.Embedding(num_samples, dim)
+    nn.init.normal_(net.weight, std=init_std)
+    return _with_feature_dim(net, dim)

@@ -1,0 +1,234 @@
+"""Classifier heads: learned, fixed simplex ETF, nearest simplex ETF. Plain nn.Modules, no Hydra.
+
+Every head maps backbone features f (B, d) to logits (B, K) through the same normalisation
+h = tau f / ||f|| (switchable off), so comparisons between heads are fair. The trainer talks to all
+of them through ``forward(f, y)``, ``normalize``, ``weight``, ``after_step`` and ``pop_solver_stats``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import EtfTrainError
+from .etf import canonical_stiefel, random_stiefel, simplex_etf
+from .solver import nearest_etf
+
+
+class Head(nn.Module):
+    """Shared feature normalisation and the trainer-facing interface."""
+
+    def __init__(self, num_classes: int, dim: int, tau: float = 5.0, normalize: bool = True):
+        super().__init__()
+        if num_classes < 2:
+            raise EtfTrainError(f"a classifier needs at least 2 classes, got {num_classes}")
+        if tau <= 0:
+            raise EtfTrainError(f"head.tau must be > 0, got {tau}")
+        self.num_classes, self.dim, self.tau, self.normalize_features = num_classes, dim, tau, normalize
+
+    def normalize(self, f: torch.Tensor) -> torch.Tensor:
+        """h = tau f / ||f|| (the sphere of radius tau; tau acts as the logit scale).  (B, d) -> (B, d)"""
+        return self.tau * F.normalize(f, dim=-1) if self.normalize_features else f
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The current classifier, (K, d)."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called by the trainer after each optimiser step."""
+
+    def pop_solver_stats(self) -> dict[str, float]:
+        """Solver statistics gathered since the last call (only the nearest-ETF head has any)."""
+        return {}
+
+
+class LearnedHead(Head):
+    """An ordinary trainable linear classifier; ``renorm`` rescales rows to unit norm after every step (authors' baseline)."""
+
+    def __init__(self, num_classes, dim, tau=5.0, normalize=True, bias=True, renorm=False):
+        super().__init__(num_classes, dim, tau, normalize)
+        self.linear = nn.Linear(dim, num_classes, bias=bias)
+        self.renorm = renorm
+
+    @property
+    def weight(self):
+        return self.linear.weight
+
+    def forward(self, f, y=None):
+        return self.linear(self.normalize(f))
+
+    @torch.no_grad()
+    def after_step(self):
+        if self.renorm:
+            self.linear.weight.div_(self.linear.weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def _reference_point(dim: int, num_classes: int, basis: str, seed: int) -> torch.Tensor:
+    if basis == "identity":
+        return canonical_stiefel(dim, num_classes)
+    if basis == "random":
+        return random_stiefel(dim, num_classes, generator=torch.Generator().manual_seed(seed))
+    raise EtfTrainError(f"unknown ETF basis {basis!r}; choose identity or random")
+
+
+def _check_etf_dims(name: str, num_classes: int, dim: int) -> None:
+    if dim < num_classes:
+        raise EtfTrainError(
+            f"head={name} needs feature dimension d >= number of classes K, but the backbone gives d={dim} "
+            f"and the dataset has K={num_classes}: choose a backbone with a wider feature layer (e.g. backbone.dim={num_classes})"
+        )
+
+
+class FixedETFHead(Head):
+    """A frozen simplex ETF W = sqrt(K/(K-1)) M P0^T on a fixed basis P0 (identity, or seeded random as in Yang et al. 2022)."""
+
+    def __init__(self, num_classes, dim, tau=5.0, normalize=True, basis="identity", seed=0):
+        super().__init__(num_classes, dim, tau, normalize)
+        _check_etf_dims("fixed_etf", num_classes, dim)
+        self.register_buffer("W", simplex_etf(_reference_point(dim, num_classes, basis, seed)))  # (K, d)
+
+    @property
+    def weight(self):
+        return self.W
+
+    def forward(self, f, y=None):
+        return self.normalize(f) @ self.W.T.to(f.dtype)
+
+
+class NearestETFHead(Head):
+    """The classifier is set, at every training step, to the simplex ETF nearest to the running class means.
+
+    Per step (method.md): h = tau f/||f||; batch class means minus the batch mean mu_G; running means
+    m_t = (1 - a_t) m_{t-1}.detach() + a_t batch_mean with a_t = max(2/(t+1), min_rate) (absent classes keep
+    their value); H = m_t / ||m_t||_F; P = nearest_etf(H, P_prev); W = sqrt(K/(K-1)) M P^T; b = -W mu_G.
+    Gradient reaches the backbone through h and, unless backward="none", through P(H).
+    In eval mode the head uses the last P and the running global mean.
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        dim,
+        tau=5.0,
+        normalize=True,
+        delta=1e-3,
+        method="svd",
+        backward="polar",
+        min_rate=1e-4,
+        basis="identity",
+        seed=0,
+        solver_opts=None,
+    ):
+        super().__init__(num_classes, dim, tau, normalize)
+        _check_etf_dims("nearest_etf", num_classes, dim)
+        if not 0 < min_rate <= 1:
+            raise EtfTrainError(f"head.min_rate must be in (0, 1], got {min_rate}")
+        self.delta, self.method, self.backward, self.min_rate = delta, method, backward, min_rate
+        self.solver_opts = dict(solver_opts or {})
+        self.register_buffer("P", _reference_point(dim, num_classes, basis, seed))  # (d, K)
+        self.register_buffer("means", torch.zeros(dim, num_classes))  # (d, K) running centred class means
+        self.register_buffer("global_mean", torch.zeros(dim))  # (d,) running mu_G, for eval-mode bias
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self._stats: list[tuple] = []
+
+    @property
+    def weight(self):
+        return simplex_etf(self.P)
+
+    def _class_sums(self, h, y):
+        """Per-class feature sums and counts of the batch, summed over processes so every rank solves the same problem."""
+        onehot = F.one_hot(y, self.num_classes).to(h.dtype)  # (B, K)
+        sums = h.T @ onehot  # (d, K)
+        counts = onehot.sum(0)  # (K,)
+        if dist.is_available() and dist.is_initialized():
+            # all_reduce of the autograd-aware functional collective keeps the graph to this rank's features.
+            import torch.distributed.nn.functional as dist_fn
+
+            sums = dist_fn.all_reduce(sums)
+            counts = counts.detach().clone()
+            dist.all_reduce(counts)
+        return sums, counts
+
+    def forward(self, f, y=None):
+        h = self.normalize(f)
+        if not (self.training and y is not None):
+            W = self.weight.to(h.dtype)
+            return h @ W.T - W @ self.global_mean.to(h.dtype)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h32 = h.float()
+            sums, counts = self._class_sums(h32, y)
+            mu_G = sums.sum(1) / counts.sum()  # (d,) batch global mean
+            present = counts > 0
+            batch_means = sums / counts.clamp_min(1) - mu_G[:, None]  # (d, K)
+            t = int(self.step) + 1
+            a = max(2.0 / (t + 1), self.min_rate)
+            means = torch.where(present, (1 - a) * self.means + a * batch_means, self.means)
+            H = means / means.norm().clamp_min(1e-12)
+            start = _Timer(h.device)
+            P, info = nearest_etf(
+                H, self.P, self.delta, self.method, self.backward, check=t == 1, return_info=True, **self.solver_opts
+            )
+            self._stats.append((start.stop(), info))
+            W = simplex_etf(P)  # (K, d)
+            logits = h32 @ W.T - W @ mu_G
+        with torch.no_grad():
+            self.means.copy_(means)
+            self.P.copy_(P)
+            self.global_mean.mul_(1 - a).add_(a * mu_G)
+            self.step += 1
+        return logits
+
+    def pop_solver_stats(self):
+        if not self._stats:
+            return {}
+        ms = [t.elapsed_ms() for t, _ in self._stats]
+        out = {"solver/ms": sum(ms) / len(ms)}
+        infos = [i for _, i in self._stats if i.iters is not None]
+        if infos:
+            out["solver/iters"] = sum(float(i.iters.float().mean()) for i in infos) / len(infos)
+            out["solver/grad_norm"] = sum(float(i.grad_norm.float().mean()) for i in infos) / len(infos)
+        self._stats.clear()
+        return out
+
+
+class _Timer:
+    """Wall time of the solve; on CUDA an event pair, read lazily so the training step never waits for it."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.begin.record()
+        else:
+            self.begin = time.perf_counter()
+
+    def stop(self) -> "_Timer":
+        if self.cuda:
+            self.end.record()
+        else:
+            self.end = time.perf_counter()
+        return self
+
+    def elapsed_ms(self) -> float:
+        if self.cuda:
+            self.end.synchronize()
+            return self.begin.elapsed_time(self.end)
+        return 1e3 * (self.end - self.begin)
+
+
+HEADS: dict[str, type[Head]] = {"learned": LearnedHead, "fixed_etf": FixedETFHead, "nearest_etf": NearestETFHead}
+
+
+def create_head(name: str, num_classes: int, dim: int, **options) -> Head:
+    """Build a head by its config name (``learned`` | ``fixed_etf`` | ``nearest_etf``)."""
+    if name not in HEADS:
+        raise EtfTrainError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
+    return HEADS[name](num_classes, dim, **options)
+
+
+__all__ = ["HEADS", "FixedETFHead", "Head", "LearnedHead", "NearestETFHead", "create_head"]

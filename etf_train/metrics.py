@@ -1,0 +1,215 @@
+"""Streaming neural-collapse metrics NC1-NC4 over a whole train set, in float64, all-reduce aware.
+
+Two passes over the data:
+  pass 1  `update_stats(h, y)`     per-class counts n_c, per-class sums, and the global second moment
+                                   sum_i h_i h_i^T (d x d; per-class second moments would be d x d x K).
+  pass 2  `update_ncc(h, logits)`  nearest-class-centre disagreement, using the pass-1 means.
+Under torch.distributed call `all_reduce()` after each pass (every rank, same order), then `compute(W)`.
+
+Notation: K classes, d feature dimension, N samples, mu_c class means, mu_G = sum_c n_c mu_c / N,
+Hc = [mu_c - mu_G] (d x K), M = I_K - 1 1^T / K.
+  S_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T = (1/N) (sum_i h_i h_i^T - sum_c n_c mu_c mu_c^T)
+  S_B = (1/K) Hc Hc^T
+  nc1           tr(S_W S_B^+) / K
+  nc2_w, nc2_h  || G / ||G||_F - M / sqrt(K-1) ||_F  with G = W W^T, resp. Hc^T Hc
+  equinorm_*    std / mean of the row norms of W, resp. column norms of Hc (std with Bessel's correction)
+  equiangular_* mean over pairs i < j of |cos_ij + 1/(K-1)|
+  nc3           || W Hc / ||W Hc||_F - M / sqrt(K-1) ||_F
+  nc4           fraction of samples where argmin_c ||h - mu_c|| != argmax logits
+
+Classes absent from the data (possible in a short or subsampled run) are left out: every H-side
+metric, nc1, nc3 and the NCC candidates use only the K' classes present, with K' in place of K
+(nc3 pairs the rows of W of those classes with Hc). The W-only metrics (nc2_w, equinorm_w,
+equiangular_w) describe the classifier and use all K rows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from etf_train.errors import EtfTrainError
+
+METRIC_KEYS = (
+    "nc1",
+    "nc2_w",
+    "nc2_h",
+    "equinorm_w",
+    "equinorm_h",
+    "equiangular_w",
+    "equiangular_h",
+    "nc3",
+    "nc4",
+)
+
+
+def nc1_from_moments(S_W: Tensor, Hc: Tensor) -> Tensor:
+    """NC1 = tr(S_W S_B^+) / K with S_B = Hc Hc^T / K, without a d x d pseudo-inverse.
+
+    With the thin SVD Hc = U S V^T, S_B^+ = K U S^-2 U^T, so NC1 = sum_i u_i^T S_W u_i / s_i^2
+    over the kept singular values: O(d K^2 + d^2 K) time, O(d K) extra memory.
+
+    Rank tolerance: singular values s_i <= sqrt(d * eps_float64) * s_max are dropped. That is the
+    rank decision torch.linalg.pinv(S_B) makes at its default rtol = d * eps on the eigenvalues
+    s_i^2 / K of S_B, so the result equals the dense definition. Hc always has the null vector
+    (n_c)_c, since sum_c n_c (mu_c - mu_G) = 0, hence rank(Hc) <= min(d, K-1) (K-1 when the class
+    means are in general position); that direction must be cut, not inverted.
+    S_W: (d, d), Hc: (d, K) -> scalar
+    """
+    d, K = Hc.shape
+    U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
+    keep = S > math.sqrt(d * torch.finfo(Hc.dtype).eps) * S[0]
+    U, S = U[:, keep], S[keep]
+    return ((U * (S_W @ U)).sum(dim=0) / S.square()).sum()
+
+
+def nc2(G: Tensor) -> Tensor:
+    """|| G / ||G||_F - M / sqrt(K-1) ||_F: distance of a Gram-like K x K matrix from the simplex ETF Gram."""
+    K = G.shape[-1]
+    M = torch.eye(K, dtype=G.dtype, device=G.device) - 1.0 / K
+    return torch.linalg.matrix_norm(G / torch.linalg.matrix_norm(G) - M / math.sqrt(K - 1))
+
+
+def equinorm(norms: Tensor) -> Tensor:
+    """Coefficient of variation std / mean of K norms (std with Bessel's correction, as torch.std)."""
+    return norms.std() / norms.mean()
+
+
+def equiangularity(G: Tensor) -> Tensor:
+    """Mean over pairs i < j of |cos_ij + 1/(K-1)|, from the K x K Gram matrix G of K vectors."""
+    K = G.shape[-1]
+    norms = G.diagonal().sqrt()  # (K,)
+    cos = G / (norms[:, None] * norms[None, :])  # (K, K)
+    i, j = torch.triu_indices(K, K, offset=1, device=G.device)
+    return (cos[i, j] + 1.0 / (K - 1)).abs().mean()
+
+
+class NCAccumulator:
+    """Streaming accumulators for NC1-NC4 (see the module docstring); all state is float64 on `device`.
+
+    The phases are enforced so that a distributed run cannot silently mix local and global sums:
+    update_stats* -> all_reduce -> update_ncc* -> all_reduce -> compute. Without a process group
+    (or with sync=False, for purely process-local data) all_reduce changes no numbers and may be skipped.
+    """
+
+    def __init__(self, num_classes: int, dim: int, device=None, *, sync: bool = True):
+        if num_classes < 2 or dim < 1:
+            raise EtfTrainError(f"NC metrics need num_classes >= 2 and dim >= 1, got num_classes={num_classes}, dim={dim}")
+        self.num_classes, self.dim, self.sync = num_classes, dim, sync
+        f64 = dict(dtype=torch.float64, device=device)
+        self.counts = torch.zeros(num_classes, **f64)  # (K,)
+        self.sums = torch.zeros(num_classes, dim, **f64)  # (K, d)
+        self.second = torch.zeros(dim, dim, **f64)  # (d, d)  sum_i h_i h_i^T
+        self.ncc = torch.zeros(2, **f64)  # (disagreements, samples seen) of pass 2
+        self._stats_reduced = False
+        self._ncc_reduced = False
+        self._centres: tuple[Tensor, Tensor] | None = None  # pass-1 means, fixed once pass 2 starts
+
+    def _distributed(self) -> bool:
+        return self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _check_features(self, h: Tensor) -> Tensor:
+        if h.dim() != 2 or h.shape[1] != self.dim:
+            raise EtfTrainError(f"NC metrics expect features of shape (batch, {self.dim}), got {tuple(h.shape)}")
+        return h.detach().to(device=self.counts.device, dtype=torch.float64)
+
+    def update_stats(self, h: Tensor, y: Tensor) -> None:
+        """Pass 1: add a batch of features h (B, d) with integer labels y (B,) in [0, K)."""
+        if self._stats_reduced or self._centres is not None:
+            raise EtfTrainError("update_stats called after pass 1 was closed (all_reduce or update_ncc); use a new NCAccumulator")
+        h = self._check_features(h)
+        if y.shape != h.shape[:1] or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise EtfTrainError(f"NC metrics expect integer labels of shape ({h.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        y = y.detach().to(device=self.counts.device, dtype=torch.long)
+        if ((y < 0) | (y >= self.num_classes)).any():
+            raise EtfTrainError(f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}")
+        self.counts += torch.bincount(y, minlength=self.num_classes)
+        self.sums.index_add_(0, y, h)
+        self.second.addmm_(h.T, h)
+
+    def update_ncc(self, h: Tensor, logits: Tensor) -> None:
+        """Pass 2: count samples whose nearest class centre (pass-1 means) differs from logits.argmax."""
+        if self._ncc_reduced:
+            raise EtfTrainError("update_ncc called after pass 2 was all-reduced; use a new NCAccumulator")
+        if self._distributed() and not self._stats_reduced:
+            raise EtfTrainError("update_ncc needs the global class means: call all_reduce() after pass 1 on every rank first")
+        h = self._check_features(h)
+        if logits.shape != (h.shape[0], self.num_classes):
+            raise EtfTrainError(f"NC metrics expect logits of shape ({h.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}")
+        if self._centres is None:
+            present = self.counts > 0
+            if not present.any():
+                raise EtfTrainError("update_ncc called before any update_stats: pass 1 must run first")
+            mu = self.sums / self.counts.clamp(min=1)[:, None]  # (K, d)
+            # ||h - mu_c||^2 = ||h||^2 + (||mu_c||^2 - 2 h.mu_c); absent classes can never be nearest.
+            offset = mu.square().sum(dim=1).masked_fill(~present, math.inf)  # (K,)
+            self._centres = (mu, offset)
+        mu, offset = self._centres
+        nearest = (offset - 2.0 * h @ mu.T).argmin(dim=1)  # (B,)
+        predicted = logits.detach().to(self.counts.device).argmax(dim=1)
+        self.ncc[0] += (nearest != predicted).sum()
+        self.ncc[1] += h.shape[0]
+
+    def all_reduce(self) -> None:
+        """Sum the accumulators of the current pass over all processes (first call: pass 1, second: pass 2).
+
+        A no-op for the numbers without an initialised process group or with sync=False; the call
+        still closes the pass. Must be called by every rank in the same order (it is a collective).
+        """
+        if not self._stats_reduced:
+            tensors, self._stats_reduced = (self.counts, self.sums, self.second), True
+        elif not self._ncc_reduced:
+            tensors, self._ncc_reduced = (self.ncc,), True
+        else:
+            return
+        if self.sync and dist.is_available() and dist.is_initialized():
+            for t in tensors:
+                dist.all_reduce(t)
+
+    def compute(self, W: Tensor | None) -> dict[str, float]:
+        """The metrics of the module docstring. W: (K, d) classifier, or None to omit nc2_w,
+        equinorm_w, equiangular_w and nc3; nc4 is present only when pass 2 ran."""
+        if self._distributed() and not (self._stats_reduced and (self._ncc_reduced or not self.ncc[1])):
+            raise EtfTrainError("compute would see only this rank's samples: call all_reduce() after each pass on every rank first")
+        N = self.counts.sum()
+        present = self.counts > 0
+        if int(present.sum()) < 2:
+            raise EtfTrainError(f"NC metrics need samples of at least 2 classes, got {int(present.sum())} (N={int(N)})")
+        n = self.counts[present]  # (K',)
+        mu = self.sums[present] / n[:, None]  # (K', d)
+        Hc = (mu - self.sums.sum(dim=0) / N).T  # (d, K')
+        S_W = (self.second - (mu.T * n) @ mu) / N  # (d, d)
+        G_h = Hc.T @ Hc  # (K', K')
+        out = {
+            "nc1": nc1_from_moments(S_W, Hc),
+            "nc2_h": nc2(G_h),
+            "equinorm_h": equinorm(G_h.diagonal().sqrt()),
+            "equiangular_h": equiangularity(G_h),
+        }
+        if W is not None:
+            if W.shape != (self.num_classes, self.dim):
+                raise EtfTrainError(f"classifier W must have shape ({self.num_classes}, {self.dim}), got {tuple(W.shape)}")
+            W = W.detach().to(device=self.counts.device, dtype=torch.float64)
+            G_w = W @ W.T  # (K, K)
+            out |= {
+                "nc2_w": nc2(G_w),
+                "equinorm_w": equinorm(G_w.diagonal().sqrt()),
+                "equiangular_w": equiangularity(G_w),
+                "nc3": nc2(W[present] @ Hc),
+            }
+        if self.ncc[1] > 0:
+            out["nc4"] = self.ncc[0] / self.ncc[1]
+        return {k: float(out[k]) for k in METRIC_KEYS if k in out}
+
+
+def nc_metrics(h: Tensor, y: Tensor, logits: Tensor | None, W: Tensor | None, num_classes: int) -> dict[str, float]:
+    """One-shot NC metrics of in-memory features h (N, d), labels y (N,), optional logits (N, K) for nc4
+    and classifier W (K, d); process-local (never all-reduced)."""
+    acc = NCAccumulator(num_classes, h.shape[-1], device=h.device, sync=False)
+    acc.update_stats(h, y)
+    if logits is not None:
+        acc.update_ncc(h, logits)
+    return acc.compute(W)

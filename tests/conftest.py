@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from etf_train.cli import config_dir
+
+# Tiny, fast settings shared by the compose-API tests: a few seconds per run on 2 CPU cores.
+TINY = [
+    "dataset=synthetic",
+    "dataset.num_classes=4",
+    "dataset.image_size=8",
+    "dataset.channels=1",
+    "dataset.train_per_class=24",
+    "dataset.test_per_class=8",
+    "backbone=small_cnn",
+    "backbone.width=8",
+    "backbone.dim=16",
+    "trainer.batch_size=32",
+    "trainer.max_epochs=2",
+    "trainer.progress=false",
+]
+TINY_UFM = [
+    "dataset=ufm",
+    "dataset.num_classes=4",
+    "dataset.per_class=16",
+    "backbone=ufm",
+    "backbone.dim=16",
+    "optimizer.lr=1.0",  # free features move slowly at the image-model rate
+    "trainer.batch_size=16",
+    "trainer.max_epochs=2",
+    "trainer.progress=false",
+]
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_cfg

@@ -1,0 +1,448 @@
+"""Dataset registry, subsets, samplers and loaders, on data the tests write themselves (offline)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from omegaconf import OmegaConf
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from etf_train.data import (
+    DATASETS,
+    ClassBalancedBatchSampler,
+    DataBundle,
+    build_data,
+    build_loaders,
+    set_epoch,
+)
+from etf_train.errors import EtfTrainError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dataset"
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def normalise(pixels_hwc: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 HWC pixels -> normalised CHW float, computed without torchvision."""
+    x = torch.tensor(pixels_hwc, dtype=torch.float32).permute(2, 0, 1) / 255
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def check_bundle(b: DataBundle, sample_every: int = 1) -> None:
+    """Shapes, label ranges, targets in order, and an eval_train without randomness."""
+    n = len(b.train_targets)
+    assert len(b.train) == len(b.eval_train) == n and len(b.test) > 0
+    assert b.train_targets.dtype == torch.long
+    assert torch.equal(torch.bincount(b.train_targets, minlength=b.num_classes) > 0, torch.ones(b.num_classes, dtype=torch.bool))
+    for i in range(0, n, sample_every):
+        x, y = b.eval_train[i]
+        assert int(y) == int(b.train_targets[i]) == int(b.train[i][1])
+        assert tuple(x.shape) == b.in_shape
+        assert x.dtype == (torch.long if b.in_shape == () else torch.float32)
+        assert torch.equal(x, b.eval_train[i][0])
+    for ds in (b.train, b.test, b.eval_train):
+        pickle.loads(pickle.dumps(ds))  # DataLoader workers under spawn / forkserver receive the dataset pickled
+    for i in range(0, len(b.test), sample_every):
+        x, y = b.test[i]
+        assert tuple(x.shape) == b.in_shape and 0 <= int(y) < b.num_classes
+        assert torch.equal(x, b.test[i][0])
+
+
+# ----------------------------------------------------------------------------- configs and options
+
+
+def test_every_dataset_has_a_yaml_spelling_out_its_options(monkeypatch):
+    monkeypatch.delenv("ETF_DATA_ROOT", raising=False)
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert {f.stem for f in files} == set(DATASETS)
+    for f in files:
+        cfg = OmegaConf.to_container(OmegaConf.load(f), resolve=True)
+        assert cfg.pop("name") == f.stem
+        params = inspect.signature(DATASETS[f.stem]).parameters
+        assert set(cfg) == set(params), f.stem
+        for key, value in cfg.items():
+            default = params[key].default
+            assert (tuple(value) if isinstance(value, list) else value) == default, (f.stem, key)
+
+
+def test_unknown_names_and_bad_options_are_one_line_errors():
+    with pytest.raises(EtfTrainError, match="unknown dataset 'cifar11'.*cifar10.*synthetic"):
+        build_data("cifar11")
+    with pytest.raises(EtfTrainError, match="unknown option.*batch"):
+        build_data("synthetic", batch=3)
+    bad = [
+        {"imbalance_ratio": 0.5},
+        {"imbalance_ratio": float("nan")},
+        {"limit_train": 0},
+        {"limit_test": -3},
+        {"limit_train": 2.5},
+        {"limit_train": 3},  # fewer than the 10 classes
+        {"augment": "yes"},
+        {"num_workers": -1},
+        {"split_seed": -1},
+        {"noise": -1.0},
+        {"num_classes": 1},
+        {"imbalance_ratio": 1000.0},  # the tail class would keep round(64 / 1000) = 0 samples
+    ]
+    for options in bad:
+        with pytest.raises(EtfTrainError) as info:
+            build_data("synthetic", **options)
+        assert "\n" not in str(info.value) and "synthetic" in str(info.value), options
+
+
+# ----------------------------------------------------------------------------- in-memory datasets
+
+
+def test_synthetic_is_prototype_plus_noise_and_deterministic():
+    options = dict(num_classes=4, channels=2, image_size=5, train_per_class=30, test_per_class=10, noise=0.1, seed=3)
+    b = build_data("synthetic", **options)
+    check_bundle(b)
+    assert b.in_shape == (2, 5, 5) and b.num_classes == 4 and len(b.test) == 40
+    x = torch.stack([b.eval_train[i][0] for i in range(len(b.train))])
+    means = torch.stack([x[b.train_targets == c].mean(0) for c in range(4)])
+    spread = (x - means[b.train_targets]).std()
+    assert 0.08 < spread < 0.12  # noise * N(0, 1) around each class's prototype
+    assert torch.cdist(means.flatten(1), means.flatten(1)).add(torch.eye(4) * 100).min() > 2
+    again = build_data("synthetic", **options)
+    assert torch.equal(again.test[7][0], b.test[7][0])
+    assert not torch.equal(build_data("synthetic", **{**options, "seed": 4}).test[0][0], b.test[0][0])
+
+
+def test_digits_is_a_stratified_80_20_split_of_sklearn_digits():
+    b = build_data("digits")
+    check_bundle(b, sample_every=37)
+    assert (b.num_classes, b.in_shape, len(b.train), len(b.test)) == (10, (1, 8, 8), 1438, 359)
+    counts = np.bincount(load_digits().target, minlength=10)
+    assert np.all(np.abs(torch.bincount(b.train_targets).numpy() - 0.8 * counts) <= 1)
+    x = torch.stack([b.eval_train[i][0] for i in range(len(b.train))])
+    assert abs(x.mean()) < 1e-5 and abs(x.std() - 1) < 1e-4  # normalised with the train split's own statistics
+    assert not torch.equal(build_data("digits", split_seed=1).train_targets, b.train_targets)
+
+
+def test_ufm_inputs_are_train_positions_and_test_is_the_train_samples():
+    b = build_data("ufm", num_classes=5, per_class=8, imbalance_ratio=4.0)
+    check_bundle(b)
+    assert b.in_shape == () and b.num_classes == 5
+    assert torch.bincount(b.train_targets).tolist() == [8, 6, 4, 3, 2]  # round(8 * 4^(-c/4))
+    assert [int(b.train[i][0]) for i in range(len(b.train))] == list(range(len(b.train)))
+    assert [(int(x), int(y)) for x, y in b.test] == [(i, int(y)) for i, y in enumerate(b.train_targets)]
+    small = build_data("ufm", num_classes=5, per_class=8, limit_test=10)
+    assert all(int(small.train_targets[int(x)]) == int(y) for x, y in small.test) and len(small.test) == 10
+
+
+# ----------------------------------------------------------------------------- subsets
+
+
+def _rows(ds) -> dict[bytes, int]:
+    return {ds[i][0].numpy().tobytes(): int(ds[i][1]) for i in range(len(ds))}
+
+
+def test_imbalance_ratio_keeps_the_long_tail_counts_of_real_samples():
+    full = build_data("synthetic", num_classes=5, image_size=2, train_per_class=40)
+    b = build_data("synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0)
+    check_bundle(b)
+    # round(40 * 10^(-c/4)) for c = 0..4: 40, 22.49, 12.65, 7.11, 4.0
+    assert torch.bincount(b.train_targets).tolist() == [40, 22, 13, 7, 4]
+    assert _rows(b.eval_train).items() <= _rows(full.eval_train).items()
+    assert len(b.test) == len(full.test)  # the test split stays balanced
+    other = build_data("synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0, split_seed=1)
+    assert _rows(other.eval_train) != _rows(b.eval_train)
+
+
+def test_limits_give_seeded_stratified_subsets():
+    full = build_data("synthetic", num_classes=4, image_size=2, train_per_class=30, test_per_class=10)
+    b = build_data("synthetic", num_classes=4, image_size=2, train_per_class=30, test_per_class=10, limit_train=40, limit_test=12)
+    check_bundle(b)
+    assert torch.bincount(b.train_targets).tolist() == [10, 10, 10, 10]
+    assert sorted(int(y) for _, y in b.test) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert _rows(b.eval_train).items() <= _rows(full.eval_train).items()
+    assert _rows(b.test).items() <= _rows(full.test).items()
+    assert len(build_data("synthetic", num_classes=4, image_size=2, train_per_class=30, limit_train=10_000).train) == 120
+    # on a long tail [40, 22, 13, 7, 4]: one sample per class, the other 38 shared in proportion to (n_c - 1)
+    tail = build_data("synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0, limit_train=43)
+    assert torch.bincount(tail.train_targets).tolist() == [19, 11, 7, 4, 2]
+
+
+# ----------------------------------------------------------------------------- samplers and loaders
+
+
+def _batches(targets, B, *, epoch=0, seed=0, rank=0, world_size=1):
+    s = ClassBalancedBatchSampler(targets, B, seed=seed, rank=rank, world_size=world_size)
+    s.set_epoch(epoch)
+    return [list(batch) for batch in s]
+
+
+def test_class_balanced_batches_are_stratified_and_reshuffled_each_epoch():
+    targets = torch.arange(5).repeat_interleave(20)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    epoch0, epoch1 = _batches(targets, 12, epoch=0), _batches(targets, 12, epoch=1)
+    for batches in (epoch0, epoch1):
+        assert sorted(i for b in batches for i in b) == list(range(100))
+        assert [len(b) for b in batches] == [12] * 8 + [4]
+        for batch in batches:
+            counts = torch.bincount(targets[batch], minlength=5)
+            assert counts.max() - counts.min() <= 1
+    assert epoch0 != epoch1
+    assert epoch0 == _batches(targets, 12, epoch=0) and epoch0 != _batches(targets, 12, epoch=0, seed=1)
+    # imbalanced: the first batches still hold every class; classes that run out stop contributing
+    tail = torch.arange(3).repeat_interleave(torch.tensor([30, 6, 3]))
+    first = torch.bincount(tail[_batches(tail, 9)[0]], minlength=3)
+    assert first.tolist() == [3, 3, 3]
+
+
+@pytest.mark.parametrize("n_per_class, world_size", [(24, 3), (25, 3), (24, 1)])
+def test_class_balanced_sharding_matches_distributed_sampler(n_per_class, world_size):
+    targets = torch.arange(4).repeat_interleave(n_per_class)
+    N = len(targets)
+    per_rank = [_batches(targets, 10, epoch=2, rank=r, world_size=world_size) for r in range(world_size)]
+    flat = [sorted(i for b in batches for i in b) for batches in per_rank]
+    assert len({len(batches) for batches in per_rank}) == 1  # every rank takes the same number of steps
+    assert all(len(f) == -(-N // world_size) for f in flat)  # DistributedSampler's padded share
+    assert set().union(*flat) == set(range(N))
+    if N % world_size == 0:
+        assert sum(len(f) for f in flat) == N  # disjoint
+    for batches in per_rank:
+        for batch in batches:
+            counts = torch.bincount(targets[batch], minlength=4)
+            assert counts.max() - counts.min() <= 1
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_loaders_shard_train_and_evaluation_by_rank(class_balanced):
+    b = build_data("ufm", num_classes=4, per_class=15)  # x is the sample's position: the loaders show which samples
+    seen = {"train": [], "test": [], "eval_train": []}
+    for rank in range(3):
+        loaders = build_loaders(b, 8, class_balanced=class_balanced, seed=5, rank=rank, world_size=3)
+        set_epoch(loaders[0], 1)
+        for key, loader in zip(seen, loaders):
+            xs = torch.cat([x for x, _ in loader]).tolist()
+            if key != "train":
+                assert xs == sorted(xs)  # in order
+            seen[key].append(xs)
+    for key, shards in seen.items():
+        flat = [i for s in shards for i in s]
+        assert sorted(flat) == list(range(60)), key  # 60 = 3 * 20: disjoint and covering
+
+
+def test_train_loader_shuffle_follows_seed_and_epoch():
+    b = build_data("synthetic", num_classes=3, image_size=2, train_per_class=10)
+    for class_balanced in (False, True):
+
+        def order(epoch, seed=0):
+            loader = build_loaders(b, 4, class_balanced=class_balanced, seed=seed)[0]
+            set_epoch(loader, epoch)
+            return torch.cat([y for _, y in loader]).tolist(), torch.cat([x for x, _ in loader])
+
+        (y0, x0), (y1, x1) = order(0), order(1)
+        assert sorted(y0) == sorted(y1) == sorted(b.train_targets.tolist())
+        assert not torch.equal(x0, x1) and torch.equal(x0, order(0)[1]) and not torch.equal(x0, order(0, seed=1)[1])
+
+
+def test_loader_with_workers_batches_and_persists():
+    b = build_data("synthetic", num_classes=3, image_size=4, train_per_class=8)
+    train, test, eval_train = build_loaders(b, 5, num_workers=2)
+    assert train.persistent_workers and test.persistent_workers and eval_train.persistent_workers
+    x, y = next(iter(train))
+    assert x.shape == (5, 3, 4, 4) and y.dtype == torch.long
+    assert sum(len(y) for _, y in eval_train) == 24
+
+
+# ----------------------------------------------------------------------------- torchvision CIFAR files
+
+
+@pytest.fixture
+def cifar_files_without_md5(monkeypatch):
+    """Let torchvision read the miniature files below: only its md5 comparison (of the real archives) is replaced
+    by an existence check; the pickle reading, layout and metadata code is torchvision's own."""
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+def write_cifar(root: Path, kind: int, per_file: int, rng: np.random.Generator) -> tuple[np.ndarray, list, np.ndarray, list]:
+    """Miniature CIFAR-10/100 in torchvision's python-pickle layout; returns (train HWC, labels, test HWC, labels)."""
+    K = kind
+    folder, label_key = (root / "cifar-10-batches-py", "labels") if kind == 10 else (root / "cifar-100-python", "fine_labels")
+    train_files = [f"data_batch_{i}" for i in range(1, 6)] if kind == 10 else ["train"]
+    folder.mkdir(parents=True)
+
+    def write(name, n):
+        data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)  # rows: R plane, G plane, B plane
+        labels = [int(c) for c in rng.permutation(np.arange(n) % K)]
+        entry = {"data": data, label_key: labels}
+        if kind == 100:
+            entry["coarse_labels"] = [c // 5 for c in labels]
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f)
+        return data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+    train = [write(name, per_file) for name in train_files]
+    test_x, test_y = write("test_batch" if kind == 10 else "test", K)
+    meta_name, meta_key = ("batches.meta", "label_names") if kind == 10 else ("meta", "fine_label_names")
+    with open(folder / meta_name, "wb") as f:
+        pickle.dump({meta_key: [f"class{c}" for c in range(K)]}, f)
+    return np.concatenate([x for x, _ in train]), [y for _, ys in train for y in ys], test_x, test_y
+
+
+def test_cifar10_reads_torchvision_files_and_augments_only_train(tmp_path, cifar_files_without_md5):
+    train_x, train_y, test_x, test_y = write_cifar(tmp_path, 10, per_file=10, rng=np.random.default_rng(0))
+    b = build_data("cifar10", root=str(tmp_path), download=False)
+    check_bundle(b)
+    assert (b.num_classes, b.in_shape, len(b.train), len(b.test)) == (10, (3, 32, 32), 50, 10)
+    assert b.train_targets.tolist() == train_y
+    for i in (0, 13):
+        assert torch.allclose(b.eval_train[i][0], normalise(train_x[i], CIFAR10_MEAN, CIFAR10_STD), atol=1e-6)
+    assert torch.allclose(b.test[3][0], normalise(test_x[3], CIFAR10_MEAN, CIFAR10_STD), atol=1e-6)
+    assert [int(y) for _, y in b.test] == test_y
+
+    # every augmented draw is a 32 px crop of the image zero-padded by 4 (pixel 0, before normalising), maybe mirrored
+    padded = normalise(np.pad(train_x[0], ((4, 4), (4, 4), (0, 0))), CIFAR10_MEAN, CIFAR10_STD)
+    crops = {(i, j, f): padded[:, i : i + 32, j : j + 32].flip(-1) if f else padded[:, i : i + 32, j : j + 32]
+             for i in range(9) for j in range(9) for f in (False, True)}
+    torch.manual_seed(0)
+    draws = [b.train[0][0] for _ in range(40)]
+    found = [[key for key, c in crops.items() if torch.allclose(d, c, atol=1e-6)] for d in draws]
+    assert all(len(keys) == 1 for keys in found)
+    offsets = [keys[0] for keys in found]
+    assert {f for _, _, f in offsets} == {False, True}
+    assert any({i, j} & {0, 8} for i, j, _ in offsets)  # shifts of the full 4 px occur
+    assert any(not torch.allclose(d, b.eval_train[0][0]) for d in draws)
+    plain = build_data("cifar10", root=str(tmp_path), download=False, augment=False)
+    assert torch.equal(plain.train[0][0], b.eval_train[0][0])
+
+
+def test_cifar100_reads_fine_labels(tmp_path, cifar_files_without_md5):
+    train_x, train_y, _, test_y = write_cifar(tmp_path, 100, per_file=200, rng=np.random.default_rng(1))
+    b = build_data("cifar100", root=str(tmp_path), download=False, limit_train=150)
+    check_bundle(b, sample_every=7)
+    assert (b.num_classes, len(b.train), len(b.test)) == (100, 150, 100)
+    assert torch.bincount(b.train_targets).tolist() == [2] * 50 + [1] * 50  # stratified: the spare 50 by class order
+    assert [int(y) for _, y in b.test] == test_y
+
+
+def test_cifar_missing_files_are_one_line_errors_naming_the_root(tmp_path, monkeypatch):
+    # torchvision's real download path, aimed at a closed local port so it fails the same way with or without network
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
+    root = tmp_path / "nowhere"
+    with pytest.raises(EtfTrainError) as info:
+        build_data("cifar10", root=str(root), download=True)
+    message = str(info.value)
+    assert "\n" not in message and str(root.resolve()) in message and "cifar-10-batches-py" in message
+    assert "download failed" in message
+    with pytest.raises(EtfTrainError, match=r"dataset cifar100: .*download=false.*cifar-100-python/ folder under") as info:
+        build_data("cifar100", root=str(root), download=False)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, folder, stats", [("mnist", "MNIST", (0.1307, 0.3081)), ("fashion_mnist", "FashionMNIST", (0.2860, 0.3530))]
+)
+def test_mnist_like_reads_idx_files_and_crops_without_flipping(tmp_path, name, folder, stats):
+    rng = np.random.default_rng(5)
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    split = {}
+    for prefix, n in (("train", 30), ("t10k", 10)):  # torchvision reads the raw big-endian idx files (no md5 for these)
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.tobytes())
+        split[prefix] = images, labels
+    b = build_data(name, root=str(tmp_path), download=False)
+    check_bundle(b)
+    assert (b.num_classes, b.in_shape, len(b.train), len(b.test)) == (10, (1, 28, 28), 30, 10)
+    assert b.train_targets.tolist() == split["train"][1].tolist()
+    mean, std = stats
+    expected = (torch.tensor(split["train"][0][4], dtype=torch.float32) / 255 - mean) / std
+    assert torch.allclose(b.eval_train[4][0][0], expected, atol=1e-6)
+    padded = (torch.tensor(np.pad(split["train"][0][4], 2), dtype=torch.float32) / 255 - mean) / std
+    crops = {(i, j): padded[i : i + 28, j : j + 28] for i in range(5) for j in range(5)}
+    torch.manual_seed(0)
+    draws = [b.train[4][0][0] for _ in range(20)]
+    assert all(any(torch.allclose(x, c, atol=1e-6) for c in crops.values()) for x in draws)  # up to 2 px shifts, no mirror
+    assert any(not torch.equal(x, expected) for x in draws)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def write_folder(root: Path, split: str, classes: dict[str, int], size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """PNG class folders; returns the pixels in ImageFolder's order (classes sorted, files sorted)."""
+    pixels = []
+    for name in sorted(classes):
+        (root / split / name).mkdir(parents=True)
+        for i in range(classes[name]):
+            img = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / split / name / f"{i:02d}.png")
+            pixels.append(img)
+    return pixels
+
+
+def test_image_folder_reads_class_folders(tmp_path):
+    rng = np.random.default_rng(2)
+    train_px = write_folder(tmp_path, "train", {"cat": 3, "ant": 2, "bee": 4}, 8, rng)
+    test_px = write_folder(tmp_path, "val", {"cat": 1, "ant": 1, "bee": 2}, 8, rng)
+    b = build_data("image_folder", root=str(tmp_path), image_size=8)
+    check_bundle(b)
+    assert (b.num_classes, b.in_shape) == (3, (3, 8, 8))
+    assert b.train_targets.tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2]  # ant, bee, cat
+    for i, px in enumerate(train_px):
+        assert torch.allclose(b.eval_train[i][0], normalise(px, IMAGENET_MEAN, IMAGENET_STD), atol=1e-6)
+    assert torch.allclose(b.test[3][0], normalise(test_px[3], IMAGENET_MEAN, IMAGENET_STD), atol=1e-6)
+    torch.manual_seed(0)
+    assert any(not torch.equal(b.train[4][0], b.eval_train[4][0]) for _ in range(10))
+
+    loaders = [build_loaders(b, 4, num_workers=2, seed=s)[0] for s in (3, 3, 4)]
+    first = [torch.cat([x for x, _ in loader]) for loader in loaders]
+    assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])  # shuffle and augmentation seeded
+
+
+def test_imagenet_transforms_resize_and_centre_crop_for_test(tmp_path):
+    rng = np.random.default_rng(3)
+    write_folder(tmp_path, "train", {"a": 2, "b": 2}, 20, rng)
+    write_folder(tmp_path, "test", {"a": 1, "b": 1}, 20, rng)
+    b = build_data("imagenet", root=str(tmp_path), image_size=14)
+    check_bundle(b)
+    assert b.in_shape == (3, 14, 14) and tuple(b.train[0][0].shape) == (3, 14, 14)
+
+
+def test_image_folder_errors_are_one_line(tmp_path):
+    rng = np.random.default_rng(4)
+
+    def error(root, match):
+        with pytest.raises(EtfTrainError, match=match) as info:
+            build_data("image_folder", root=str(root), image_size=8)
+        assert "\n" not in str(info.value)
+
+    error(tmp_path / "missing", "no train/ and test/")
+    (tmp_path / "empty").mkdir()
+    error(tmp_path / "empty", "no train/ and test/")
+    (tmp_path / "noclass" / "train").mkdir(parents=True)
+    (tmp_path / "noclass" / "test").mkdir()
+    error(tmp_path / "noclass", "train: Couldn't find any class folder")
+
+    write_folder(tmp_path / "hollow", "train", {"a": 2}, 8, rng)
+    write_folder(tmp_path / "hollow", "test", {"a": 1, "b": 0}, 8, rng)
+    (tmp_path / "hollow" / "test" / "b" / "notes.txt").write_text("no images here")
+    (tmp_path / "hollow" / "train" / "b").mkdir()
+    error(tmp_path / "hollow", "no valid file for the classes b")
+
+    write_folder(tmp_path / "differ", "train", {"a": 1, "b": 1}, 8, rng)
+    write_folder(tmp_path / "differ", "test", {"a": 1, "c": 1}, 8, rng)
+    error(tmp_path / "differ", "different class folders .*b, c")
+
+    write_folder(tmp_path / "broken", "train", {"a": 2, "b": 2}, 8, rng)
+    write_folder(tmp_path / "broken", "test", {"a": 1, "b": 1}, 8, rng)
+    bad = tmp_path / "broken" / "train" / "b" / "01.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    b = build_data("image_folder", root=str(tmp_path / "broken"), image_size=8)
+    b.eval_train[2]  # the intact image of the same class still loads
+    with pytest.raises(EtfTrainError, match=f"cannot read image {bad}") as info:
+        b.eval_train[3]
+    assert "\n" not in str(info.value)

@@ -1,0 +1,243 @@
+"""NC metrics: the streaming accumulator against dense float64 computations written from the formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from etf_train.errors import EtfTrainError
+from etf_train.etf import random_stiefel, simplex_etf
+from etf_train.metrics import METRIC_KEYS, NCAccumulator, nc_metrics
+
+
+def dense_reference(h, y, logits, W, K):
+    """Every metric straight from its definition, in float64, over the classes present."""
+    h = h.double()
+    classes = sorted(set(y.tolist()))
+    k = len(classes)
+    N = h.shape[0]
+    mu = torch.stack([h[y == c].mean(dim=0) for c in classes])  # (k, d)
+    mu_G = h.mean(dim=0)
+    Hc = (mu - mu_G).T  # (d, k)
+    own_mean = torch.stack([mu[classes.index(c)] for c in y.tolist()])  # (N, d)
+    S_W = sum(torch.outer(v, v) for v in h - own_mean) / N
+    S_B = Hc @ Hc.T / k
+    out = {"nc1": torch.trace(S_W @ torch.linalg.pinv(S_B)) / k}
+
+    def nc2(G, m):
+        M = torch.eye(m, dtype=torch.float64) - torch.ones(m, m, dtype=torch.float64) / m
+        return torch.linalg.norm(G / torch.linalg.norm(G) - M / math.sqrt(m - 1))
+
+    def equiangular(vectors):  # rows
+        m = len(vectors)
+        terms = [
+            abs(float(vectors[i] @ vectors[j] / (vectors[i].norm() * vectors[j].norm())) + 1 / (m - 1))
+            for i in range(m)
+            for j in range(i + 1, m)
+        ]
+        return sum(terms) / len(terms)
+
+    out["nc2_h"] = nc2(Hc.T @ Hc, k)
+    norms = Hc.norm(dim=0)
+    out["equinorm_h"] = norms.std() / norms.mean()
+    out["equiangular_h"] = equiangular(Hc.T)
+    if W is not None:
+        W = W.double()
+        out["nc2_w"] = nc2(W @ W.T, K)
+        norms = W.norm(dim=1)
+        out["equinorm_w"] = norms.std() / norms.mean()
+        out["equiangular_w"] = equiangular(W)
+        out["nc3"] = nc2(W[classes] @ Hc, k)
+    if logits is not None:
+        nearest = [classes[int(torch.argmin(torch.linalg.norm(mu - hi, dim=1)))] for hi in h]
+        out["nc4"] = sum(int(a != b) for a, b in zip(nearest, logits.argmax(dim=1).tolist())) / N
+    return {key: float(v) for key, v in out.items()}
+
+
+def random_problem(K=5, d=12, sizes=(70, 50, 40, 25, 15), seed=0, absent=()):
+    """Clustered features with uneven class sizes, a random classifier and logits, shuffled."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.cat([torch.full((n,), c) for c, n in enumerate(sizes) if c not in absent])
+    y = y[torch.randperm(len(y), generator=g)]
+    centres = 2.0 * torch.randn(K, d, generator=g, dtype=torch.float64)
+    h = centres[y] + torch.randn(len(y), d, generator=g, dtype=torch.float64)
+    W = torch.randn(K, d, generator=g, dtype=torch.float64)
+    logits = h @ W.T + 0.5 * torch.randn(len(y), K, generator=g, dtype=torch.float64)
+    return h, y, logits, W
+
+
+def stream(h, y, logits, W, K, chunks, device=None):
+    acc = NCAccumulator(K, h.shape[1], device=device)
+    for hc, yc in zip(h.tensor_split(chunks), y.tensor_split(chunks)):
+        acc.update_stats(hc, yc)
+    acc.all_reduce()
+    for hc, lc in zip(h.tensor_split(chunks), logits.tensor_split(chunks)):
+        acc.update_ncc(hc, lc)
+    acc.all_reduce()
+    return acc.compute(W)
+
+
+def assert_close(got, want, rtol=1e-9, atol=1e-12):
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], rel=rtol, abs=atol), key
+
+
+@pytest.mark.parametrize(
+    "K,d,absent",
+    [(5, 12, ()), (5, 3, ()), (6, 12, (2,))],
+    ids=["K<d", "d<K-1 (rank d)", "absent class"],
+)
+def test_streaming_matches_dense_definitions(K, d, absent):
+    sizes = (70, 50, 40, 25, 15, 33)[:K]
+    h, y, logits, W = random_problem(K, d, sizes, absent=absent)
+    want = dense_reference(h, y, logits, W, K)
+    got = stream(h, y, logits, W, K, chunks=7)
+    assert set(got) == set(METRIC_KEYS)
+    assert_close(got, want)
+    # Non-trivial values, so the comparison can fail.
+    assert got["nc1"] > 1e-3 and 0 < got["nc4"] < 1 and got["nc3"] > 1e-3
+
+
+def test_chunking_does_not_change_the_result():
+    h, y, logits, W = random_problem()
+    one = stream(h, y, logits, W, 5, chunks=1)
+    for chunks in (2, 13, len(y)):
+        assert_close(stream(h, y, logits, W, 5, chunks), one, rtol=1e-11)
+
+
+def test_exact_collapse_gives_zero_metrics():
+    K, d = 5, 12
+    etf = simplex_etf(random_stiefel(d, K, generator=torch.Generator().manual_seed(1), dtype=torch.float64))  # (K, d)
+    y = torch.arange(K).repeat(20)[torch.randperm(20 * K, generator=torch.Generator().manual_seed(2))]
+    h = 5.0 * etf[y]
+    m = nc_metrics(h, y, h @ etf.T, etf, K)
+    assert set(m) == set(METRIC_KEYS)
+    assert m["nc1"] < 1e-6
+    for key in ("nc2_h", "nc2_w", "nc3", "equinorm_h", "equinorm_w", "equiangular_h", "equiangular_w"):
+        assert m[key] < 1e-6, key
+    assert m["nc4"] == 0.0
+    # Uneven counts move the count-weighted mu_G off the ETF centre: the H-side geometry is then
+    # not an exact ETF by definition, but within-class variability and NCC disagreement stay zero.
+    keep = torch.cat([torch.nonzero(y == c).flatten()[: 4 * (c + 1)] for c in range(K)])
+    m = nc_metrics(h[keep], y[keep], h[keep] @ etf.T, etf, K)
+    assert m["nc1"] < 1e-6 and m["nc4"] == 0.0 and m["nc2_w"] < 1e-6 and m["nc2_h"] > 0.1
+
+
+def test_optional_keys():
+    h, y, logits, W = random_problem()
+    assert set(nc_metrics(h, y, None, None, 5)) == {"nc1", "nc2_h", "equinorm_h", "equiangular_h"}
+    assert set(nc_metrics(h, y, logits, None, 5)) == {"nc1", "nc2_h", "equinorm_h", "equiangular_h", "nc4"}
+    assert set(nc_metrics(h, y, None, W, 5)) == set(METRIC_KEYS) - {"nc4"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_input_is_accumulated_in_float64(dtype):
+    h, y, logits, W = random_problem()
+    h, logits, W = h.to(dtype), logits.to(dtype), W.to(dtype)
+    # The reference sees the same rounded values, so only the accumulation precision differs.
+    assert_close(stream(h, y, logits, W, 5, chunks=4), dense_reference(h.double(), y, logits, W.double(), 5))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    h, y, logits, W = random_problem(K=6, d=12, sizes=(70, 50, 40, 25, 15, 33), absent=(2,))
+    on_gpu = stream(h.float().cuda(), y.cuda(), logits.float().cuda(), W.float().cuda(), 6, chunks=5, device="cuda")
+    assert_close(on_gpu, stream(h.float(), y, logits.float(), W.float(), 6, chunks=5))
+
+
+def test_all_reduce_is_a_no_op_without_process_group():
+    assert not dist.is_initialized()
+    h, y, logits, W = random_problem()
+    acc = NCAccumulator(5, 12)
+    acc.update_stats(h, y)
+    before = acc.compute(W)
+    acc.all_reduce()
+    acc.update_ncc(h, logits)
+    acc.all_reduce()
+    acc.all_reduce()
+    after = acc.compute(W)
+    assert after.pop("nc4") == pytest.approx(dense_reference(h, y, logits, W, 5)["nc4"])
+    assert after == before
+
+
+def test_phase_and_input_errors():
+    h, y, logits, W = random_problem()
+    acc = NCAccumulator(5, 12)
+    with pytest.raises(EtfTrainError, match="before any update_stats"):
+        acc.update_ncc(h, logits)
+    with pytest.raises(EtfTrainError, match="shape"):
+        acc.update_stats(h[:, :5], y)
+    with pytest.raises(EtfTrainError, match="integer labels"):
+        acc.update_stats(h, y.double())
+    with pytest.raises(EtfTrainError, match=r"\[0, 5\)"):
+        acc.update_stats(h, y + 1)
+    acc.update_stats(h[y == 0], y[y == 0])
+    with pytest.raises(EtfTrainError, match="at least 2 classes"):
+        acc.compute(None)
+    acc.update_stats(h, y)
+    with pytest.raises(EtfTrainError, match="classifier W"):
+        acc.compute(W.T)
+    with pytest.raises(EtfTrainError, match="logits"):
+        acc.update_ncc(h, logits[:, :4])
+    acc.update_ncc(h, logits)
+    with pytest.raises(EtfTrainError, match="pass 1 was closed"):
+        acc.update_stats(h, y)
+
+
+def test_imagenet_scale_is_fast_and_memory_light():
+    # About 2 s on 2 idle cores (no time assertion: shared CI load varies tenfold). K x d x d float64
+    # would be 34 GB; the accumulator holds O(K d + d^2), so this runs at all.
+    K, d, N = 1000, 2048, 3000
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, K, (N,), generator=g)
+    h = torch.randn(N, d, generator=g) + torch.randn(K, d, generator=g)[y]
+    W = torch.randn(K, d, generator=g)
+    acc = NCAccumulator(K, d)
+    for hc, yc in zip(h.split(512), y.split(512)):
+        acc.update_stats(hc, yc)
+    acc.all_reduce()
+    for hc in h.split(512):
+        acc.update_ncc(hc, hc @ W.T)
+    acc.all_reduce()
+    m = acc.compute(W)
+    assert set(m) == set(METRIC_KEYS)
+    assert all(math.isfinite(v) for v in m.values()) and m["nc1"] > 0
+    state = acc.counts.numel() + acc.sums.numel() + acc.second.numel() + acc.ncc.numel()
+    assert state == K + K * d + d * d + 2
+
+
+def _worker(rank, world, init_file, h, y, logits, W, K, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        mine = torch.arange(len(y)) % world == rank  # interleaved, unequal class counts per rank
+        h, y, logits = h[mine], y[mine], logits[mine]
+        acc = NCAccumulator(K, h.shape[1])
+        for hc, yc in zip(h.tensor_split(3), y.tensor_split(3)):
+            acc.update_stats(hc, yc)
+        # Local means would give a silently wrong nc4, local sums wrong metrics.
+        for premature in (lambda: acc.update_ncc(h, logits), lambda: acc.compute(W)):
+            try:
+                premature()
+                raise AssertionError("using local pass-1 sums under a process group did not raise")
+            except EtfTrainError:
+                pass
+        acc.all_reduce()
+        acc.update_ncc(h, logits)
+        acc.all_reduce()
+        torch.save(acc.compute(W), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_two_process_gloo_equals_single_process_on_union(tmp_path):
+    h, y, logits, W = random_problem()
+    mp.spawn(_worker, args=(2, tmp_path / "init", h, y, logits, W, 5, tmp_path), nprocs=2, join=True)
+    want = stream(h, y, logits, W, 5, chunks=1)
+    for rank in range(2):
+        assert_close(torch.load(tmp_path / f"rank{rank}.pt"), want, rtol=1e-11)

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from etf_train import EtfTrainError
+from etf_train.compare import read_scalars
+from etf_train.trainer import load_checkpoint, save_checkpoint, train
+
+from .conftest import TINY, TINY_UFM, make_cfg
+
+SCALARS = {"train/loss", "train/acc", "test/loss", "test/acc", "lr", "time/epoch_s", "throughput/train_img_s"}
+NC = {"nc/nc1", "nc/nc2_w", "nc/nc2_h", "nc/equinorm_w", "nc/equinorm_h", "nc/equiangular_w", "nc/equiangular_h",
+      "nc/nc3", "nc/nc4"}
+
+
+@pytest.mark.parametrize("data", ["synthetic", "ufm"])
+@pytest.mark.parametrize("head", ["learned", "fixed_etf", "nearest_etf"])
+def test_each_head_trains_and_logs_the_contract(tmp_path, head, data):
+    base = TINY if data == "synthetic" else TINY_UFM
+    cfg = make_cfg(*base, f"head={head}", "trainer.max_epochs=5", "metrics.every_n_epochs=2")
+    last = train(cfg, tmp_path)
+    curves = read_scalars(tmp_path)
+    expected = SCALARS | NC | ({"solver/ms"} if head == "nearest_etf" else set())
+    assert expected <= curves.keys()
+    loss = curves["train/loss"][1]
+    assert list(curves["train/loss"][0]) == [1, 2, 3, 4, 5]
+    # The nearest-ETF head fits its first batch exactly (a_1 = 1), so its curve starts low: compare from epoch 2.
+    assert loss[-1] < loss[1] and loss[-1] < math.log(4), f"{head} on {data}: loss did not fall: {loss}"
+    assert list(curves["nc/nc1"][0]) == [2, 4, 5]  # every 2 epochs and at the last one
+    assert last["train/acc"] == pytest.approx(curves["train/acc"][1][-1], rel=1e-6)
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+
+
+def test_riemannian_solver_logs_iterations(tmp_path):
+    cfg = make_cfg(*TINY, "head=nearest_etf", "solver=riemannian", "trainer.max_epochs=1")
+    train(cfg, tmp_path)
+    curves = read_scalars(tmp_path)
+    assert {"solver/ms", "solver/iters", "solver/grad_norm"} <= curves.keys()
+    assert curves["solver/iters"][1][0] >= 1
+
+
+def test_resume_continues_without_duplicated_epochs(tmp_path):
+    train(make_cfg(*TINY, "trainer.max_epochs=1"), tmp_path)
+    train(make_cfg(*TINY, "trainer.max_epochs=3"), tmp_path)
+    steps = list(read_scalars(tmp_path)["train/loss"][0])
+    assert steps == [1, 2, 3]
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] == 3 and int(state["model"]["head.step"]) > 0
+
+
+def test_checkpoint_for_another_model_is_refused(tmp_path):
+    train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=1"), tmp_path)
+    with pytest.raises(EtfTrainError, match="does not match this run"):
+        train(make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=2"), tmp_path)
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(EtfTrainError, match="cannot read checkpoint"):
+        train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=2"), tmp_path)
+    with pytest.raises(EtfTrainError, match="no such checkpoint"):
+        train(make_cfg(*TINY, f"trainer.resume={tmp_path}/nope.pt"), tmp_path)
+
+
+def test_atomic_checkpoint_leaves_no_temporary(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"meta": {"head": "learned"}, "epoch": 1})
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    assert load_checkpoint(path, {"head": "learned"})["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["backbone.dim=3", "head=nearest_etf"], "needs feature dimension d >= number of classes"),
+        (["backbone.dim=3", "head=fixed_etf"], "needs feature dimension d >= number of classes"),
+        (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),
+        (["optimizer.lr=-1"], "optimizer.lr must be > 0"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs must be a positive integer"),
+    ],
+)
+def test_bad_inputs_stop_with_one_clear_line(tmp_path, overrides, message):
+    with pytest.raises(EtfTrainError, match=message) as info:
+        train(make_cfg(*TINY, *overrides), tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_extreme_learning_rate_stops_with_a_clear_message(tmp_path):
+    cfg = make_cfg(*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30", "trainer.max_epochs=3")
+    with pytest.raises(EtfTrainError, match="non-finite loss .* lower optimizer.lr"):
+        train(cfg, tmp_path)
