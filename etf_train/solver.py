@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EtfTrainError
+from .errors import EtfTrainError, NonFiniteError
 from .etf import centring_matrix
 
 METHODS = ("svd", "gram", "riemannian")
@@ -75,20 +75,27 @@ def polar_factors(A: torch.Tensor, method: str = "svd"):
     """(U, S, Vh) of the thin SVD A = U diag(S) V^T of a full-rank tall A, so that polar(A) = U Vh.
 
     ``svd`` calls torch.linalg.svd; ``gram`` eigendecomposes A^T A = V S^2 V^T in float64 and sets
-    U = A V S^{-1} (the Gram matrix squares the condition number, hence float64).
+    U = A V S^{-1} (the Gram matrix squares the condition number, hence float64). A float32 SVD that
+    fails to converge is retried in float64; non-finite input raises NonFiniteError.
     A: (..., d, K) -> U (..., d, K), S (..., K), Vh (..., K, K)
     """
-    if method == "svd":
-        try:
-            return torch.linalg.svd(A, full_matrices=False)
-        except torch.linalg.LinAlgError:
-            if A.dtype == torch.float64:
-                raise
-            # The iterative SVD can fail to converge in float32; float64 rarely does.
-            U, S, Vh = torch.linalg.svd(A.double(), full_matrices=False)
-            return U.to(A.dtype), S.to(A.dtype), Vh.to(A.dtype)
-    A64 = A.double()
-    evals, V = torch.linalg.eigh(A64.transpose(-1, -2) @ A64)  # (..., K), (..., K, K) ascending
+    try:
+        if method == "svd":
+            try:
+                return torch.linalg.svd(A, full_matrices=False)
+            except torch.linalg.LinAlgError:
+                if A.dtype == torch.float64 or not torch.isfinite(A).all():
+                    raise
+                U, S, Vh = torch.linalg.svd(A.double(), full_matrices=False)
+                return U.to(A.dtype), S.to(A.dtype), Vh.to(A.dtype)
+        A64 = A.double()
+        evals, V = torch.linalg.eigh(A64.transpose(-1, -2) @ A64)  # (..., K), (..., K, K) ascending
+    except torch.linalg.LinAlgError:
+        if not torch.isfinite(A).all():
+            raise NonFiniteError(
+                "nearest_etf: the class means hold NaN or inf: the features diverged (lower optimizer.lr)"
+            ) from None
+        raise EtfTrainError(f"nearest_etf: the {method} factorisation failed to converge, even in float64") from None
     S = evals.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
     U = (A64 @ V) / S.unsqueeze(-2)
     return U.to(A.dtype), S.to(A.dtype), V.transpose(-1, -2).to(A.dtype)
@@ -329,7 +336,7 @@ def _validate(H, prev, delta, method, backward, check):
         raise EtfTrainError(f"nearest_etf: delta must be > 0 (it makes the minimiser unique), got {delta}")
     if check:
         if not torch.isfinite(H).all():
-            raise EtfTrainError("nearest_etf: H holds non-finite values (NaN or inf): the features diverged")
+            raise NonFiniteError("nearest_etf: H holds non-finite values (NaN or inf): the features diverged")
         eye = torch.eye(K, dtype=prev.dtype, device=prev.device)
         err = (prev.transpose(-1, -2) @ prev - eye).abs().amax()
         tol = math.sqrt(torch.finfo(prev.dtype).eps)

@@ -1,0 +1,208 @@
+"""Resume that loses nothing, graceful pre-emption, numerical guards."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from etf_train import EtfTrainError
+from etf_train.compare import read_scalars
+from etf_train.errors import NonFiniteError
+from etf_train.solver import polar_factors
+from etf_train.trainer import Classifier, train
+
+from .conftest import TINY, make_cfg
+
+# 100 steps an epoch, so a signal lands mid-epoch; deterministic, so runs can be compared bit for bit.
+LONG = [*TINY, "dataset.train_per_class=50", "trainer.batch_size=2", "trainer.max_epochs=2",
+        "trainer.deterministic=true"]
+COMPARED = ("train/loss", "train/acc", "test/loss", "test/acc", "nc/nc1", "nc/nc3")
+
+
+def start_cli(run_dir, *overrides):
+    exe = Path(sys.executable).with_name("etf-train")
+    args = [str(exe), *overrides, "trainer.progress=true", f"hydra.run.dir={run_dir}"]
+    return subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=run_dir.parent)
+
+
+def interrupt_mid_epoch(proc, sig, epoch=2):
+    """Send `sig` once the progress bar shows `epoch` between 10 % and 80 % done; returns stderr."""
+    seen, sent = [], threading.Event()
+    pattern = re.compile(rf"epoch {epoch}/\d+:\s+(\d+)%")
+
+    def read():
+        buf = ""
+        while (ch := proc.stderr.read(1)) != "":
+            buf += ch
+            if ch in "\r\n":
+                m = pattern.search(buf)
+                if m and 5 <= int(m.group(1)) <= 90 and not sent.is_set():
+                    proc.send_signal(sig)
+                    sent.set()
+                seen.append(buf)
+                buf = ""
+        seen.append(buf)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    proc.wait(timeout=300)
+    reader.join()
+    assert sent.is_set(), "the run finished before it could be interrupted: " + "".join(seen)[-1500:]
+    return "".join(seen)
+
+
+def final_state(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+
+
+def assert_same_run(a: Path, b: Path):
+    sa, sb = final_state(a), final_state(b)
+    assert sa["epoch"] == sb["epoch"] == 2
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), f"{k} differs after resume"
+    ca, cb = read_scalars(a), read_scalars(b)
+    for tag in COMPARED:
+        assert list(ca[tag][0]) == list(cb[tag][0]) == [1, 2], tag  # no duplicated or missing epochs
+        assert list(ca[tag][1]) == list(cb[tag][1]), tag
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run of a head, computed once per head and module."""
+    runs = {}
+
+    def get(head):
+        if head not in runs:
+            runs[head] = tmp_path_factory.mktemp(f"ref-{head}")
+            train(make_cfg(*LONG, f"head={head}"), runs[head])
+        return runs[head]
+
+    return get
+
+
+@pytest.mark.parametrize("head", [
+    pytest.param("learned", marks=pytest.mark.slow),
+    pytest.param("fixed_etf", marks=pytest.mark.slow),
+    "nearest_etf",
+])
+def test_sigkill_mid_epoch_then_same_command_equals_uninterrupted(tmp_path, reference, head):
+    run = tmp_path / "run"
+    run.mkdir()
+    overrides = [*LONG, f"head={head}"]
+    proc = start_cli(run, *overrides)
+    interrupt_mid_epoch(proc, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert final_state(run)["epoch"] == 1  # the last completed epoch survived the kill intact
+    proc = start_cli(run, *overrides)  # the same command again: trainer.resume=auto is the default
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert_same_run(run, reference(head))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)])
+def test_preemption_signal_saves_at_step_boundary_and_resumes_there(tmp_path, reference, sig):
+    run = tmp_path / "run"
+    run.mkdir()
+    overrides = [*LONG, "head=nearest_etf"]
+    proc = start_cli(run, *overrides)
+    err = interrupt_mid_epoch(proc, sig)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert f"stopped by {signal.Signals(sig).name} at epoch 2, step" in err and "Traceback" not in err
+    state = final_state(run)
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and 0 < state["partial"]["step"] < 100
+    proc = start_cli(run, *overrides)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert_same_run(run, reference("nearest_etf"))
+
+
+def test_signal_is_handed_on_to_the_previous_handler(tmp_path):
+    """submitit requeues from its own SIGUSR1 handler: it must still run, after our checkpoint."""
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda s, f: calls.append(s))
+    try:
+        # Send the signal during the fourth training step (the nearest-ETF head counts its steps).
+        original = Classifier.forward
+
+        def forward(self, x, y=None):
+            if y is not None and int(self.head.step) == 3:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return original(self, x, y)
+
+        Classifier.forward = forward
+        with pytest.raises(SystemExit) as info:
+            train(make_cfg(*LONG, "head=nearest_etf"), tmp_path)
+    finally:
+        Classifier.forward = original
+        signal.signal(signal.SIGUSR1, previous)
+    assert info.value.code == 128 + signal.SIGUSR1
+    assert calls == [signal.SIGUSR1]
+    assert final_state(tmp_path)["partial"]["step"] == 4
+
+
+def _nan_at_step(step):
+    """Patch the model so that the features of training step `step` are NaN."""
+    original, count = Classifier.forward, {"n": 0}
+
+    def forward(self, x, y=None):
+        if y is not None:
+            count["n"] += 1
+            if count["n"] == step:
+                return self.head(self.backbone(x) * float("nan"), y)
+        return original(self, x, y)
+
+    return original, forward
+
+
+@pytest.mark.parametrize("head", ["learned", "nearest_etf"])
+def test_nonfinite_features_stop_naming_the_step_and_keep_the_checkpoint(tmp_path, head, monkeypatch):
+    cfg = make_cfg(*TINY, f"head={head}", "trainer.max_epochs=2")
+    train(make_cfg(*TINY, f"head={head}", "trainer.max_epochs=1"), tmp_path)
+    good = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    _, forward = _nan_at_step(2)
+    monkeypatch.setattr(Classifier, "forward", forward)
+    with pytest.raises(NonFiniteError, match="epoch 2, step 2") as info:
+        train(cfg, tmp_path)
+    assert "\n" not in str(info.value) and "trainer.nonfinite=skip" in str(info.value)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
+
+
+def test_nonfinite_steps_can_be_skipped(tmp_path, monkeypatch):
+    _, forward = _nan_at_step(2)
+    monkeypatch.setattr(Classifier, "forward", forward)
+    last = train(make_cfg(*TINY, "head=nearest_etf", "trainer.nonfinite=skip"), tmp_path)
+    assert read_scalars(tmp_path)["train/skipped_steps"][1][0] == 1
+    assert all(torch.isfinite(v).all() for v in final_state(tmp_path)["model"].values() if v.is_floating_point())
+    assert last["train/acc"] > 0
+
+
+def test_bf16_autocast_solves_in_float32(tmp_path):
+    last = train(make_cfg(*TINY, "head=nearest_etf", "trainer.precision=bf16", "trainer.max_epochs=1"), tmp_path)
+    P = final_state(tmp_path)["model"]["head.P"]
+    assert P.dtype == torch.float32 and torch.allclose(P.T @ P, torch.eye(4), atol=1e-5)
+    assert last["train/loss"] == last["train/loss"]  # not NaN
+
+
+def test_svd_failure_retries_in_float64(monkeypatch):
+    A = torch.randn(20, 5)
+    real_svd = torch.linalg.svd
+
+    def flaky(x, full_matrices=True):
+        if x.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("did not converge")
+        return real_svd(x, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    U, S, Vh = polar_factors(A)
+    assert U.dtype == torch.float32
+    ref = real_svd(A.double(), full_matrices=False)
+    assert torch.allclose(U @ Vh, (ref[0] @ ref[2]).float(), atol=1e-5)
+    monkeypatch.setattr(torch.linalg, "svd", lambda x, full_matrices=True: (_ for _ in ()).throw(torch.linalg.LinAlgError("no")))
+    with pytest.raises(EtfTrainError, match="failed to converge, even in float64"):
+        polar_factors(A)
+    with pytest.raises(NonFiniteError, match="NaN or inf"):
+        polar_factors(A * float("nan"))
