@@ -146,10 +146,7 @@ class NearestETFHead(Head):
         sums = h.T @ onehot  # (d, K)
         counts = onehot.sum(0)  # (K,)
         if dist.is_available() and dist.is_initialized():
-            # all_reduce of the autograd-aware functional collective keeps the graph to this rank's features.
-            import torch.distributed.nn.functional as dist_fn
-
-            sums = dist_fn.all_reduce(sums)
+            sums = _AllReduceSum.apply(sums)
             counts = counts.detach().clone()
             dist.all_reduce(counts)
         return sums, counts
@@ -194,6 +191,22 @@ class NearestETFHead(Head):
             out["solver/grad_norm"] = sum(float(i.grad_norm.float().mean()) for i in infos) / len(infos)
         self._stats.clear()
         return out
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is summed back, so every rank's loss reaches every rank's features."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class _Timer:

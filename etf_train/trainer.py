@@ -330,7 +330,7 @@ def _shared_run_dir(run_dir: Path, world: Dist) -> Path:
     return Path(shared[0])
 
 
-class _Run:
+class Run:
     """One experiment: everything built from the config, the epoch loop, checkpoints."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
@@ -531,7 +531,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     status 128 + signal number; the same command with trainer.resume=auto continues from there.
     """
     try:
-        return _Run(cfg, Path(run_dir)).fit()
+        return Run(cfg, Path(run_dir)).fit()
     except Preempted as p:
         print(f"etf-train: stopped by {p}; checkpoint saved in {Path(run_dir) / 'checkpoints'}; "
               "run the same command again to continue", file=sys.stderr)
