@@ -10,6 +10,11 @@ returns a `DataBundle`:
     test        no augmentation
     eval_train  the train samples, same order, without augmentation (for the NC metrics)
 
+Datasets held in memory (CIFAR, MNIST, STL-10, digits, synthetic, ufm) also give their splits as tensors
+(`DataBundle.train_x` / `test_x`): `build_loaders` then serves batches from tensors on the training device and
+augments them there in batches (`DeviceLoader`), with no worker processes. Image-folder datasets use the
+DataLoader path (workers, pinned memory). One `Augment` spec per dataset drives both paths.
+
 Every seeded choice about which samples a run sees (digits' train/test split, the long tail, the
 limits) uses `split_seed`, not the training seed, so runs with different seeds see the same data.
 """
@@ -17,16 +22,18 @@ limits) uses `split_seed`, not the training seed, so runs with different seeds s
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import math
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 from torchvision.datasets.folder import default_loader
@@ -42,9 +49,56 @@ COMMON_OPTIONS: dict[str, Any] = {
     "imbalance_ratio": 1.0,
     "limit_train": None,
     "limit_test": None,
+    "loader": "auto",  # read by the trainer (build_loaders); checked here against the dataset
     "num_workers": 0,  # read by the trainer (build_loaders)
     "split_seed": 0,
 }
+LOADERS = ("auto", "device", "dataloader")
+
+
+@dataclass(frozen=True)
+class Augment:
+    """A dataset's standard train augmentation and the normalisation of every split, in one spec for both loaders.
+
+    Train: a random crop of the image's own size from the image zero-padded by `padding` on each side
+    (offsets uniform on [-padding, padding]; 0: no crop), then a horizontal flip with probability 1/2 when
+    `flip`. Every split then: x = (pixels / 255 - mean) / std per channel; mean None: x is already a
+    normalised float (digits, synthetic) or a position (ufm) and stays as it is.
+    """
+
+    padding: int = 0
+    flip: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def plain(self) -> Augment:
+        """The same normalisation without the random ops: what test, eval_train and augment=false get."""
+        return replace(self, padding=0, flip=False)
+
+    def per_sample(self, size: Sequence[int], before: Sequence = ()) -> Callable | None:
+        """Per-sample form (DataLoader path) for PIL images: `before`, RandomCrop, RandomHorizontalFlip, ToTensor,
+        Normalize; None when that is nothing."""
+        ops = list(before)
+        if self.padding:
+            ops.append(T.RandomCrop(tuple(size), padding=self.padding))
+        if self.flip:
+            ops.append(T.RandomHorizontalFlip())
+        if self.mean is not None:
+            ops += [T.ToTensor(), T.Normalize(self.mean, self.std)]
+        return T.Compose(ops) if ops else None
+
+    def per_batch(self, device: torch.device) -> Callable[[Tensor, torch.Generator], Tensor]:
+        """Batch form (device path): (x (B, C, H, W) on `device`, generator on `device`) -> augmented, normalised x."""
+        stats = None
+        if self.mean is not None:  # moved once: a blocking host-to-device copy per batch would stall the GPU queue
+            stats = (torch.tensor(self.mean, device=device)[:, None, None], torch.tensor(self.std, device=device)[:, None, None])
+
+        def transform(x: Tensor, generator: torch.Generator) -> Tensor:
+            if self.padding or self.flip:
+                x = random_crop_flip(x, self.padding, self.flip, generator)
+            return x if stats is None else normalise(x, *stats)
+
+        return transform
 
 
 @dataclass
@@ -55,16 +109,26 @@ class DataBundle:
     num_classes: int
     in_shape: tuple[int, ...]
     train_targets: Tensor  # (N_train,) long, labels of `train` in order
+    test_targets: Tensor  # (N_test,) long, labels of `test` in order
+    augment: Augment  # what `train` applies (crop and flip off when augment=false); test, eval_train: augment.plain()
+    # The splits as tensors for the device path, rows in the order of `train` / `test`, before `augment`:
+    # uint8 pixels or normalised floats (N, C, H, W), ufm positions (N,). None: the images are files (DataLoader only).
+    train_x: Tensor | None
+    test_x: Tensor | None
+    name: str
 
 
 @dataclass
 class Splits:
     """What a registered dataset function returns.
 
-    train: items (raw x, label), raw x as `train_transform` / `eval_transform` take it (PIL image or tensor);
-      None means there are no inputs: x is the sample's position in the train split and the test
+    train: items (raw x, label), raw x as `Augment.per_sample` takes it (PIL image) or already the input
+      tensor; None means there are no inputs: x is the sample's position in the train split and the test
       split is the train samples themselves (the unconstrained-features model; test and test_targets
       are then None too).
+    tensors: (train x, test x), the same samples as `train` / `test` in order, as tensors before `augment`
+      (uint8 pixels (N, C, H, W), or the float inputs); None: not held in memory (DataLoader path only).
+    train_ops / eval_ops: dataset-specific PIL ops before the spec's crop and flip (image folders: resizing).
     """
 
     train: Dataset | None
@@ -73,8 +137,10 @@ class Splits:
     test_targets: Tensor | None  # (N_test,) long
     num_classes: int
     in_shape: tuple[int, ...]
-    train_transform: Callable | None = None  # augmentation then normalisation
-    eval_transform: Callable | None = None  # normalisation only
+    augment: Augment = Augment()
+    tensors: tuple[Tensor, Tensor] | None = None
+    train_ops: Sequence = ()
+    eval_ops: Sequence = ()
 
 
 DATASETS: dict[str, Callable[..., DataBundle]] = {}
@@ -230,6 +296,23 @@ class _View(Dataset):
         return (x if self.transform is None else self.transform(x)), y
 
 
+def loader_kind(name: str, loader: Any, in_memory: bool) -> str:
+    """Resolve the `loader` option: auto -> device when the dataset is held in memory, else dataloader."""
+    if loader not in LOADERS:
+        raise EtfTrainError(f"dataset {name}: loader={loader!r} must be one of {', '.join(LOADERS)}")
+    if loader == "device" and not in_memory:
+        raise EtfTrainError(
+            f"dataset {name}: loader=device needs a dataset held in memory as tensors, and {name} reads image files; "
+            "use loader=dataloader (or auto)"
+        )
+    return loader if loader != "auto" else "device" if in_memory else "dataloader"
+
+
+def _rows(x: Tensor, positions: Tensor) -> Tensor:
+    """x[positions] for sorted distinct positions, without copying when they are all of x."""
+    return x if len(positions) == len(x) else x[positions]
+
+
 def _bundle(
     name: str,
     raw: Splits,
@@ -239,12 +322,14 @@ def _bundle(
     imbalance_ratio: Any,
     limit_train: Any,
     limit_test: Any,
+    loader: Any,
     num_workers: Any,
     split_seed: Any,
 ) -> DataBundle:
     augment = _bool(name, "augment", augment)
     _bool(name, "class_balanced", class_balanced)
     _int(name, "num_workers", num_workers, 0)
+    loader_kind(name, loader, raw.train is None or raw.tensors is not None)
     split_seed = _int(name, "split_seed", split_seed, 0)
     ratio = _float(name, "imbalance_ratio", imbalance_ratio, 1.0)
     K = raw.num_classes
@@ -265,28 +350,35 @@ def _bundle(
         tr = tr[stratified_subset(raw.train_targets[tr], n, K, split_seed, f"dataset {name}: limit_train")]
     train_targets = raw.train_targets[tr]
 
+    spec, plain = (raw.augment if augment else raw.augment.plain()), raw.augment.plain()
     if raw.train is None:
         train = eval_train = TensorDataset(torch.arange(len(tr)), train_targets)
-        test_base, test_targets = eval_train, train_targets
+        test_base, test_targets, eval_tf = eval_train, train_targets, None
     else:
-        train = _View(raw.train, tr, raw.train_transform if augment else raw.eval_transform)
-        eval_train = _View(raw.train, tr, raw.eval_transform)
+        size = raw.in_shape[1:]
+        eval_tf = plain.per_sample(size, raw.eval_ops)
+        train_tf = spec.per_sample(size, raw.train_ops) if augment else eval_tf
+        train = _View(raw.train, tr, train_tf)
+        eval_train = _View(raw.train, tr, eval_tf)
         test_base, test_targets = raw.test, raw.test_targets
     te = torch.arange(len(test_targets))
     if limit_test is not None:
         n = _int(name, "limit_test", limit_test, 1)
         te = stratified_subset(test_targets, n, K, split_seed, f"dataset {name}: limit_test")
-    test = _View(test_base, te, None if raw.train is None else raw.eval_transform)
-    return DataBundle(train, test, eval_train, K, raw.in_shape, train_targets)
+    test = _View(test_base, te, eval_tf)
+    if raw.train is None:
+        train_x = eval_train.tensors[0]
+        test_x = train_x[te]
+    elif raw.tensors is None:
+        train_x = test_x = None
+    else:
+        train_x, test_x = _rows(raw.tensors[0], tr), _rows(raw.tensors[1], te)
+    return DataBundle(
+        train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name
+    )
 
 
 # ----------------------------------------------------------------------------- torchvision datasets
-
-
-def _normalised(mean: Sequence[float], std: Sequence[float], train_ops: Sequence, eval_ops: Sequence = ()) -> tuple:
-    """(train, eval) transforms: the given ops, then ToTensor and Normalize(mean, std)."""
-    tail = [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose([*train_ops, *tail]), T.Compose([*eval_ops, *tail])
 
 
 def _torchvision(
@@ -310,8 +402,10 @@ def _labels(values: Any) -> Tensor:
 def _cifar(name: str, cls: type, folder: str, K: int, stats: tuple, root: Any, download: Any) -> Splits:
     root, download = _root(root), _bool(name, "download", download)
     train, test = _torchvision(name, lambda tr: cls(str(root), train=tr, download=download), root, download, folder)
-    tf = _normalised(*stats, [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
-    return Splits(train, test, _labels(train.targets), _labels(test.targets), K, (3, 32, 32), *tf)
+    tensors = tuple(torch.from_numpy(ds.data).permute(0, 3, 1, 2) for ds in (train, test))  # (N, 32, 32, 3) uint8 -> NCHW
+    return Splits(
+        train, test, _labels(train.targets), _labels(test.targets), K, (3, 32, 32), Augment(4, True, *stats), tensors
+    )
 
 
 @register_dataset("cifar10")
@@ -335,16 +429,19 @@ def stl10(root: str = "data", download: bool = True) -> Splits:
     make = lambda tr: tvd.STL10(str(root), split="train" if tr else "test", download=download)  # noqa: E731
     train, test = _torchvision("stl10", make, root, download, "stl10_binary/ folder")
     stats = ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
-    tf = _normalised(*stats, [T.RandomCrop(96, padding=12), T.RandomHorizontalFlip()])
-    return Splits(train, test, _labels(train.labels), _labels(test.labels), 10, (3, 96, 96), *tf)
+    tensors = tuple(torch.from_numpy(ds.data) for ds in (train, test))  # (N, 3, 96, 96) uint8
+    return Splits(
+        train, test, _labels(train.labels), _labels(test.labels), 10, (3, 96, 96), Augment(12, True, *stats), tensors
+    )
 
 
 def _mnist_like(name: str, cls: type, stats: tuple, root: Any, download: Any) -> Splits:
     root, download = _root(root), _bool(name, "download", download)
     folder = f"{cls.__name__}/raw/ folder (the four *-ubyte files)"
     train, test = _torchvision(name, lambda tr: cls(str(root), train=tr, download=download), root, download, folder)
-    tf = _normalised(*stats, [T.RandomCrop(28, padding=2)])  # no flip: mirrored digits/garments change meaning
-    return Splits(train, test, _labels(train.targets), _labels(test.targets), 10, (1, 28, 28), *tf)
+    augment = Augment(2, False, *stats)  # no flip: mirrored digits/garments change meaning
+    tensors = tuple(ds.data.unsqueeze(1) for ds in (train, test))  # (N, 1, 28, 28) uint8
+    return Splits(train, test, _labels(train.targets), _labels(test.targets), 10, (1, 28, 28), augment, tensors)
 
 
 @register_dataset("mnist")
@@ -370,7 +467,9 @@ def load_image(path: str) -> Any:
         raise EtfTrainError(f"cannot read image {path} ({_one_line(err)}); replace or remove the file") from err
 
 
-def _image_folders(name: str, root: Any, image_size: Any, mean: Any, std: Any, train_ops, eval_ops) -> Splits:
+def _image_folders(
+    name: str, root: Any, image_size: int, mean: Any, std: Any, augment: Augment, train_ops: Sequence, eval_ops: Sequence
+) -> Splits:
     root = _root(root)
     hint = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/), or set dataset.root=..."
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
@@ -390,9 +489,11 @@ def _image_folders(name: str, root: Any, image_size: Any, mean: Any, std: Any, t
             f"dataset {name}: train/ and {test_dir.name}/ under {root} hold different class folders "
             f"({len(odd)} in only one, e.g. {', '.join(odd[:3])}); give both the same class folders"
         )
-    tf = _normalised(_stats(name, "mean", mean, 3, False), _stats(name, "std", std, 3, True), train_ops, eval_ops)
+    augment = replace(augment, mean=_stats(name, "mean", mean, 3, False), std=_stats(name, "std", std, 3, True))
     K, in_shape = len(train.classes), (3, image_size, image_size)
-    return Splits(train, test, _labels(train.targets), _labels(test.targets), K, in_shape, *tf)
+    return Splits(
+        train, test, _labels(train.targets), _labels(test.targets), K, in_shape, augment, None, train_ops, eval_ops
+    )
 
 
 @register_dataset("imagenet")
@@ -404,9 +505,8 @@ def imagenet(
 ) -> Splits:
     """ImageNet-style class folders; train: RandomResizedCrop + flip, test: Resize(size/0.875) + CenterCrop."""
     S = _int("imagenet", "image_size", image_size, 1)
-    train_ops = [T.RandomResizedCrop(S), T.RandomHorizontalFlip()]
     eval_ops = [T.Resize(round(S / 0.875)), T.CenterCrop(S)]
-    return _image_folders("imagenet", root, S, mean, std, train_ops, eval_ops)
+    return _image_folders("imagenet", root, S, mean, std, Augment(flip=True), [T.RandomResizedCrop(S)], eval_ops)
 
 
 @register_dataset("image_folder")
@@ -419,9 +519,8 @@ def image_folder(
     """Small images in class folders, resized and centre-cropped to image_size; augmentation: CIFAR-style
     random crop with padding image_size // 8, horizontal flip."""
     S = _int("image_folder", "image_size", image_size, 1)
-    eval_ops = [T.Resize(S), T.CenterCrop(S)]
-    train_ops = [*eval_ops, T.RandomCrop(S, padding=S // 8), T.RandomHorizontalFlip()]
-    return _image_folders("image_folder", root, S, mean, std, train_ops, eval_ops)
+    resize = [T.Resize(S), T.CenterCrop(S)]
+    return _image_folders("image_folder", root, S, mean, std, Augment(S // 8, True), resize, resize)
 
 
 # ----------------------------------------------------------------------------- in-memory datasets
@@ -440,7 +539,8 @@ def digits(split_seed: int = 0) -> Splits:
     is_test = torch.ones(len(y), dtype=torch.bool)
     is_test[train] = False
     x = (x - x[train].mean()) / x[train].std()
-    return Splits(TensorDataset(x[train], y[train]), TensorDataset(x[is_test], y[is_test]), y[train], y[is_test], 10, (1, 8, 8))
+    splits = TensorDataset(x[train], y[train]), TensorDataset(x[is_test], y[is_test])
+    return Splits(*splits, y[train], y[is_test], 10, (1, 8, 8), tensors=tuple(ds.tensors[0] for ds in splits))
 
 
 @register_dataset("synthetic")
@@ -469,7 +569,7 @@ def synthetic(
         return prototypes[y] + sigma * torch.randn(len(y), C, S, S, generator=g), y
 
     (x_tr, y_tr), (x_te, y_te) = draw(n_train), draw(n_test)
-    return Splits(TensorDataset(x_tr, y_tr), TensorDataset(x_te, y_te), y_tr, y_te, K, (C, S, S))
+    return Splits(TensorDataset(x_tr, y_tr), TensorDataset(x_te, y_te), y_tr, y_te, K, (C, S, S), tensors=(x_tr, x_te))
 
 
 @register_dataset("ufm")
@@ -558,13 +658,93 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
         return len(self._bounds())
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reseed the train loader's shuffle for `epoch`, whichever sampler build_loaders gave it."""
-    for sampler in (loader.batch_sampler, loader.sampler):
+# ----------------------------------------------------------------------------- batched augmentation (device path)
+
+
+def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """RandomCrop((H, W), padding) then RandomHorizontalFlip, drawn independently for every sample of a batch:
+
+        out_b = F_b( pad(x_b, padding)[:, i_b : i_b + H, j_b : j_b + W] ),  i_b, j_b ~ U{0, ..., 2 padding},
+        F_b = mirror with probability 1/2 when `flip`, else identity,
+
+    zero padding as torchvision's. x: (B, C, H, W), any dtype; the draws come from `generator` (on x's device).
+    """
+    B, _, H, W = x.shape
+    if padding:
+        i, j = torch.randint(0, 2 * padding + 1, (2, B), generator=generator, device=x.device)
+        windows = F.pad(x, (padding,) * 4).unfold(2, H, 1).unfold(3, W, 1)  # (B, C, 2p+1, 2p+1, H, W), a view
+        x = windows[torch.arange(B, device=x.device), :, i, j]  # (B, C, H, W)
+    if flip:
+        mirror = torch.rand(B, generator=generator, device=x.device) < 0.5
+        x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+def normalise(pixels: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """(pixels / 255 - mean) / std in float32, the same operations as torchvision's ToTensor + Normalize (so the
+    two loader paths agree bit for bit). pixels: (B, C, H, W) uint8; mean, std: (C, 1, 1)."""
+    return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers; unlike seed + epoch, (1, 0) and (0, 1) differ."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class DeviceLoader:
+    """Batches (transform(x[idx]), y[idx]) from tensors already on one device: no workers, no per-batch copies.
+
+    The batches of indices come from `batch_sampler`, the same samplers the DataLoader path uses, so both paths
+    see the same samples in the same order. The random augmentation draws from a generator on the device
+    seeded by (seed, rank, epoch): an epoch's batches are reproducible, across a resumption too.
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_sampler: Sampler[list[int]],
+        transform: Callable[[Tensor, torch.Generator], Tensor],
+        *,
+        seed: int = 0,
+        rank: int = 0,
+    ):
+        self.x, self.y, self.batch_sampler, self.transform = x, y, batch_sampler, transform
+        self.seed, self.rank, self.epoch = seed, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        _set_sampler_epoch(self, epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = [torch.as_tensor(b, dtype=torch.long) for b in self.batch_sampler]
+        if not batches:
+            return
+        order = torch.cat(batches).to(self.x.device)  # one copy per epoch: a blocking copy per batch would sync the GPU
+        generator = torch.Generator(self.x.device).manual_seed(_mix(self.seed, self.rank, self.epoch))
+        for idx in order.split([len(b) for b in batches]):
+            yield self.transform(self.x[idx], generator), self.y[idx]
+
+
+def _set_sampler_epoch(loader: DataLoader | DeviceLoader, epoch: int) -> None:
+    batches = loader.batch_sampler  # ClassBalancedBatchSampler, or a BatchSampler over a DistributedSampler
+    for sampler in (batches, getattr(batches, "sampler", None)):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
             return
     raise EtfTrainError("this loader has no sampler with set_epoch; build it with build_loaders")
+
+
+def set_epoch(loader: DataLoader | DeviceLoader, epoch: int) -> None:
+    """Reseed the train loader's shuffle (and the device path's augmentation) for `epoch`, whichever path and
+    sampler build_loaders gave it."""
+    if isinstance(loader, DeviceLoader):
+        loader.set_epoch(epoch)
+    else:
+        _set_sampler_epoch(loader, epoch)
 
 
 def build_loaders(
@@ -577,12 +757,18 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
-) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """(train, test, eval_train) loaders for this rank.
+    loader: str = "auto",
+    device: torch.device | str | None = None,
+) -> tuple[DataLoader | DeviceLoader, DataLoader | DeviceLoader, DataLoader | DeviceLoader]:
+    """(train, test, eval_train) loaders for this rank: iterables of (x, y) batches with len().
 
-    train: shuffled from seed + epoch (`loader.sampler.set_epoch`, or `loader.batch_sampler.set_epoch` when
-    class_balanced; `set_epoch(loader, epoch)` does either), sharded as DistributedSampler does (padding by
-    wrapping, so ranks get equal sample and batch counts). Worker RNGs (augmentation) derive from seed and rank.
+    loader: "device" serves the bundle's tensors from `device` (default cpu) and augments them there in batches
+    (DeviceLoader; num_workers and pin_memory do not apply); "dataloader" uses torch DataLoaders with
+    num_workers persistent workers; "auto" picks device when the bundle holds its splits as tensors.
+    Both give the same batches of indices:
+    train: shuffled from seed + epoch (`set_epoch(loader, epoch)`), sharded as DistributedSampler does (padding by
+    wrapping, so ranks get equal sample and batch counts); class_balanced: ClassBalancedBatchSampler. The
+    augmentation's randomness derives from seed and rank (DataLoader workers) or seed, rank and epoch (device).
     test / eval_train: in order, each rank a disjoint unpadded shard (ShardSampler): sum statistics across ranks.
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
@@ -590,16 +776,29 @@ def build_loaders(
     if not (isinstance(num_workers, int) and num_workers >= 0):
         raise EtfTrainError(f"num_workers={num_workers!r} must be an integer >= 0")
     _check_shard(rank, world_size)
-    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
-    workers_rng = torch.Generator().manual_seed(seed * 1000 + rank)
     if class_balanced:
         batches = ClassBalancedBatchSampler(bundle.train_targets, batch_size, seed=seed, rank=rank, world_size=world_size)
-        train = DataLoader(bundle.train, batch_sampler=batches, generator=workers_rng, **common)
     else:
         shuffle = DistributedSampler(bundle.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        train = DataLoader(bundle.train, batch_size=batch_size, sampler=shuffle, generator=workers_rng, **common)
+        batches = BatchSampler(shuffle, batch_size, drop_last=False)
 
-    def in_order(ds: Dataset) -> DataLoader:
-        return DataLoader(ds, batch_size=batch_size, sampler=ShardSampler(len(ds), rank, world_size), **common)
+    def in_order(n: int) -> BatchSampler:
+        return BatchSampler(ShardSampler(n, rank, world_size), batch_size, drop_last=False)
 
-    return train, in_order(bundle.test), in_order(bundle.eval_train)
+    if loader_kind(bundle.name, loader, bundle.train_x is not None) == "device":
+        device = torch.device("cpu" if device is None else device)
+        x_train = bundle.train_x.to(device, memory_format=torch.contiguous_format)
+        x_test = bundle.test_x.to(device, memory_format=torch.contiguous_format)
+        y_train, y_test = bundle.train_targets.to(device), bundle.test_targets.to(device)
+        plain = bundle.augment.plain().per_batch(device)
+        return (
+            DeviceLoader(x_train, y_train, batches, bundle.augment.per_batch(device), seed=seed, rank=rank),
+            DeviceLoader(x_test, y_test, in_order(len(y_test)), plain),
+            DeviceLoader(x_train, y_train, in_order(len(y_train)), plain),
+        )
+
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+    workers_rng = torch.Generator().manual_seed(seed * 1000 + rank)
+    train = DataLoader(bundle.train, batch_sampler=batches, generator=workers_rng, **common)
+    test, eval_train = (DataLoader(ds, batch_sampler=in_order(len(ds)), **common) for ds in (bundle.test, bundle.eval_train))
+    return train, test, eval_train

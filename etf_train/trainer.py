@@ -355,6 +355,8 @@ class Run:
             rank=self.world.rank,
             world_size=self.world.world_size,
             pin_memory=self.device.type == "cuda",
+            loader=cfg.dataset.loader,
+            device=self.device,
         )
         self.K = self.bundle.num_classes
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)

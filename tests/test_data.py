@@ -10,16 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 import torchvision
 from omegaconf import OmegaConf
 from PIL import Image
 from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader
 
 from etf_train.data import (
     DATASETS,
     ClassBalancedBatchSampler,
     DataBundle,
+    DeviceLoader,
     build_data,
     build_loaders,
     set_epoch,
@@ -89,6 +92,7 @@ def test_unknown_names_and_bad_options_are_one_line_errors():
         {"augment": "yes"},
         {"num_workers": -1},
         {"split_seed": -1},
+        {"loader": "gpu"},
         {"noise": -1.0},
         {"num_classes": 1},
         {"imbalance_ratio": 1000.0},  # the tail class would keep round(64 / 1000) = 0 samples
@@ -215,12 +219,13 @@ def test_class_balanced_sharding_matches_distributed_sampler(n_per_class, world_
             assert counts.max() - counts.min() <= 1
 
 
+@pytest.mark.parametrize("kind", ["device", "dataloader"])
 @pytest.mark.parametrize("class_balanced", [False, True])
-def test_loaders_shard_train_and_evaluation_by_rank(class_balanced):
+def test_loaders_shard_train_and_evaluation_by_rank(class_balanced, kind):
     b = build_data("ufm", num_classes=4, per_class=15)  # x is the sample's position: the loaders show which samples
     seen = {"train": [], "test": [], "eval_train": []}
     for rank in range(3):
-        loaders = build_loaders(b, 8, class_balanced=class_balanced, seed=5, rank=rank, world_size=3)
+        loaders = build_loaders(b, 8, class_balanced=class_balanced, seed=5, rank=rank, world_size=3, loader=kind)
         set_epoch(loaders[0], 1)
         for key, loader in zip(seen, loaders):
             xs = torch.cat([x for x, _ in loader]).tolist()
@@ -232,14 +237,15 @@ def test_loaders_shard_train_and_evaluation_by_rank(class_balanced):
         assert sorted(flat) == list(range(60)), key  # 60 = 3 * 20: disjoint and covering
 
 
-def test_train_loader_shuffle_follows_seed_and_epoch():
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_train_loader_shuffle_follows_seed_and_epoch(loader):
     b = build_data("synthetic", num_classes=3, image_size=2, train_per_class=10)
     for class_balanced in (False, True):
 
         def order(epoch, seed=0):
-            loader = build_loaders(b, 4, class_balanced=class_balanced, seed=seed)[0]
-            set_epoch(loader, epoch)
-            return torch.cat([y for _, y in loader]).tolist(), torch.cat([x for x, _ in loader])
+            loader_ = build_loaders(b, 4, class_balanced=class_balanced, seed=seed, loader=loader)[0]
+            set_epoch(loader_, epoch)
+            return torch.cat([y for _, y in loader_]).tolist(), torch.cat([x for x, _ in loader_])
 
         (y0, x0), (y1, x1) = order(0), order(1)
         assert sorted(y0) == sorted(y1) == sorted(b.train_targets.tolist())
@@ -248,7 +254,7 @@ def test_train_loader_shuffle_follows_seed_and_epoch():
 
 def test_loader_with_workers_batches_and_persists():
     b = build_data("synthetic", num_classes=3, image_size=4, train_per_class=8)
-    train, test, eval_train = build_loaders(b, 5, num_workers=2)
+    train, test, eval_train = build_loaders(b, 5, num_workers=2, loader="dataloader")
     assert train.persistent_workers and test.persistent_workers and eval_train.persistent_workers
     x, y = next(iter(train))
     assert x.shape == (5, 3, 4, 4) and y.dtype == torch.long
@@ -265,15 +271,20 @@ def cifar_files_without_md5(monkeypatch):
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
 
 
-def write_cifar(root: Path, kind: int, per_file: int, rng: np.random.Generator) -> tuple[np.ndarray, list, np.ndarray, list]:
-    """Miniature CIFAR-10/100 in torchvision's python-pickle layout; returns (train HWC, labels, test HWC, labels)."""
+def write_cifar(
+    root: Path, kind: int, per_file: int, rng: np.random.Generator, same: bool = False
+) -> tuple[np.ndarray, list, np.ndarray, list]:
+    """Miniature CIFAR-10/100 in torchvision's python-pickle layout; returns (train HWC, labels, test HWC, labels).
+    same: every train image is one and the same random image."""
     K = kind
     folder, label_key = (root / "cifar-10-batches-py", "labels") if kind == 10 else (root / "cifar-100-python", "fine_labels")
     train_files = [f"data_batch_{i}" for i in range(1, 6)] if kind == 10 else ["train"]
     folder.mkdir(parents=True)
 
-    def write(name, n):
-        data = rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)  # rows: R plane, G plane, B plane
+    image = rng.integers(0, 256, size=(1, 3 * 32 * 32), dtype=np.uint8)
+
+    def write(name, n, same=False):
+        data = image.repeat(n, 0) if same else rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)  # rows: R, G, B planes
         labels = [int(c) for c in rng.permutation(np.arange(n) % K)]
         entry = {"data": data, label_key: labels}
         if kind == 100:
@@ -282,7 +293,7 @@ def write_cifar(root: Path, kind: int, per_file: int, rng: np.random.Generator) 
             pickle.dump(entry, f)
         return data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
-    train = [write(name, per_file) for name in train_files]
+    train = [write(name, per_file, same) for name in train_files]
     test_x, test_y = write("test_batch" if kind == 10 else "test", K)
     meta_name, meta_key = ("batches.meta", "label_names") if kind == 10 else ("meta", "fine_label_names")
     with open(folder / meta_name, "wb") as f:
@@ -340,20 +351,28 @@ def test_cifar_missing_files_are_one_line_errors_naming_the_root(tmp_path, monke
     assert "\n" not in str(info.value)
 
 
+def write_mnist(folder: Path, train: np.ndarray, test: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """torchvision's raw big-endian idx files (no md5 for these) under folder/raw/, labels i % 10;
+    returns {"train": (images, labels), "t10k": (images, labels)}."""
+    raw = folder / "raw"
+    raw.mkdir(parents=True)
+    split = {}
+    for prefix, images in (("train", train), ("t10k", test)):
+        n = len(images)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, 28, 28) + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.tobytes())
+        split[prefix] = images, labels
+    return split
+
+
 @pytest.mark.parametrize(
     "name, folder, stats", [("mnist", "MNIST", (0.1307, 0.3081)), ("fashion_mnist", "FashionMNIST", (0.2860, 0.3530))]
 )
 def test_mnist_like_reads_idx_files_and_crops_without_flipping(tmp_path, name, folder, stats):
     rng = np.random.default_rng(5)
-    raw = tmp_path / folder / "raw"
-    raw.mkdir(parents=True)
-    split = {}
-    for prefix, n in (("train", 30), ("t10k", 10)):  # torchvision reads the raw big-endian idx files (no md5 for these)
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 0x803, n, 28, 28) + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 0x801, n) + labels.tobytes())
-        split[prefix] = images, labels
+    pixels = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    split = write_mnist(tmp_path / folder, pixels[:30], pixels[30:])
     b = build_data(name, root=str(tmp_path), download=False)
     check_bundle(b)
     assert (b.num_classes, b.in_shape, len(b.train), len(b.test)) == (10, (1, 28, 28), 30, 10)
@@ -446,3 +465,166 @@ def test_image_folder_errors_are_one_line(tmp_path):
     with pytest.raises(EtfTrainError, match=f"cannot read image {bad}") as info:
         b.eval_train[3]
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- device path vs DataLoader path
+
+
+def _epochs(loader, epochs=(0,)) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for epoch in epochs:
+        if epoch is not None:
+            set_epoch(loader, epoch)
+        out += [(x, y) for x, y in loader]
+    return out
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+def test_device_path_serves_the_dataloader_index_batches(class_balanced):
+    b = build_data("ufm", num_classes=4, per_class=15, imbalance_ratio=3.0, limit_test=25)  # x: the sample's position
+    for rank in range(3):
+        by_path = {}
+        for kind in ("device", "dataloader"):
+            train, test, eval_train = build_loaders(
+                b, 7, class_balanced=class_balanced, seed=4, rank=rank, world_size=3, loader=kind
+            )
+            by_path[kind] = [len(train), len(test), len(eval_train)], [
+                [(x.tolist(), y.tolist()) for x, y in batches]
+                for batches in (_epochs(train, (0, 3)), _epochs(test, (None,)), _epochs(eval_train, (None,)))
+            ]
+        assert by_path["device"] == by_path["dataloader"], rank
+        lengths, (train_batches, test_batches, _) = by_path["device"]
+        assert lengths[0] * 2 == len(train_batches) and len(test_batches) == lengths[1] and lengths[0] > 1
+        assert all(y == b.train_targets[x].tolist() for x, y in train_batches)
+        assert all(y == b.train_targets[x].tolist() for x, y in test_batches)  # ufm tests on train samples
+
+
+def _mini_cifar(root: Path, same: bool = False):
+    write_cifar(root, 10, per_file=10, rng=np.random.default_rng(7), same=same)
+    return dict(name="cifar10", root=str(root), download=False)
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "digits", "cifar10", "cifar10-plain"])
+def test_device_path_batches_equal_the_dataloader_ones_without_augmentation(dataset, tmp_path, cifar_files_without_md5):
+    # limits (subsets of the tensors), rank sharding and a partial last batch; test and eval_train are never augmented
+    options = dict(limit_train=37, limit_test=None if dataset.startswith("cifar") else 23)  # mini CIFAR: 10 test images
+    if dataset.startswith("cifar"):
+        options.update(_mini_cifar(tmp_path), augment=dataset == "cifar10")
+    else:
+        options["name"] = dataset
+    b = build_data(**options)
+    assert b.train_x is not None and b.test_x is not None
+    compare = ["test", "eval_train"] + (["train"] if dataset != "cifar10" else [])
+    for rank in range(2):
+        loaders = {kind: build_loaders(b, 8, seed=1, rank=rank, world_size=2, loader=kind) for kind in ("device", "dataloader")}
+        for i, split in enumerate(("train", "test", "eval_train")):
+            got = {kind: _epochs(loaders[kind][i], (2,) if split == "train" else (None,)) for kind in loaders}
+            assert len(got["device"]) == len(got["dataloader"]) == len(loaders["device"][i]) > 0
+            for (xd, yd), (xl, yl) in zip(got["device"], got["dataloader"]):
+                assert torch.equal(yd, yl) and xd.device == torch.device("cpu") and xd.dtype == torch.float32
+                if split in compare:
+                    assert torch.equal(xd, xl), (split, rank)  # bit for bit: the same ToTensor + Normalize operations
+                else:
+                    assert xd.shape == xl.shape and not torch.equal(xd, xl)
+
+
+def _crops(padded: torch.Tensor, p: int) -> tuple[torch.Tensor, list[tuple[int, int, bool]]]:
+    """All (2p+1)^2 crops of a padded image, plain and mirrored: ((n, C, H, W), [(di, dj, mirrored)])."""
+    H, W = padded.shape[1] - 2 * p, padded.shape[2] - 2 * p
+    keys = [(i - p, j - p, f) for i in range(2 * p + 1) for j in range(2 * p + 1) for f in (False, True)]
+    crops = [padded[:, i + p : i + p + H, j + p : j + p + W] for i, j, _ in keys]
+    return torch.stack([c.flip(-1) if f else c for c, (_, _, f) in zip(crops, keys)]), keys
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def test_both_paths_augment_with_the_same_statistics(dataset, tmp_path, cifar_files_without_md5):
+    # one fixed image repeated over the train split: every augmented draw is one of its crops, so the offsets show
+    rng = np.random.default_rng(8)
+    if dataset == "cifar10":
+        pixels = write_cifar(tmp_path, 10, per_file=10, rng=rng, same=True)[0][0]  # (32, 32, 3)
+        b = build_data("cifar10", root=str(tmp_path), download=False)
+        p, flips, stats = 4, True, (CIFAR10_MEAN, CIFAR10_STD)
+    else:
+        one = rng.integers(0, 256, size=(1, 28, 28), dtype=np.uint8)
+        write_mnist(tmp_path / "MNIST", one.repeat(50, 0), one.repeat(10, 0))
+        b = build_data("mnist", root=str(tmp_path), download=False)
+        pixels, p, flips, stats = one.transpose(1, 2, 0), 2, False, ((0.1307,), (0.3081,))
+    crops, keys = _crops(normalise(np.pad(pixels, ((p, p), (p, p), (0, 0))), *stats), p)  # zero pixels around
+
+    torch.manual_seed(0)  # the DataLoader path without workers draws from the global generator
+    seen = {}
+    for kind in ("device", "dataloader"):
+        train = build_loaders(b, 25, seed=3, loader=kind)[0]
+        draws = torch.cat([x for x, _ in _epochs(train, range(40))])  # (2000, C, H, W)
+        best = torch.cdist(draws.flatten(1), crops.flatten(1)).topk(2, largest=False)  # (2000, n) distances
+        assert bool((best.values[:, 0] < 0.1).all()) and bool((best.values[:, 1] > 10).all())  # exactly one crop each
+        found = torch.tensor([keys[k][:2] for k in best.indices[:, 0]]) + p  # offsets shifted to 0..2p
+        mirrored = torch.tensor([keys[k][2] for k in best.indices[:, 0]], dtype=torch.float64)
+        counts = torch.stack([torch.bincount(found[:, a], minlength=2 * p + 1) for a in (0, 1)])  # (2, 2p+1)
+        for axis in counts:
+            assert scipy.stats.chisquare(axis.numpy()).pvalue > 1e-3, (kind, axis)  # uniform on [-p, p]
+        assert (abs(mirrored.mean() - 0.5) < 0.05) if flips else (mirrored.sum() == 0), kind
+        seen[kind] = counts, draws.mean((0, 2, 3)), draws.std((0, 2, 3))
+    for a in range(2):  # the two paths' offset distributions agree
+        table = torch.stack([seen[kind][0][a] for kind in seen]).numpy()
+        assert scipy.stats.chi2_contingency(table).pvalue > 1e-3
+    expected_mean, expected_std = crops.mean((0, 2, 3)), crops.std((0, 2, 3))  # uniform over offsets (and flips)
+    for _, mean, std in seen.values():
+        assert torch.allclose(mean, expected_mean, atol=0.02) and torch.allclose(std, expected_std, atol=0.02)
+    assert torch.allclose(seen["device"][1], seen["dataloader"][1], atol=0.02)
+    assert torch.allclose(seen["device"][2], seen["dataloader"][2], atol=0.02)
+
+
+def test_device_augmentation_is_seeded_by_seed_rank_and_epoch(tmp_path, cifar_files_without_md5):
+    b = build_data(**_mini_cifar(tmp_path, same=True))  # one image 50 times: batches differ only by augmentation
+
+    def epoch(e, seed=0, rank=0, world_size=1):
+        loader = build_loaders(b, 16, seed=seed, rank=rank, world_size=world_size, loader="device")[0]
+        set_epoch(loader, e)
+        return torch.cat([x for x, _ in loader])
+
+    first = epoch(1)
+    assert torch.equal(first, epoch(1))  # rebuilt (as after a resumption): the same batches
+    assert not torch.equal(first, epoch(2)) and not torch.equal(first, epoch(1, seed=1))
+    assert not torch.equal(epoch(1, rank=0, world_size=2), epoch(1, rank=1, world_size=2))
+    loader = build_loaders(b, 16, loader="device")[0]
+    set_epoch(loader, 1)
+    assert torch.equal(torch.cat([x for x, _ in loader]), first) and torch.equal(torch.cat([x for x, _ in loader]), first)
+    plain = build_loaders(build_data(**_mini_cifar(tmp_path / "plain", same=True), augment=False), 16, loader="device")[0]
+    assert len({x.numpy().tobytes() for x in first}) > 40
+    assert len({x.numpy().tobytes() for batch, _ in plain for x in batch}) == 1
+
+def test_loader_option_auto_picks_the_path_and_device_refuses_image_files(tmp_path):
+    b = build_data("synthetic", num_classes=3, image_size=4, train_per_class=8)
+    assert all(isinstance(loader, DeviceLoader) for loader in build_loaders(b, 4))
+    assert all(isinstance(loader, DataLoader) for loader in build_loaders(b, 4, loader="dataloader"))
+    with pytest.raises(EtfTrainError, match="loader='gpu' must be one of auto, device, dataloader"):
+        build_loaders(b, 4, loader="gpu")
+
+    rng = np.random.default_rng(9)
+    write_folder(tmp_path, "train", {"a": 2, "b": 2}, 8, rng)
+    write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, rng)
+    folder = build_data("image_folder", root=str(tmp_path), image_size=8)
+    assert folder.train_x is None and all(isinstance(loader, DataLoader) for loader in build_loaders(folder, 4))
+    for make in (
+        lambda: build_data("image_folder", root=str(tmp_path), image_size=8, loader="device"),
+        lambda: build_data("imagenet", root=str(tmp_path), image_size=8, loader="device"),
+        lambda: build_loaders(folder, 4, loader="device"),
+    ):
+        with pytest.raises(EtfTrainError, match="loader=device needs a dataset held in memory.*use loader=dataloader") as info:
+            make()
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_path_on_cuda_matches_cpu(tmp_path, cifar_files_without_md5):
+    b = build_data(**_mini_cifar(tmp_path))
+    cpu = build_loaders(b, 16, loader="device")
+    cuda = build_loaders(b, 16, loader="device", device="cuda")
+    for split in (1, 2):
+        for (xc, yc), (xg, yg) in zip(cpu[split], cuda[split]):
+            assert xg.is_cuda and yg.is_cuda and torch.equal(yc, yg.cpu())
+            assert torch.allclose(xc, xg.cpu(), atol=1e-6)
+    set_epoch(cuda[0], 1)
+    x, y = next(iter(cuda[0]))
+    assert x.is_cuda and x.shape == (16, 3, 32, 32) and x.dtype == torch.float32

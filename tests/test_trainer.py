@@ -53,6 +53,8 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
     train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=1"), tmp_path)
     with pytest.raises(EtfTrainError, match="does not match this run"):
         train(make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=2"), tmp_path)
+    with pytest.raises(EtfTrainError, match="num_classes: checkpoint 4 vs this run 5"):
+        train(make_cfg(*TINY, "head=learned", "dataset.num_classes=5", "trainer.max_epochs=2"), tmp_path)
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EtfTrainError, match="cannot read checkpoint"):
         train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=2"), tmp_path)
