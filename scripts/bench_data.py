@@ -46,14 +46,14 @@ class PILImages(Dataset):
 
 def register_bench_dataset() -> None:
     @register_dataset("bench_cifar")
-    def bench_cifar(n: int = 50_000, seed: int = 0) -> Splits:
+    def bench_cifar(n: int = 50_000, num_classes: int = 10, seed: int = 0) -> Splits:
         rng = np.random.default_rng(seed)
         pixels = [rng.integers(0, 256, size=(m, 32, 32, 3), dtype=np.uint8) for m in (n, 256)]
-        labels = [np.arange(m) % 10 for m in (n, 256)]
+        labels = [np.arange(m) % num_classes for m in (n, 256)]
         return Splits(
             *(PILImages(p, y) for p, y in zip(pixels, labels)),
             *(torch.as_tensor(y) for y in labels),
-            10,
+            num_classes,
             (3, 32, 32),
             Augment(4, True, *CIFAR10_STATS),
             tuple(torch.from_numpy(p).permute(0, 3, 1, 2) for p in pixels),
