@@ -1,16 +1,45 @@
 """The `etf-train` command: Hydra composes configs/, then trainer.train runs the experiment.
 
-Bad input ends with one line on stderr, `etf-train: error: ...`, and exit status 2.
+Bad input ends with one line on stderr, `etf-train: error: ...`, and exit status 2. In a multirun
+(`-m`, `hparams_search=...`) a job's error fails that job only: the launcher records it, the other jobs
+run, and Hydra (or Optuna, as a failed trial) reports it at the end.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException, HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# The optional Hydra plugins (pip extra `sweep`): what each needs importable, and its pip name.
+_JOBLIB = (("hydra_plugins.hydra_joblib_launcher", "joblib"), "hydra-joblib-launcher")
+_SUBMITIT = (("hydra_plugins.hydra_submitit_launcher", "submitit"), "hydra-submitit-launcher")
+_OPTUNA = (("hydra_plugins.hydra_optuna_sweeper", "optuna"), "hydra-optuna-sweeper")
+PLUGINS = {
+    "hydra/launcher=joblib": _JOBLIB,
+    "hydra/launcher=slurm": _SUBMITIT,  # configs/hydra/launcher/slurm.yaml builds on submitit_slurm
+    "hydra/launcher=submitit_slurm": _SUBMITIT,
+    "hydra/launcher=submitit_local": _SUBMITIT,
+    "hydra/sweeper=optuna": _OPTUNA,
+    "hparams_search": _OPTUNA,  # every configs/hparams_search/ file is an Optuna search
+}
+DIRNAME_EXCLUDES = "hydra.job.config.override_dirname.exclude_keys"
+
+
+class JobFailed(CompactHydraException):
+    """A multirun job's EtfTrainError: Hydra prints its one line (after the job's overrides), no traceback."""
 
 
 def config_dir() -> Path:
@@ -20,19 +49,139 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent / "configs"
 
 
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
+def _overrides(args: Sequence[str]) -> list[str]:
+    """The `key=value` overrides among command-line arguments (flags such as -m, --cfg job left out)."""
+    return [a for a in args if _is_override(a)]
+
+
+def with_override(args: Sequence[str], override: str) -> list[str]:
+    """`args` plus one override, put before the others: Hydra's argparse takes the overrides as one run of
+    positional arguments, so one appended after a flag such as `--cfg job` would be refused."""
+    first = next((i for i, a in enumerate(args) if _is_override(a)), len(args))
+    return [*args[:first], override, *args[first:]]
+
+
+def missing_plugin(args: Sequence[str]) -> str | None:
+    """The error line for the first override whose Hydra plugin cannot be imported, or None."""
+    for arg in _overrides(args):
+        key, value = arg.lstrip("+").split("=", 1)
+        choice = key if key == "hparams_search" and value != "null" else f"{key}={value}"
+        if choice not in PLUGINS:
+            continue
+        modules, package = PLUGINS[choice]
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        except ImportError:
+            return f'{arg.lstrip("+")} needs the {package} plugin: pip install -e ".[sweep]" (or pip install {package})'
+    return None
+
+
+def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[str] | None:
+    """exclude_keys for hydra.job.override_dirname that name a sweep's job folders by the swept keys only.
+
+    Hydra names a job folder after all of its overrides, constants included, which buries the swept
+    `head=learned,seed=2` in a long string and can pass the 255-byte file-name limit. Excluding the constant
+    overrides (those without sweep syntax such as `seed=1,2` or `range(1,4)`) leaves the swept keys, or the
+    ones Optuna chooses; a multirun that sweeps nothing runs its one job in the sweep folder itself.
+    None when the overrides don't parse (Hydra reports that itself).
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides(_overrides(args))
+    except HydraException:
+        return None
+    constants = [o.key_or_group for o in parsed if not (o.is_hydra_override() or o.is_sweep_override())]
+    return list(dict.fromkeys([*always, *constants]))
+
+
+def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
+    """The error line when the run's output folder cannot be made (a file in the way, no permission), or None.
+
+    Checked before Hydra starts, which would otherwise fail with a traceback. Only the literal part of
+    hydra.run.dir / hydra.sweep.dir (before any ${...}) is checked; the default is outputs/ here.
+    """
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in args) else "hydra.run.dir"
+    given = next((a.split("=", 1)[1] for a in _overrides(args) if a.split("=", 1)[0] == key), "outputs/")
+    target = cwd / given.split("${", 1)[0]
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a folder" if not existing.is_dir() else "is not writable"
+        return f"cannot write the output folder {target}: {existing} {what}; set {key}=... to a writable place"
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an error, reduced to its last line when it comes wrapped in a DataLoader worker's traceback."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(error).__name__
+    last = lines[-1]
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last
+
+
+def job_device(spec: str, multirun: bool, job_num: int, cuda_count: int) -> str:
+    """One GPU per job: with trainer.device=auto in a multirun on a machine with several GPUs, job n runs on
+    cuda:(n mod count), so parallel jobs (hydra/launcher=joblib, n_jobs = count) spread over the GPUs."""
+    if spec == "auto" and multirun and cuda_count > 1:
+        return f"cuda:{job_num % cuda_count}"
+    return spec
+
+
+def objective(scalars: dict[str, float], metric: str | None) -> float | None:
+    """What the task returns to the sweeper: the last epoch's value of `optimized_metric` (None when unset)."""
+    from .errors import EtfTrainError
+
+    if metric is None:
+        return None
+    if metric not in scalars:
+        raise EtfTrainError(
+            f"optimized_metric={metric} is not a scalar of this run; choose one of {', '.join(sorted(scalars))}"
+        )
+    return float(scalars[metric])
+
+
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> float | None:
+    import torch
+
     from .errors import EtfTrainError
     from .trainer import train
 
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    OmegaConf.resolve(cfg)  # e.g. dataset.root: ${oc.env:CIFAR10_JPG,...} -> the path the trainer is handed
     try:
-        train(cfg, HydraConfig.get().runtime.output_dir)
+        job_num = hc.job.num if multirun else 0  # hydra.job.num exists in multiruns only
+        device = job_device(str(cfg.trainer.device), multirun, job_num, torch.cuda.device_count())
+        if device != cfg.trainer.device:
+            cfg.trainer.device = device
+            torch.cuda.set_device(torch.device(device))  # for code that allocates on the current device
+        return objective(train(cfg, hc.runtime.output_dir), cfg.get("optimized_metric"))
     except EtfTrainError as e:
-        print(f"etf-train: error: {e}", file=sys.stderr)
+        message = one_line(e)
+        if multirun:  # fail this job only; the launcher runs the others and Hydra reports it at the end
+            log.error("etf-train: error: %s", message)
+            raise JobFailed(f"etf-train: error: {message}") from e
+        print(f"etf-train: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    problem = missing_plugin(args) or unwritable_output(args, Path.cwd())
+    if problem is not None:
+        print(f"etf-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    if not any(a.startswith(DIRNAME_EXCLUDES + "=") for a in args):
+        always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
+        excludes = swept_dirname_excludes(args, always)
+        if excludes:
+            sys.argv[1:] = with_override(args, f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
     _main()
 
 

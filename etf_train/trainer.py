@@ -57,7 +57,7 @@ class Classifier(nn.Module):
 
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
     """optimizer/: sgd | adamw."""
-    opts = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "name"}
+    opts = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "name"}
     if not opts.get("lr", 0) > 0:
         raise EtfTrainError(f"optimizer.lr must be > 0, got {opts.get('lr')}")
     if cfg.name == "sgd":
@@ -89,9 +89,9 @@ def resolve_device(spec: str) -> torch.device:
 
 def build_model(cfg: DictConfig, num_classes: int, in_shape, num_samples: int) -> Classifier:
     backbone = create_backbone(**cfg.backbone, in_shape=in_shape, num_samples=num_samples)
-    head_opts = {k: v for k, v in OmegaConf.to_container(cfg.head).items() if k != "name"}
+    head_opts = {k: v for k, v in OmegaConf.to_container(cfg.head, resolve=True).items() if k != "name"}
     if cfg.head.name == "nearest_etf":
-        solver = OmegaConf.to_container(cfg.solver)
+        solver = OmegaConf.to_container(cfg.solver, resolve=True)
         head_opts["method"] = solver.pop("method")
         head_opts["solver_opts"] = {k: v for k, v in solver.items() if v is not None}
     return Classifier(backbone, create_head(cfg.head.name, num_classes, backbone.feature_dim, **head_opts))
@@ -215,13 +215,14 @@ class Preempted(Exception):
 
 
 class SignalGuard:
-    """SIGTERM, SIGUSR1 (SLURM pre-emption) and SIGINT set a flag that the loop reads at step boundaries.
+    """SIGTERM, SIGUSR1 (SLURM pre-emption), SIGUSR2 (submitit's pre-emption signal) and SIGINT set a flag
+    that the loop reads at step boundaries.
 
     After the checkpoint is written, ``chain`` hands the signal to whatever handler was installed before
     (e.g. submitit's requeue handler), so cluster tools keep working.
     """
 
-    SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None), signal.SIGINT) if s is not None)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT") if hasattr(signal, name))
 
     def __init__(self):
         self.received: int | None = None
@@ -344,7 +345,7 @@ class Run:
                 f"trainer.batch_size={t.batch_size} (the global batch) must divide evenly over {self.world.world_size} processes"
             )
         seed_everything(cfg.seed, t.deterministic)
-        dataset_opts = {k: v for k, v in OmegaConf.to_container(cfg.dataset).items() if k != "name"}
+        dataset_opts = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k != "name"}
         self.bundle = build_data(cfg.dataset.name, **dataset_opts)
         self.train_loader, self.test_loader, self.eval_train_loader = build_loaders(
             self.bundle,

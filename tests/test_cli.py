@@ -51,3 +51,29 @@ def test_cli_unknown_choice_gets_hydras_message(tmp_path):
 def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "etf_train", "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0 and "head: fixed_etf, learned, nearest_etf" in proc.stdout
+
+
+def test_cli_bad_input_matrix(tmp_path):
+    """docs/reliability.md: each bad input ends with one clear line and a non-zero status, no traceback."""
+    (tmp_path / "afile").write_text("in the way")
+    cases = [
+        (["dataset=imagenett"], 1, "Could not find 'dataset/imagenett'"),
+        (["backbone=resnet19"], 1, "Could not find 'backbone/resnet19'"),
+        ([*TINY, "backbone.dim=2"], 2, "etf-train: error: head=nearest_etf needs feature dimension d >= number of classes"),
+        (["dataset=cifar10", f"dataset.root={tmp_path}/none", "dataset.download=false"], 2,
+         "etf-train: error: dataset cifar10"),
+        (["dataset=image_folder", f"dataset.root={tmp_path}/empty"], 2, "etf-train: error: dataset image_folder"),
+        ([*TINY, "trainer.batch_size=-4"], 2, "etf-train: error: trainer.batch_size must be a positive integer"),
+        ([*TINY, "optimizer.lr=0"], 2, "etf-train: error: optimizer.lr must be > 0"),
+        ([*TINY, "hydra.run.dir=afile/run"], 2, "etf-train: error: cannot write the output folder"),
+        ([*TINY, f"trainer.resume={tmp_path}/none.pt"], 2, "etf-train: error: trainer.resume="),
+        ([*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30"], 2,
+         "etf-train: error: non-finite loss at epoch 1"),
+    ]
+    for i, (args, code, message) in enumerate(cases):
+        run_dir = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path}/run{i}"]
+        proc = etf_train(*args, *run_dir, cwd=tmp_path)
+        assert proc.returncode == code, (args, proc.stderr[-1500:])
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
+        if code == 2:
+            assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
