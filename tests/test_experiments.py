@@ -76,7 +76,7 @@ def test_cifar10_jpg_root_comes_from_the_environment(monkeypatch):
     [
         ("ufm10", ["dataset.per_class=8", "trainer.batch_size=32"]),
         ("ufm100", ["dataset.per_class=2", "trainer.batch_size=100"]),
-        ("ufm1000", ["dataset.per_class=1", "trainer.batch_size=500"]),
+        pytest.param("ufm1000", ["dataset.per_class=1", "trainer.batch_size=500"], marks=pytest.mark.slow),
     ],
 )
 def test_ufm_experiment_trains_one_epoch(name, sizes, tmp_path):

@@ -19,8 +19,8 @@ from etf_train.trainer import Classifier, train
 
 from .conftest import TINY, make_cfg
 
-# 100 steps an epoch, so a signal lands mid-epoch; deterministic, so runs can be compared bit for bit.
-LONG = [*TINY, "dataset.train_per_class=50", "trainer.batch_size=2", "trainer.max_epochs=2",
+# 60 steps an epoch, so a signal lands mid-epoch; deterministic, so runs can be compared bit for bit.
+LONG = [*TINY, "dataset.train_per_class=30", "trainer.batch_size=2", "trainer.max_epochs=2",
         "trainer.deterministic=true"]
 COMPARED = ("train/loss", "train/acc", "test/loss", "test/acc", "nc/nc1", "nc/nc3")
 
@@ -114,7 +114,7 @@ def test_preemption_signal_saves_at_step_boundary_and_resumes_there(tmp_path, re
     assert proc.returncode == 128 + sig, err[-2000:]
     assert f"stopped by {signal.Signals(sig).name} at epoch 2, step" in err and "Traceback" not in err
     state = final_state(run)
-    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and 0 < state["partial"]["step"] < 100
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2 and 0 < state["partial"]["step"] < 60
     proc = start_cli(run, *overrides)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert_same_run(run, reference("nearest_etf"))
