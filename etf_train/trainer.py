@@ -453,8 +453,8 @@ class Run:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}",
                                 img_s=f"{seen / (time.perf_counter() - start + acc['elapsed']):.0f}")
             stop = guard.received is not None
-            if self.world.enabled:
-                stop = bool(self.world.sum([float(stop)], self.device)[0])
+            if self.world.enabled:  # ranks agree (every 20 steps, to spare a collective per step) before saving
+                stop = step % 20 == 0 and bool(self.world.sum([float(stop)], self.device)[0])
             if stop:
                 state = {"epoch": epoch, "step": step, "loss_sum": loss_sum.item(), "correct": correct.item(),
                          "seen": seen, "elapsed": acc["elapsed"] + time.perf_counter() - start, "skipped": skipped}
