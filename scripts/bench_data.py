@@ -60,6 +60,21 @@ def register_bench_dataset() -> None:
         )
 
 
+def machine() -> str:
+    """One line on where a benchmark ran, for its table's caption."""
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+            f"intra-op threads: {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end{gpu}")
+
+
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print a markdown table and, with --out, write it there too."""
+    table = "\n".join(lines)
+    print(table)
+    if out:
+        out.write_text(table + "\n")
+
+
 def epoch_rate(bundle, batch_size: int, kind: str, device: torch.device, workers: int, warmup: int = 5) -> float:
     """Images per second of one epoch of the train loader, batches landing on `device`."""
     cuda = device.type == "cuda"
@@ -104,20 +119,15 @@ def main() -> None:
         rows.append(("device", device, 0, epoch_rate(bundle, args.batch_size, "device", device, 0)))
         print(*rows[-1], flush=True)
 
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     lines = [
         f"One epoch of augmented 3x32x32 uint8 images (crop 4 + flip + normalise), N={args.n}, batch {args.batch_size}; "
-        f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-        f"intra-op threads: {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end{gpu}.",
+        f"{machine()}.",
         "",
         "| path | batches on | workers | images/s | epoch s |",
         "|---|---|---:|---:|---:|",
     ]
     lines += [f"| {k} | {d.type} | {w} | {r:,.0f} | {args.n / r:.2f} |" for k, d, w, r in rows]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

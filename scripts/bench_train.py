@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 from pathlib import Path
 
 import torch
-from bench_data import register_bench_dataset
+from bench_data import emit, machine, register_bench_dataset
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -75,12 +74,9 @@ def main() -> None:
 
     learned = {(d, ld): r["step_ms"] for d, ld, h, r in rows if h == "learned"}
     device_rate = {(d, h): r["img_s"] for d, ld, h, r in rows if ld == "device"}
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     lines = [
-        f"ResNet-18 (CIFAR stem), 32 px, K=100, batch {args.batch_size}, {args.steps} timed steps per row; torch "
-        f"{torch.__version__}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-        f"{torch.get_num_threads()} threads, DataLoader workers {args.workers}, load average "
-        f"{os.getloadavg()[0]:.1f} at the end{gpu}.",
+        f"ResNet-18 (CIFAR stem), 32 px, K=100, batch {args.batch_size}, {args.steps} timed steps per row, "
+        f"DataLoader workers {args.workers}; {machine()}.",
         "",
         "| device | data path | head | images/s | step ms | solver ms | step / learned | device path speed-up |",
         "|---|---|---|---:|---:|---:|---:|---:|",
@@ -89,10 +85,7 @@ def main() -> None:
         speedup = device_rate[(d, h)] / r["img_s"] if ld == "dataloader" else 1.0
         lines.append(f"| {d} | {ld} | {h} | {r['img_s']:,.0f} | {r['step_ms']:.0f} | {r['solver_ms']:.2f} | "
                      f"{r['step_ms'] / learned[(d, ld)]:.3f} | {speedup:.2f}x |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
