@@ -439,7 +439,7 @@ def plot(path: Path, groups: dict[str, list[Run]], metrics: Sequence[str], dpi: 
             ax.plot(st.epochs, st.median, color=color, lw=1.5)
             ax.fill_between(st.epochs, st.min, st.max, color=color, alpha=0.2, lw=0)
             seen += [st.min, st.max]
-        if spans_decades(np.concatenate(seen)):
+        if not tag.endswith("acc") and spans_decades(np.concatenate(seen)):  # accuracies (%) stay linear
             ax.set_yscale("log")
         ax.set_title(tag)
         ax.set_xlabel("epoch")

@@ -279,20 +279,26 @@ def evaluate(model, loader, device, autocast, world: Dist) -> dict[str, float]:
 
 
 @torch.no_grad()
-def nc_metrics(model, loader, device, autocast, num_classes) -> dict[str, float]:
-    """NC1-NC4 over the (un-augmented) train set, streaming: pass 1 moments, pass 2 nearest-class-centre."""
+def nc_metrics(model, loader, device, autocast, num_classes, world: Dist) -> dict[str, float]:
+    """NC1-NC4 and eval-mode accuracy over the (un-augmented) train set, streaming: pass 1 moments and
+    predictions, pass 2 nearest-class-centre."""
     model.eval()
     acc = NCAccumulator(num_classes, model.head.dim, device=device)
     cache, cached_bytes = [], 0
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
     for batch in loader:
         x, y = _to(batch, device)
         with autocast:
             f = model.backbone(x)
         h = model.head.normalize(f.float())
+        logits = model.head(f.float())
         acc.update_stats(h, y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
         cached_bytes += h.numel() * h.element_size()
         if cached_bytes <= _FEATURE_CACHE_BYTES:
-            cache.append((h, model.head(f.float())))
+            cache.append((h, logits))
     acc.all_reduce()
     if cached_bytes <= _FEATURE_CACHE_BYTES:
         for h, logits in cache:
@@ -304,7 +310,11 @@ def nc_metrics(model, loader, device, autocast, num_classes) -> dict[str, float]
                 f = model.backbone(x)
             acc.update_ncc(model.head.normalize(f.float()), model.head(f.float()))
     acc.all_reduce()
-    return {f"nc/{k}": v for k, v in acc.compute(model.head.weight.detach().float()).items()}
+    correct, seen = world.sum([correct.item(), seen], device)
+    # train/acc is measured during the epoch, as the weights change (and, for nearest_etf, with a classifier fitted
+    # to running means that include the batch); this is the train set under the end-of-epoch model.
+    return {"train/eval_acc": 100.0 * correct / seen,
+            **{f"nc/{k}": v for k, v in acc.compute(model.head.weight.detach().float()).items()}}
 
 
 def _check_config(cfg: DictConfig) -> None:
@@ -393,8 +403,14 @@ class Run:
         if path is None:
             return 0, None, None
         state = load_checkpoint(path, self.meta)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:  # e.g. another train-set size for the UFM features
+            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+            raise EtfTrainError(
+                f"checkpoint {path} does not fit this model ({first}); use another output folder or trainer.resume=never"
+            ) from None
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         partial = state.get("partial")
@@ -511,7 +527,7 @@ class Run:
                     partial = None
                     scalars.update(evaluate(self.ddp, self.test_loader, self.device, self.autocast, self.world))
                     if epoch % self.cfg.metrics.every_n_epochs == 0 or epoch == self.t.max_epochs:
-                        scalars.update(nc_metrics(self.model, self.eval_train_loader, self.device, self.autocast, self.K))
+                        scalars.update(nc_metrics(self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world))
                     if self.scheduler is not None:
                         self.scheduler.step()
                     if writer is not None:

@@ -9,7 +9,7 @@ from etf_train.trainer import load_checkpoint, save_checkpoint, train
 
 from .conftest import TINY, TINY_UFM, make_cfg
 
-SCALARS = {"train/loss", "train/acc", "test/loss", "test/acc", "lr", "time/epoch_s", "throughput/train_img_s"}
+SCALARS = {"train/loss", "train/acc", "train/eval_acc", "test/loss", "test/acc", "lr", "time/epoch_s", "throughput/train_img_s"}
 NC = {"nc/nc1", "nc/nc2_w", "nc/nc2_h", "nc/equinorm_w", "nc/equinorm_h", "nc/equiangular_w", "nc/equiangular_h",
       "nc/nc3", "nc/nc4"}
 
@@ -55,6 +55,11 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
         train(make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=2"), tmp_path)
     with pytest.raises(EtfTrainError, match="num_classes: checkpoint 4 vs this run 5"):
         train(make_cfg(*TINY, "head=learned", "dataset.num_classes=5", "trainer.max_epochs=2"), tmp_path)
+    ufm = [o for o in TINY_UFM if "per_class" not in o]
+    train(make_cfg(*ufm, "head=learned", "dataset.per_class=16", "trainer.max_epochs=1"), tmp_path / "ufm")
+    with pytest.raises(EtfTrainError, match="does not fit this model .*size mismatch") as info:
+        train(make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=2"), tmp_path / "ufm")
+    assert "\n" not in str(info.value)
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EtfTrainError, match="cannot read checkpoint"):
         train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=2"), tmp_path)
