@@ -435,7 +435,7 @@ class Run:
         check_every = 1 if skip_bad or self.device.type == "cpu" else 50  # a host sync per check on GPUs
         start = time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.t.max_epochs}", leave=False,
-                   disable=not self.progress, dynamic_ncols=True, initial=0)
+                   disable=not self.progress, dynamic_ncols=True)
         step = 0
         for step, batch in enumerate(bar, 1):
             if step <= skip:  # batches done before the interruption: load (same RNG draws), don't train
@@ -525,7 +525,8 @@ class Run:
                     scalars = {"lr": self.optimizer.param_groups[0]["lr"]}
                     scalars.update(self.train_epoch(epoch, guard, partial, rng))
                     partial = None
-                    scalars.update(evaluate(self.ddp, self.test_loader, self.device, self.autocast, self.world))
+                    # The bare model: ranks' test shards may differ in batch count; DDP's forward would wait on a collective.
+                    scalars.update(evaluate(self.model, self.test_loader, self.device, self.autocast, self.world))
                     if epoch % self.cfg.metrics.every_n_epochs == 0 or epoch == self.t.max_epochs:
                         scalars.update(nc_metrics(self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world))
                     if self.scheduler is not None:
