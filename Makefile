@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev,sweep]"
 	touch $(STAMP)
 
-# The default experiment: nearest-ETF head on scikit-learn's bundled digits, offline, ~1 min on 2 CPU cores.
+# The default experiment: nearest-ETF head on scikit-learn's bundled digits, offline, ~15 s on 2 CPU cores.
 run: $(STAMP)
 	$(BIN)/etf-train $(ARGS)
 
