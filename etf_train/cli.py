@@ -114,6 +114,31 @@ def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
     return None
 
 
+def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
+    """The run that the same command left unfinished, so that it resumes rather than starting over.
+
+    With Hydra's default time-stamped folders, a rerun gets a new folder; this finds the newest
+    outputs/<date>/<time> run started with the same overrides whose checkpoint exists but never finished.
+    None for multiruns (a sweep's jobs keep their folders), an explicit hydra.run.dir, or trainer.resume
+    other than auto.
+    """
+    from .trainer import FINISHED
+
+    overrides = _overrides(args)
+    given = dict(o.split("=", 1) for o in overrides)
+    if any(a in ("-m", "--multirun") for a in args) or "hydra.run.dir" in given:
+        return None
+    if given.get("trainer.resume", "auto") != "auto":
+        return None
+    mine = sorted(o for o in overrides if not o.startswith("hydra."))
+    for saved in sorted(cwd.glob("outputs/*/*/.hydra/overrides.yaml"), reverse=True):  # newest first
+        checkpoints = saved.parent.parent / "checkpoints"
+        if (checkpoints / "last.pt").exists() and not (checkpoints / FINISHED).exists():
+            if sorted(str(o) for o in OmegaConf.load(saved)) == mine:
+                return saved.parent.parent.relative_to(cwd)
+    return None
+
+
 def one_line(error: BaseException) -> str:
     """The message of an error, reduced to its last line when it comes wrapped in a DataLoader worker's traceback."""
     lines = [line for line in str(error).splitlines() if line.strip()]
@@ -177,6 +202,10 @@ def main() -> None:
     if problem is not None:
         print(f"etf-train: error: {problem}", file=sys.stderr)
         sys.exit(2)
+    resume = interrupted_run(args, Path.cwd())
+    if resume is not None:
+        print(f"etf-train: resuming the interrupted run in {resume}", file=sys.stderr)
+        args = sys.argv[1:] = with_override(args, f"hydra.run.dir={resume}")
     if not any(a.startswith(DIRNAME_EXCLUDES + "=") for a in args):
         always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
         excludes = swept_dirname_excludes(args, always)

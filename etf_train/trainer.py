@@ -37,6 +37,9 @@ from .metrics import NCAccumulator
 
 log = logging.getLogger("etf_train")
 
+# Marker beside checkpoints/last.pt once the last epoch is done.
+FINISHED = "finished"
+
 # Budget for caching train-set features between the two NC passes instead of running the backbone twice.
 _FEATURE_CACHE_BYTES = 1 << 30
 
@@ -538,6 +541,8 @@ class Run:
                     self.save(epoch)
                     if self.world.main:
                         log.info("epoch %d/%d  %s", epoch, self.t.max_epochs, _summary(scalars))
+            if self.world.main:  # tells `etf-train` (cli.interrupted_run) that this run needs no resuming
+                (self.ckpt_path.parent / FINISHED).touch()
         finally:
             if writer is not None:
                 writer.close()

@@ -25,10 +25,12 @@ LONG = [*TINY, "dataset.train_per_class=30", "trainer.batch_size=2", "trainer.ma
 COMPARED = ("train/loss", "train/acc", "test/loss", "test/acc", "nc/nc1", "nc/nc3")
 
 
-def start_cli(run_dir, *overrides):
+def start_cli(run_dir, *overrides, cwd=None):
+    """`etf-train OVERRIDES` into run_dir (None: Hydra's time-stamped folder under cwd/outputs)."""
     exe = Path(sys.executable).with_name("etf-train")
-    args = [str(exe), *overrides, "trainer.progress=true", f"hydra.run.dir={run_dir}"]
-    return subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=run_dir.parent)
+    args = [str(exe), *overrides, "trainer.progress=true", *([f"hydra.run.dir={run_dir}"] if run_dir else [])]
+    return subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            cwd=cwd or run_dir.parent)
 
 
 def interrupt_mid_epoch(proc, sig, epoch=2):
@@ -118,6 +120,20 @@ def test_preemption_signal_saves_at_step_boundary_and_resumes_there(tmp_path, re
     proc = start_cli(run, *overrides)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert_same_run(run, reference("nearest_etf"))
+
+
+def test_same_command_resumes_the_interrupted_time_stamped_run(tmp_path, reference):
+    overrides = [*LONG, "head=nearest_etf"]
+    proc = start_cli(None, *overrides, cwd=tmp_path)
+    interrupt_mid_epoch(proc, signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM
+    (first,) = [p.parent.parent for p in tmp_path.glob("outputs/*/*/checkpoints/last.pt")]
+    proc = start_cli(None, *overrides, cwd=tmp_path)  # the very same command line
+    assert proc.wait(timeout=300) == 0
+    assert f"resuming the interrupted run in {first.relative_to(tmp_path)}" in proc.stderr.read()
+    assert [p.parent.parent for p in tmp_path.glob("outputs/*/*/checkpoints/last.pt")] == [first]
+    assert (first / "checkpoints" / "finished").exists()
+    assert_same_run(first, reference("nearest_etf"))
 
 
 def test_signal_is_handed_on_to_the_previous_handler(tmp_path):
