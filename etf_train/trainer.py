@@ -439,7 +439,6 @@ class Run:
         start = time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.t.max_epochs}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
-        step = 0
         for step, batch in enumerate(bar, 1):
             if step <= skip:  # batches done before the interruption: load (same RNG draws), don't train
                 if step == skip:
@@ -454,8 +453,7 @@ class Run:
                 if not skip_bad:
                     raise NonFiniteError(f"epoch {epoch}, step {step}: {e}; or set trainer.nonfinite=skip") from None
                 loss = logits = None
-            if skip_bad and (loss is None or not torch.isfinite(loss)):
-                self.optimizer.zero_grad(set_to_none=True)
+            if skip_bad and (loss is None or not torch.isfinite(loss)):  # no update; the next step zeroes grads
                 skipped += 1
                 continue
             self.optimizer.zero_grad(set_to_none=True)
