@@ -19,24 +19,15 @@ import timm
 import torchvision
 from torch import nn
 
-from etf_train.errors import EtfTrainError
+from . import options as opt
+from .errors import EtfTrainError
+from .registry import Registry
 
 __all__ = ["BACKBONES", "register_backbone", "create_backbone"]
 
 # A builder is called as builder(in_shape, num_samples, **options) and returns an nn.Module with `feature_dim`.
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(name: str):
-    """Decorator adding a builder to BACKBONES under its config name."""
-
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in BACKBONES:
-            raise ValueError(f"backbone {name!r} is already registered")
-        BACKBONES[name] = builder
-        return builder
-
-    return decorator
+BACKBONES = Registry("backbone")
+register_backbone = BACKBONES.register
 
 
 def create_backbone(
@@ -46,9 +37,7 @@ def create_backbone(
 
     num_samples: train-set size, needed only by `ufm`. Unknown arch or options -> EtfTrainError.
     """
-    if arch not in BACKBONES:
-        raise EtfTrainError(f"unknown backbone {arch!r}; choose one of: {', '.join(sorted(BACKBONES))}")
-    builder = BACKBONES[arch]
+    builder = BACKBONES.get(arch)
     in_shape = tuple(int(s) for s in in_shape)
     try:
         inspect.signature(builder).bind(in_shape, num_samples, **options)
@@ -74,19 +63,6 @@ def _image_channels(arch: str, in_shape: tuple[int, ...]) -> int:
     if len(in_shape) != 3:
         raise EtfTrainError(f"backbone {arch} needs images of shape (C, H, W), got per-sample shape {in_shape}")
     return in_shape[0]
-
-
-def _check_positive_ints(arch: str, **values: Any) -> None:
-    for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise EtfTrainError(f"backbone {arch}: option {name} must be a positive integer, got {v!r}")
-
-
-def _check_bools(arch: str, **values: Any) -> None:
-    # A YAML string such as "no" would otherwise be truthy.
-    for name, v in values.items():
-        if not isinstance(v, bool):
-            raise EtfTrainError(f"backbone {arch}: option {name} must be true or false, got {v!r}")
 
 
 def _with_feature_dim(model: nn.Module, feature_dim: int) -> nn.Module:
@@ -120,7 +96,7 @@ def _fresh_conv(conv: nn.Conv2d, in_channels: int, **changes: Any) -> nn.Conv2d:
 
 def _resnet(arch: str, in_shape: tuple[int, ...], cifar_stem: bool) -> nn.Module:
     C = _image_channels(arch, in_shape)
-    _check_bools(arch, cifar_stem=cifar_stem)
+    opt.boolean("backbone.cifar_stem", cifar_stem)
     net = getattr(torchvision.models, arch)(weights=None)
     if cifar_stem:
         # 32 px inputs: the 7x7/2 conv and the max-pool would cut the map to 8x8 before layer1.
@@ -183,7 +159,7 @@ def _small_cnn(
     The global pool makes it size-agnostic (8x8 digits up to 96x96 STL-10).
     """
     C = _image_channels("small_cnn", in_shape)
-    _check_positive_ints("small_cnn", width=width, dim=dim)
+    width, dim = opt.integer("backbone.width", width), opt.integer("backbone.dim", dim)
     net = nn.Sequential(
         *_conv_bn_relu(C, width),
         *_conv_bn_relu(width, 2 * width),
@@ -212,7 +188,8 @@ def _mlp(
 ) -> nn.Module:
     """Flatten, then `depth` x (Linear -> hidden, norm, ReLU), then Linear -> dim.  norm: batch | layer."""
     _check_not_indices("mlp", in_shape)
-    _check_positive_ints("mlp", hidden=hidden, depth=depth, dim=dim)
+    hidden, depth = opt.integer("backbone.hidden", hidden), opt.integer("backbone.depth", depth)
+    dim = opt.integer("backbone.dim", dim)
     if norm not in _NORMS:
         raise EtfTrainError(f"backbone mlp: unknown norm {norm!r}; choose one of: {', '.join(_NORMS)}")
     layers: list[nn.Module] = [nn.Flatten()]
@@ -241,7 +218,7 @@ def _timm(
     kwargs go to timm.create_model as they are (e.g. drop_path_rate, img_size).
     """
     C = _image_channels("timm", in_shape)
-    _check_bools("timm", pretrained=pretrained)
+    opt.boolean("backbone.pretrained", pretrained)
     source, _ = timm.models.parse_model_name(name)
     # "arch.tag" names one weight set, which must exist; hf-hub: / local-dir: names are resolved by timm itself.
     known = timm.is_model(name) and ("." not in name or timm.models.is_model_pretrained(name))
@@ -282,9 +259,8 @@ def _ufm(
         )
     if num_samples is None:
         raise EtfTrainError("backbone ufm needs num_samples (the train-set size), got none")
-    _check_positive_ints("ufm", num_samples=num_samples, dim=dim)
-    if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not init_std > 0:
-        raise EtfTrainError(f"backbone ufm: option init_std must be positive, got {init_std!r}")
+    num_samples, dim = opt.integer("num_samples", num_samples), opt.integer("backbone.dim", dim)
+    init_std = opt.number("backbone.init_std", init_std, above=0)
     net = nn.Embedding(num_samples, dim)
     nn.init.normal_(net.weight, std=init_std)
     return _with_feature_dim(net, dim)

@@ -21,6 +21,8 @@ from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from . import rundir
+
 log = logging.getLogger(__name__)
 
 # The optional Hydra plugins (pip extra `sweep`): what each needs importable, and its pip name.
@@ -122,8 +124,6 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     None for multiruns (a sweep's jobs keep their folders), an explicit hydra.run.dir, or trainer.resume
     other than auto.
     """
-    from .trainer import FINISHED
-
     overrides = _overrides(args)
     given = dict(o.split("=", 1) for o in overrides)
     if any(a in ("-m", "--multirun") for a in args) or "hydra.run.dir" in given:
@@ -131,11 +131,11 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     if given.get("trainer.resume", "auto") != "auto":
         return None
     mine = sorted(o for o in overrides if not o.startswith("hydra."))
-    for saved in sorted(cwd.glob("outputs/*/*/.hydra/overrides.yaml"), reverse=True):  # newest first
-        checkpoints = saved.parent.parent / "checkpoints"
-        if (checkpoints / "last.pt").exists() and not (checkpoints / FINISHED).exists():
+    for saved in sorted(cwd.glob(f"outputs/*/*/{rundir.OVERRIDES}"), reverse=True):  # newest first
+        run = saved.parent.parent
+        if rundir.checkpoint(run).exists() and not rundir.is_finished(run):
             if sorted(str(o) for o in OmegaConf.load(saved)) == mine:
-                return saved.parent.parent.relative_to(cwd)
+                return run.relative_to(cwd)
     return None
 
 
@@ -175,7 +175,7 @@ def _main(cfg: DictConfig) -> float | None:
     import torch
 
     from .errors import EtfTrainError
-    from .trainer import train
+    from .training import train
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -196,8 +196,21 @@ def _main(cfg: DictConfig) -> float | None:
         sys.exit(2)
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("etf-train")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if "--version" in args or "-V" in args:  # etf-train's own version; Hydra's --version would print Hydra's
+        print(f"etf-train {version()}")
+        return
     problem = missing_plugin(args) or unwritable_output(args, Path.cwd())
     if problem is not None:
         print(f"etf-train: error: {problem}", file=sys.stderr)

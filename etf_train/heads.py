@@ -7,16 +7,23 @@ of them through ``forward(f, y)``, ``normalize``, ``weight``, ``after_step`` and
 
 from __future__ import annotations
 
+import inspect
 import time
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from . import options as opt
 from .errors import EtfTrainError
 from .etf import canonical_stiefel, random_stiefel, simplex_etf
-from .solver import nearest_etf
+from .registry import Registry
+from .solver import METHODS, nearest_etf
+
+HEADS = Registry("head")
+register_head = HEADS.register
 
 
 class Head(nn.Module):
@@ -26,9 +33,9 @@ class Head(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise EtfTrainError(f"a classifier needs at least 2 classes, got {num_classes}")
-        if tau <= 0:
-            raise EtfTrainError(f"head.tau must be > 0, got {tau}")
-        self.num_classes, self.dim, self.tau, self.normalize_features = num_classes, dim, tau, normalize
+        self.num_classes, self.dim = num_classes, dim
+        self.tau = opt.number("head.tau", tau, above=0)
+        self.normalize_features = opt.boolean("head.normalize", normalize)
 
     def normalize(self, f: torch.Tensor) -> torch.Tensor:
         """h = tau f / ||f|| (the sphere of radius tau; tau acts as the logit scale).  (B, d) -> (B, d)"""
@@ -47,13 +54,14 @@ class Head(nn.Module):
         return {}
 
 
+@register_head("learned")
 class LearnedHead(Head):
     """An ordinary trainable linear classifier; ``renorm`` rescales rows to unit norm after every step (authors' baseline)."""
 
     def __init__(self, num_classes, dim, tau=5.0, normalize=True, bias=True, renorm=False):
         super().__init__(num_classes, dim, tau, normalize)
-        self.linear = nn.Linear(dim, num_classes, bias=bias)
-        self.renorm = renorm
+        self.linear = nn.Linear(dim, num_classes, bias=opt.boolean("head.bias", bias))
+        self.renorm = opt.boolean("head.renorm", renorm)
 
     @property
     def weight(self):
@@ -84,6 +92,7 @@ def _check_etf_dims(name: str, num_classes: int, dim: int) -> None:
         )
 
 
+@register_head("fixed_etf")
 class FixedETFHead(Head):
     """A frozen simplex ETF W = sqrt(K/(K-1)) M P0^T on a fixed basis P0 (identity, or seeded random as in Yang et al. 2022)."""
 
@@ -100,6 +109,7 @@ class FixedETFHead(Head):
         return self.normalize(f) @ self.W.T.to(f.dtype)
 
 
+@register_head("nearest_etf")
 class NearestETFHead(Head):
     """The classifier is set, at every training step, to the simplex ETF nearest to the running class means.
 
@@ -108,6 +118,7 @@ class NearestETFHead(Head):
     their value); H = m_t / ||m_t||_F; P = nearest_etf(H, P_prev); W = sqrt(K/(K-1)) M P^T; b = -W mu_G.
     Gradient reaches the backbone through h and, unless backward="none", through P(H).
     In eval mode the head uses the last P and the running global mean.
+    solver: {"method": svd | gram | riemannian, **options of the method} (configs/solver/).
     """
 
     def __init__(
@@ -117,19 +128,20 @@ class NearestETFHead(Head):
         tau=5.0,
         normalize=True,
         delta=1e-3,
-        method="svd",
         backward="polar",
         min_rate=1e-4,
         basis="identity",
         seed=0,
-        solver_opts=None,
+        solver: Mapping | None = None,
     ):
         super().__init__(num_classes, dim, tau, normalize)
         _check_etf_dims("nearest_etf", num_classes, dim)
-        if not 0 < min_rate <= 1:
-            raise EtfTrainError(f"head.min_rate must be in (0, 1], got {min_rate}")
-        self.delta, self.method, self.backward, self.min_rate = delta, method, backward, min_rate
-        self.solver_opts = dict(solver_opts or {})
+        self.delta = opt.number("head.delta", delta, above=0)
+        self.min_rate = opt.number("head.min_rate", min_rate, above=0, maximum=1)
+        solver = dict(solver or {"method": "svd"})
+        self.method = opt.choice("solver", solver.pop("method", "svd"), METHODS)
+        self.backward = backward
+        self.solver_opts = {k: v for k, v in solver.items() if v is not None}
         self.register_buffer("P", _reference_point(dim, num_classes, basis, seed))  # (d, K)
         self.register_buffer("means", torch.zeros(dim, num_classes))  # (d, K) running centred class means
         self.register_buffer("global_mean", torch.zeros(dim))  # (d,) running mu_G, for eval-mode bias
@@ -237,14 +249,17 @@ class _Timer:
         return 1e3 * (self.end - self.begin)
 
 
-HEADS: dict[str, type[Head]] = {"learned": LearnedHead, "fixed_etf": FixedETFHead, "nearest_etf": NearestETFHead}
-
-
 def create_head(name: str, num_classes: int, dim: int, **options) -> Head:
-    """Build a head by its config name (``learned`` | ``fixed_etf`` | ``nearest_etf``)."""
-    if name not in HEADS:
-        raise EtfTrainError(f"unknown head {name!r}; choose one of {', '.join(HEADS)}")
-    return HEADS[name](num_classes, dim, **options)
+    """Build a head by its config name (``learned`` | ``fixed_etf`` | ``nearest_etf``); options are the keys of
+    configs/head/<name>.yaml (and `solver`, the solver group, for heads that solve for their classifier)."""
+    cls = HEADS.get(name)
+    accepted = [p for p in inspect.signature(cls).parameters if p not in ("num_classes", "dim")]
+    unknown = sorted(set(options) - set(accepted))
+    if "solver" in unknown:
+        raise EtfTrainError(f"the solver group applies to head=nearest_etf only; head={name} has no solver: drop solver=...")
+    if unknown:
+        raise EtfTrainError(f"head {name}: unknown option(s) {', '.join(unknown)}; its options are: {', '.join(accepted)}")
+    return cls(num_classes, dim, **options)
 
 
-__all__ = ["HEADS", "FixedETFHead", "Head", "LearnedHead", "NearestETFHead", "create_head"]
+__all__ = ["HEADS", "FixedETFHead", "Head", "LearnedHead", "NearestETFHead", "create_head", "register_head"]

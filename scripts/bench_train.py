@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from etf_train.cli import config_dir
-from etf_train.trainer import Run, SignalGuard
+from etf_train.training import Run, SignalGuard
 
 HEADS = ("learned", "fixed_etf", "nearest_etf")
 

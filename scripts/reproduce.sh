@@ -22,7 +22,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(trainer.progress=false)
 # The CPU budget for CIFAR-10 (the paper: ResNet-18, all 50,000 images, augmentation, batch 256, 200 epochs).
 CIFAR=(backbone=small_cnn backbone.width=16 dataset.limit_train=1000 dataset.limit_test=1000 dataset.augment=false
-       dataset.num_workers=1 trainer.batch_size=64 trainer.max_epochs=15 metrics.every_n_epochs=3)
+       loader.num_workers=1 trainer.batch_size=64 trainer.max_epochs=15 metrics.every_n_epochs=3)
 
 sweep() {  # sweep SETTING ARGS...: one multirun into outputs/repro/SETTING, with its wall time in wall_s.txt
     local setting=$1; shift

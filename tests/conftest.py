@@ -41,3 +41,19 @@ def make_cfg(*overrides: str):
 @pytest.fixture
 def cfg_factory():
     return make_cfg
+
+
+def write_folder(root, split: str, classes: dict[str, int], size: int, rng) -> list:
+    """PNG class folders root/split/<class>/NN.png of random pixels; returns the pixels (uint8 HWC numpy arrays)
+    in ImageFolder's order (classes sorted, files sorted)."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = []
+    for name in sorted(classes):
+        (root / split / name).mkdir(parents=True)
+        for i in range(classes[name]):
+            img = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / split / name / f"{i:02d}.png")
+            pixels.append(img)
+    return pixels

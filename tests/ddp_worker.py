@@ -12,7 +12,7 @@ import torch.distributed as dist
 from hydra import compose, initialize_config_dir
 
 from etf_train.cli import config_dir
-from etf_train.trainer import Run
+from etf_train.training import Run
 
 if __name__ == "__main__":
     out, overrides = Path(sys.argv[1]), sys.argv[2:]

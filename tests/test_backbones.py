@@ -22,11 +22,19 @@ IMAGE_DIMS = {"resnet18": 512, "resnet50": 2048, "vgg13": 512, "small_cnn": 128,
 
 
 def _features_and_grads(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Forward x, backprop a random linear functional of the features, check every parameter got a gradient."""
+    """Forward x, backprop a random linear functional of the features: every parameter is reached by the backward
+    pass (catches a layer left out of forward), and every weight matrix or kernel gets a non-zero gradient.
+
+    Vectors (biases, norm scales) may have a gradient that is mathematically zero, e.g. a BatchNorm shift that a
+    later normalisation removes; whether it then comes out as 0.0 or a round-off crumb depends on the CPU and the
+    thread count, so only their presence is checked.
+    """
     f = model(x)
     (f * torch.randn_like(f)).sum().backward()
     for name, p in model.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+        assert p.grad is not None, f"no gradient reaches {name}"
+        if p.dim() >= 2:
+            assert p.grad.abs().sum() > 0, f"zero gradient for the weights {name}"
     return f
 
 
@@ -251,7 +259,7 @@ def test_ufm_without_num_samples():
         ({"arch": "small_cnn", "in_shape": CIFAR, "width": 0}, "width must be a positive integer"),
         ({"arch": "mlp", "in_shape": CIFAR, "depth": 1.5}, "depth must be a positive integer"),
         ({"arch": "mlp", "in_shape": CIFAR, "norm": "group"}, "unknown norm 'group'"),
-        ({"arch": "ufm", "in_shape": (), "num_samples": 4, "init_std": 0}, "init_std must be positive"),
+        ({"arch": "ufm", "in_shape": (), "num_samples": 4, "init_std": 0}, "init_std must be a finite number > 0"),
     ],
 )
 def test_bad_option_values(kwargs, match):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from etf_train.compare import read_scalars
+from etf_train.rundir import read_scalars
 
 from .conftest import TINY
 
@@ -64,7 +64,7 @@ def test_cli_bad_input_matrix(tmp_path):
          "etf-train: error: dataset cifar10"),
         (["dataset=image_folder", f"dataset.root={tmp_path}/empty"], 2, "etf-train: error: dataset image_folder"),
         ([*TINY, "trainer.batch_size=-4"], 2, "etf-train: error: trainer.batch_size must be a positive integer"),
-        ([*TINY, "optimizer.lr=0"], 2, "etf-train: error: optimizer.lr must be > 0"),
+        ([*TINY, "optimizer.lr=0"], 2, "etf-train: error: optimizer.lr must be a finite number > 0"),
         ([*TINY, "hydra.run.dir=afile/run"], 2, "etf-train: error: cannot write the output folder"),
         ([*TINY, f"trainer.resume={tmp_path}/none.pt"], 2, "etf-train: error: trainer.resume="),
         ([*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30"], 2,

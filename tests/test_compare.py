@@ -14,7 +14,15 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from etf_train import compare
-from etf_train.compare import Spread, epoch_stats, group_runs, load_runs, main, read_scalars, summarize
+from etf_train.compare import (
+    Spread,
+    epoch_stats,
+    group_runs,
+    load_runs,
+    main,
+    read_scalars,
+    summarize,
+)
 from etf_train.errors import EtfTrainError
 
 REPO = Path(__file__).resolve().parents[1]

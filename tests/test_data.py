@@ -29,6 +29,8 @@ from etf_train.data import (
 )
 from etf_train.errors import EtfTrainError
 
+from .conftest import make_cfg
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -64,11 +66,13 @@ def check_bundle(b: DataBundle, sample_every: int = 1) -> None:
 
 
 def test_every_dataset_has_a_yaml_spelling_out_its_options(monkeypatch):
+    """The composed dataset node (configs/config.yaml's shared options + configs/dataset/<name>.yaml) holds
+    exactly the builder's options with its defaults."""
     monkeypatch.delenv("ETF_DATA_ROOT", raising=False)
     files = sorted(CONFIGS.glob("*.yaml"))
     assert {f.stem for f in files} == set(DATASETS)
     for f in files:
-        cfg = OmegaConf.to_container(OmegaConf.load(f), resolve=True)
+        cfg = OmegaConf.to_container(make_cfg(f"dataset={f.stem}").dataset, resolve=True)
         assert cfg.pop("name") == f.stem
         params = inspect.signature(DATASETS[f.stem]).parameters
         assert set(cfg) == set(params), f.stem
@@ -90,9 +94,7 @@ def test_unknown_names_and_bad_options_are_one_line_errors():
         {"limit_train": 2.5},
         {"limit_train": 3},  # fewer than the 10 classes
         {"augment": "yes"},
-        {"num_workers": -1},
         {"split_seed": -1},
-        {"loader": "gpu"},
         {"noise": -1.0},
         {"num_classes": 1},
         {"imbalance_ratio": 1000.0},  # the tail class would keep round(64 / 1000) = 0 samples
@@ -100,7 +102,12 @@ def test_unknown_names_and_bad_options_are_one_line_errors():
     for options in bad:
         with pytest.raises(EtfTrainError) as info:
             build_data("synthetic", **options)
-        assert "\n" not in str(info.value) and "synthetic" in str(info.value), options
+        assert "\n" not in str(info.value) and next(iter(options)) in str(info.value), options
+    b = build_data("synthetic", num_classes=3, image_size=4, train_per_class=8)
+    for options in ({"num_workers": -1}, {"mode": "gpu"}, {"class_balanced": "yes"}, {"eval_batch_size": 0}):
+        with pytest.raises(EtfTrainError, match=next(iter(options))) as info:
+            build_loaders(b, 4, **options)
+        assert "\n" not in str(info.value)
 
 
 # ----------------------------------------------------------------------------- in-memory datasets
@@ -225,7 +232,7 @@ def test_loaders_shard_train_and_evaluation_by_rank(class_balanced, kind):
     b = build_data("ufm", num_classes=4, per_class=15)  # x is the sample's position: the loaders show which samples
     seen = {"train": [], "test": [], "eval_train": []}
     for rank in range(3):
-        loaders = build_loaders(b, 8, class_balanced=class_balanced, seed=5, rank=rank, world_size=3, loader=kind)
+        loaders = build_loaders(b, 8, class_balanced=class_balanced, seed=5, rank=rank, world_size=3, mode=kind)
         set_epoch(loaders[0], 1)
         for key, loader in zip(seen, loaders):
             xs = torch.cat([x for x, _ in loader]).tolist()
@@ -243,7 +250,7 @@ def test_train_loader_shuffle_follows_seed_and_epoch(loader):
     for class_balanced in (False, True):
 
         def order(epoch, seed=0):
-            loader_ = build_loaders(b, 4, class_balanced=class_balanced, seed=seed, loader=loader)[0]
+            loader_ = build_loaders(b, 4, class_balanced=class_balanced, seed=seed, mode=loader)[0]
             set_epoch(loader_, epoch)
             return torch.cat([y for _, y in loader_]).tolist(), torch.cat([x for x, _ in loader_])
 
@@ -252,10 +259,12 @@ def test_train_loader_shuffle_follows_seed_and_epoch(loader):
         assert not torch.equal(x0, x1) and torch.equal(x0, order(0)[1]) and not torch.equal(x0, order(0, seed=1)[1])
 
 
-def test_loader_with_workers_batches_and_persists():
+def test_loader_with_workers_batches():
     b = build_data("synthetic", num_classes=3, image_size=4, train_per_class=8)
-    train, test, eval_train = build_loaders(b, 5, num_workers=2, loader="dataloader")
-    assert train.persistent_workers and test.persistent_workers and eval_train.persistent_workers
+    train, test, eval_train = build_loaders(b, 5, num_workers=2, mode="dataloader")
+    # Train workers start afresh each epoch, seeded from (seed, rank, epoch), so a resumed run draws the same
+    # augmentation; the evaluation workers draw nothing random and persist.
+    assert not train.persistent_workers and test.persistent_workers and eval_train.persistent_workers
     x, y = next(iter(train))
     assert x.shape == (5, 3, 4, 4) and y.dtype == torch.long
     assert sum(len(y) for _, y in eval_train) == 24
@@ -486,7 +495,7 @@ def test_device_path_serves_the_dataloader_index_batches(class_balanced):
         by_path = {}
         for kind in ("device", "dataloader"):
             train, test, eval_train = build_loaders(
-                b, 7, class_balanced=class_balanced, seed=4, rank=rank, world_size=3, loader=kind
+                b, 7, class_balanced=class_balanced, seed=4, rank=rank, world_size=3, mode=kind
             )
             by_path[kind] = [len(train), len(test), len(eval_train)], [
                 [(x.tolist(), y.tolist()) for x, y in batches]
@@ -516,7 +525,7 @@ def test_device_path_batches_equal_the_dataloader_ones_without_augmentation(data
     assert b.train_x is not None and b.test_x is not None
     compare = ["test", "eval_train"] + (["train"] if dataset != "cifar10" else [])
     for rank in range(2):
-        loaders = {kind: build_loaders(b, 8, seed=1, rank=rank, world_size=2, loader=kind) for kind in ("device", "dataloader")}
+        loaders = {kind: build_loaders(b, 8, seed=1, rank=rank, world_size=2, mode=kind) for kind in ("device", "dataloader")}
         for i, split in enumerate(("train", "test", "eval_train")):
             got = {kind: _epochs(loaders[kind][i], (2,) if split == "train" else (None,)) for kind in loaders}
             assert len(got["device"]) == len(got["dataloader"]) == len(loaders["device"][i]) > 0
@@ -554,7 +563,7 @@ def test_both_paths_augment_with_the_same_statistics(dataset, tmp_path, cifar_fi
     torch.manual_seed(0)  # the DataLoader path without workers draws from the global generator
     seen = {}
     for kind in ("device", "dataloader"):
-        train = build_loaders(b, 25, seed=3, loader=kind)[0]
+        train = build_loaders(b, 25, seed=3, mode=kind)[0]
         draws = torch.cat([x for x, _ in _epochs(train, range(40))])  # (2000, C, H, W)
         best = torch.cdist(draws.flatten(1), crops.flatten(1)).topk(2, largest=False)  # (2000, n) distances
         assert bool((best.values[:, 0] < 0.1).all()) and bool((best.values[:, 1] > 10).all())  # exactly one crop each
@@ -579,7 +588,7 @@ def test_device_augmentation_is_seeded_by_seed_rank_and_epoch(tmp_path, cifar_fi
     b = build_data(**_mini_cifar(tmp_path, same=True))  # one image 50 times: batches differ only by augmentation
 
     def epoch(e, seed=0, rank=0, world_size=1):
-        loader = build_loaders(b, 16, seed=seed, rank=rank, world_size=world_size, loader="device")[0]
+        loader = build_loaders(b, 16, seed=seed, rank=rank, world_size=world_size, mode="device")[0]
         set_epoch(loader, e)
         return torch.cat([x for x, _ in loader])
 
@@ -587,40 +596,37 @@ def test_device_augmentation_is_seeded_by_seed_rank_and_epoch(tmp_path, cifar_fi
     assert torch.equal(first, epoch(1))  # rebuilt (as after a resumption): the same batches
     assert not torch.equal(first, epoch(2)) and not torch.equal(first, epoch(1, seed=1))
     assert not torch.equal(epoch(1, rank=0, world_size=2), epoch(1, rank=1, world_size=2))
-    loader = build_loaders(b, 16, loader="device")[0]
+    loader = build_loaders(b, 16, mode="device")[0]
     set_epoch(loader, 1)
     assert torch.equal(torch.cat([x for x, _ in loader]), first) and torch.equal(torch.cat([x for x, _ in loader]), first)
-    plain = build_loaders(build_data(**_mini_cifar(tmp_path / "plain", same=True), augment=False), 16, loader="device")[0]
+    plain = build_loaders(build_data(**_mini_cifar(tmp_path / "plain", same=True), augment=False), 16, mode="device")[0]
     assert len({x.numpy().tobytes() for x in first}) > 40
     assert len({x.numpy().tobytes() for batch, _ in plain for x in batch}) == 1
 
 def test_loader_option_auto_picks_the_path_and_device_refuses_image_files(tmp_path):
     b = build_data("synthetic", num_classes=3, image_size=4, train_per_class=8)
     assert all(isinstance(loader, DeviceLoader) for loader in build_loaders(b, 4))
-    assert all(isinstance(loader, DataLoader) for loader in build_loaders(b, 4, loader="dataloader"))
-    with pytest.raises(EtfTrainError, match="loader='gpu' must be one of auto, device, dataloader"):
-        build_loaders(b, 4, loader="gpu")
+    assert all(isinstance(loader, DataLoader) for loader in build_loaders(b, 4, mode="dataloader"))
+    with pytest.raises(EtfTrainError, match="loader.mode='gpu' must be one of auto, device, dataloader"):
+        build_loaders(b, 4, mode="gpu")
 
     rng = np.random.default_rng(9)
     write_folder(tmp_path, "train", {"a": 2, "b": 2}, 8, rng)
     write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, rng)
     folder = build_data("image_folder", root=str(tmp_path), image_size=8)
     assert folder.train_x is None and all(isinstance(loader, DataLoader) for loader in build_loaders(folder, 4))
-    for make in (
-        lambda: build_data("image_folder", root=str(tmp_path), image_size=8, loader="device"),
-        lambda: build_data("imagenet", root=str(tmp_path), image_size=8, loader="device"),
-        lambda: build_loaders(folder, 4, loader="device"),
-    ):
-        with pytest.raises(EtfTrainError, match="loader=device needs a dataset held in memory.*use loader=dataloader") as info:
-            make()
+    imagenet = build_data("imagenet", root=str(tmp_path), image_size=8)
+    for bundle in (folder, imagenet):
+        with pytest.raises(EtfTrainError, match="loader.mode=device needs a dataset held in memory.*use loader.mode=dataloader") as info:
+            build_loaders(bundle, 4, mode="device")
         assert "\n" not in str(info.value)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_path_on_cuda_matches_cpu(tmp_path, cifar_files_without_md5):
     b = build_data(**_mini_cifar(tmp_path))
-    cpu = build_loaders(b, 16, loader="device")
-    cuda = build_loaders(b, 16, loader="device", device="cuda")
+    cpu = build_loaders(b, 16, mode="device")
+    cuda = build_loaders(b, 16, mode="device", device="cuda")
     for split in (1, 2):
         for (xc, yc), (xg, yg) in zip(cpu[split], cuda[split]):
             assert xg.is_cuda and yg.is_cuda and torch.equal(yc, yg.cpu())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from etf_train.compare import read_scalars
+from etf_train.rundir import read_scalars
 
 from .conftest import TINY
 
@@ -46,7 +46,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path, head):
 
 def test_class_balanced_batches_and_uneven_test_shards_under_ddp(tmp_path):
     # 17 test samples: rank 0 evaluates 2 batches of 8, rank 1 one batch; evaluation must not wait on DDP.
-    two = torchrun(2, tmp_path / "two", *DDP, "dataset.class_balanced=true", "dataset.limit_test=17",
+    two = torchrun(2, tmp_path / "two", *DDP, "loader.class_balanced=true", "dataset.limit_test=17",
                    "trainer.max_epochs=1")
     for k, v in two[0]["model"].items():
         assert torch.equal(v, two[1]["model"][k])

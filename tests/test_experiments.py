@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from etf_train.cli import config_dir
-from etf_train.compare import read_scalars
 from etf_train.errors import EtfTrainError
-from etf_train.trainer import build_model, train
+from etf_train.rundir import read_scalars
+from etf_train.training import build_model, train
 
 from .conftest import make_cfg
 
@@ -34,7 +34,7 @@ EXPERIMENTS = {
     "paper_recipe": ("digits", "small_cnn", 10, 128, (1, 8, 8), 0.05),  # the shared recipe on the defaults
 }
 IMAGE_EXPERIMENTS = [n for n, e in EXPERIMENTS.items() if e[1] != "ufm" and n != "paper_recipe"]
-QUICK = ["trainer.max_epochs=1", "trainer.progress=false", "dataset.num_workers=0"]
+QUICK = ["trainer.max_epochs=1", "trainer.progress=false", "loader.num_workers=0"]
 
 
 def test_every_experiment_file_is_listed_here():
@@ -47,10 +47,10 @@ def test_experiment_composes_to_the_paper_recipe(name, head):
     dataset, arch, K, d, _, lr = EXPERIMENTS[name]
     cfg = make_cfg(f"experiment={name}", f"head={head}")
     assert (cfg.dataset.name, cfg.backbone.arch, cfg.head.name) == (dataset, arch, head)
-    assert (cfg.trainer.max_epochs, cfg.trainer.batch_size, cfg.dataset.class_balanced) == (200, 256, True)
-    assert cfg.head.tau == 5.0 and cfg.scheduler.name == "cosine"
+    assert (cfg.trainer.max_epochs, cfg.trainer.batch_size, cfg.loader.class_balanced) == (200, 256, True)
+    assert cfg.head.tau == 5.0 and cfg.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
     o = cfg.optimizer
-    assert (o.name, o.lr, o.momentum, o.weight_decay) == ("sgd", lr, 0.9, 5e-4)
+    assert (o._target_, o.lr, o.momentum, o.weight_decay) == ("torch.optim.SGD", lr, 0.9, 5e-4)
     if arch == "ufm":
         assert (cfg.dataset.num_classes, cfg.backbone.dim, cfg.dataset.per_class) == (K, d, 100)
 
@@ -59,7 +59,7 @@ def test_experiment_settings_beat_the_primary_config_and_lose_to_the_command_lin
     assert make_cfg("experiment=imagenet_resnet50").metrics.every_n_epochs == 5
     assert make_cfg("experiment=imagenet_resnet50", "metrics.every_n_epochs=2").metrics.every_n_epochs == 2
     cfg = make_cfg("experiment=cifar10_resnet18", "dataset=cifar100", "trainer.max_epochs=3")
-    assert (cfg.dataset.name, cfg.trainer.max_epochs, cfg.dataset.class_balanced) == ("cifar100", 3, True)
+    assert (cfg.dataset.name, cfg.trainer.max_epochs, cfg.loader.class_balanced) == ("cifar100", 3, True)
 
 
 def test_cifar10_jpg_root_comes_from_the_environment(monkeypatch):

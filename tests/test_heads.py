@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from etf_train import EtfTrainError, FixedETFHead, LearnedHead, NearestETFHead, centring_matrix, create_head, nearest_etf
+from etf_train import (
+    EtfTrainError,
+    FixedETFHead,
+    LearnedHead,
+    NearestETFHead,
+    centring_matrix,
+    create_head,
+    nearest_etf,
+)
 
 
 def batch(B=24, d=16, K=4, seed=0):
@@ -97,7 +105,7 @@ def test_eval_mode_uses_last_solution():
 
 
 def test_riemannian_solver_stats():
-    head = NearestETFHead(4, 16, method="riemannian", solver_opts={"max_iters": 30})
+    head = NearestETFHead(4, 16, solver={"method": "riemannian", "max_iters": 30})
     f, y = batch()
     head(f, y)
     stats = head.pop_solver_stats()
@@ -113,6 +121,15 @@ def test_bad_head_inputs():
         create_head("cosine", 10, 8)
     with pytest.raises(EtfTrainError, match="basis"):
         create_head("fixed_etf", 3, 8, basis="hadamard")
+    with pytest.raises(EtfTrainError, match="solver group applies to head=nearest_etf only; head=learned"):
+        create_head("learned", 3, 8, solver={"method": "riemannian"})
+    with pytest.raises(EtfTrainError, match="head fixed_etf: unknown option.*bogus"):
+        create_head("fixed_etf", 3, 8, bogus=1)
+    for bad in ({"tau": "abc"}, {"tau": 0}, {"min_rate": 0}, {"min_rate": 1.5}, {"delta": -1},
+                {"solver": {"method": "newton"}}, {"normalize": "no"}):
+        with pytest.raises(EtfTrainError) as info:
+            create_head("nearest_etf", 3, 8, **bad)
+        assert "\n" not in str(info.value)
 
 
 def test_readme_library_example_runs():

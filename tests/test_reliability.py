@@ -1,5 +1,6 @@
 """Resume that loses nothing, graceful pre-emption, numerical guards."""
 
+import math
 import os
 import re
 import signal
@@ -8,16 +9,17 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from etf_train import EtfTrainError
-from etf_train.compare import read_scalars
 from etf_train.errors import NonFiniteError
+from etf_train.rundir import read_scalars
 from etf_train.solver import polar_factors
-from etf_train.trainer import Classifier, train
+from etf_train.training import Classifier, train
 
-from .conftest import TINY, make_cfg
+from .conftest import TINY, make_cfg, write_folder
 
 # 60 steps an epoch, so a signal lands mid-epoch; deterministic, so runs can be compared bit for bit.
 LONG = [*TINY, "dataset.train_per_class=30", "trainer.batch_size=2", "trainer.max_epochs=2",
@@ -222,3 +224,87 @@ def test_svd_failure_retries_in_float64(monkeypatch):
         polar_factors(A)
     with pytest.raises(NonFiniteError, match="NaN or inf"):
         polar_factors(A * float("nan"))
+
+
+# ----------------------------------------------------------------------------- resume, bit for bit, in-process
+
+
+class _Crash(Exception):
+    """Stands for a kill -9 right after a checkpoint was written."""
+
+
+def interrupted(monkeypatch, *, after_epoch: int | None = None, at: tuple[int, int] | None = None):
+    """Patch Run so that the next run stops: a crash just after the checkpoint of `after_epoch`, or SIGTERM
+    during training step `at` = (epoch, step), which saves a partial-epoch checkpoint at that step's end."""
+    from etf_train.training import Run
+
+    save, step_fn, calls = Run.save, Run._step, {}
+
+    def crashing_save(self, epoch, partial=None):
+        save(self, epoch, partial)
+        if partial is None and epoch == after_epoch:
+            raise _Crash()
+
+    def signalling_step(self, epoch, step, x, y):
+        if (epoch, step) == at and not calls:
+            calls["sent"] = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step_fn(self, epoch, step, x, y)
+
+    monkeypatch.setattr(Run, "save", crashing_save)
+    monkeypatch.setattr(Run, "_step", signalling_step)
+
+
+def run_interrupted_then_resumed(monkeypatch, cfg, run_dir, **where):
+    with monkeypatch.context() as m:
+        interrupted(m, **where)
+        with pytest.raises((_Crash, SystemExit)):
+            train(cfg, run_dir)
+    assert not (run_dir / "checkpoints" / "finished").exists()
+    train(cfg, run_dir)
+
+
+def assert_bit_identical(a: Path, b: Path, epochs: int):
+    sa, sb = final_state(a), final_state(b)
+    assert sa["epoch"] == sb["epoch"] == epochs
+    for k, v in sa["model"].items():
+        assert torch.equal(v, sb["model"][k]), f"{k} differs after resume"
+    assert sa["scheduler"] == sb["scheduler"]
+    ca, cb = read_scalars(a), read_scalars(b)
+    for tag in ("lr", *COMPARED):
+        assert list(ca[tag][0]) == list(cb[tag][0]), tag  # no duplicated or missing epochs
+        assert list(ca[tag][1]) == list(cb[tag][1]), tag
+
+
+def test_resume_with_epochs_left_restores_the_schedule(tmp_path, monkeypatch):
+    """Stopped after epoch 1 of 4: a resume that dropped the scheduler state would change the lr of epochs 2-4."""
+    cfg = make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=4", "trainer.deterministic=true")
+    train(cfg, tmp_path / "ref")
+    run_interrupted_then_resumed(monkeypatch, cfg, tmp_path / "run", after_epoch=1)
+    assert_bit_identical(tmp_path / "ref", tmp_path / "run", 4)
+    lr = read_scalars(tmp_path / "run")["lr"][1]
+    assert lr[0] == 0.05 and lr[2] == pytest.approx(0.05 * (1 + math.cos(math.pi * 2 / 4)) / 2)
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    write_folder(root, "train", {"a": 12, "b": 12, "c": 12}, 12, rng)
+    write_folder(root, "test", {"a": 3, "b": 3, "c": 3}, 12, rng)
+    return root
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_of_an_augmented_dataloader_pipeline_is_bit_identical(tmp_path, monkeypatch, jpeg_folder, workers):
+    """Image folder through DataLoaders with random crops and flips: with 0 workers they draw from the global RNG
+    (which the checkpoint must restore), with 2 from worker seeds (which must follow the epoch, not the process)."""
+    cfg = make_cfg(*[o for o in TINY if not o.startswith("dataset")], "dataset=image_folder", f"dataset.root={jpeg_folder}",
+                   "dataset.image_size=12", "loader.mode=dataloader", f"loader.num_workers={workers}",
+                   "trainer.batch_size=8", "trainer.max_epochs=3", "trainer.deterministic=true", "head=nearest_etf")
+    train(cfg, tmp_path / "ref")
+    run_interrupted_then_resumed(monkeypatch, cfg, tmp_path / "boundary", after_epoch=1)
+    assert_bit_identical(tmp_path / "ref", tmp_path / "boundary", 3)
+    run_interrupted_then_resumed(monkeypatch, cfg, tmp_path / "mid", at=(2, 3))
+    assert final_state(tmp_path / "mid")["epoch"] == 3
+    assert_bit_identical(tmp_path / "ref", tmp_path / "mid", 3)

@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from etf_train.compare import read_scalars
-from etf_train.trainer import train
+from etf_train.rundir import read_scalars
+from etf_train.training import train
 
 from .conftest import make_cfg
 

@@ -5,7 +5,14 @@ import pytest
 import torch
 from scipy.linalg import orthogonal_procrustes
 
-from etf_train import EtfTrainError, canonical_stiefel, centring_matrix, nearest_etf, random_stiefel, simplex_etf
+from etf_train import (
+    EtfTrainError,
+    canonical_stiefel,
+    centring_matrix,
+    nearest_etf,
+    random_stiefel,
+    simplex_etf,
+)
 from etf_train.solver import objective, procrustes_target
 
 f64 = torch.float64

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from etf_train import cli
 from etf_train.compare import main as compare_main
-from etf_train.compare import read_scalars
 from etf_train.errors import EtfTrainError
+from etf_train.rundir import read_scalars
 
 from .conftest import TINY
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from etf_train import EtfTrainError
-from etf_train.compare import read_scalars
-from etf_train.trainer import load_checkpoint, save_checkpoint, train
+from etf_train.rundir import read_scalars
+from etf_train.training import load_checkpoint, save_checkpoint, train
 
 from .conftest import TINY, TINY_UFM, make_cfg
 
@@ -80,7 +80,7 @@ def test_atomic_checkpoint_leaves_no_temporary(tmp_path):
         (["backbone.dim=3", "head=nearest_etf"], "needs feature dimension d >= number of classes"),
         (["backbone.dim=3", "head=fixed_etf"], "needs feature dimension d >= number of classes"),
         (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),
-        (["optimizer.lr=-1"], "optimizer.lr must be > 0"),
+        (["optimizer.lr=-1"], "optimizer.lr must be a finite number > 0"),
         (["trainer.max_epochs=0"], "trainer.max_epochs must be a positive integer"),
     ],
 )

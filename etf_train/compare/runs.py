@@ -1,0 +1,149 @@
+"""Finding, loading and grouping runs for etf-compare (the run-folder contract is rundir.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .. import rundir
+from ..errors import EtfTrainError
+from ..rundir import Curve
+
+GROUP_ALIASES = {"head": "head.name"}
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    config: DictConfig
+    scalars: dict[str, Curve]
+
+
+def warn(message: str) -> None:
+    print(f"etf-compare: warning: {message}", file=sys.stderr)
+
+
+def find_runs(folder: Path) -> list[Path]:
+    """Run directories under `folder` (itself included), sorted."""
+    if not folder.is_dir():
+        raise EtfTrainError(f"{'not a folder' if folder.exists() else 'folder does not exist'}: {folder}")
+    runs = []
+    for config in sorted(folder.rglob(str(rundir.CONFIG))):
+        run_dir = config.parent.parent
+        if rundir.event_files(run_dir):
+            runs.append(run_dir)
+        else:
+            # A job that died before its first epoch: say so rather than silently losing a seed.
+            warn(f"skipping {run_dir}: it has {rundir.CONFIG} but no {rundir.EVENT_GLOB} files")
+    if not runs:
+        raise EtfTrainError(
+            f"no runs under {folder}: a run is a directory holding {rundir.CONFIG} and {rundir.EVENT_GLOB} files"
+        )
+    return runs
+
+
+def load_run(run_dir: Path) -> Run:
+    config_path = run_dir / rundir.CONFIG
+    try:
+        config = OmegaConf.load(config_path)
+    except Exception as e:  # yaml and OmegaConf raise many types; all mean "unreadable config"
+        raise EtfTrainError(f"cannot read {config_path}: {str(e).splitlines()[0]}") from e
+    if not isinstance(config, DictConfig):
+        raise EtfTrainError(f"{config_path} is not a mapping")
+    return Run(run_dir, config, rundir.read_scalars(run_dir))
+
+
+def load_runs(folders: Sequence[Path]) -> list[Run]:
+    seen: dict[Path, Path] = {}  # resolved -> as found; overlapping folders give each run once
+    for folder in folders:
+        for run_dir in find_runs(folder):
+            seen.setdefault(run_dir.resolve(), run_dir)
+    return [load_run(run_dir) for run_dir in seen.values()]
+
+
+_MISSING = object()
+
+
+def config_value(run: Run, key: str) -> object:
+    """The value at a dotted config key, or _MISSING."""
+    try:
+        value = OmegaConf.select(run.config, key, default=_MISSING)
+    except Exception as e:  # an interpolation that only resolves inside Hydra
+        raise EtfTrainError(f"run {run.path}: cannot resolve config key '{key}': {e}") from e
+    if isinstance(value, (DictConfig, ListConfig)):
+        raise EtfTrainError(
+            f"config key '{key}' of run {run.path} is a section, not a value; group by one of its keys"
+        )
+    return value
+
+
+def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
+    """Runs by the '/'-joined values of `keys` ('-' where a run lacks a key), in sorted key order."""
+    keys = [GROUP_ALIASES.get(k, k) for k in keys]
+    values = {id(run): [config_value(run, k) for k in keys] for run in runs}
+    for i, key in enumerate(keys):
+        if all(v[i] is _MISSING for v in values.values()):
+            raise EtfTrainError(f"no run has config key '{key}' (from --group-by)")
+
+    def sort_key(vals: list[object]) -> tuple:
+        # numbers numerically, then strings, then missing values
+        return tuple(
+            (2, "") if v is _MISSING
+            else (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else (1, str(v))
+            for v in vals
+        )
+
+    groups: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (sort_key(values[id(r)]), str(r.path))):
+        label = "/".join("-" if v is _MISSING else str(v) for v in values[id(run)])
+        groups.setdefault(label, []).append(run)
+    return groups
+
+
+def check_datasets(runs: Sequence[Run]) -> None:
+    """Refuse to compare runs of different `dataset.name`."""
+    by_name: dict[str, list[Run]] = {}
+    for run in runs:
+        name = config_value(run, "dataset.name")
+        by_name.setdefault("-" if name is _MISSING else str(name), []).append(run)
+    if len(by_name) > 1:
+        parts = ", ".join(f"{n} ({len(rs)} runs, e.g. {rs[0].path})" for n, rs in sorted(by_name.items()))
+        raise EtfTrainError(f"runs mix datasets: {parts}; compare one dataset at a time or pass --allow-mixed")
+
+
+def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, object] = {}
+    for k, v in node.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def seed_collisions(groups: dict[str, list[Run]]) -> list[str]:
+    """Messages for groups holding two runs with the same seed: the median 'over seeds' would pool settings."""
+    messages = []
+    for label, runs in groups.items():
+        by_seed: dict[object, list[Run]] = {}
+        for run in runs:
+            seed = config_value(run, "seed")
+            if seed is not _MISSING:
+                by_seed.setdefault(seed, []).append(run)
+        for seed, same in by_seed.items():
+            if len(same) < 2:
+                continue
+            a, b = (_flatten(OmegaConf.to_container(r.config, resolve=False)) for r in same[:2])
+            diff = sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+            why = (
+                f"they differ in {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}; add such keys to --group-by"
+                if diff
+                else "their configs are identical (the same run given twice?)"
+            )
+            paths = f"{same[0].path}, {same[1].path}"
+            messages.append(f"group '{label}' holds {len(same)} runs with seed {seed} ({paths}): {why}")
+    return messages

@@ -1,0 +1,58 @@
+"""One registry style for everything a config group names (timm's decorator registry with a lister).
+
+    BACKBONES = Registry("backbone")
+
+    @BACKBONES.register("resnet18")
+    def resnet18(...): ...
+
+    BACKBONES.names()        # sorted names, for messages and parity tests
+    BACKBONES.get("resnet18")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .errors import EtfTrainError
+
+
+class Registry:
+    """Entries (builders or classes) keyed by their config name."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        """Decorator adding an entry under `name`; the entry is returned unchanged."""
+
+        def decorate(entry: Any) -> Any:
+            self.add(name, entry)
+            return entry
+
+        return decorate
+
+    def add(self, name: str, entry: Any) -> None:
+        if name in self._entries:
+            raise EtfTrainError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = entry
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise EtfTrainError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return self._entries[name]
+
+    __getitem__ = get
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,29 @@
+"""The nearest simplex ETF and its gradient: the node (node.py), the closed form and its backward (polar.py),
+a Riemannian solver (riemannian.py) and the dense declarative-node gradient used as a cross-check (ddn.py)."""
+
+from .ddn import ddn_vjp
+from .node import BACKWARDS, METHODS, nearest_etf
+from .polar import (
+    factors_from_solution,
+    objective,
+    polar_factors,
+    polar_vjp,
+    procrustes_target,
+    tangent_project,
+)
+from .riemannian import SolveInfo, riemannian_trust_region
+
+__all__ = [
+    "BACKWARDS",
+    "METHODS",
+    "SolveInfo",
+    "ddn_vjp",
+    "factors_from_solution",
+    "nearest_etf",
+    "objective",
+    "polar_factors",
+    "polar_vjp",
+    "procrustes_target",
+    "riemannian_trust_region",
+    "tangent_project",
+]

@@ -1,0 +1,80 @@
+"""What a run is built from: the model (backbone -> head), the optimiser and the learning-rate schedule.
+
+Config groups served here: backbone/ and head/ (through their registries), optimizer/ and scheduler/ (built by
+hydra.utils.instantiate from their `_target_`, with `_partial_` since the parameters and the optimiser come later).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .. import options as opt
+from ..backbones import create_backbone
+from ..errors import EtfTrainError
+from ..heads import Head, create_head
+
+
+class Classifier(nn.Module):
+    """backbone -> head; the head sees the labels in training (the nearest-ETF head needs them)."""
+
+    def __init__(self, backbone: nn.Module, head: Head):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x, y=None):
+        return self.head(self.backbone(x), y)
+
+
+def _options(node: DictConfig, *drop: str) -> dict:
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k not in drop}
+
+
+def build_model(cfg: DictConfig, num_classes: int, in_shape, num_samples: int) -> Classifier:
+    backbone = create_backbone(**_options(cfg.backbone), in_shape=in_shape, num_samples=num_samples)
+    head = create_head(cfg.head.name, num_classes, backbone.feature_dim, **_options(cfg.head, "name"))
+    return Classifier(backbone, head)
+
+
+def component_name(node: DictConfig) -> str:
+    """`sgd` for `_target_: torch.optim.SGD`: how reports name an optimiser or schedule."""
+    target = node.get("_target_") if node is not None else None
+    return "none" if target is None else str(target).rsplit(".", 1)[-1].lower()
+
+
+def _instantiate(group: str, node: DictConfig, *args):
+    try:
+        return instantiate(node, _convert_="all")(*args)
+    except (InstantiationException, TypeError, ValueError) as e:
+        cause = e.__cause__ or e
+        raise EtfTrainError(f"{group}={component_name(node)} refused its options: {str(cause).splitlines()[0]}") from None
+
+
+def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
+    """optimizer/: any torch optimiser class as `_target_` (sgd, adamw)."""
+    opt.number("optimizer.lr", cfg.get("lr"), above=0)
+    return _instantiate("optimizer", cfg, params)
+
+
+def build_scheduler(cfg: DictConfig, optimizer):
+    """scheduler/: a torch LR scheduler as `_target_` (cosine, step), stepped once per epoch; none: no schedule."""
+    if cfg.get("_target_") is None:
+        return None
+    return _instantiate("scheduler", cfg, optimizer)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
