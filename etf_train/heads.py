@@ -170,7 +170,7 @@ class NearestETFHead(Head):
             W = self.weight.to(h.dtype)
             return h @ W.T - W @ self.global_mean.to(h.dtype)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            h32 = h.float()
+            h32 = h.to(torch.promote_types(h.dtype, torch.float32))  # at least float32, never a downcast of float64
             sums, counts = self._class_sums(h32, y)
             mu_G = sums.sum(1) / counts.sum()  # (d,) batch global mean
             present = counts > 0

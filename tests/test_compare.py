@@ -289,3 +289,34 @@ def test_python_m_help():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "--group-by" in res.stdout and "--nc1-thresholds" in res.stdout
+
+
+def test_final_accuracy_is_the_last_epoch_not_the_best(tmp_path, capsys):
+    """Catches "final" taken as the best (max) or any epoch other than the last logged one."""
+    run = tmp_path / "run"
+    write_config(run, {"seed": 1, "head": {"name": "learned"}, "dataset": {"name": "synthetic"}})
+    train = {1: 50.0, 2: 80.0, 3: 97.5, 4: 62.5}  # peak at epoch 3, drop at epoch 4 (float32-exact values)
+    test = {1: 40.0, 2: 60.0, 3: 75.5, 4: 55.25}
+    write_events(run, {
+        "train/acc": train,
+        "test/acc": test,
+        "train/loss": {e: 2.0 / e for e in train},
+        "train/eval_acc": {e: v - 1.0 for e, v in train.items()},
+        "nc/nc1": {e: 1.0 / e for e in train},
+        "nc/nc3": {e: 0.5 ** e for e in train},
+        "nc/equinorm_h": {e: 0.1 for e in train},
+    })
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "finished").touch()
+    out = tmp_path / "report"
+    assert main([str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    with (out / "comparison.csv").open() as f:
+        rows = {r["group"]: r for r in csv.DictReader(f)}
+    assert list(rows) == ["learned"] and int(rows["learned"]["runs"]) == 1
+    row = rows["learned"]
+    assert float(row["epochs_median"]) == 4
+    for stat in ("median", "min", "max"):
+        assert float(row[f"final_train_acc_{stat}"]) == train[4], stat
+        assert float(row[f"final_test_acc_{stat}"]) == test[4], stat
+    assert "62.50 [62.50, 62.50] | 55.25 [55.25, 55.25]" in (out / "comparison.md").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import pickle
 import struct
@@ -25,6 +26,7 @@ from etf_train.data import (
     DeviceLoader,
     build_data,
     build_loaders,
+    random_crop_flip,
     set_epoch,
 )
 from etf_train.errors import EtfTrainError
@@ -634,3 +636,46 @@ def test_device_path_on_cuda_matches_cpu(tmp_path, cifar_files_without_md5):
     set_epoch(cuda[0], 1)
     x, y = next(iter(cuda[0]))
     assert x.is_cuda and x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
+
+
+# --- random_crop_flip against hand-made crops and mirrors (mutation gaps) ------------------------
+
+
+def test_random_crop_flip_mirrors_each_sample_independently():
+    """Catches one flip decision for the whole batch, a flip along the wrong axis, or a flip probability other than 1/2."""
+    H, W, B, seeds = 5, 7, 400, range(5)
+    image = torch.arange(H * W, dtype=torch.uint8).reshape(1, 1, H, W)  # no two columns alike: image != mirror
+    mirror = image.flip(-1)
+    assert not torch.equal(image, mirror)
+    total = 0
+    for seed in seeds:
+        out = random_crop_flip(image.repeat(B, 1, 1, 1), padding=0, flip=True, generator=torch.Generator().manual_seed(seed))
+        assert out.shape == (B, 1, H, W) and out.dtype == torch.uint8
+        plain = (out == image).flatten(1).all(1)
+        mirrored = (out == mirror).flatten(1).all(1)
+        assert bool((plain ^ mirrored).all()), seed  # every output is exactly the image or its left-right mirror
+        n = int(mirrored.sum())
+        assert 0 < n < B and abs(n - B / 2) <= 4.5 * math.sqrt(B / 4), (seed, n)  # Binomial(400, 1/2): sd 10
+        total += n
+    N = B * len(seeds)
+    assert abs(total - N / 2) <= 4.5 * math.sqrt(N / 4), total  # pooled: sd 22, so p = 0.4 (800 of 2000) fails
+
+
+def test_random_crop_pads_with_zeros_and_draws_offsets_per_sample():
+    """Catches a crop window off by the padding, non-zero padding, offsets outside/short of {0..2p}, one offset for the whole batch, or i = j."""
+    C, H, W, B, p = 2, 5, 6, 400, 2
+    image = (torch.arange(C * H * W, dtype=torch.float32) + 1).reshape(1, C, H, W)  # no zero pixel: padding shows
+    padded = torch.zeros(C, H + 2 * p, W + 2 * p)
+    padded[:, p : p + H, p : p + W] = image[0]
+    crops = {(i, j): padded[:, i : i + H, j : j + W] for i in range(2 * p + 1) for j in range(2 * p + 1)}
+    out = random_crop_flip(image.repeat(B, 1, 1, 1), padding=p, flip=False, generator=torch.Generator().manual_seed(4))
+    assert out.shape == (B, C, H, W)
+    offsets = []
+    for x in out:
+        found = [key for key, crop in crops.items() if torch.equal(x, crop)]
+        assert len(found) == 1, found  # exactly one window of the zero-padded image, all channels together
+        offsets.append(found[0])
+    assert len(set(offsets)) > 1
+    assert set(offsets) == set(crops)  # all (2p+1)^2 offsets occur (each has probability 1/25; 400 draws)
+    assert len({i for i, _ in offsets}) > 1 and len({j for _, j in offsets}) > 1
+    assert any(i != j for i, j in offsets)

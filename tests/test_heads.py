@@ -1,3 +1,4 @@
+import copy
 import math
 import re
 from pathlib import Path
@@ -138,3 +139,115 @@ def test_readme_library_example_runs():
     example = [b for b in blocks if "NearestETFHead" in b]
     assert example, "README has no NearestETFHead example"
     exec(compile(example[0], "README.md", "exec"), {})
+
+
+# --- independent re-computations (mutation gaps) -------------------------------------------------
+
+
+def _h64(f, tau):
+    """tau f / ||f|| in float64, written out."""
+    f = f.double()
+    return tau * f / f.square().sum(1, keepdim=True).sqrt()
+
+
+def _etf_rows64(P):
+    """sqrt(K/(K-1)) (P^T - mean over the rows of P^T), float64, without simplex_etf."""
+    K = P.shape[1]
+    Pt = P.double().T
+    return math.sqrt(K / (K - 1)) * (Pt - Pt.mean(0, keepdim=True))
+
+
+def test_nearest_etf_eval_logits_use_last_p_and_running_global_mean():
+    """Catches eval mode using the batch mean, a wrong bias sign/scale, a wrong a_t schedule for mu, or W built wrongly from P."""
+    K, d, tau = 4, 10, 3.0
+    head = NearestETFHead(K, d, tau=tau)
+    head.train()
+    mu = torch.zeros(d, dtype=torch.float64)
+    for t in range(1, 4):  # a_1 = 1, a_2 = 2/3, a_3 = 1/2
+        f, y = batch(B=24, d=d, K=K, seed=10 + t)
+        head(f, y)
+        a = max(2.0 / (t + 1), 1e-4)
+        mu = (1 - a) * mu + a * _h64(f, tau).mean(0)
+    assert torch.allclose(head.global_mean.double(), mu, atol=1e-6)
+    head.eval()
+    f, y = batch(B=16, d=d, K=K, seed=99)  # a batch whose own mean differs from the running one
+    W = _etf_rows64(head.P)
+    h = _h64(f, tau)
+    expected = h @ W.T - W @ mu
+    assert not torch.allclose(W @ h.mean(0), W @ mu, atol=1e-3)  # the test can tell the two means apart
+    assert torch.allclose(head(f).double(), expected, atol=1e-5)
+    assert torch.allclose(head(f, y).double(), expected, atol=1e-5)  # labels do not switch eval mode to training
+
+
+def test_fixed_etf_logits_by_hand_identity_basis():
+    """Catches a wrong ETF scale/centring, a basis other than the first K columns of I_d, a missing tau or an added bias."""
+    K, d, tau = 5, 12, 2.5
+    head = FixedETFHead(K, d, tau=tau)
+    P0 = torch.eye(d, dtype=torch.float64)[:, :K]
+    W = math.sqrt(K / (K - 1)) * (P0.T - P0.T.mean(0, keepdim=True))  # (K, d)
+    f, _ = batch(B=20, d=d, K=K, seed=3)
+    expected = _h64(f, tau) @ W.T
+    assert torch.allclose(head(f).double(), expected, atol=1e-5)
+    assert torch.allclose(head(7.0 * f).double(), expected, atol=1e-5)  # scale-free: only the direction of f counts
+
+
+def _running_means_step(means, h, y, K, a):
+    """One hand-written update of the running centred class means (absent classes keep their value)."""
+    mu = h.mean(0)
+    new = means.clone()
+    for c in range(K):
+        if (y == c).any():
+            new[:, c] = (1 - a) * means[:, c] + a * (h[y == c].mean(0) - mu)
+    return new
+
+
+def test_nearest_etf_running_means_follow_min_rate_floor():
+    """Catches a missing/ignored min_rate floor (min instead of max), an off-by-one in t, or a wrong mixing of old and batch means."""
+    K, d, tau, floor = 3, 8, 2.0, 0.3
+    head = NearestETFHead(K, d, tau=tau, min_rate=floor)
+    means = torch.zeros(d, K, dtype=torch.float64)
+    rates = []
+    for t in range(1, 10):
+        f, y = batch(B=12, d=d, K=K, seed=100 + t)
+        head(f, y)
+        a = max(2.0 / (t + 1), floor)
+        rates.append(a)
+        means = _running_means_step(means, _h64(f, tau), y, K, a)
+        assert torch.allclose(head.means.double(), means, atol=1e-5), t
+    assert rates[-4:] == [floor] * 4 and 2.0 / 7 < floor  # steps 6..9 ran on the floor
+
+
+def test_nearest_etf_absent_class_keeps_its_running_mean():
+    """Catches an update of an absent class's running mean (e.g. towards -mu_G) or a step counter that skips such batches."""
+    K, d, tau = 4, 10, 5.0
+    head = NearestETFHead(K, d, tau=tau)
+    means = torch.zeros(d, K, dtype=torch.float64)
+    labels = [torch.arange(16) % K, torch.arange(16) % K, torch.tensor([0, 1, 3, 3] * 4), torch.arange(16) % K]
+    for t, y in enumerate(labels, start=1):
+        f, _ = batch(B=16, d=d, K=K, seed=200 + t)
+        before = head.means.clone()
+        head(f, y)
+        means = _running_means_step(means, _h64(f, tau), y, K, 2.0 / (t + 1))
+        if t == 3:
+            assert torch.equal(head.means[:, 2], before[:, 2])
+        assert torch.allclose(head.means.double(), means, atol=1e-5), t
+
+
+def test_nearest_etf_head_gradcheck_over_two_steps():
+    """Catches a wrong or missing gradient path through h, the class means, H = m/||m|| or P(H) (e.g. a stray detach or a VJP without M)."""
+    K, d, B = 3, 6, 9
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2])  # unbalanced: the centred means do not sum to zero, so H 1 != 0
+    g = torch.Generator().manual_seed(5)
+    f1 = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    f2 = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    head0 = NearestETFHead(K, d, tau=2.0).double()
+
+    def step(start):
+        return lambda f: copy.deepcopy(start)(f, y)
+
+    assert torch.autograd.gradcheck(step(head0), (f1,))  # first step: P_prev = I_{d x K}, a_1 = 1
+    advanced = copy.deepcopy(head0)
+    with torch.no_grad():
+        advanced(f1, y)
+    assert int(advanced.step) == 1 and not torch.equal(advanced.P, head0.P)
+    assert torch.autograd.gradcheck(step(advanced), (f2,))  # second step: non-trivial P_prev and running means

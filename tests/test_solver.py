@@ -235,3 +235,93 @@ def test_bad_inputs():
     with pytest.raises(EtfTrainError, match="unknown backward"):
         nearest_etf(H, prev, backward="autograd")
     assert issubclass(EtfTrainError, ValueError)
+
+
+# --- independent re-computations (mutation gaps) -------------------------------------------------
+
+
+def _np_problem(shape, d, K, seed):
+    """Random class means H and Stiefel points prev (QR of Gaussians), in numpy float64.  (*shape, d, K) each"""
+    rng = np.random.default_rng(seed)
+    H = rng.standard_normal((*shape, d, K))
+    Q, R = np.linalg.qr(rng.standard_normal((*shape, d, K)))
+    return H, Q * np.sign(np.diagonal(R, axis1=-2, axis2=-1))[..., None, :]
+
+
+def _target_by_hand(H, prev, delta):
+    """A = (2/sqrt(K-1)) H M + delta P_prev with M = I - 11^T/K formed explicitly (torch.eye(K) - 1/K)."""
+    K = H.shape[-1]
+    M = (torch.eye(K, dtype=f64) - 1.0 / K).numpy()
+    return (2.0 / math.sqrt(K - 1)) * H @ M + delta * prev
+
+
+def _np_polar(A):
+    U, _, Vt = np.linalg.svd(A, full_matrices=False)
+    return U @ Vt
+
+
+@pytest.mark.parametrize("d,K", [(2, 2), (5, 2), (4, 4), (9, 4), (20, 7)])
+@pytest.mark.parametrize("delta", [1e-3, 0.3])
+def test_forward_equals_numpy_polar_of_hand_built_target(d, K, delta):
+    """Catches a wrong target A (factor 2/sqrt(K-1), missing centring M, delta vs delta/2, dropped prev) or P = V U^T / U alone."""
+    H, prev = _np_problem((), d, K, seed=d * 100 + K)
+    P = nearest_etf(torch.from_numpy(H), torch.from_numpy(prev), delta)
+    assert P.dtype == f64
+    assert np.abs(P.numpy() - _np_polar(_target_by_hand(H, prev, delta))).max() < 1e-9
+
+
+def test_batched_forward_equals_numpy_polar_per_problem():
+    """Catches batching bugs: reductions or transposes over the wrong axis of a (..., d, K) input, or problems mixed across the batch."""
+    d, K, delta = 8, 4, 1e-2
+    H, prev = _np_problem((2, 3), d, K, seed=17)
+    P = nearest_etf(torch.from_numpy(H), torch.from_numpy(prev), delta).numpy()
+    assert P.shape == (2, 3, d, K)
+    for i in range(2):
+        for j in range(3):
+            ref = _np_polar(_target_by_hand(H[i, j], prev[i, j], delta))
+            assert np.abs(P[i, j] - ref).max() < 1e-9, (i, j)
+
+
+@pytest.mark.parametrize("d,K", [(2, 2), (3, 3), (6, 6), (7, 3), (16, 5)])
+def test_forward_equals_scipy_orthogonal_procrustes(d, K):
+    """Catches a forward that is not the polar factor of A: checked against scipy's Procrustes solver, not an SVD we wrote."""
+    delta = 1e-3
+    H, prev = _np_problem((), d, K, seed=31 + d + K)
+    A = _target_by_hand(H, prev, delta)
+    if d == K:
+        # polar(A) = argmax_{R orthogonal} tr(R^T A) = argmin ||I R - A||_F
+        ref, _ = orthogonal_procrustes(np.eye(K), A)
+    else:
+        # A = Q Rq (Q: orthonormal basis of range(A)); polar(A) = Q polar(Q^T A) and polar(Q^T A) = argmin ||Q R - A||_F
+        Q, _ = np.linalg.qr(A)
+        R, _ = orthogonal_procrustes(Q, A)
+        ref = Q @ R
+    assert np.abs(ref.T @ ref - np.eye(K)).max() < 1e-12
+    P = nearest_etf(torch.from_numpy(H), torch.from_numpy(prev), delta).numpy()
+    assert np.abs(P - ref).max() < 1e-9
+
+
+def _objective_by_hand(P, H, prev, delta):
+    K = P.shape[-1]
+    M = torch.eye(K, dtype=f64) - 1.0 / K
+    return ((H - P @ M / math.sqrt(K - 1)) ** 2).sum() + 0.5 * delta * ((P - prev) ** 2).sum()
+
+
+@pytest.mark.parametrize("d,K,delta", [(6, 3, 1e-3), (12, 5, 1e-3), (5, 5, 0.2), (10, 2, 0.05)])
+def test_solution_is_a_local_minimiser_along_tangent_retractions(d, K, delta):
+    """Catches a forward that is only near the optimum (e.g. delta/2 in A, a missing centring) or a maximiser/saddle: some retraction would decrease the objective."""
+    H, prev = (torch.from_numpy(x) for x in _np_problem((), d, K, seed=7 * d + K))
+    H = H / H.norm()
+    P = nearest_etf(H, prev, delta)
+    best = _objective_by_hand(P, H, prev, delta)
+    g = torch.Generator().manual_seed(d + K)
+    for _ in range(16):
+        Z = torch.randn(d, K, generator=g, dtype=f64)
+        PtZ = P.T @ Z
+        xi = Z - P @ (PtZ + PtZ.T) / 2  # tangent at P: P^T xi is skew
+        xi = xi / xi.norm()
+        for t in (1e-1, 1e-3, 1e-6):
+            for s in (1.0, -1.0):
+                Q, R = torch.linalg.qr(P + s * t * xi)
+                Q = Q * torch.sign(torch.diagonal(R))  # the retraction qf(P + t xi)
+                assert _objective_by_hand(Q, H, prev, delta) >= best - 1e-12, (t, s)
