@@ -1,20 +1,35 @@
-"""etf-train: learned, fixed simplex-ETF and nearest simplex-ETF classifier heads, and a runner to compare them."""
+"""etf-train: learned, fixed simplex-ETF and nearest simplex-ETF classifier heads, and a runner to compare them.
 
-from .errors import EtfTrainError
-from .etf import canonical_stiefel, centring_matrix, random_stiefel, simplex_etf
-from .heads import FixedETFHead, LearnedHead, NearestETFHead, create_head
-from .solver import SolveInfo, nearest_etf
+The public names load lazily (PEP 562), so that `etf-compare` and the CLI's start-up checks do not pay for
+importing torch.
+"""
 
-__all__ = [
-    "EtfTrainError",
-    "FixedETFHead",
-    "LearnedHead",
-    "NearestETFHead",
-    "SolveInfo",
-    "canonical_stiefel",
-    "centring_matrix",
-    "create_head",
-    "nearest_etf",
-    "random_stiefel",
-    "simplex_etf",
-]
+from importlib import import_module
+
+_PUBLIC = {
+    "EtfTrainError": ".errors",
+    "FixedETFHead": ".heads",
+    "LearnedHead": ".heads",
+    "NearestETFHead": ".heads",
+    "create_head": ".heads",
+    "SolveInfo": ".solver",
+    "nearest_etf": ".solver",
+    "canonical_stiefel": ".etf",
+    "centring_matrix": ".etf",
+    "random_stiefel": ".etf",
+    "simplex_etf": ".etf",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'etf_train' has no attribute {name!r}")
+    value = getattr(import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

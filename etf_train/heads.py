@@ -170,7 +170,8 @@ class NearestETFHead(Head):
             W = self.weight.to(h.dtype)
             return h @ W.T - W @ self.global_mean.to(h.dtype)
         with torch.autocast(device_type=h.device.type, enabled=False):
-            h32 = h.to(torch.promote_types(h.dtype, torch.float32))  # at least float32, never a downcast of float64
+            # at least float32 (bf16 features under autocast), never below the buffers' dtype (a float64 head)
+            h32 = h.to(torch.promote_types(torch.promote_types(h.dtype, torch.float32), self.P.dtype))
             sums, counts = self._class_sums(h32, y)
             mu_G = sums.sum(1) / counts.sum()  # (d,) batch global mean
             present = counts > 0

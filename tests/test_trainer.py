@@ -1,11 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from etf_train import EtfTrainError
 from etf_train.rundir import read_scalars
-from etf_train.training import load_checkpoint, save_checkpoint, train
+from etf_train.training import Run, load_checkpoint, save_checkpoint, train
 
 from .conftest import TINY, TINY_UFM, make_cfg
 
@@ -94,3 +95,53 @@ def test_extreme_learning_rate_stops_with_a_clear_message(tmp_path):
     cfg = make_cfg(*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30", "trainer.max_epochs=3")
     with pytest.raises(EtfTrainError, match="non-finite loss .* lower optimizer.lr"):
         train(cfg, tmp_path)
+
+
+def test_logged_nc_metrics_equal_an_independent_recomputation(tmp_path):
+    """The nc/* scalars of the last epoch, recomputed densely in numpy from head.normalize(backbone(x)) over the
+    un-augmented train set in eval mode: catches metrics taken in train mode, on augmented or partial data, with
+    another classifier, or with a wrong formula."""
+    cfg = make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=2")
+    train(cfg, tmp_path)
+    run = Run(cfg, tmp_path)
+    assert run.restore()[0] == 2
+    model = run.model.eval()
+    x = torch.stack([run.bundle.eval_train[i][0] for i in range(len(run.bundle.eval_train))])
+    y = run.bundle.train_targets.numpy()
+    with torch.no_grad():
+        f = model.backbone(x)
+        h = model.head.normalize(f).double().numpy()
+        logits = model.head(f).numpy()
+    W = model.head.weight.double().numpy()
+    K, N = 4, len(y)
+    mu = np.stack([h[y == c].mean(0) for c in range(K)])  # (K, d)
+    Hc = (mu - h.mean(0)).T  # (d, K)
+    S_W = sum(np.outer(v, v) for v in h - mu[y]) / N
+    S_B = Hc @ Hc.T / K
+    M = np.eye(K) - 1 / K
+
+    def dist_to_etf(G):
+        return np.linalg.norm(G / np.linalg.norm(G) - M / np.sqrt(K - 1))
+
+    def equiangular(G):
+        n = np.sqrt(np.diag(G))
+        cos = G / np.outer(n, n)
+        return np.mean([abs(cos[i, j] + 1 / (K - 1)) for i in range(K) for j in range(i + 1, K)])
+
+    nearest = np.argmin(((h[:, None, :] - mu[None]) ** 2).sum(-1), axis=1)
+    expected = {
+        "nc/nc1": np.trace(S_W @ np.linalg.pinv(S_B)) / K,
+        "nc/nc2_w": dist_to_etf(W @ W.T),
+        "nc/nc2_h": dist_to_etf(Hc.T @ Hc),
+        "nc/equinorm_w": np.std(np.linalg.norm(W, axis=1), ddof=1) / np.mean(np.linalg.norm(W, axis=1)),
+        "nc/equinorm_h": np.std(np.linalg.norm(Hc, axis=0), ddof=1) / np.mean(np.linalg.norm(Hc, axis=0)),
+        "nc/equiangular_w": equiangular(W @ W.T),
+        "nc/equiangular_h": equiangular(Hc.T @ Hc),
+        "nc/nc3": dist_to_etf(W @ Hc),
+        "nc/nc4": np.mean(nearest != logits.argmax(1)),
+        "train/eval_acc": 100 * np.mean(logits.argmax(1) == y),
+    }
+    logged = read_scalars(tmp_path)
+    for tag, value in expected.items():
+        assert logged[tag][0][-1] == 2
+        assert logged[tag][1][-1] == pytest.approx(value, rel=1e-4, abs=1e-6), tag
