@@ -10,7 +10,10 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
+import secrets
 import sys
+from datetime import datetime
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +41,10 @@ PLUGINS = {
     "hparams_search": _OPTUNA,  # every configs/hparams_search/ file is an Optuna search
 }
 DIRNAME_EXCLUDES = "hydra.job.config.override_dirname.exclude_keys"
+
+# A short id of this process for the default run folder (configs/config.yaml): two runs started in the same
+# second get two folders. One value per process, so every reading of hydra.run.dir agrees.
+OmegaConf.register_new_resolver("etf_uid", lambda _uid=secrets.token_hex(2): _uid, replace=True)
 
 
 class JobFailed(CompactHydraException):
@@ -100,15 +107,36 @@ def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[s
     return list(dict.fromkeys([*always, *constants]))
 
 
+def _is_multirun(args: Sequence[str]) -> bool:
+    return any(a in ("-m", "--multirun") for a in args)
+
+
+def _output_key(args: Sequence[str]) -> str:
+    return "hydra.sweep.dir" if _is_multirun(args) else "hydra.run.dir"
+
+
+def empty_output(args: Sequence[str]) -> str | None:
+    """The error line for `hydra.run.dir=` given empty (an unset shell variable), which would write into `.`."""
+    for arg in _overrides(args):
+        key, value = arg.split("=", 1)
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and not value.strip():
+            return f"{key}= is empty (an unset shell variable?); give a folder, or leave it out for the default"
+    return None
+
+
 def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
     """The error line when the run's output folder cannot be made (a file in the way, no permission), or None.
 
-    Checked before Hydra starts, which would otherwise fail with a traceback. Only the literal part of
-    hydra.run.dir / hydra.sweep.dir (before any ${...}) is checked; the default is outputs/ here.
+    Checked before Hydra starts, which would otherwise fail with a traceback: the part of hydra.run.dir /
+    hydra.sweep.dir before its first interpolation other than ${now:...}, which is filled in as Hydra will.
     """
-    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in args) else "hydra.run.dir"
-    given = next((a.split("=", 1)[1] for a in _overrides(args) if a.split("=", 1)[0] == key), "outputs/")
-    target = cwd / given.split("${", 1)[0]
+    key = _output_key(args)
+    given = next((a.split("=", 1)[1] for a in _overrides(args) if a.split("=", 1)[0] == key), None)
+    if given is None:
+        given = OmegaConf.to_container(OmegaConf.load(config_dir() / "config.yaml"))["hydra"][key.split(".")[1]]["dir"]
+    now = datetime.now()
+    literal = re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), given).split("${", 1)[0]
+    target = cwd / literal
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a folder" if not existing.is_dir() else "is not writable"
@@ -126,7 +154,7 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     """
     overrides = _overrides(args)
     given = dict(o.split("=", 1) for o in overrides)
-    if any(a in ("-m", "--multirun") for a in args) or "hydra.run.dir" in given:
+    if _is_multirun(args) or "hydra.run.dir" in given:
         return None
     if given.get("trainer.resume", "auto") != "auto":
         return None
@@ -136,6 +164,41 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
         if rundir.checkpoint(run).exists() and not rundir.is_finished(run):
             if sorted(str(o) for o in OmegaConf.load(saved)) == mine:
                 return run.relative_to(cwd)
+    return None
+
+
+def _sweep_size(overrides: list[str]) -> int | None:
+    """How many jobs the basic sweeper makes of these overrides (None: they don't parse)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return None
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
+def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
+    """The sweep that the same `etf-train -m ...` left unfinished, so that it continues rather than starting over.
+
+    The newest outputs/multirun/<date>/<time> sweep launched with the same overrides counts when it has fewer
+    finished jobs than the overrides make; its finished jobs then return at once and the others resume.
+    None for single runs, an explicit hydra.sweep.dir, other sweepers (Optuna) or trainer.resume other than auto.
+    """
+    overrides = _overrides(args)
+    given = dict(o.split("=", 1) for o in overrides)
+    if not _is_multirun(args) or "hydra.sweep.dir" in given or given.get("trainer.resume", "auto") != "auto":
+        return None
+    if any(k.lstrip("+") in ("hparams_search", "hydra/sweeper") for k in given):
+        return None
+    mine = sorted(o for o in overrides if not o.startswith("hydra."))
+    for saved in sorted(cwd.glob("outputs/multirun/*/*/multirun.yaml"), reverse=True):  # newest first
+        task = OmegaConf.select(OmegaConf.load(saved), "hydra.overrides.task", default=None)
+        if task is None or sorted(str(o) for o in task) != mine:
+            continue
+        finished = sum(rundir.is_finished(job.parent.parent) for job in saved.parent.glob(f"**/{rundir.CONFIG}"))
+        size = _sweep_size(mine)
+        return saved.parent.relative_to(cwd) if size is not None and finished < size else None
     return None
 
 
@@ -179,21 +242,26 @@ def _main(cfg: DictConfig) -> float | None:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    OmegaConf.resolve(cfg)  # e.g. dataset.root: ${oc.env:CIFAR10_JPG,...} -> the path the trainer is handed
+    run_dir = Path(hc.runtime.output_dir)
     try:
+        OmegaConf.resolve(cfg)  # e.g. dataset.root: ${oc.env:CIFAR10_JPG,...} -> the path the trainer is handed
         job_num = hc.job.num if multirun else 0  # hydra.job.num exists in multiruns only
         device = job_device(str(cfg.trainer.device), multirun, job_num, torch.cuda.device_count())
         if device != cfg.trainer.device:
             cfg.trainer.device = device
             torch.cuda.set_device(torch.device(device))  # for code that allocates on the current device
-        return objective(train(cfg, hc.runtime.output_dir), cfg.get("optimized_metric"))
+        record = (list(hc.overrides.task), OmegaConf.to_container(hc, resolve=False))
+        return objective(train(cfg, run_dir, record), cfg.get("optimized_metric"))
     except EtfTrainError as e:
         message = one_line(e)
         if multirun:  # fail this job only; the launcher runs the others and Hydra reports it at the end
-            log.error("etf-train: error: %s", message)
+            print(f"etf-train: error: {message}", file=sys.stderr)
             raise JobFailed(f"etf-train: error: {message}") from e
         print(f"etf-train: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C before training started (once it runs, a checkpoint is saved first)
+        rundir.remove_if_empty(run_dir)
+        raise
 
 
 def version() -> str:
@@ -211,20 +279,28 @@ def main() -> None:
     if "--version" in args or "-V" in args:  # etf-train's own version; Hydra's --version would print Hydra's
         print(f"etf-train {version()}")
         return
-    problem = missing_plugin(args) or unwritable_output(args, Path.cwd())
-    if problem is not None:
-        print(f"etf-train: error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    resume = interrupted_run(args, Path.cwd())
-    if resume is not None:
-        print(f"etf-train: resuming the interrupted run in {resume}", file=sys.stderr)
-        args = sys.argv[1:] = with_override(args, f"hydra.run.dir={resume}")
-    if not any(a.startswith(DIRNAME_EXCLUDES + "=") for a in args):
-        always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
-        excludes = swept_dirname_excludes(args, always)
-        if excludes:
-            sys.argv[1:] = with_override(args, f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
-    _main()
+    try:
+        problem = missing_plugin(args) or empty_output(args) or unwritable_output(args, Path.cwd())
+        if problem is not None:
+            print(f"etf-train: error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        resume = interrupted_run(args, Path.cwd())
+        if resume is not None:
+            print(f"etf-train: resuming the interrupted run in {resume}", file=sys.stderr)
+            args = sys.argv[1:] = with_override(args, f"hydra.run.dir={resume}")
+        sweep = interrupted_sweep(args, Path.cwd())
+        if sweep is not None:
+            print(f"etf-train: continuing the interrupted sweep in {sweep}", file=sys.stderr)
+            args = sys.argv[1:] = with_override(args, f"hydra.sweep.dir={sweep}")
+        if not any(a.startswith(DIRNAME_EXCLUDES + "=") for a in args):
+            always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
+            excludes = swept_dirname_excludes(args, always)
+            if excludes:
+                sys.argv[1:] = with_override(args, f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
+        _main()
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it, a checkpoint is saved first)
+        print("etf-train: interrupted (Ctrl-C) outside training; no training step was lost", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

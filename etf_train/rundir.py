@@ -5,20 +5,37 @@
     <run>/events.out.tfevents.*   TensorBoard scalars, step = epoch number (1-based)
     <run>/checkpoints/last.pt     the latest checkpoint, replaced atomically
     <run>/checkpoints/finished    written once the last epoch is done
+    <run>/checkpoints/failed      the one-line reason a started run stopped with an error
+    <run>/.etf-train.lock         pid, host and start time of the process that owns the folder while it runs
 
-Importing this module costs no torch: the CLI reads it before deciding anything.
+etf-train writes `.hydra/` itself (Hydra's own writing is switched off), only once a start has passed every
+check, so a refused start leaves a folder as it was. Importing this module costs no torch: the CLI reads it
+before deciding anything.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
+from omegaconf import OmegaConf
+
+from .errors import EtfTrainError
 
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
+HYDRA = Path(".hydra") / "hydra.yaml"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 FINISHED = Path("checkpoints") / "finished"
+FAILED = Path("checkpoints") / "failed"
+LOCK = Path(".etf-train.lock")
+LOG = Path("cli.log")  # Hydra's job log (the job is named after etf_train/cli.py)
 EVENT_GLOB = "events.out.tfevents.*"
 
 Curve = tuple[np.ndarray, np.ndarray]  # (steps int64 (n,), values float64 (n,)), steps ascending
@@ -33,11 +50,135 @@ def is_finished(run: Path) -> bool:
 
 
 def mark_finished(run: Path) -> None:
+    (run / FAILED).unlink(missing_ok=True)
     (run / FINISHED).touch()
+
+
+def mark_failed(run: Path, reason: str) -> None:
+    (run / FAILED).parent.mkdir(parents=True, exist_ok=True)
+    (run / FAILED).write_text(reason + "\n")
+
+
+def failure(run: Path) -> str | None:
+    """The reason a run failed, or None."""
+    path = run / FAILED
+    return path.read_text().strip() if path.exists() else None
 
 
 def event_files(run: Path) -> list[Path]:
     return sorted(p for p in run.glob(EVENT_GLOB) if p.is_file())
+
+
+def holds_run(run: Path) -> bool:
+    """True when the folder holds (part of) a run: its record, a checkpoint or event files."""
+    return (run / CONFIG).exists() or checkpoint(run).exists() or bool(event_files(run))
+
+
+def remove_if_empty(run: Path) -> None:
+    """Remove a folder that holds nothing but an empty job log (what Hydra makes before a start is refused)."""
+    if not run.is_dir():
+        return
+    entries = list(run.iterdir())
+    if all(p.name == LOG.name and p.is_file() and p.stat().st_size == 0 for p in entries):
+        for p in entries:
+            p.unlink()
+        run.rmdir()
+
+
+def write_record(run: Path, config: dict, overrides: list[str] | None = None, hydra: dict | None = None) -> None:
+    """`.hydra/config.yaml` (the resolved config), and Hydra's overrides and own settings when run by the CLI."""
+    files = {CONFIG: config, OVERRIDES: overrides, HYDRA: None if hydra is None else {"hydra": hydra}}
+    for name, content in files.items():
+        if content is not None:
+            (run / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / name).write_text(OmegaConf.to_yaml(OmegaConf.create(content)))
+
+
+def read_record(run: Path) -> dict | None:
+    path = run / CONFIG
+    return yaml.safe_load(path.read_text()) if path.exists() else None
+
+
+# ----------------------------------------------------------------------------- ownership
+
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the owner."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(owner: dict) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return True  # cannot tell from here
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return owner.get("start") in (None, _start_ticks(int(owner["pid"])))
+
+
+class RunLock:
+    """A run folder is owned by one live process: a lock file taken atomically (O_CREAT | O_EXCL), holding pid,
+    host and start time, removed on release; a lock whose process is gone (same host) is stale and taken over."""
+
+    def __init__(self, run: Path):
+        self.path = run / LOCK
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # a stale lock is removed and the atomic create retried
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise EtfTrainError(
+                        f"run folder {self.path.parent} is in use by pid {owner['pid']} on {owner['host']} "
+                        f"(since {owner.get('since', '?')}); wait for it to end or choose another folder"
+                    ) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise EtfTrainError(f"could not take the lock {self.path}: another process keeps taking it")
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # vanished, or a half-written lock of a process killed while writing it
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+# ----------------------------------------------------------------------------- state, as etf-compare reports it
+
+
+@dataclass(frozen=True)
+class RunState:
+    status: str  # finished | failed | unfinished
+    detail: str = ""  # the failure's reason
+
+
+def state(run: Path) -> RunState:
+    if is_finished(run):
+        return RunState("finished")
+    reason = failure(run)
+    return RunState("failed", reason) if reason is not None else RunState("unfinished")
+
 
 
 def read_scalars(run: Path) -> dict[str, Curve]:

@@ -178,15 +178,14 @@ def _nan_at_step(step):
 
 @pytest.mark.parametrize("head", ["learned", "nearest_etf"])
 def test_nonfinite_features_stop_naming_the_step_and_keep_the_checkpoint(tmp_path, head, monkeypatch):
-    cfg = make_cfg(*TINY, f"head={head}", "trainer.max_epochs=2")
-    train(make_cfg(*TINY, f"head={head}", "trainer.max_epochs=1"), tmp_path)
-    good = (tmp_path / "checkpoints" / "last.pt").read_bytes()
-    _, forward = _nan_at_step(2)
+    _, forward = _nan_at_step(5)  # 3 steps an epoch: epoch 2, step 2
     monkeypatch.setattr(Classifier, "forward", forward)
     with pytest.raises(NonFiniteError, match="epoch 2, step 2") as info:
-        train(cfg, tmp_path)
+        train(make_cfg(*TINY, f"head={head}", "trainer.max_epochs=2"), tmp_path)
     assert "\n" not in str(info.value) and "trainer.nonfinite=skip" in str(info.value)
-    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
+    assert final_state(tmp_path)["epoch"] == 1  # the last good checkpoint
+    assert "epoch 2, step 2" in (tmp_path / "checkpoints" / "failed").read_text()
+    assert not (tmp_path / ".etf-train.lock").exists()
 
 
 def test_nonfinite_steps_can_be_skipped(tmp_path, monkeypatch):

@@ -41,31 +41,46 @@ def test_riemannian_solver_logs_iterations(tmp_path):
     assert curves["solver/iters"][1][0] >= 1
 
 
-def test_resume_continues_without_duplicated_epochs(tmp_path):
-    train(make_cfg(*TINY, "trainer.max_epochs=1"), tmp_path)
-    train(make_cfg(*TINY, "trainer.max_epochs=3"), tmp_path)
-    steps = list(read_scalars(tmp_path)["train/loss"][0])
-    assert steps == [1, 2, 3]
-    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
-    assert state["epoch"] == 3 and int(state["model"]["head.step"]) > 0
+def test_a_finished_run_is_not_trained_again_nor_extended(tmp_path):
+    """Running a finished run's folder again trains nothing and returns its last scalars; more epochs is a new run."""
+    first = train(make_cfg(*TINY, "trainer.max_epochs=2"), tmp_path)
+    before = (tmp_path / "checkpoints" / "last.pt").read_bytes()
+    again = train(make_cfg(*TINY, "trainer.max_epochs=2"), tmp_path)
+    assert again["test/acc"] == pytest.approx(first["test/acc"], rel=1e-6)
+    assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == before
+    with pytest.raises(EtfTrainError, match=r"trainer.max_epochs: 2 -> 3.*training longer .* is a new run"):
+        train(make_cfg(*TINY, "trainer.max_epochs=3"), tmp_path)
+    assert list(read_scalars(tmp_path)["train/loss"][0]) == [1, 2]
 
 
 def test_checkpoint_for_another_model_is_refused(tmp_path):
-    train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=1"), tmp_path)
-    with pytest.raises(EtfTrainError, match="does not match this run"):
-        train(make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=2"), tmp_path)
+    """A checkpoint of another head, K or train-set size is refused in one line, before anything is written."""
+    train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=1"), tmp_path / "a")
+    ckpt = tmp_path / "a" / "checkpoints" / "last.pt"
+    with pytest.raises(EtfTrainError, match="head: checkpoint 'learned' vs this run 'nearest_etf'"):
+        train(make_cfg(*TINY, "head=nearest_etf", f"trainer.resume={ckpt}"), tmp_path / "b")
     with pytest.raises(EtfTrainError, match="num_classes: checkpoint 4 vs this run 5"):
-        train(make_cfg(*TINY, "head=learned", "dataset.num_classes=5", "trainer.max_epochs=2"), tmp_path)
+        train(make_cfg(*TINY, "head=learned", "dataset.num_classes=5", f"trainer.resume={ckpt}"), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
     ufm = [o for o in TINY_UFM if "per_class" not in o]
     train(make_cfg(*ufm, "head=learned", "dataset.per_class=16", "trainer.max_epochs=1"), tmp_path / "ufm")
+    ufm_ckpt = tmp_path / "ufm" / "checkpoints" / "last.pt"
+    with pytest.raises(EtfTrainError, match=r"was started with other settings \(dataset.per_class: 16 -> 8\)"):
+        train(make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=1",
+                       f"trainer.resume={ufm_ckpt}"), tmp_path / "ufm8")
+    state = torch.load(ufm_ckpt, weights_only=False)
+    del state["config"]  # a checkpoint that carries no settings: the tensors themselves must fit
+    torch.save(state, tmp_path / "bare.pt")
     with pytest.raises(EtfTrainError, match="does not fit this model .*size mismatch") as info:
-        train(make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=2"), tmp_path / "ufm")
+        train(make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=1",
+                       f"trainer.resume={tmp_path / 'bare.pt'}"), tmp_path / "ufm8")
     assert "\n" not in str(info.value)
-    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(EtfTrainError, match="cannot read checkpoint"):
-        train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=2"), tmp_path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(EtfTrainError, match="cannot read checkpoint .*junk.pt .*point trainer.resume at a run's") as info:
+        train(make_cfg(*TINY, "head=learned", f"trainer.resume={tmp_path / 'junk.pt'}"), tmp_path / "c")
+    assert "delete" not in str(info.value)
     with pytest.raises(EtfTrainError, match="no such checkpoint"):
-        train(make_cfg(*TINY, f"trainer.resume={tmp_path}/nope.pt"), tmp_path)
+        train(make_cfg(*TINY, f"trainer.resume={tmp_path}/nope.pt"), tmp_path / "c")
 
 
 def test_atomic_checkpoint_leaves_no_temporary(tmp_path):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,42 +32,53 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Seconds to sleep between writing the temporary file and renaming it: lets the fault-injection tests kill a
+# run inside a checkpoint write. Unset in normal use.
+SAVE_DELAY_ENV = "ETF_TRAIN_TEST_SAVE_DELAY_S"
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over the old one."""
+    """Write atomically: a temporary file in the same folder, fsync, then rename over the old one.
+
+    A write that fails (a full disk, a quota) removes the temporary file and keeps the previous checkpoint.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if os.environ.get(SAVE_DELAY_ENV):
+            time.sleep(float(os.environ[SAVE_DELAY_ENV]))
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        why = "the disk is full" if free < (1 << 20) or getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) \
+            else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
+        raise EtfTrainError(f"cannot write checkpoint {path}: {why} ({free >> 20} MB free there); {kept}") from None
 
 
-def load_checkpoint(path: Path, meta: dict) -> dict:
-    """Load a checkpoint and refuse one written for another model (head, classes, backbone, features)."""
+def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
+    """Load a checkpoint and refuse one written for another model (head, classes, backbone, features).
+
+    given: the path came from trainer.resume=PATH (a file the run did not write), which changes the advice.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, corrupt, or not a torch file
-        raise EtfTrainError(f"cannot read checkpoint {path}: {type(e).__name__}; delete it or set trainer.resume=never") from None
+        advice = "point trainer.resume at a run's checkpoints/last.pt" if given else \
+            "this run's own checkpoint is damaged: start the run again in a new folder"
+        raise EtfTrainError(f"cannot read checkpoint {path} ({type(e).__name__}); {advice}") from None
     if not isinstance(state, dict) or "meta" not in state:
-        raise EtfTrainError(f"{path} is not an etf-train checkpoint; set trainer.resume=never or point it elsewhere")
+        raise EtfTrainError(f"{path} is not an etf-train checkpoint; point trainer.resume at a run's checkpoints/last.pt")
     diff = {k: (state["meta"].get(k), v) for k, v in meta.items() if state["meta"].get(k) != v}
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
         raise EtfTrainError(f"checkpoint {path} does not match this run ({what}); use another output folder or trainer.resume=never")
     return state
-
-
-def resume_path(spec: str, run_dir: Path) -> Path | None:
-    if spec == "never":
-        return None
-    if spec == "auto":
-        path = run_dir / "checkpoints" / "last.pt"
-        return path if path.exists() else None
-    path = Path(spec)
-    if not path.is_file():
-        raise EtfTrainError(f"trainer.resume={spec}: no such checkpoint file")
-    return path
 
 
 class Preempted(Exception):

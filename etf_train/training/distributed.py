@@ -38,6 +38,54 @@ class Dist:
         return t.tolist()
 
 
+def agreed(world: Dist, step):
+    """step() on every rank; when it raises EtfTrainError on any rank, every rank raises it (a refusal on rank 0
+    alone would leave the other ranks waiting in their next collective)."""
+    error, result = None, None
+    try:
+        result = step()
+    except EtfTrainError as e:
+        error = e
+    if world.enabled:
+        messages: list[str | None] = [None] * world.world_size
+        dist.all_gather_object(messages, None if error is None else str(error))
+        first = next((m for m in messages if m is not None), None)
+        if first is not None and error is None:
+            raise EtfTrainError(first)
+    if error is not None:
+        raise error
+    return result
+
+
+class StopVote:
+    """Ranks agree at every step boundary whether a stop signal arrived on any of them.
+
+    Each step starts a non-blocking all-reduce of this rank's flag on a CPU (gloo) group and reads the previous
+    step's result: no rank waits for the others, and nothing touches the GPU. All ranks see the same vote at the
+    same step, one step after the signal; `settle` reads the last vote at the end of an epoch.
+    """
+
+    def __init__(self, world: Dist):
+        self.group = dist.new_group(backend="gloo") if world.enabled else None
+        self.pending = None
+
+    def __call__(self, local: bool) -> bool:
+        if self.group is None:
+            return local
+        agreed_stop = self.settle()
+        flag = torch.tensor([float(local)])
+        self.pending = (dist.all_reduce(flag, group=self.group, async_op=True), flag)
+        return agreed_stop
+
+    def settle(self) -> bool:
+        if self.pending is None:
+            return False
+        work, flag = self.pending
+        work.wait()
+        self.pending = None
+        return bool(flag.item())
+
+
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,18 +24,11 @@ from .. import options as opt
 from .. import rundir
 from ..data import build_data, build_loaders, set_epoch
 from ..errors import EtfTrainError, NonFiniteError
-from .checkpoint import (
-    Preempted,
-    SignalGuard,
-    load_checkpoint,
-    resume_path,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from .distributed import setup_distributed, shared_run_dir
+from .checkpoint import Preempted, SignalGuard, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
 from .factories import build_model, build_optimizer, build_scheduler, seed_everything
+from .resume import RunFolder, refuse_changes
 
 log = logging.getLogger("etf_train")
 
@@ -52,6 +45,14 @@ def check_config(cfg: DictConfig) -> None:
 
 def _show_progress(setting) -> bool:
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
+
+
+def log_to_file(message: str) -> None:
+    """Write an error line into the run's log file (Hydra's job log) only: the console shows it once, on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 class EpochTally:
@@ -84,14 +85,29 @@ class EpochTally:
 
 
 class Run:
-    """One experiment: everything built from the config, the epoch loop, checkpoints."""
+    """One experiment: everything built from the config, the epoch loop, checkpoints.
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    The run folder is claimed first (resume.RunFolder: one live process per folder, and a resume only with the
+    settings the run was started with); `record` is (overrides, Hydra's settings) for `.hydra/`, from the CLI.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, record: tuple | None = None):
         check_config(cfg)
         t = self.t = cfg.trainer
-        self.cfg = cfg
+        self.cfg, self.record = cfg, record
+        self.config = OmegaConf.to_container(cfg, resolve=True)
         self.world, self.device = setup_distributed(t.device)
         self.run_dir = shared_run_dir(run_dir, self.world)
+        self.folder = RunFolder(self.run_dir, self.world.main)
+        self.resume_from = agreed(self.world, lambda: self.folder.claim(str(t.resume), self.config))
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.folder.end()
+            raise
+
+    def _build(self, cfg: DictConfig) -> None:
+        t = self.t
         if t.batch_size % self.world.world_size:
             raise EtfTrainError(
                 f"trainer.batch_size={t.batch_size} (the global batch) must divide evenly over {self.world.world_size} processes"
@@ -126,23 +142,27 @@ class Run:
                      "backbone": cfg.backbone.arch}
         self.ckpt_path = rundir.checkpoint(self.run_dir)
         self.progress = _show_progress(t.progress) and self.world.main
+        self.stop_vote = StopVote(self.world)
 
     # -- checkpoints
 
     def save(self, epoch: int, partial: dict | None = None) -> None:
         if not self.world.main:
             return
-        state = {"epoch": epoch, "partial": partial, "meta": self.meta, "model": self.model.state_dict(),
+        state = {"epoch": epoch, "partial": partial, "meta": self.meta, "config": self.config,
+                 "model": self.model.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
         save_checkpoint(self.ckpt_path, state)
 
     def restore(self) -> tuple[int, dict | None, dict | None]:
-        """Load the checkpoint trainer.resume points at: (completed epochs, partial-epoch state, RNG state)."""
-        path = resume_path(str(self.t.resume), self.run_dir)
+        """Load the checkpoint the claim chose: (completed epochs, partial-epoch state, RNG state)."""
+        path = self.resume_from
         if path is None:
             return 0, None, None
-        state = load_checkpoint(path, self.meta)
+        state = load_checkpoint(path, self.meta, given=str(self.t.resume) not in ("auto", "never"))
+        if "config" in state:
+            refuse_changes(state["config"], self.config, f"checkpoint {path}")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -180,11 +200,11 @@ class Run:
         self.model.head.after_step()
         return loss, logits
 
-    def _stop_requested(self, guard: SignalGuard, step: int) -> bool:
-        stop = guard.received is not None
-        if self.world.enabled:  # ranks agree (every 20 steps, to spare a collective per step) before saving
-            stop = step % 20 == 0 and bool(self.world.sum([float(stop)], self.device)[0])
-        return stop
+    def _preempt(self, guard: SignalGuard, tally: EpochTally, epoch: int, step: int):
+        self.save(epoch - 1, tally.partial(epoch, step))
+        signum = guard.received or signal.SIGTERM  # another rank's signal, under torchrun
+        guard.chain()
+        raise Preempted(signum, epoch, step)
 
     def train_epoch(self, epoch: int, guard: SignalGuard, partial: dict | None, rng: dict | None) -> dict[str, float]:
         self.model.train()
@@ -201,19 +221,18 @@ class Run:
             out = self._step(epoch, step, x, y)
             if out is None:
                 tally.skipped += 1
-                continue
-            tally.add(step, *out, y)
-            if step % check_every == 0 and tally.bad_step.item():
-                self._diverged(epoch, int(tally.bad_step))
-            if self.progress and step % 10 == 0:
+            else:
+                tally.add(step, *out, y)
+                if step % check_every == 0 and tally.bad_step.item():
+                    self._diverged(epoch, int(tally.bad_step))
+            if self.progress and step % 10 == 0 and tally.seen:
                 bar.set_postfix(loss=f"{tally.loss_sum.item() / tally.seen:.3f}",
                                 acc=f"{100 * tally.correct.item() / tally.seen:.1f}",
                                 img_s=f"{tally.seen / tally.elapsed():.0f}")
-            if self._stop_requested(guard, step):
-                self.save(epoch - 1, tally.partial(epoch, step))
-                signum = guard.received or signal.SIGTERM
-                guard.chain()
-                raise Preempted(signum, epoch, step)
+            if self.stop_vote(guard.received is not None):
+                self._preempt(guard, tally, epoch, step)
+        if self.stop_vote.settle():  # a signal during the epoch's last step, on some rank
+            self._preempt(guard, tally, epoch, len(self.train_loader))
         if tally.bad_step.item():
             self._diverged(epoch, int(tally.bad_step))
         return self._epoch_scalars(epoch, tally)
@@ -258,11 +277,30 @@ class Run:
         return scalars
 
     def fit(self) -> dict[str, float]:
+        """Train the remaining epochs: the last epoch's scalars. The folder is released at the end, whatever happens;
+        an error after the start is recorded (checkpoints/failed) and written to the run's log."""
+        failure = None
+        try:
+            return self._fit()
+        except EtfTrainError as e:
+            failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if self.folder.started and self.world.main:
+                log_to_file(f"etf-train: error: {failure}")
+            raise
+        finally:
+            self.folder.end(failure)
+
+    def _fit(self) -> dict[str, float]:
         completed, partial, rng = self.restore()
-        if completed >= self.t.max_epochs:
-            log.info("%s already finished %d epochs; nothing to do", self.ckpt_path, completed)
-            return {}
-        writer = SummaryWriter(str(self.run_dir), purge_step=completed + 1 if completed else None) if self.world.main else None
+        self.folder.start(self.config, self.record)
+        if completed >= self.t.max_epochs:  # e.g. a finished job of a sweep that is run again
+            log.info("%s already finished %d epochs; nothing to do", self.run_dir, completed)
+            if self.world.main:
+                rundir.mark_finished(self.run_dir)
+            return {tag: float(values[-1]) for tag, (steps, values) in rundir.read_scalars(self.run_dir).items()
+                    if steps[-1] == completed}
+        # purge_step: events of epochs after the checkpoint (written before a crash) give way to the new ones
+        writer = SummaryWriter(str(self.run_dir), purge_step=completed + 1) if self.world.main else None
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
             log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %s head, device %s, %d process(es)",
@@ -290,14 +328,14 @@ class Run:
         return scalars
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
+def train(cfg: DictConfig, run_dir: str | Path, record: tuple | None = None) -> dict[str, float]:
     """Run one experiment into ``run_dir``; returns the last epoch's scalars.
 
     A stop signal (SIGTERM, SIGUSR1, SIGUSR2, SIGINT) saves a checkpoint at the next step boundary and exits with
     status 128 + signal number; the same command with trainer.resume=auto continues from there.
     """
     try:
-        return Run(cfg, Path(run_dir)).fit()
+        return Run(cfg, Path(run_dir), record).fit()
     except Preempted as p:
         print(f"etf-train: stopped by {p}; checkpoint saved in {rundir.checkpoint(Path(run_dir)).parent}; "
               "run the same command again to continue", file=sys.stderr)

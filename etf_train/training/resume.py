@@ -1,0 +1,108 @@
+"""What a start may do with its run folder: continue the run it holds, or start one in an empty folder, never mix.
+
+One run per folder: a start with trainer.resume=auto continues the folder's run only with the settings that run
+was started with (its record, `.hydra/config.yaml`), up to the keys that cannot change what it computes; every
+other start into a folder that holds a run is refused in one line before anything is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import rundir
+from ..errors import EtfTrainError
+
+# Keys that cannot change what a run computes (display, speed, where files are): they may differ on resume.
+NEUTRAL = (
+    "trainer.progress", "trainer.resume", "trainer.device", "trainer.compile", "trainer.channels_last",
+    "trainer.eval_batch_size", "loader.num_workers", "metrics.every_n_epochs", "dataset.root", "dataset.download",
+    "optimized_metric",
+)
+
+
+def flatten(node: object, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    if not isinstance(node, dict) or (prefix and not node):
+        return {prefix: node}
+    out: dict[str, object] = {}
+    for k, v in node.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """`key: old -> new` for every key that differs and could change the results."""
+    a, b = flatten(saved), flatten(now)
+    missing = "(unset)"
+    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(a.keys() | b.keys())
+            if a.get(k, missing) != b.get(k, missing) and not k.startswith(NEUTRAL)]
+
+
+def refuse_changes(saved: dict, now: dict, where: str) -> None:
+    changes = changed_settings(saved, now)
+    if changes:
+        more = "; training longer than a run's trainer.max_epochs is a new run" if any(
+            c.startswith("trainer.max_epochs:") for c in changes) else ""
+        raise EtfTrainError(
+            f"{where} was started with other settings ({', '.join(changes)}); rerun with its settings to continue "
+            f"it, or start fresh in another folder (a new hydra.run.dir){more}"
+        )
+
+
+def checkpoint_to_resume(run_dir: Path, spec: str, config: dict) -> Path | None:
+    """The checkpoint this start continues from (None: a fresh start), refusing every start that would mix runs."""
+    record = rundir.read_record(run_dir)
+    if spec == "auto":
+        if record is not None:
+            refuse_changes(record, config, f"the run in {run_dir}")
+        elif rundir.holds_run(run_dir):
+            raise EtfTrainError(f"{run_dir} holds checkpoints or event files but no {rundir.CONFIG}: not a run "
+                                "etf-train can continue; choose another folder")
+        path = rundir.checkpoint(run_dir)
+        return path if path.exists() else None
+    if spec != "never":
+        path = Path(spec)
+        if not path.is_file():
+            raise EtfTrainError(f"trainer.resume={spec}: no such checkpoint file")
+        if path.resolve() == rundir.checkpoint(run_dir).resolve():
+            return checkpoint_to_resume(run_dir, "auto", config)
+    if rundir.holds_run(run_dir):
+        raise EtfTrainError(f"trainer.resume={spec} starts a new run, but {run_dir} already holds one (one run per "
+                            "folder, or TensorBoard would mix their curves); choose another hydra.run.dir")
+    return None if spec == "never" else Path(spec)
+
+
+class RunFolder:
+    """This process's hold on its run folder, from the claim (lock, resume decision) through the start (the record
+    is written) to the end (a failure recorded, or a folder that never started left as it was). Rank 0 acts on
+    the files; every rank follows its decisions."""
+
+    def __init__(self, run_dir: Path, main: bool):
+        self.run_dir, self.main = run_dir, main
+        self.lock = rundir.RunLock(run_dir)
+        self.started = False
+
+    def claim(self, spec: str, config: dict) -> Path | None:
+        """Take the folder and decide where training continues from; a refusal leaves the folder as it was."""
+        try:
+            if self.main:
+                self.lock.acquire()
+            return checkpoint_to_resume(self.run_dir, spec, config)
+        except BaseException:
+            self.end()
+            raise
+
+    def start(self, config: dict, record: tuple | None) -> None:
+        """Training begins: a fresh run writes its record; a resumed failed run is no longer failed."""
+        self.started = True
+        if self.main:
+            if rundir.read_record(self.run_dir) is None:
+                rundir.write_record(self.run_dir, config, *(record or ()))
+            (self.run_dir / rundir.FAILED).unlink(missing_ok=True)
+
+    def end(self, failure: str | None = None) -> None:
+        if self.main and failure is not None and self.started:
+            rundir.mark_failed(self.run_dir, failure)
+        self.lock.release()
+        if self.main and not self.started:
+            rundir.remove_if_empty(self.run_dir)
