@@ -253,6 +253,7 @@ def _main(cfg: DictConfig) -> float | None:
         record = (list(hc.overrides.task), OmegaConf.to_container(hc, resolve=False))
         return objective(train(cfg, run_dir, record), cfg.get("optimized_metric"))
     except EtfTrainError as e:
+        rundir.remove_if_empty(run_dir)  # the folder Hydra made for a start that was refused
         message = one_line(e)
         if multirun:  # fail this job only; the launcher runs the others and Hydra reports it at the end
             print(f"etf-train: error: {message}", file=sys.stderr)

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -57,3 +62,15 @@ def write_folder(root, split: str, classes: dict[str, int], size: int, rng) -> l
             Image.fromarray(img).save(root / split / name / f"{i:02d}.png")
             pixels.append(img)
     return pixels
+
+
+def etf_train(*args, cwd, timeout=300, **popen):
+    """The real `etf-train` command in a subprocess (completed), output captured."""
+    exe = Path(sys.executable).with_name("etf-train")
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **popen.pop("env", {})}
+    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout, **popen)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` with its bytes: a refused start must leave this unchanged."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

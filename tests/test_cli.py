@@ -1,21 +1,14 @@
 """The real `etf-train` command in a subprocess."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from etf_train.rundir import read_scalars
 
-from .conftest import TINY
+from .conftest import TINY, etf_train
 
 ROOT = Path(__file__).parents[1]
-
-
-def etf_train(*args, cwd):
-    exe = Path(sys.executable).with_name("etf-train")
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_cli_runs_into_hydra_run_dir(tmp_path):
@@ -69,7 +62,17 @@ def test_cli_bad_input_matrix(tmp_path):
         ([*TINY, f"trainer.resume={tmp_path}/none.pt"], 2, "etf-train: error: trainer.resume="),
         ([*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30"], 2,
          "etf-train: error: non-finite loss at epoch 1"),
+        ([*TINY, "trainer.device=gpu"], 2, "etf-train: error: trainer.device='gpu' is not a device"),
+        ([*TINY, "optimizer.lr=abc"], 2, "etf-train: error: optimizer.lr must be a finite number > 0, got 'abc'"),
+        ([*TINY, "head.tau=abc"], 2, "etf-train: error: head.tau must be a finite number > 0, got 'abc'"),
+        ([*TINY, "seed=abc"], 2, "etf-train: error: seed must be an integer >= 0, got 'abc'"),
+        ([*TINY, "optimizer.momentum=-1"], 2, "etf-train: error: optimizer=sgd refused its options: Invalid momentum"),
+        ([*TINY, "trainer.nonfinite=skip", "optimizer.lr=1e6"], 2,
+         "etf-train: error: the weights are no longer finite after epoch"),
+        ([*TINY, "head=learned", "solver=riemannian"], 2,
+         "etf-train: error: the solver group applies to head=nearest_etf only; head=learned has no solver"),
     ]
+    started = {9, 15}  # runs that trained (then stopped): their folders hold the run and its failure
     for i, (args, code, message) in enumerate(cases):
         run_dir = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path}/run{i}"]
         proc = etf_train(*args, *run_dir, cwd=tmp_path)
@@ -77,3 +80,8 @@ def test_cli_bad_input_matrix(tmp_path):
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
         if code == 2:
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+            if not run_dir:
+                continue
+            # a refused start leaves nothing behind; a started run records its failure
+            assert (tmp_path / f"run{i}" / "checkpoints" / "failed").exists() if i in started else \
+                not (tmp_path / f"run{i}").exists(), (args, sorted((tmp_path / f"run{i}").rglob("*")))

@@ -62,9 +62,13 @@ def train_acc(epoch: int, crossings: tuple, seed: int) -> float:
     return 99.0 + 0.1 * seed
 
 
-def write_config(run_dir: Path, cfg: dict) -> None:
+def write_config(run_dir: Path, cfg: dict, state: str = "finished") -> None:
+    """The run's record; state finished (the marker etf-train writes at the end), failed (with a reason) or unfinished."""
     (run_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(cfg), run_dir / ".hydra" / "config.yaml")
+    if state != "unfinished":
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / state).write_text("diverged at epoch 1, step 2" if state == "failed" else "")
 
 
 def write_events(run_dir: Path, scalars: dict[str, dict[int, float]], walltime0: float = 1000.0) -> None:
@@ -173,7 +177,7 @@ def test_main_writes_md_csv_png(sweep, tmp_path, capsys):
     md = (out / "comparison.md").read_text()
     for label in SWEEP:
         assert label in stdout and label in md
-    assert "| learned | 3 | 12 [12, 12] | 4 [3, 5] | 7 [6, 8] | 11 [10, never] | 6 [6, 8] | never | never |" in md
+    assert "| learned | 3/3 | 12 [12, 12] | 4 [3, 5] | 7 [6, 8] | 11 [10, never] | 6 [6, 8] | never | never |" in md
     assert "| nearest_etf |" in md and "| 2.333 |" in md
 
     with (out / "comparison.csv").open() as f:
@@ -238,10 +242,11 @@ def test_error_missing_folder(tmp_path, capsys):
 
 
 def test_error_no_runs(tmp_path, capsys):
-    write_config(tmp_path / "crashed", {"seed": 1})  # config but no events: skipped with a warning
     assert main([str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert "warning: skipping" in err and f"error: no runs under {tmp_path}" in err
+    assert f"error: no runs under {tmp_path}" in capsys.readouterr().err
+    write_config(tmp_path / "crashed", {"seed": 1}, state="unfinished")  # died before its first epoch
+    assert main([str(tmp_path)]) == 2
+    assert f"error: no finished runs under {tmp_path} (1 unfinished or failed)" in capsys.readouterr().err
 
 
 def test_error_missing_scalar(tmp_path, capsys):
@@ -306,8 +311,6 @@ def test_final_accuracy_is_the_last_epoch_not_the_best(tmp_path, capsys):
         "nc/nc3": {e: 0.5 ** e for e in train},
         "nc/equinorm_h": {e: 0.1 for e in train},
     })
-    (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "finished").touch()
     out = tmp_path / "report"
     assert main([str(run), "--out", str(out)]) == 0
     capsys.readouterr()
@@ -320,3 +323,32 @@ def test_final_accuracy_is_the_last_epoch_not_the_best(tmp_path, capsys):
         assert float(row[f"final_train_acc_{stat}"]) == train[4], stat
         assert float(row[f"final_test_acc_{stat}"]) == test[4], stat
     assert "62.50 [62.50, 62.50] | 55.25 [55.25, 55.25]" in (out / "comparison.md").read_text()
+
+
+def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys):
+    """A run killed at epoch 3 of 12 must not enter the finals or the epoch counts, and a job that failed in its
+    first epoch (no scalars at all) must not stop the comparison of the others."""
+    for seed in (1, 2):
+        make_run(tmp_path / f"learned-{seed}", "learned", seed)
+    killed = tmp_path / "learned-3"
+    write_config(killed, {"seed": 3, "head": {"name": "learned"}, "dataset": {"name": "cifar10"},
+                          "trainer": {"max_epochs": 12}}, state="unfinished")
+    write_events(killed, {"train/acc": {e: 99.9 for e in (1, 2, 3)}, "test/acc": {e: 99.9 for e in (1, 2, 3)},
+                          "nc/nc1": {2: 0.001}})
+    failed = tmp_path / "nearest-1"
+    write_config(failed, {"seed": 1, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}}, state="failed")
+    assert main([str(tmp_path), "--metrics", "train/acc", "--out", str(tmp_path / "a")]) == 0
+    md = (tmp_path / "a" / "comparison.md").read_text()
+    rows = {r["group"]: r for r in csv.DictReader((tmp_path / "a" / "comparison.csv").open())}
+    assert (rows["learned"]["runs"], rows["learned"]["runs_finished"], rows["learned"]["runs_total"]) == ("2", "2", "3")
+    assert float(rows["learned"]["final_test_acc_max"]) < 99  # the killed run's 99.9 is not a final
+    assert float(rows["learned"]["epochs_min"]) == 12
+    assert (rows["nearest_etf"]["runs_finished"], rows["nearest_etf"]["runs_total"]) == ("0", "1")
+    assert "| nearest_etf | 0/1 | - |" in md
+    assert f"- {killed}: unfinished at epoch 3 of 12" in md
+    assert f"- {failed}: failed at epoch 0 (diverged at epoch 1, step 2)" in md
+
+    assert main([str(tmp_path), "--metrics", "train/acc", "--include-unfinished", "--out", str(tmp_path / "b")]) == 0
+    rows = {r["group"]: r for r in csv.DictReader((tmp_path / "b" / "comparison.csv").open())}
+    assert rows["learned"]["runs"] == "3" and float(rows["learned"]["final_test_acc_max"]) == pytest.approx(99.9)
+    assert "2/3 (+1 unfinished counted)" in (tmp_path / "b" / "comparison.md").read_text()

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="TAG", help="scalar tags to plot")
     p.add_argument("--out", type=Path, default=None, help="output folder; default: the first folder given")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs of different dataset.name")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="count unfinished and failed runs too, up to their last logged epoch (marked in the table)")
     return p
 
 
@@ -100,17 +102,22 @@ def compare(args: argparse.Namespace) -> str:
     runs = load_runs(args.folders)
     if not args.allow_mixed:
         check_datasets(runs)
-    check_metrics(runs, args.metrics)
+    counted = [r for r in runs if r.counted or (args.include_unfinished and r.epochs)]
+    if not counted:
+        raise EtfTrainError(f"no finished runs under {', '.join(map(str, args.folders))} ({len(runs)} unfinished or "
+                            "failed); --include-unfinished compares them up to their last epoch")
+    check_metrics(counted, args.metrics)
     groups = group_runs(runs, args.group_by)
-    for message in seed_collisions(groups):
+    for message in seed_collisions(group_runs(counted, args.group_by)):
         warn(message)
-    summaries = [summarize(label, rs, args.acc_thresholds, args.nc1_thresholds) for label, rs in groups.items()]
+    summaries = [summarize(label, rs, args.acc_thresholds, args.nc1_thresholds, args.include_unfinished)
+                 for label, rs in groups.items()]
     out = args.out if args.out is not None else args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(*table(summaries))
+    text = markdown(*table(summaries), [r for r in runs if not r.counted], args.include_unfinished)
     (out / "comparison.md").write_text(text)
     write_csv(out / "comparison.csv", summaries)
-    plot(out / "comparison.png", groups, args.metrics)
+    plot(out / "comparison.png", group_runs(counted, args.group_by), args.metrics)
     return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}\n"
 
 

@@ -16,17 +16,23 @@ from .stats import GroupSummary, epoch_stats
 LOG_SCALE_DECADES = 1.5
 
 
+def _runs_cell(s: GroupSummary) -> str:
+    """`3/5`, or `3/5 (+2 unfinished counted)` with --include-unfinished."""
+    extra = s.n_runs - s.n_finished
+    return f"{s.n_finished}/{s.n_total}" + (f" (+{extra} unfinished counted)" if extra else "")
+
+
 def table(summaries: Sequence[GroupSummary]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted rows (thresholds taken from the summaries, which share them)."""
     first = summaries[0]
     header = (
-        ["group", "runs", "epochs"]
+        ["group", "runs finished", "epochs"]
         + [f"train acc >= {t:g}%" for t in first.acc_epochs]
         + [f"NC1 <= {t:g}" for t in first.nc1_epochs]
         + ["final train acc %", "final test acc %", "solver ms/step"]
     )
     rows = [
-        [s.label, str(s.n_runs), s.epochs.format("g")]
+        [s.label, _runs_cell(s), s.epochs.format("g")]
         + [sp.format("g") for sp in s.acc_epochs.values()]
         + [sp.format("g") for sp in s.nc1_epochs.values()]
         + [
@@ -39,16 +45,23 @@ def table(summaries: Sequence[GroupSummary]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Sequence[Run] = (),
+             include_unfinished: bool = False) -> str:
+    """The table, its legend, and the runs the cells leave out (or, with include_unfinished, count though unfinished)."""
     cell = lambda c: c.replace("|", r"\|")  # noqa: E731
     lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    counted = "all runs that logged an epoch, unfinished ones too" if include_unfinished else "its finished runs"
     lines += [
         "",
-        "Cells: median [min, max] over the runs of a group. Threshold columns: the first epoch at which "
-        "train/acc >= T or nc/nc1 <= T; `never` = a run never got there within its epochs (ranked after every "
+        f"Cells: median [min, max] over {counted} of a group; `-`: none. Threshold columns: the first epoch at "
+        "which train/acc >= T or nc/nc1 <= T; `never` = a run never got there within its epochs (ranked after every "
         "epoch); a bare `never` = no run did.",
     ]
+    if others:
+        title = "Unfinished or failed runs, counted" if include_unfinished else \
+            "Not counted (unfinished or failed; --include-unfinished adds the unfinished epochs)"
+        lines += ["", f"{title}:", *(f"- {r.describe()}" for r in others)]
     return "\n".join(lines) + "\n"
 
 
@@ -62,7 +75,7 @@ def write_csv(path: Path, summaries: Sequence[GroupSummary]) -> None:
         + [("final_train_acc", lambda s: s.final_train_acc), ("final_test_acc", lambda s: s.final_test_acc)]
     )
     reached = {name for name, _ in spread_cols if name.startswith("epochs_to_")}
-    header = ["group", "runs"]
+    header = ["group", "runs", "runs_finished", "runs_total"]
     for name, _ in spread_cols:
         header += [f"{name}_median", f"{name}_min", f"{name}_max"] + ([f"{name}_reached"] if name in reached else [])
     header.append("solver_ms_per_step")
@@ -70,7 +83,7 @@ def write_csv(path: Path, summaries: Sequence[GroupSummary]) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         for s in summaries:
-            row: list[object] = [s.label, s.n_runs]
+            row: list[object] = [s.label, s.n_runs, s.n_finished, s.n_total]
             for name, get in spread_cols:
                 sp = get(s)
                 row += [sp.median, sp.min, sp.max] + ([sp.reached] if name in reached else [])

@@ -21,6 +21,23 @@ class Run:
     path: Path
     config: DictConfig
     scalars: dict[str, Curve]
+    state: rundir.RunState
+
+    @property
+    def epochs(self) -> int:
+        """The last epoch it logged (0: none)."""
+        return max((int(steps[-1]) for steps, _ in self.scalars.values() if len(steps)), default=0)
+
+    @property
+    def counted(self) -> bool:
+        return self.state.status == "finished"
+
+    def describe(self) -> str:
+        """`path: unfinished at epoch 3 of 6` / `path: failed at epoch 1 (reason)`."""
+        of = OmegaConf.select(self.config, "trainer.max_epochs", default=None)
+        where = f"at epoch {self.epochs}" + (f" of {of}" if of is not None else "")
+        reason = f" ({self.state.detail})" if self.state.detail else ""
+        return f"{self.path}: {self.state.status} {where}{reason}"
 
 
 def warn(message: str) -> None:
@@ -31,18 +48,9 @@ def find_runs(folder: Path) -> list[Path]:
     """Run directories under `folder` (itself included), sorted."""
     if not folder.is_dir():
         raise EtfTrainError(f"{'not a folder' if folder.exists() else 'folder does not exist'}: {folder}")
-    runs = []
-    for config in sorted(folder.rglob(str(rundir.CONFIG))):
-        run_dir = config.parent.parent
-        if rundir.event_files(run_dir):
-            runs.append(run_dir)
-        else:
-            # A job that died before its first epoch: say so rather than silently losing a seed.
-            warn(f"skipping {run_dir}: it has {rundir.CONFIG} but no {rundir.EVENT_GLOB} files")
+    runs = [config.parent.parent for config in sorted(folder.rglob(str(rundir.CONFIG)))]
     if not runs:
-        raise EtfTrainError(
-            f"no runs under {folder}: a run is a directory holding {rundir.CONFIG} and {rundir.EVENT_GLOB} files"
-        )
+        raise EtfTrainError(f"no runs under {folder}: a run is a directory holding {rundir.CONFIG}")
     return runs
 
 
@@ -54,7 +62,7 @@ def load_run(run_dir: Path) -> Run:
         raise EtfTrainError(f"cannot read {config_path}: {str(e).splitlines()[0]}") from e
     if not isinstance(config, DictConfig):
         raise EtfTrainError(f"{config_path} is not a mapping")
-    return Run(run_dir, config, rundir.read_scalars(run_dir))
+    return Run(run_dir, config, rundir.read_scalars(run_dir), rundir.state(run_dir))
 
 
 def load_runs(folders: Sequence[Path]) -> list[Run]:

@@ -23,22 +23,24 @@ class Spread:
 
     @property
     def median(self) -> float:
-        return float(np.median(self.values))
+        return float(np.median(self.values)) if self.values else math.nan
 
     @property
     def min(self) -> float:
-        return min(self.values)
+        return min(self.values, default=math.nan)
 
     @property
     def max(self) -> float:
-        return max(self.values)
+        return max(self.values, default=math.nan)
 
     @property
     def reached(self) -> int:
         return sum(math.isfinite(v) for v in self.values)
 
     def format(self, spec: str) -> str:
-        """`median [min, max]`, with `never` for inf and a bare `never` when no run got there."""
+        """`median [min, max]`, with `never` for inf and a bare `never` when no run got there; `-` for no runs."""
+        if not self.values:
+            return "-"
         if self.reached == 0:
             return "never"
         f = lambda x: "never" if math.isinf(x) else format(x, spec)  # noqa: E731
@@ -59,7 +61,9 @@ class EpochStats:
 @dataclass(frozen=True)
 class GroupSummary:
     label: str
-    n_runs: int
+    n_runs: int  # runs the cells summarise
+    n_finished: int
+    n_total: int  # runs of the group, whatever their state
     epochs: Spread
     acc_epochs: dict[float, Spread]  # threshold -> epochs to train/acc >= threshold
     nc1_epochs: dict[float, Spread]  # threshold -> epochs to nc/nc1 <= threshold
@@ -101,9 +105,12 @@ def _curve(run: Run, tag: str, why: str) -> Curve:
 
 
 def summarize(
-    label: str, runs: Sequence[Run], acc_thresholds: Sequence[float], nc1_thresholds: Sequence[float]
+    label: str, group: Sequence[Run], acc_thresholds: Sequence[float], nc1_thresholds: Sequence[float],
+    include_unfinished: bool = False,
 ) -> GroupSummary:
-    """One table row: threshold epochs, final accuracies and solver time over the group's runs."""
+    """One table row: threshold epochs, final accuracies and solver time over the group's finished runs (all of
+    its runs that logged an epoch, with include_unfinished)."""
+    runs = [r for r in group if r.counted or (include_unfinished and r.epochs)]
     train = [_curve(r, TRAIN_ACC, "needed by the table") for r in runs]
     test = [_curve(r, TEST_ACC, "needed by the table") for r in runs]
     skip_nc1 = "needed by --nc1-thresholds; pass the option with no values to skip"
@@ -115,6 +122,8 @@ def summarize(
     return GroupSummary(
         label=label,
         n_runs=len(runs),
+        n_finished=sum(r.counted for r in group),
+        n_total=len(group),
         epochs=Spread(tuple(float(s[-1]) for s, _ in train)),
         acc_epochs={t: Spread(tuple(first_epoch(c, t, above=True) for c in train)) for t in acc_thresholds},
         nc1_epochs={t: Spread(tuple(first_epoch(c, t, above=False) for c in nc1)) for t in nc1_thresholds},

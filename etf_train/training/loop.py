@@ -235,6 +235,10 @@ class Run:
             self._preempt(guard, tally, epoch, len(self.train_loader))
         if tally.bad_step.item():
             self._diverged(epoch, int(tally.bad_step))
+        # A finite loss can still take an inf step, or fill BatchNorm's running statistics with inf.
+        if not all(torch.isfinite(t).all() for t in self.model.state_dict().values() if t.is_floating_point()):
+            raise NonFiniteError(f"the weights are no longer finite after epoch {epoch}: training diverged; lower "
+                                 "optimizer.lr (the last good checkpoint is kept)")
         return self._epoch_scalars(epoch, tally)
 
     def _epoch_scalars(self, epoch: int, tally: EpochTally) -> dict[str, float]:

@@ -30,12 +30,20 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
     return out
 
 
+# The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
+IDENTITY = ("name", "arch", "_target_")
+
+
 def changed_settings(saved: dict, now: dict) -> list[str]:
-    """`key: old -> new` for every key that differs and could change the results."""
+    """`key: old -> new` for every key that differs and could change the results (a changed choice of a group,
+    e.g. head.name, stands for the keys of that group)."""
     a, b = flatten(saved), flatten(now)
     missing = "(unset)"
-    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(a.keys() | b.keys())
-            if a.get(k, missing) != b.get(k, missing) and not k.startswith(NEUTRAL)]
+    changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)
+               and not k.startswith(NEUTRAL)]
+    swapped = tuple(k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY)
+    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in changed
+            if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY]
 
 
 def refuse_changes(saved: dict, now: dict, where: str) -> None:
@@ -43,8 +51,9 @@ def refuse_changes(saved: dict, now: dict, where: str) -> None:
     if changes:
         more = "; training longer than a run's trainer.max_epochs is a new run" if any(
             c.startswith("trainer.max_epochs:") for c in changes) else ""
+        shown = ", ".join(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise EtfTrainError(
-            f"{where} was started with other settings ({', '.join(changes)}); rerun with its settings to continue "
+            f"{where} was started with other settings ({shown}); rerun with its settings to continue "
             f"it, or start fresh in another folder (a new hydra.run.dir){more}"
         )
 

@@ -1,0 +1,195 @@
+"""One run per folder: refused starts change nothing on disk, resumes refuse changed settings, runs never mix,
+sweeps continue where they stopped (the real CLI, and the real trainer in-process)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from etf_train import EtfTrainError
+from etf_train.rundir import LOCK, read_scalars
+from etf_train.training import train
+from etf_train.training.checkpoint import SAVE_DELAY_ENV
+
+from .conftest import TINY, etf_train, make_cfg, snapshot
+
+QUICK = [*TINY, "trainer.max_epochs=2"]
+
+
+def crash_after_epoch_1(monkeypatch, cfg, run_dir):
+    """A 2-epoch run killed right after its epoch-1 checkpoint (as kill -9 would leave it)."""
+    from etf_train.training import Run
+
+    save = Run.save
+
+    def crashing_save(self, epoch, partial=None):
+        save(self, epoch, partial)
+        if epoch == 1:
+            raise KeyboardInterrupt  # not an EtfTrainError: nothing is marked, as after a kill
+
+    with monkeypatch.context() as m:
+        m.setattr(Run, "save", crashing_save)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, run_dir)
+    assert not (run_dir / LOCK).exists()
+
+
+def test_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path):
+    """Hydra used to rewrite .hydra/config.yaml before the trainer refused: the folder then claimed another head."""
+    run = tmp_path / "runs" / "x"
+    assert etf_train(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    (run / "checkpoints" / "finished").unlink()
+    before = snapshot(run)
+    proc = etf_train(*QUICK, "head=learned", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "was started with other settings (head.name: nearest_etf -> learned" in proc.stderr
+    assert snapshot(run) == before
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").head.name == "nearest_etf"
+
+
+def test_a_refused_start_in_a_new_folder_leaves_no_folder(tmp_path):
+    proc = etf_train(*QUICK, "head.tau=abc", f"hydra.run.dir={tmp_path}/new", cwd=tmp_path)
+    assert proc.returncode == 2 and "head.tau must be a finite number > 0, got 'abc'" in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_refuses_changed_settings_and_accepts_neutral_ones(tmp_path, monkeypatch):
+    """Changing max_epochs or lr on resume used to keep the old schedule silently while .hydra showed the new."""
+    run = tmp_path / "run"
+    crash_after_epoch_1(monkeypatch, make_cfg(*QUICK), run)
+    before = snapshot(run)
+    for change, listed in (("trainer.max_epochs=5", "trainer.max_epochs: 2 -> 5"),
+                           ("optimizer.lr=0.5", "optimizer.lr: 0.05 -> 0.5"),
+                           ("seed=7", "seed: 1 -> 7")):
+        with pytest.raises(EtfTrainError, match="was started with other settings") as info:
+            train(make_cfg(*QUICK, change), run)
+        assert listed in str(info.value) and "\n" not in str(info.value)
+        assert snapshot(run) == before
+    # progress bar, worker count, metrics interval, device: cannot change the results
+    train(make_cfg(*QUICK, "trainer.progress=true", "loader.num_workers=1", "metrics.every_n_epochs=2",
+                   "trainer.device=cpu"), run)
+    assert list(read_scalars(run)["train/loss"][0]) == [1, 2]
+    assert (run / "checkpoints" / "finished").exists()
+
+
+def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path):
+    """A fresh start in a used folder mixed two runs' events (TensorBoard showed epochs 1,2,1,2)."""
+    run = tmp_path / "run"
+    assert etf_train(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    before = snapshot(run)
+    proc = etf_train(*QUICK, "trainer.resume=never", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 2 and "trainer.resume=never starts a new run, but" in proc.stderr
+    assert snapshot(run) == before
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
+    procs = [subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *QUICK, f"seed={s}"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for s in (1, 2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    runs = sorted(p.parent.parent for p in tmp_path.glob("outputs/*/*/.hydra/config.yaml"))
+    assert len(runs) == 2
+    assert sorted(OmegaConf.load(r / ".hydra" / "config.yaml").seed for r in runs) == [1, 2]
+    assert all(len(list(r.glob("events.out.tfevents.*"))) == 1 for r in runs)
+    assert [r.name.split("_")[1:3] for r in runs] == [["nearest", "etf"]] * 2  # <time>_nearest_etf_seedN_<id>
+
+
+def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    slow = [*TINY, "trainer.max_epochs=8"]
+    # each checkpoint write of the first process sleeps 3 s: it still runs when the second one starts
+    first = subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *slow, f"hydra.run.dir={run}"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", SAVE_DELAY_ENV: "3"})
+    deadline = time.time() + 120
+    while not (run / LOCK).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    owner = json.loads((run / LOCK).read_text())
+    proc = etf_train(*slow, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert proc.returncode == 2 and f"is in use by pid {owner['pid']}" in proc.stderr, proc.stderr
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1 and not (run / LOCK).exists()
+    # a lock left by a killed process: its pid is gone, so the next start takes the folder over
+    (run / "checkpoints" / "finished").unlink()
+    (run / LOCK).write_text(json.dumps({**owner, "pid": 2**22 + 17}))
+    assert etf_train(*slow, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    assert not (run / LOCK).exists()
+
+
+def test_the_same_sweep_command_continues_the_interrupted_sweep(tmp_path):
+    """A re-run of an interrupted sweep used to start over in a new folder."""
+    sweep = ["-m", *QUICK, "head=learned,nearest_etf", "seed=1"]
+    assert etf_train(*sweep, cwd=tmp_path).returncode == 0
+    (folder,) = tmp_path.glob("outputs/multirun/*/*")
+    done, redo = folder / "head=learned", folder / "head=nearest_etf"  # seed=1 is a constant: not in the names
+    kept = {k: v for k, v in snapshot(done).items() if k != "cli.log"}
+    for p in [*redo.glob("events.out.tfevents.*"), *redo.glob("checkpoints/*")]:
+        p.unlink()  # as if killed before its first checkpoint
+    proc = etf_train(*sweep, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"continuing the interrupted sweep in {folder.relative_to(tmp_path)}" in proc.stderr
+    assert list(tmp_path.glob("outputs/multirun/*/*")) == [folder]
+    assert {k: v for k, v in snapshot(done).items() if k != "cli.log"} == kept  # not trained again:
+    assert "already finished 2 epochs; nothing to do" in (done / "cli.log").read_text()  # only its log says so
+    assert (redo / "checkpoints" / "finished").exists() and list(read_scalars(redo)["train/loss"][0]) == [1, 2]
+    # all finished: the same command now starts a new sweep
+    time.sleep(1.1)
+    assert etf_train(*sweep, cwd=tmp_path).returncode == 0
+    assert len(list(tmp_path.glob("outputs/multirun/*/*"))) == 2
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_empty_output_folder_is_refused(tmp_path, key):
+    args = ["-m"] if key == "hydra.sweep.dir" else []
+    proc = etf_train(*args, *QUICK, f"{key}=", cwd=tmp_path)
+    assert proc.returncode == 2 and f"{key}= is empty" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *QUICK], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # inside start-up (importing torch, building the data): no training step yet
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines() == ["etf-train: interrupted (Ctrl-C) outside training; no training step was lost"]
+    assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    """A failed write used to end in 'unexpected pos ...' with a 600 KB temporary file left behind."""
+    from etf_train.training import Run
+
+    run = tmp_path / "run"
+    save = Run.save
+
+    def disk_fills_after_epoch_1(self, epoch, partial=None):
+        if epoch == 2:  # the next write goes to /dev/full, which fails every write with ENOSPC
+            os.symlink("/dev/full", run / "checkpoints" / ".last.pt.tmp")
+        save(self, epoch, partial)
+
+    monkeypatch.setattr(Run, "save", disk_fills_after_epoch_1)
+    with pytest.raises(EtfTrainError, match=r"cannot write checkpoint .*last.pt: the disk is full .*the previous "
+                                            r"checkpoint is kept") as info:
+        train(make_cfg(*QUICK), run)
+    assert "\n" not in str(info.value)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["failed", "last.pt"]
+
+
+def test_an_error_after_the_start_goes_to_the_run_log_too(tmp_path):
+    proc = etf_train(*QUICK, "head=learned", "head.normalize=false", "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}/r",
+                     cwd=tmp_path)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert line.startswith("etf-train: error: non-finite loss at epoch 1")
+    assert line in (tmp_path / "r" / "cli.log").read_text()
+    assert (tmp_path / "r" / "checkpoints" / "failed").read_text().strip() == line.removeprefix("etf-train: error: ")
