@@ -1,0 +1,155 @@
+"""The two loader paths: tensors on the training device augmented there in batches (DeviceLoader), or torch
+DataLoaders with worker processes. Both take their batches of indices from the same samplers (samplers.py)
+and their augmentation from the same spec (augment.py).
+
+Every random draw of an epoch derives from (seed, rank, epoch), so an epoch's batches are reproducible and a
+resumed run sees the same data as an uninterrupted one: the device path seeds its generator so, and the
+DataLoader path reseeds the generator its workers take their seeds from (its train workers are started
+afresh every epoch for that reason; with 0 workers the augmentation draws from the global RNG, which the
+checkpoint holds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+
+from .. import options as opt
+from ..errors import EtfTrainError
+from .registry import DataBundle
+from .samplers import ClassBalancedBatchSampler, ShardSampler, check_shard
+
+MODES = ("auto", "device", "dataloader")
+
+
+def loader_mode(bundle: DataBundle, mode: str) -> str:
+    """Resolve loader.mode: auto -> device when the dataset is held in memory as tensors, else dataloader."""
+    opt.choice("loader.mode", mode, MODES)
+    in_memory = bundle.train_x is not None
+    if mode == "device" and not in_memory:
+        raise EtfTrainError(
+            f"loader.mode=device needs a dataset held in memory as tensors, and dataset {bundle.name} reads image "
+            "files; use loader.mode=dataloader (or auto)"
+        )
+    return mode if mode != "auto" else "device" if in_memory else "dataloader"
+
+
+def epoch_seed(*parts: int) -> int:
+    """A 63-bit seed from integers such as (seed, rank, epoch); unlike seed + epoch, (1, 0) and (0, 1) differ."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class DeviceLoader:
+    """Batches (transform(x[idx]), y[idx]) from tensors already on one device: no workers, no per-batch copies.
+
+    The random augmentation draws from a generator on the device seeded by (seed, rank, epoch).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_sampler: Sampler[list[int]],
+        transform: Callable[[Tensor, torch.Generator], Tensor],
+        *,
+        seed: int = 0,
+        rank: int = 0,
+    ):
+        self.x, self.y, self.batch_sampler, self.transform = x, y, batch_sampler, transform
+        self.seed, self.rank, self.epoch = seed, rank, 0
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        batches = [torch.as_tensor(b, dtype=torch.long) for b in self.batch_sampler]
+        if not batches:
+            return
+        order = torch.cat(batches).to(self.x.device)  # one copy per epoch: a blocking copy per batch would sync the GPU
+        generator = torch.Generator(self.x.device).manual_seed(epoch_seed(self.seed, self.rank, self.epoch))
+        for idx in order.split([len(b) for b in batches]):
+            yield self.transform(self.x[idx], generator), self.y[idx]
+
+
+class TrainDataLoader(DataLoader):
+    """A DataLoader whose workers' seeds are a function of (seed, rank, epoch) (see the module docstring)."""
+
+    def __init__(self, dataset, batch_sampler, *, seed: int, rank: int, **options):
+        super().__init__(dataset, batch_sampler=batch_sampler, generator=torch.Generator(), **options)
+        self.seed, self.rank, self.epoch = seed, rank, 0
+
+
+def set_epoch(loader: DeviceLoader | TrainDataLoader, epoch: int) -> None:
+    """Reseed the train loader's shuffle and augmentation for `epoch`, whichever path build_loaders gave it."""
+    loader.epoch = epoch
+    if isinstance(loader, TrainDataLoader):
+        loader.generator.manual_seed(epoch_seed(loader.seed, loader.rank, epoch))
+    batches = loader.batch_sampler  # ClassBalancedBatchSampler, or a BatchSampler over a DistributedSampler
+    for sampler in (batches, getattr(batches, "sampler", None)):
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+            return
+    raise EtfTrainError("this loader has no sampler with set_epoch; build it with build_loaders")
+
+
+def build_loaders(
+    bundle: DataBundle,
+    batch_size: int,
+    *,
+    eval_batch_size: int | None = None,
+    class_balanced: bool = False,
+    num_workers: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    mode: str = "auto",
+    device: torch.device | str | None = None,
+) -> tuple[DeviceLoader | DataLoader, DeviceLoader | DataLoader, DeviceLoader | DataLoader]:
+    """(train, test, eval_train) loaders for this rank: iterables of (x, y) batches with len().
+
+    mode: "device" serves the bundle's tensors from `device` (default cpu) and augments them there in batches
+    (num_workers and pin_memory do not apply); "dataloader" uses torch DataLoaders with num_workers workers;
+    "auto" picks device when the bundle holds its splits as tensors. Both give the same batches of indices:
+    train: shuffled from seed + epoch (`set_epoch(loader, epoch)`), sharded as DistributedSampler does (padding by
+    wrapping, so ranks get equal sample and batch counts); class_balanced: ClassBalancedBatchSampler.
+    test / eval_train: in order, batches of eval_batch_size (default batch_size), each rank a disjoint unpadded
+    shard (ShardSampler): sum statistics across ranks.
+    """
+    opt.integer("batch_size", batch_size)
+    eval_batch_size = opt.integer("eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size)
+    opt.integer("loader.num_workers", num_workers, 0)
+    opt.boolean("loader.class_balanced", class_balanced)
+    check_shard(rank, world_size)
+    if class_balanced:
+        batches = ClassBalancedBatchSampler(bundle.train_targets, batch_size, seed=seed, rank=rank, world_size=world_size)
+    else:
+        shuffle = DistributedSampler(bundle.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        batches = BatchSampler(shuffle, batch_size, drop_last=False)
+
+    def in_order(n: int) -> BatchSampler:
+        return BatchSampler(ShardSampler(n, rank, world_size), eval_batch_size, drop_last=False)
+
+    if loader_mode(bundle, mode) == "device":
+        device = torch.device("cpu" if device is None else device)
+        x_train = bundle.train_x.to(device, memory_format=torch.contiguous_format)
+        x_test = bundle.test_x.to(device, memory_format=torch.contiguous_format)
+        y_train, y_test = bundle.train_targets.to(device), bundle.test_targets.to(device)
+        plain = bundle.augment.plain().per_batch(device)
+        return (
+            DeviceLoader(x_train, y_train, batches, bundle.augment.per_batch(device), seed=seed, rank=rank),
+            DeviceLoader(x_test, y_test, in_order(len(y_test)), plain),
+            DeviceLoader(x_train, y_train, in_order(len(y_train)), plain),
+        )
+
+    common = dict(num_workers=num_workers, pin_memory=pin_memory)
+    train = TrainDataLoader(bundle.train, batches, seed=seed, rank=rank, **common)
+    test, eval_train = (
+        DataLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0, **common)
+        for ds in (bundle.test, bundle.eval_train)
+    )
+    return train, test, eval_train

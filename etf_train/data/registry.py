@@ -1,0 +1,203 @@
+"""The dataset registry and the assembly of a `DataBundle` from what a registered dataset function returns.
+
+A registered function returns `Splits` (raw train/test data, labels, the augmentation spec). The registry
+wraps it into a builder taking that function's options plus the options every dataset takes
+(`COMMON_OPTIONS`, written once in configs/config.yaml), which applies the long-tail subsample, the limits
+and the augmentation switch and returns a `DataBundle`:
+
+    train       items (x, y): x float (C, H, W), normalised, augmented when `augment`
+                (ufm: x is the sample's position in `train`, a 0-dim long tensor)
+    test        no augmentation
+    eval_train  the train samples, same order, without augmentation (for the NC metrics)
+
+Datasets held in memory also give their splits as tensors (`train_x` / `test_x`) for the device-resident
+loader (loaders.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+from .. import options as opt
+from ..errors import EtfTrainError
+from ..registry import Registry
+from .augment import Augment
+from .subsets import long_tail_counts, stratified_subset, take
+
+# The options of every dataset, with their defaults (configs/config.yaml's `dataset:` node mirrors them).
+COMMON_OPTIONS: dict[str, Any] = {
+    "augment": True,
+    "imbalance_ratio": 1.0,
+    "limit_train": None,
+    "limit_test": None,
+    "split_seed": 0,
+}
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    test: Dataset
+    eval_train: Dataset
+    num_classes: int
+    in_shape: tuple[int, ...]
+    train_targets: Tensor  # (N_train,) long, labels of `train` in order
+    test_targets: Tensor  # (N_test,) long, labels of `test` in order
+    augment: Augment  # what `train` applies (crop and flip off when augment=false); test, eval_train: augment.plain()
+    # The splits as tensors for the device path, rows in the order of `train` / `test`, before `augment`:
+    # uint8 pixels or normalised floats (N, C, H, W), ufm positions (N,). None: the images are files (DataLoader only).
+    train_x: Tensor | None
+    test_x: Tensor | None
+    name: str
+
+
+@dataclass
+class Splits:
+    """What a registered dataset function returns.
+
+    train: items (raw x, label), raw x as `Augment.per_sample` takes it (PIL image) or already the input
+      tensor; None means there are no inputs: x is the sample's position in the train split and the test
+      split is the train samples themselves (the unconstrained-features model; test and test_targets
+      are then None too).
+    tensors: (train x, test x), the same samples as `train` / `test` in order, as tensors before `augment`
+      (uint8 pixels (N, C, H, W), or the float inputs); None: not held in memory (DataLoader path only).
+    train_ops / eval_ops: dataset-specific PIL ops before the spec's crop and flip (image folders: resizing).
+    """
+
+    train: Dataset | None
+    test: Dataset | None
+    train_targets: Tensor  # (N_train,) long
+    test_targets: Tensor | None  # (N_test,) long
+    num_classes: int
+    in_shape: tuple[int, ...]
+    augment: Augment = Augment()
+    tensors: tuple[Tensor, Tensor] | None = None
+    train_ops: Sequence = ()
+    eval_ops: Sequence = ()
+
+
+DATASETS = Registry("dataset")
+
+
+def register_dataset(name: str):
+    """Register `fn(**options) -> Splits` as dataset `name`; every option needs a default (the yaml mirrors them).
+
+    The registry holds a builder `(**options) -> DataBundle` accepting fn's options and COMMON_OPTIONS;
+    `inspect.signature(DATASETS.get(name))` lists them with their defaults. fn itself is returned unchanged.
+    """
+
+    def decorate(fn: Callable[..., Splits]) -> Callable[..., Splits]:
+        own = inspect.signature(fn).parameters
+        if any(p.default is inspect.Parameter.empty for p in own.values()):
+            raise EtfTrainError(f"dataset {name!r}: every option of {fn.__name__} needs a default")
+        defaults = {**COMMON_OPTIONS, **{k: p.default for k, p in own.items()}}
+
+        @functools.wraps(fn)
+        def build(**options: Any) -> DataBundle:
+            unknown = sorted(set(options) - set(defaults))
+            if unknown:
+                raise EtfTrainError(
+                    f"dataset {name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(defaults)}"
+                )
+            opts = {**defaults, **options}
+            raw = fn(**{k: opts[k] for k in own})
+            return _bundle(name, raw, **{k: opts[k] for k in COMMON_OPTIONS})
+
+        build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in defaults.items()],
+            return_annotation=DataBundle,
+        )
+        DATASETS.add(name, build)
+        return fn
+
+    return decorate
+
+
+def build_data(name: str, **options: Any) -> DataBundle:
+    """The DataBundle of dataset `name`; `options` are its config keys other than `name`."""
+    return DATASETS.get(name)(**options)
+
+
+class _View(Dataset):
+    """base[indices[i]] with `transform` applied to x."""
+
+    def __init__(self, base: Dataset, indices: Tensor, transform: Callable | None):
+        self.base, self.indices, self.transform = base, indices.tolist(), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[self.indices[i]]
+        return (x if self.transform is None else self.transform(x)), y
+
+
+def _rows(x: Tensor, positions: Tensor) -> Tensor:
+    """x[positions] for sorted distinct positions, without copying when they are all of x."""
+    return x if len(positions) == len(x) else x[positions]
+
+
+def _train_positions(name: str, raw: Splits, ratio: float, limit_train: Any, split_seed: int) -> Tensor:
+    """Sorted positions in raw's train split that the run keeps: the long tail, then the limit."""
+    K = raw.num_classes
+    tr = torch.arange(len(raw.train_targets))
+    if ratio > 1:
+        if K < 2:
+            raise EtfTrainError(f"dataset {name}: imbalance_ratio needs at least 2 classes")
+        wanted = long_tail_counts(torch.bincount(raw.train_targets, minlength=K).tolist(), ratio)
+        if min(wanted) < 1:
+            raise EtfTrainError(
+                f"dataset {name}: imbalance_ratio={ratio:g} leaves class {wanted.index(min(wanted))} without samples "
+                f"(largest class: {max(wanted)}); use a smaller ratio"
+            )
+        tr = take(raw.train_targets, wanted, split_seed)
+    if limit_train is not None:
+        n = opt.integer("dataset.limit_train", limit_train)
+        tr = tr[stratified_subset(raw.train_targets[tr], n, K, split_seed, "dataset.limit_train")]
+    return tr
+
+
+def _bundle(
+    name: str, raw: Splits, *, augment: Any, imbalance_ratio: Any, limit_train: Any, limit_test: Any, split_seed: Any
+) -> DataBundle:
+    augment = opt.boolean("dataset.augment", augment)
+    split_seed = opt.integer("dataset.split_seed", split_seed, 0)
+    ratio = opt.number("dataset.imbalance_ratio", imbalance_ratio, 1.0)
+    K = raw.num_classes
+    tr = _train_positions(name, raw, ratio, limit_train, split_seed)
+    train_targets = raw.train_targets[tr]
+
+    spec, plain = (raw.augment if augment else raw.augment.plain()), raw.augment.plain()
+    if raw.train is None:
+        train = eval_train = TensorDataset(torch.arange(len(tr)), train_targets)
+        test_base, test_targets, eval_tf = eval_train, train_targets, None
+    else:
+        size = raw.in_shape[1:]
+        eval_tf = plain.per_sample(size, raw.eval_ops)
+        train_tf = spec.per_sample(size, raw.train_ops) if augment else eval_tf
+        train = _View(raw.train, tr, train_tf)
+        eval_train = _View(raw.train, tr, eval_tf)
+        test_base, test_targets = raw.test, raw.test_targets
+    te = torch.arange(len(test_targets))
+    if limit_test is not None:
+        n = opt.integer("dataset.limit_test", limit_test)
+        te = stratified_subset(test_targets, n, K, split_seed, "dataset.limit_test")
+    test = _View(test_base, te, eval_tf)
+    if raw.train is None:
+        train_x = eval_train.tensors[0]
+        test_x = train_x[te]
+    elif raw.tensors is None:
+        train_x = test_x = None
+    else:
+        train_x, test_x = _rows(raw.tensors[0], tr), _rows(raw.tensors[1], te)
+    return DataBundle(
+        train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name
+    )

@@ -1,0 +1,87 @@
+"""Batch samplers shared by both loader paths: shuffled or class-balanced training batches, sharded over ranks
+like DistributedSampler, and disjoint in-order shards for evaluation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from ..errors import EtfTrainError
+
+
+def check_shard(rank: int, world_size: int) -> None:
+    if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+        raise EtfTrainError(f"rank={rank!r}, world_size={world_size!r}: need integers with 0 <= rank < world_size")
+
+
+class ShardSampler(Sampler[int]):
+    """Positions rank, rank + world_size, ... in order: disjoint shards covering the data, no padding,
+    so statistics summed across ranks count every sample exactly once (evaluation)."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        check_shard(rank, world_size)
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+class ClassBalancedBatchSampler(Sampler[list[int]]):
+    """Stratified batches: every batch is a window of one epoch-long sequence that cycles through the
+    classes in a fixed (per-epoch random) order, taking each class's samples in a per-epoch random order.
+
+    On balanced data each batch holds floor(B/K) or ceil(B/K) of every class; a class that runs out
+    (imbalanced data) stops contributing. Shuffles are seeded by seed + epoch (call `set_epoch`).
+    Sharding follows DistributedSampler: the sequence is padded by wrapping to a multiple of world_size,
+    global step s hands batch s*world_size + rank to `rank`, and the final partial step is split
+    evenly, so every rank gets the same number of samples and batches.
+    """
+
+    def __init__(self, targets: Tensor, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise EtfTrainError(f"batch_size={batch_size!r} must be an integer >= 1")
+        check_shard(rank, world_size)
+        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch = 0
+        self.total = math.ceil(len(self.targets) / world_size) * world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> Tensor:
+        """This epoch's interleaved sequence of all sample positions (before padding and sharding)."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        K, N = int(self.targets.max()) + 1, len(self.targets)
+        perm = torch.randperm(N, generator=g)
+        y, by_class = torch.sort(self.targets[perm], stable=True)
+        grouped = perm[by_class]  # class-major, random within each class
+        counts = torch.bincount(y, minlength=K)
+        rank_in_class = torch.arange(N) - (torch.cumsum(counts, 0) - counts)[y]
+        slot = torch.argsort(torch.randperm(K, generator=g))  # class c comes at slot[c] in every round
+        return grouped[torch.argsort(rank_in_class * K + slot[y])]
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        B, w = self.batch_size, self.world_size
+        full = self.total // (B * w)
+        bounds = [(s * B * w + self.rank * B, B) for s in range(full)]
+        piece = (self.total - full * B * w) // w
+        if piece:
+            bounds.append((full * B * w + self.rank * piece, piece))
+        return bounds
+
+    def __iter__(self) -> Iterator[list[int]]:
+        seq = self.order()
+        seq = torch.cat([seq, seq[: self.total - len(seq)]]).tolist()
+        for start, size in self._bounds():
+            yield seq[start : start + size]
+
+    def __len__(self) -> int:
+        return len(self._bounds())
