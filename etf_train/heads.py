@@ -118,6 +118,8 @@ class NearestETFHead(Head):
     their value); H = m_t / ||m_t||_F; P = nearest_etf(H, P_prev); W = sqrt(K/(K-1)) M P^T; b = -W mu_G.
     Gradient reaches the backbone through h and, unless backward="none", through P(H).
     In eval mode the head uses the last P and the running global mean.
+    y: hard labels (B,), or soft labels Y (B, K) (a mixed batch): the class sums and counts are label-weighted,
+    h^T Y and 1^T Y, so a class mean is the Y-weighted mean of the features (one_hot(y) gives the same bits as y).
     solver: {"method": svd | gram | riemannian, **options of the method} (configs/solver/).
     """
 
@@ -154,10 +156,11 @@ class NearestETFHead(Head):
         return simplex_etf(self.P)
 
     def _class_sums(self, h, y):
-        """Per-class feature sums and counts of the batch, summed over processes so every rank solves the same problem."""
-        onehot = F.one_hot(y, self.num_classes).to(h.dtype)  # (B, K)
-        sums = h.T @ onehot  # (d, K)
-        counts = onehot.sum(0)  # (K,)
+        """Label-weighted per-class feature sums h^T Y and counts 1^T Y of the batch (Y = one_hot(y) for hard labels),
+        summed over processes so every rank solves the same problem."""
+        Y = (F.one_hot(y, self.num_classes) if y.dim() == 1 else y).to(h.dtype)  # (B, K)
+        sums = h.T @ Y  # (d, K)
+        counts = Y.sum(0)  # (K,)
         if dist.is_available() and dist.is_initialized():
             sums = _AllReduceSum.apply(sums)
             counts = counts.detach().clone()
@@ -175,7 +178,8 @@ class NearestETFHead(Head):
             sums, counts = self._class_sums(h32, y)
             mu_G = sums.sum(1) / counts.sum()  # (d,) batch global mean
             present = counts > 0
-            batch_means = sums / counts.clamp_min(1) - mu_G[:, None]  # (d, K)
+            # soft counts can be below 1; absent classes divide 0 by 1 (hard labels: the same as clamp_min(1))
+            batch_means = sums / torch.where(present, counts, 1) - mu_G[:, None]  # (d, K)
             # a_t = max(2/(t+1), min_rate) with t = step + 1, kept on the device: no host sync per step.
             a = (2.0 / (self.step + 2)).clamp_min(self.min_rate).to(h32.dtype)
             means = torch.where(present, (1 - a) * self.means + a * batch_means, self.means)

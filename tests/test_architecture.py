@@ -21,7 +21,7 @@ LAYERS = [
     {"options", "registry", "rundir"},
     {"etf", "metrics"},
     {"solver"},
-    {"heads", "backbones", "data"},
+    {"heads", "backbones", "data", "losses"},
     {"training"},
     {"compare", "cli"},
     {"__main__"},

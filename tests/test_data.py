@@ -26,6 +26,8 @@ from etf_train.data import (
     DeviceLoader,
     build_data,
     build_loaders,
+    flip_labels,
+    noisy_fit,
     random_crop_flip,
     set_epoch,
 )
@@ -100,6 +102,9 @@ def test_unknown_names_and_bad_options_are_one_line_errors():
         {"noise": -1.0},
         {"num_classes": 1},
         {"imbalance_ratio": 1000.0},  # the tail class would keep round(64 / 1000) = 0 samples
+        {"label_noise": -0.1},
+        {"label_noise": 1.0},
+        {"label_noise": "0.1"},
     ]
     for options in bad:
         with pytest.raises(EtfTrainError) as info:
@@ -183,6 +188,76 @@ def test_limits_give_seeded_stratified_subsets():
     # on a long tail [40, 22, 13, 7, 4]: one sample per class, the other 38 shared in proportion to (n_c - 1)
     tail = build_data("synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0, limit_train=43)
     assert torch.bincount(tail.train_targets).tolist() == [19, 11, 7, 4, 2]
+
+
+# ----------------------------------------------------------------------------- label noise
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5])
+def test_label_noise_flips_exactly_round_pn_train_labels_to_other_labels(p):
+    """Catches a flip count other than round(p N), a flip to the same label, noisy positions that disagree with the labels, or noise applied before the subsets."""
+    options = dict(num_classes=5, image_size=2, train_per_class=11, imbalance_ratio=2.0, limit_train=40)
+    clean = build_data("synthetic", **options)
+    b = build_data("synthetic", **options, label_noise=p)
+    check_bundle(b)
+    N = len(b.train_targets)
+    assert N == 40 and torch.equal(b.clean_targets, clean.train_targets)
+    assert int(b.noisy.sum()) == round(p * N) and b.noisy.dtype == torch.bool and b.noisy.shape == (N,)
+    assert torch.equal(b.noisy, b.train_targets != b.clean_targets)  # every flipped label changed
+    assert clean.noisy is None and clean.clean_targets is clean.train_targets
+    assert _rows(b.eval_train).keys() == _rows(clean.eval_train).keys()  # the same samples, only labels differ
+
+
+def test_label_noise_draws_the_new_label_uniformly_among_the_others():
+    """Catches new labels biased towards a neighbour class (e.g. y + 1 only) or positions drawn from one class."""
+    K, N = 5, 20_000
+    targets = torch.arange(K).repeat(N // K)
+    labels, noisy = flip_labels(targets, 0.4, K, seed=3)
+    shift = ((labels - targets) % K)[noisy]
+    assert int(shift.min()) >= 1 and scipy.stats.chisquare(torch.bincount(shift, minlength=K)[1:].numpy()).pvalue > 1e-3
+    per_class = torch.bincount(targets[noisy], minlength=K).numpy()
+    assert scipy.stats.chisquare(per_class).pvalue > 1e-3
+
+
+def test_label_noise_is_fixed_by_split_seed_and_never_touches_test():
+    """Catches noise drawn from the training seed or a global RNG (a resumed run would see other labels), or noisy test labels."""
+    options = dict(num_classes=4, image_size=2, train_per_class=20, test_per_class=10, label_noise=0.25)
+    b = build_data("synthetic", **options)
+    torch.manual_seed(123)  # the global RNG plays no part
+    again = build_data("synthetic", **options)
+    other = build_data("synthetic", **options, split_seed=1)
+    assert torch.equal(b.train_targets, again.train_targets) and torch.equal(b.noisy, again.noisy)
+    assert not torch.equal(b.noisy, other.noisy)
+    clean = build_data("synthetic", **{**options, "label_noise": 0.0})
+    assert torch.equal(b.test_targets, clean.test_targets) and _rows(b.test) == _rows(clean.test)
+    ufm = build_data("ufm", num_classes=4, per_class=10, label_noise=0.5)  # its test split is the train samples
+    assert int(ufm.noisy.sum()) == 20
+    assert [int(y) for _, y in ufm.test] == ufm.clean_targets.tolist() == ufm.test_targets.tolist()
+    assert [int(y) for _, y in ufm.eval_train] == ufm.train_targets.tolist()
+
+
+@pytest.mark.parametrize("mode", ["device", "dataloader"])
+def test_both_loader_paths_serve_the_noisy_train_labels(mode):
+    """Catches a loader path that reads the clean labels from the base dataset instead of the bundle's noisy ones."""
+    b = build_data("synthetic", num_classes=4, image_size=3, train_per_class=10, test_per_class=5, label_noise=0.3)
+    train, test, eval_train = build_loaders(b, 8, mode=mode)
+    x_all = b.train_x.flatten(1)
+    for x, y in _epochs(train, (1,)):
+        positions = (x.flatten(1)[:, None] == x_all[None]).all(-1).float().argmax(1)  # rows are unique: find each sample
+        assert torch.equal(y, b.train_targets[positions])
+    assert torch.equal(torch.cat([y for _, y in eval_train]), b.train_targets)
+    assert torch.equal(torch.cat([y for _, y in test]), b.test_targets)
+    ufm = build_data("ufm", num_classes=4, per_class=10, label_noise=0.3)
+    for x, y in _epochs(build_loaders(ufm, 8, mode=mode)[0], (2,)):
+        assert torch.equal(y, ufm.train_targets[x])
+
+
+def test_noisy_fit_counts_noisy_samples_predicted_as_their_noisy_label():
+    """Catches train/noisy_fit counted over all samples, against the clean labels, or with the wrong denominator."""
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])  # given labels, noise included
+    noisy = torch.tensor([True, False, True, True, False, False])
+    pred = torch.tensor([0, 1, 1, 3, 2, 1])  # fits noisy samples 0 and 3, not 2
+    assert [int(n) for n in noisy_fit(pred, labels, noisy)] == [2, 3]
 
 
 # ----------------------------------------------------------------------------- samplers and loaders

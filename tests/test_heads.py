@@ -251,3 +251,40 @@ def test_nearest_etf_head_gradcheck_over_two_steps():
         advanced(f1, y)
     assert int(advanced.step) == 1 and not torch.equal(advanced.P, head0.P)
     assert torch.autograd.gradcheck(step(advanced), (f2,))  # second step: non-trivial P_prev and running means
+
+
+# --- soft labels (mixup / cutmix batches) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nearest_etf_one_hot_soft_labels_give_the_hard_label_bits(dtype):
+    """Catches a soft-label path that changes the hard-label arithmetic (counts, means, P, logits or gradients differ in any bit)."""
+    K, d = 4, 10
+    heads = [NearestETFHead(K, d).to(dtype), NearestETFHead(K, d).to(dtype)]
+    g = torch.Generator().manual_seed(7)
+    for step in range(3):
+        f = torch.randn(18, d, generator=g, dtype=dtype)
+        y = torch.randint(0, K - 1, (18,), generator=g)  # class K-1 absent
+        outs = []
+        for head, target in zip(heads, (y, F.one_hot(y, K).float())):
+            x = f.clone().requires_grad_()
+            logits = head(x, target)
+            F.cross_entropy(logits, y).backward()
+            outs.append((logits.detach(), x.grad, head.P.clone(), head.means.clone(), head.global_mean.clone()))
+        for a, b in zip(*outs):
+            assert torch.equal(a, b), step
+
+
+def test_nearest_etf_soft_labels_give_label_weighted_class_means():
+    """Catches soft labels turned hard (argmax), counts floored at 1 (a class seen only with weight < 1), or unweighted sums."""
+    K, d, tau = 3, 6, 2.0
+    f, _ = batch(B=5, d=d, K=K, seed=8)
+    Y = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.4, 0.0], [0.0, 0.7, 0.3], [0.0, 1.0, 0.0], [0.9, 0.0, 0.1]])  # class 2: weight 0.4
+    head = NearestETFHead(K, d, tau=tau)
+    head(f, Y)
+    h = _h64(f, tau)
+    Yd = Y.double()
+    mu = h.mean(0)  # rows of Y sum to 1: the label-weighted global mean is the plain batch mean
+    means = (h.T @ Yd) / Yd.sum(0) - mu[:, None]  # (d, K): a_1 = 1, so the running means are the batch's
+    assert torch.allclose(head.means.double(), means, atol=1e-5)
+    assert torch.allclose(head.global_mean.double(), mu, atol=1e-6)

@@ -2,6 +2,8 @@
 DataLoaders with worker processes. Both take their batches of indices from the same samplers (samplers.py)
 and their augmentation from the same spec (augment.py).
 
+The train loader can mix its batches (mix.py: mixup, cutmix), after the augmentation, on both paths.
+
 Every random draw of an epoch derives from (seed, rank, epoch), so an epoch's batches are reproducible and a
 resumed run sees the same data as an uninterrupted one: the device path seeds its generator so, and the
 DataLoader path reseeds the generator its workers take their seeds from (its train workers are started
@@ -20,6 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampl
 
 from .. import options as opt
 from ..errors import EtfTrainError
+from .mix import NO_MIX, Mix, NoMix
 from .registry import DataBundle
 from .samplers import ClassBalancedBatchSampler, ShardSampler, check_shard
 
@@ -44,9 +47,9 @@ def epoch_seed(*parts: int) -> int:
 
 
 class DeviceLoader:
-    """Batches (transform(x[idx]), y[idx]) from tensors already on one device: no workers, no per-batch copies.
+    """Batches mix(transform(x[idx]), y[idx]) from tensors already on one device: no workers, no per-batch copies.
 
-    The random augmentation draws from a generator on the device seeded by (seed, rank, epoch).
+    The random augmentation and mixing draw from a generator on the device seeded by (seed, rank, epoch).
     """
 
     def __init__(
@@ -58,8 +61,9 @@ class DeviceLoader:
         *,
         seed: int = 0,
         rank: int = 0,
+        mix: NoMix | Mix = NO_MIX,
     ):
-        self.x, self.y, self.batch_sampler, self.transform = x, y, batch_sampler, transform
+        self.x, self.y, self.batch_sampler, self.transform, self.mix = x, y, batch_sampler, transform, mix
         self.seed, self.rank, self.epoch = seed, rank, 0
 
     def __len__(self) -> int:
@@ -72,7 +76,7 @@ class DeviceLoader:
         order = torch.cat(batches).to(self.x.device)  # one copy per epoch: a blocking copy per batch would sync the GPU
         generator = torch.Generator(self.x.device).manual_seed(epoch_seed(self.seed, self.rank, self.epoch))
         for idx in order.split([len(b) for b in batches]):
-            yield self.transform(self.x[idx], generator), self.y[idx]
+            yield self.mix(self.transform(self.x[idx], generator), self.y[idx], generator)
 
 
 class TrainDataLoader(DataLoader):
@@ -109,6 +113,7 @@ def build_loaders(
     pin_memory: bool = False,
     mode: str = "auto",
     device: torch.device | str | None = None,
+    mix: NoMix | Mix = NO_MIX,
 ) -> tuple[DeviceLoader | DataLoader, DeviceLoader | DataLoader, DeviceLoader | DataLoader]:
     """(train, test, eval_train) loaders for this rank: iterables of (x, y) batches with len().
 
@@ -119,12 +124,15 @@ def build_loaders(
     wrapping, so ranks get equal sample and batch counts); class_balanced: ClassBalancedBatchSampler.
     test / eval_train: in order, batches of eval_batch_size (default batch_size), each rank a disjoint unpadded
     shard (ShardSampler): sum statistics across ranks.
+    mix (build_mix): how the train loader mixes its batches, which then carry soft labels (B, K); never test / eval_train.
     """
     opt.integer("batch_size", batch_size)
     eval_batch_size = opt.integer("eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size)
     opt.integer("loader.num_workers", num_workers, 0)
     opt.boolean("loader.class_balanced", class_balanced)
     check_shard(rank, world_size)
+    if not isinstance(mix, NoMix) and len(bundle.in_shape) != 3:
+        raise EtfTrainError(f"mixup and cutmix mix images, and dataset {bundle.name} has no image inputs: use mix=none")
     if class_balanced:
         batches = ClassBalancedBatchSampler(bundle.train_targets, batch_size, seed=seed, rank=rank, world_size=world_size)
     else:
@@ -141,13 +149,13 @@ def build_loaders(
         y_train, y_test = bundle.train_targets.to(device), bundle.test_targets.to(device)
         plain = bundle.augment.plain().per_batch(device)
         return (
-            DeviceLoader(x_train, y_train, batches, bundle.augment.per_batch(device), seed=seed, rank=rank),
+            DeviceLoader(x_train, y_train, batches, bundle.augment.per_batch(device), seed=seed, rank=rank, mix=mix),
             DeviceLoader(x_test, y_test, in_order(len(y_test)), plain),
             DeviceLoader(x_train, y_train, in_order(len(y_train)), plain),
         )
 
     common = dict(num_workers=num_workers, pin_memory=pin_memory)
-    train = TrainDataLoader(bundle.train, batches, seed=seed, rank=rank, **common)
+    train = TrainDataLoader(bundle.train, batches, seed=seed, rank=rank, collate_fn=mix.collate, **common)
     test, eval_train = (
         DataLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0, **common)
         for ds in (bundle.test, bundle.eval_train)

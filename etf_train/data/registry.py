@@ -6,9 +6,10 @@ wraps it into a builder taking that function's options plus the options every da
 and the augmentation switch and returns a `DataBundle`:
 
     train       items (x, y): x float (C, H, W), normalised, augmented when `augment`
-                (ufm: x is the sample's position in `train`, a 0-dim long tensor)
-    test        no augmentation
-    eval_train  the train samples, same order, without augmentation (for the NC metrics)
+                (ufm: x is the sample's position in `train`, a 0-dim long tensor); y from `train_targets`,
+                which hold the label noise (`label_noise`) if any
+    test        no augmentation, clean labels
+    eval_train  the train samples, same order and labels, without augmentation (for the NC metrics)
 
 Datasets held in memory also give their splits as tensors (`train_x` / `test_x`) for the device-resident
 loader (loaders.py).
@@ -30,6 +31,7 @@ from .. import options as opt
 from ..errors import EtfTrainError
 from ..registry import Registry
 from .augment import Augment
+from .noise import flip_labels
 from .subsets import long_tail_counts, stratified_subset, take
 
 # The options of every dataset, with their defaults (configs/config.yaml's `dataset:` node mirrors them).
@@ -39,6 +41,7 @@ COMMON_OPTIONS: dict[str, Any] = {
     "limit_train": None,
     "limit_test": None,
     "split_seed": 0,
+    "label_noise": 0.0,
 }
 
 
@@ -49,7 +52,7 @@ class DataBundle:
     eval_train: Dataset
     num_classes: int
     in_shape: tuple[int, ...]
-    train_targets: Tensor  # (N_train,) long, labels of `train` in order
+    train_targets: Tensor  # (N_train,) long, labels of `train` and `eval_train` in order, label noise included
     test_targets: Tensor  # (N_test,) long, labels of `test` in order
     augment: Augment  # what `train` applies (crop and flip off when augment=false); test, eval_train: augment.plain()
     # The splits as tensors for the device path, rows in the order of `train` / `test`, before `augment`:
@@ -57,6 +60,8 @@ class DataBundle:
     train_x: Tensor | None
     test_x: Tensor | None
     name: str
+    clean_targets: Tensor  # (N_train,) long, the train labels before label noise (train_targets when there is none)
+    noisy: Tensor | None  # (N_train,) bool, where train_targets != clean_targets; None: label_noise=0
 
 
 @dataclass
@@ -127,17 +132,18 @@ def build_data(name: str, **options: Any) -> DataBundle:
 
 
 class _View(Dataset):
-    """base[indices[i]] with `transform` applied to x."""
+    """(transform(x), labels[i]) for (x, _) = base[indices[i]]: the labels are the bundle's targets, so both loader
+    paths serve the same ones (label noise included)."""
 
-    def __init__(self, base: Dataset, indices: Tensor, transform: Callable | None):
-        self.base, self.indices, self.transform = base, indices.tolist(), transform
+    def __init__(self, base: Dataset, indices: Tensor, transform: Callable | None, labels: Tensor):
+        self.base, self.indices, self.transform, self.labels = base, indices.tolist(), transform, labels.tolist()
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        x, y = self.base[self.indices[i]]
-        return (x if self.transform is None else self.transform(x)), y
+        x, _ = self.base[self.indices[i]]
+        return (x if self.transform is None else self.transform(x)), self.labels[i]
 
 
 def _rows(x: Tensor, positions: Tensor) -> Tensor:
@@ -166,31 +172,41 @@ def _train_positions(name: str, raw: Splits, ratio: float, limit_train: Any, spl
 
 
 def _bundle(
-    name: str, raw: Splits, *, augment: Any, imbalance_ratio: Any, limit_train: Any, limit_test: Any, split_seed: Any
+    name: str,
+    raw: Splits,
+    *,
+    augment: Any,
+    imbalance_ratio: Any,
+    limit_train: Any,
+    limit_test: Any,
+    split_seed: Any,
+    label_noise: Any,
 ) -> DataBundle:
     augment = opt.boolean("dataset.augment", augment)
     split_seed = opt.integer("dataset.split_seed", split_seed, 0)
     ratio = opt.number("dataset.imbalance_ratio", imbalance_ratio, 1.0)
+    noise = opt.number("dataset.label_noise", label_noise, 0.0, below=1.0)
     K = raw.num_classes
     tr = _train_positions(name, raw, ratio, limit_train, split_seed)
-    train_targets = raw.train_targets[tr]
+    clean = raw.train_targets[tr]
+    train_targets, noisy = flip_labels(clean, noise, K, split_seed) if noise > 0 else (clean, None)
 
     spec, plain = (raw.augment if augment else raw.augment.plain()), raw.augment.plain()
     if raw.train is None:
         train = eval_train = TensorDataset(torch.arange(len(tr)), train_targets)
-        test_base, test_targets, eval_tf = eval_train, train_targets, None
+        test_base, test_targets, eval_tf = eval_train, clean, None  # the train samples, with their clean labels
     else:
         size = raw.in_shape[1:]
         eval_tf = plain.per_sample(size, raw.eval_ops)
         train_tf = spec.per_sample(size, raw.train_ops) if augment else eval_tf
-        train = _View(raw.train, tr, train_tf)
-        eval_train = _View(raw.train, tr, eval_tf)
+        train = _View(raw.train, tr, train_tf, train_targets)
+        eval_train = _View(raw.train, tr, eval_tf, train_targets)
         test_base, test_targets = raw.test, raw.test_targets
     te = torch.arange(len(test_targets))
     if limit_test is not None:
         n = opt.integer("dataset.limit_test", limit_test)
         te = stratified_subset(test_targets, n, K, split_seed, "dataset.limit_test")
-    test = _View(test_base, te, eval_tf)
+    test = _View(test_base, te, eval_tf, test_targets[te])
     if raw.train is None:
         train_x = eval_train.tensors[0]
         test_x = train_x[te]
@@ -199,5 +215,5 @@ def _bundle(
     else:
         train_x, test_x = _rows(raw.tensors[0], tr), _rows(raw.tensors[1], te)
     return DataBundle(
-        train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name
+        train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name, clean, noisy
     )
