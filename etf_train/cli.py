@@ -13,8 +13,8 @@ import os
 import re
 import secrets
 import sys
-from datetime import datetime
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 import hydra

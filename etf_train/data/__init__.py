@@ -4,10 +4,23 @@ noise (noise.py)."""
 
 from . import datasets  # noqa: F401  (registers the datasets)
 from .augment import Augment, normalise, random_crop_flip
-from .loaders import DeviceLoader, TrainDataLoader, build_loaders, loader_mode, set_epoch
+from .loaders import (
+    DeviceLoader,
+    TrainDataLoader,
+    build_loaders,
+    loader_mode,
+    set_epoch,
+)
 from .mix import MIXES, CutMix, Mix, MixUp, NoMix, build_mix
 from .noise import flip_labels, noisy_fit
-from .registry import COMMON_OPTIONS, DATASETS, DataBundle, Splits, build_data, register_dataset
+from .registry import (
+    COMMON_OPTIONS,
+    DATASETS,
+    DataBundle,
+    Splits,
+    build_data,
+    register_dataset,
+)
 from .samplers import ClassBalancedBatchSampler, ShardSampler
 from .subsets import long_tail_counts, stratified_counts, stratified_subset
 

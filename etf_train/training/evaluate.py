@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data import noisy_fit
 from ..metrics import NCAccumulator
 from .distributed import Dist
 
@@ -36,13 +37,17 @@ def evaluate(model, loader, device, autocast, world: Dist) -> dict[str, float]:
 
 
 @torch.no_grad()
-def nc_metrics(model, loader, device, autocast, num_classes, world: Dist) -> dict[str, float]:
+def nc_metrics(model, loader, device, autocast, num_classes, world: Dist, noisy=None) -> dict[str, float]:
     """NC1-NC4 and eval-mode accuracy over the (un-augmented) train set, streaming: pass 1 moments and
-    predictions, pass 2 nearest-class-centre (from cached features when they fit FEATURE_CACHE_BYTES)."""
+    predictions, pass 2 nearest-class-centre (from cached features when they fit FEATURE_CACHE_BYTES).
+
+    The labels are the ones training sees (label noise included). noisy: (this rank's samples,) bool, in the
+    loader's order, marking noisy labels: adds train/noisy_fit, the fraction of them the model predicts."""
     model.eval()
     acc = NCAccumulator(num_classes, model.head.dim, device=device)
     cache, cached_bytes = [], 0
     correct = torch.zeros((), device=device, dtype=torch.long)
+    fit = torch.zeros(2, device=device, dtype=torch.long)  # (noisy samples fitted, noisy samples)
     seen = 0
 
     def features(x):
@@ -55,6 +60,8 @@ def nc_metrics(model, loader, device, autocast, num_classes, world: Dist) -> dic
         h, logits = features(x)
         acc.update_stats(h, y)
         correct += (logits.argmax(1) == y).sum()
+        if noisy is not None:
+            fit += torch.stack(noisy_fit(logits.argmax(1), y, noisy[seen:seen + len(y)]))
         seen += len(y)
         cached_bytes += h.numel() * h.element_size()
         if cached_bytes <= FEATURE_CACHE_BYTES:
@@ -65,8 +72,11 @@ def nc_metrics(model, loader, device, autocast, num_classes, world: Dist) -> dic
     for h, logits in cache:
         acc.update_ncc(h, logits)
     acc.all_reduce()
-    correct, seen = world.sum([correct.item(), seen], device)
+    correct, seen, n_fit, n_noisy = world.sum([correct.item(), seen, *fit.tolist()], device)
     # train/acc is measured during the epoch, as the weights change (and, for nearest_etf, with a classifier fitted
     # to running means that include the batch); this is the train set under the end-of-epoch model.
-    return {"train/eval_acc": 100.0 * correct / seen,
-            **{f"nc/{k}": v for k, v in acc.compute(model.head.weight.detach().float()).items()}}
+    out = {"train/eval_acc": 100.0 * correct / seen,
+           **{f"nc/{k}": v for k, v in acc.compute(model.head.weight.detach().float()).items()}}
+    if noisy is not None:
+        out["train/noisy_fit"] = n_fit / max(n_noisy, 1)
+    return out

@@ -29,8 +29,21 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, x, y=None):
-        return self.head(self.backbone(x), y)
+    def forward(self, x, y=None, *, features: bool = False):
+        """Logits (B, K); with features, also the normalised features h (B, d) that some losses read."""
+        f = self.backbone(x)
+        logits = self.head(f, y)
+        return (logits, self.head.normalize(f)) if features else logits
+
+
+def check_config(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    for key in ("max_epochs", "batch_size", "eval_batch_size"):
+        opt.integer(f"trainer.{key}", t[key])
+    opt.integer("metrics.every_n_epochs", cfg.metrics.every_n_epochs)
+    opt.integer("seed", cfg.seed, 0)
+    opt.choice("trainer.precision", t.precision, ("auto", "bf16", "fp32"))
+    opt.choice("trainer.nonfinite", t.nonfinite, ("stop", "skip"))
 
 
 def _options(node: DictConfig, *drop: str) -> dict:

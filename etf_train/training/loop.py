@@ -9,38 +9,40 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from .. import options as opt
 from .. import rundir
-from ..data import build_data, build_loaders, set_epoch
+from ..data import build_data, build_loaders, build_mix, set_epoch
 from ..errors import EtfTrainError, NonFiniteError
-from .checkpoint import Preempted, SignalGuard, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..losses import build_loss, hard_labels
+from .checkpoint import (
+    Preempted,
+    SignalGuard,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
-from .factories import build_model, build_optimizer, build_scheduler, seed_everything
+from .factories import (
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    check_config,
+    seed_everything,
+)
 from .resume import RunFolder, refuse_changes
+from .tally import EpochTally
 
 log = logging.getLogger("etf_train")
-
-
-def check_config(cfg: DictConfig) -> None:
-    t = cfg.trainer
-    for key in ("max_epochs", "batch_size", "eval_batch_size"):
-        opt.integer(f"trainer.{key}", t[key])
-    opt.integer("metrics.every_n_epochs", cfg.metrics.every_n_epochs)
-    opt.integer("seed", cfg.seed, 0)
-    opt.choice("trainer.precision", t.precision, ("auto", "bf16", "fp32"))
-    opt.choice("trainer.nonfinite", t.nonfinite, ("stop", "skip"))
 
 
 def _show_progress(setting) -> bool:
@@ -53,35 +55,6 @@ def log_to_file(message: str) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-
-
-class EpochTally:
-    """An epoch's running training sums, kept on the device (no host sync per step); a partial-epoch checkpoint
-    saves them, so a resumed epoch reports the same numbers as an uninterrupted one."""
-
-    KEYS = ("loss_sum", "correct", "seen", "elapsed", "skipped")
-
-    def __init__(self, device: torch.device, partial: dict | None):
-        p = partial or dict.fromkeys(self.KEYS, 0)
-        self.done = partial["step"] if partial else 0  # steps trained before the interruption
-        self.loss_sum = torch.tensor(p["loss_sum"], device=device, dtype=torch.float64)
-        self.correct = torch.tensor(p["correct"], device=device, dtype=torch.long)
-        self.seen, self.skipped, self.elapsed_before = p["seen"], p["skipped"], p["elapsed"]
-        self.bad_step = torch.zeros((), device=device, dtype=torch.long)  # first step with a non-finite loss
-        self.start = time.perf_counter()
-
-    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss), step, self.bad_step)
-        self.loss_sum += loss.detach() * len(y)
-        self.correct += (logits.detach().argmax(1) == y).sum()
-        self.seen += len(y)
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.start
-
-    def partial(self, epoch: int, step: int) -> dict:
-        return {"epoch": epoch, "step": step, "loss_sum": self.loss_sum.item(), "correct": self.correct.item(),
-                "seen": self.seen, "elapsed": self.elapsed(), "skipped": self.skipped}
 
 
 class Run:
@@ -114,6 +87,8 @@ class Run:
             )
         seed_everything(cfg.seed, t.deterministic)
         self.bundle = build_data(cfg.dataset.name, **{k: v for k, v in OmegaConf.to_container(cfg.dataset).items() if k != "name"})
+        self.loss = build_loss(head_name=cfg.head.name, **OmegaConf.to_container(cfg.loss))
+        mix = build_mix(**OmegaConf.to_container(cfg.mix), num_classes=self.bundle.num_classes)
         self.train_loader, self.test_loader, self.eval_train_loader = build_loaders(
             self.bundle,
             t.batch_size // self.world.world_size,
@@ -124,6 +99,7 @@ class Run:
             world_size=self.world.world_size,
             pin_memory=self.device.type == "cuda",
             device=self.device,
+            mix=mix,
         )
         self.K = self.bundle.num_classes
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)
@@ -186,8 +162,8 @@ class Run:
         """One optimisation step: (loss, logits), or None for a skipped non-finite step (trainer.nonfinite=skip)."""
         try:
             with self.autocast:
-                logits = self.ddp(x, y)
-            loss = F.cross_entropy(logits.float(), y)
+                logits, h = self.ddp(x, y, features=True) if self.loss.needs_features else (self.ddp(x, y), None)
+            loss = self.loss(logits, y, head=self.model.head, h=h)
         except NonFiniteError as e:
             if self.t.nonfinite != "skip":
                 raise NonFiniteError(f"epoch {epoch}, step {step}: {e}; or set trainer.nonfinite=skip") from None
@@ -222,7 +198,7 @@ class Run:
             if out is None:
                 tally.skipped += 1
             else:
-                tally.add(step, *out, y)
+                tally.add(step, *out, hard_labels(y))
                 if step % check_every == 0 and tally.bad_step.item():
                     self._diverged(epoch, int(tally.bad_step))
             if self.progress and step % 10 == 0 and tally.seen:
@@ -275,7 +251,9 @@ class Run:
         # The bare model: ranks' test shards may differ in batch count; DDP's forward would wait on a collective.
         scalars.update(evaluate(self.model, self.test_loader, self.device, self.autocast, self.world))
         if epoch % self.cfg.metrics.every_n_epochs == 0 or epoch == self.t.max_epochs:
-            scalars.update(nc_metrics(self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world))
+            noisy = None if self.bundle.noisy is None else self.bundle.noisy[self.world.rank::self.world.world_size]
+            scalars.update(nc_metrics(self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world,
+                                      noisy))
         if self.scheduler is not None:
             self.scheduler.step()
         return scalars
