@@ -206,3 +206,11 @@ def test_agd_init_comes_before_a_resume(tmp_path):
     resumed = train(make_cfg(*setting), tmp_path / "resumed")
     for key in ("train/loss", "test/loss", "nc/nc1"):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
+
+
+def test_the_trainer_names_what_agd_refuses(tmp_path):
+    """Catches the trainer handing AGD unnamed parameters (the error could not say which), or the factory rewording
+    AGD's error as a bad option."""
+    cfg = make_cfg(*TINY, "optimizer=agd", "backbone.bias=false", "head=learned")
+    with pytest.raises(EtfTrainError, match=r"^optimizer=agd has no rule for 1-D .*: head\.linear\.bias; remove"):
+        train(cfg, tmp_path)
