@@ -78,6 +78,22 @@ def _he_init(conv: nn.Conv2d) -> nn.Conv2d:
     return conv
 
 
+def _bias_option(net: nn.Module, bias: bool) -> nn.Module:
+    """backbone.bias=false: conv and linear layers lose their bias, norms their affine scale and shift (as built
+    with BatchNorm(affine=False), LayerNorm(elementwise_affine=False)), so every parameter is a weight matrix or
+    kernel (optimizer=agd has no rule for 1-D parameters). The weights keep the values the builder gave them."""
+    if opt.boolean("backbone.bias", bias):
+        return net
+    for m in net.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.bias = None
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.affine, m.weight, m.bias = False, None, None
+        elif isinstance(m, nn.LayerNorm):
+            m.elementwise_affine, m.weight, m.bias = False, None, None
+    return net
+
+
 def _fresh_conv(conv: nn.Conv2d, in_channels: int, **changes: Any) -> nn.Conv2d:
     """A new conv shaped like `conv` but with `in_channels` (and `changes`)."""
     spec = dict(
@@ -94,7 +110,7 @@ def _fresh_conv(conv: nn.Conv2d, in_channels: int, **changes: Any) -> nn.Conv2d:
 # ------------------------------------------------------------------------------------ torchvision
 
 
-def _resnet(arch: str, in_shape: tuple[int, ...], cifar_stem: bool) -> nn.Module:
+def _resnet(arch: str, in_shape: tuple[int, ...], cifar_stem: bool, bias: bool) -> nn.Module:
     C = _image_channels(arch, in_shape)
     opt.boolean("backbone.cifar_stem", cifar_stem)
     net = getattr(torchvision.models, arch)(weights=None)
@@ -106,27 +122,38 @@ def _resnet(arch: str, in_shape: tuple[int, ...], cifar_stem: bool) -> nn.Module
         net.conv1 = _fresh_conv(net.conv1, C)
     feature_dim = net.fc.in_features
     net.fc = nn.Identity()
-    return _with_feature_dim(net, feature_dim)
+    return _with_feature_dim(_bias_option(net, bias), feature_dim)
 
 
 @register_backbone("resnet18")
-def _resnet18(in_shape: tuple[int, ...], num_samples: int | None, *, cifar_stem: bool = True) -> nn.Module:
-    """torchvision ResNet-18 -> 512 pooled features; cifar_stem=false keeps the ImageNet stem (224 px)."""
-    return _resnet("resnet18", in_shape, cifar_stem)
+def _resnet18(
+    in_shape: tuple[int, ...], num_samples: int | None, *, cifar_stem: bool = True, bias: bool = True
+) -> nn.Module:
+    """torchvision ResNet-18 -> 512 pooled features; cifar_stem=false keeps the ImageNet stem (224 px).
+
+    bias=false: BatchNorm without affine parameters (the convs have no bias either way).
+    """
+    return _resnet("resnet18", in_shape, cifar_stem, bias)
 
 
 @register_backbone("resnet50")
-def _resnet50(in_shape: tuple[int, ...], num_samples: int | None, *, cifar_stem: bool = True) -> nn.Module:
-    """torchvision ResNet-50 -> 2048 pooled features; cifar_stem=false keeps the ImageNet stem (224 px)."""
-    return _resnet("resnet50", in_shape, cifar_stem)
+def _resnet50(
+    in_shape: tuple[int, ...], num_samples: int | None, *, cifar_stem: bool = True, bias: bool = True
+) -> nn.Module:
+    """torchvision ResNet-50 -> 2048 pooled features; cifar_stem=false keeps the ImageNet stem (224 px).
+
+    bias=false: BatchNorm without affine parameters (the convs have no bias either way).
+    """
+    return _resnet("resnet50", in_shape, cifar_stem, bias)
 
 
 @register_backbone("vgg13")
-def _vgg13(in_shape: tuple[int, ...], num_samples: int | None) -> nn.Module:
+def _vgg13(in_shape: tuple[int, ...], num_samples: int | None, *, bias: bool = True) -> nn.Module:
     """torchvision vgg13_bn convolutional features -> global average pool -> 512 features.
 
     Built from torchvision's VGG-13 layer list ("B") rather than vgg13_bn(), whose 120M-parameter
     classifier would be initialised only to be thrown away; the init is vgg13_bn's.
+    bias=false: convs without bias, BatchNorm without affine parameters.
     """
     C = _image_channels("vgg13", in_shape)
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["B"], batch_norm=True)
@@ -140,7 +167,7 @@ def _vgg13(in_shape: tuple[int, ...], num_samples: int | None) -> nn.Module:
             layer.ceil_mode = True
     net = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     width = [m for m in features if isinstance(m, nn.BatchNorm2d)][-1].num_features
-    return _with_feature_dim(net, width)
+    return _with_feature_dim(_bias_option(net, bias), width)
 
 
 # ------------------------------------------------------------------------------ small CPU models
@@ -152,11 +179,12 @@ def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
 
 @register_backbone("small_cnn")
 def _small_cnn(
-    in_shape: tuple[int, ...], num_samples: int | None, *, width: int = 32, dim: int = 128
+    in_shape: tuple[int, ...], num_samples: int | None, *, width: int = 32, dim: int = 128, bias: bool = True
 ) -> nn.Module:
     """Three conv-BN-ReLU blocks (width, 2 width, 4 width; two ceil-mode pools), global pool, Linear -> dim.
 
     The global pool makes it size-agnostic (8x8 digits up to 96x96 STL-10).
+    bias=false: BatchNorm without affine parameters, Linear without bias.
     """
     C = _image_channels("small_cnn", in_shape)
     width, dim = opt.integer("backbone.width", width), opt.integer("backbone.dim", dim)
@@ -170,7 +198,7 @@ def _small_cnn(
         nn.Flatten(),
         nn.Linear(4 * width, dim),
     )
-    return _with_feature_dim(net, dim)
+    return _with_feature_dim(_bias_option(net, bias), dim)
 
 
 _NORMS: dict[str, Callable[[int], nn.Module]] = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
@@ -185,8 +213,12 @@ def _mlp(
     depth: int = 2,
     dim: int = 128,
     norm: str = "batch",
+    bias: bool = True,
 ) -> nn.Module:
-    """Flatten, then `depth` x (Linear -> hidden, norm, ReLU), then Linear -> dim.  norm: batch | layer."""
+    """Flatten, then `depth` x (Linear -> hidden, norm, ReLU), then Linear -> dim.  norm: batch | layer.
+
+    bias=false: Linear without bias, norms without affine parameters.
+    """
     _check_not_indices("mlp", in_shape)
     hidden, depth = opt.integer("backbone.hidden", hidden), opt.integer("backbone.depth", depth)
     dim = opt.integer("backbone.dim", dim)
@@ -198,7 +230,7 @@ def _mlp(
         layers += [nn.Linear(width, hidden), _NORMS[norm](hidden), nn.ReLU(inplace=True)]
         width = hidden
     layers.append(nn.Linear(width, dim))
-    return _with_feature_dim(nn.Sequential(*layers), dim)
+    return _with_feature_dim(_bias_option(nn.Sequential(*layers), bias), dim)
 
 
 # ------------------------------------------------------------------------------------------- timm
@@ -212,13 +244,21 @@ def _timm(
     name: str = "resnet18",
     pretrained: bool = False,
     kwargs: Mapping[str, Any] = MappingProxyType({}),
+    bias: bool = True,
 ) -> nn.Module:
     """Any timm model, built with num_classes=0 so that it returns pooled pre-logits features.
 
     kwargs go to timm.create_model as they are (e.g. drop_path_rate, img_size).
+    bias: only true; the key exists so that backbone.bias=false gets a clear refusal.
     """
     C = _image_channels("timm", in_shape)
     opt.boolean("backbone.pretrained", pretrained)
+    if not opt.boolean("backbone.bias", bias):
+        # timm's 1-D parameters (norm scales and shifts of many kinds, layer scales, ...) have no common switch.
+        raise EtfTrainError(
+            "backbone timm has no bias=false: its 1-D parameters differ from model to model; "
+            "use backbone=resnet18, resnet50, vgg13, small_cnn or mlp"
+        )
     source, _ = timm.models.parse_model_name(name)
     # "arch.tag" names one weight set, which must exist; hf-hub: / local-dir: names are resolved by timm itself.
     known = timm.is_model(name) and ("." not in name or timm.models.is_model_pretrained(name))
@@ -251,7 +291,10 @@ def _timm(
 def _ufm(
     in_shape: tuple[int, ...], num_samples: int | None, *, dim: int = 512, init_std: float = 1.0
 ) -> nn.Module:
-    """Unconstrained features model: one free `dim`-vector per train sample, x = long indices (B,) -> (B, dim)."""
+    """Unconstrained features model: one free `dim`-vector per train sample, x = long indices (B,) -> (B, dim).
+
+    optimizer=agd re-initialises the table (training/agd.py), so init_std then has no effect.
+    """
     if in_shape != ():
         raise EtfTrainError(
             f"backbone ufm needs dataset=ufm (sample indices), got images of shape {in_shape}; "

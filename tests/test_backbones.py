@@ -124,6 +124,45 @@ def test_mlp_layers_and_layer_norm():
     _features_and_grads(model, x)
 
 
+# ---------------------------------------------------------------------------- bias=false (optimizer=agd)
+
+BIAS_CASES = [(arch, {}) for arch in sorted(IMAGE_DIMS)] + [("mlp", {"norm": "layer"})]
+BIAS_IDS = [*sorted(IMAGE_DIMS), "mlp-layer_norm"]
+
+
+def _built_twice(arch: str, options: dict, **more) -> tuple[nn.Module, nn.Module]:
+    """The default model and one with `more` options, from the same seed."""
+    torch.manual_seed(0)
+    default = create_backbone(arch, in_shape=DIGITS, **options)
+    torch.manual_seed(0)
+    return default, create_backbone(arch, in_shape=DIGITS, **options, **more)
+
+
+@pytest.mark.parametrize("arch, options", BIAS_CASES, ids=BIAS_IDS)
+def test_bias_false_leaves_exactly_the_default_weights(arch, options):
+    """Catches a bias or norm scale/shift left behind (optimizer=agd would refuse the model), or weights that change
+    with the switch."""
+    default, stripped = _built_twice(arch, options, bias=False)
+    weights = {name: p for name, p in default.named_parameters() if p.dim() >= 2}
+    # Exactly the default's weight matrices and kernels: no parameter with dim < 2, which is what AGD checks.
+    assert dict(stripped.named_parameters()).keys() == weights.keys()
+    assert all(torch.equal(p, weights[name]) for name, p in stripped.named_parameters())
+    assert torch.isfinite(_features_and_grads(stripped, torch.randn(2, *DIGITS))).all()
+
+
+@pytest.mark.parametrize("arch, options", BIAS_CASES, ids=BIAS_IDS)
+def test_bias_defaults_to_true_and_keeps_every_parameter(arch, options):
+    """Catches the default switched off: every norm keeps its scale and shift, every linear layer its bias."""
+    default, explicit = _built_twice(arch, options, bias=True)
+    assert default.state_dict().keys() == explicit.state_dict().keys()
+    assert all(torch.equal(v, explicit.state_dict()[k]) for k, v in default.state_dict().items())
+    for m in default.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+            assert m.weight is not None and m.bias is not None
+        if isinstance(m, nn.Linear):
+            assert m.bias is not None
+
+
 # -------------------------------------------------------------------------------------------- timm
 
 
@@ -167,6 +206,7 @@ def test_timm_pretrained_download_failure_is_one_line(monkeypatch, tmp_path):
         ({"name": "test_resnet", "kwargs": {"bogus": 1}}, "rejected kwargs"),
         ({"name": "test_resnet", "kwargs": {"in_chans": 3}}, "must not set in_chans"),
         ({"name": "test_resnet", "pretrained": "yes"}, "pretrained must be true or false"),
+        ({"name": "test_resnet", "bias": False}, "backbone timm has no bias=false: .* use backbone=resnet18"),
     ],
 )
 def test_timm_errors(options, match):
@@ -257,6 +297,7 @@ def test_ufm_without_num_samples():
         ({"arch": "resnet18", "in_shape": (3, 32)}, r"needs images of shape \(C, H, W\)"),
         ({"arch": "resnet18", "in_shape": CIFAR, "cifar_stem": "no"}, "cifar_stem must be true or false"),
         ({"arch": "small_cnn", "in_shape": CIFAR, "width": 0}, "width must be a positive integer"),
+        ({"arch": "vgg13", "in_shape": CIFAR, "bias": "no"}, "bias must be true or false"),
         ({"arch": "mlp", "in_shape": CIFAR, "depth": 1.5}, "depth must be a positive integer"),
         ({"arch": "mlp", "in_shape": CIFAR, "norm": "group"}, "unknown norm 'group'"),
         ({"arch": "ufm", "in_shape": (), "num_samples": 4, "init_std": 0}, "init_std must be a finite number > 0"),

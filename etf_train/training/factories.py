@@ -65,14 +65,18 @@ def component_name(node: DictConfig) -> str:
 def _instantiate(group: str, node: DictConfig, *args):
     try:
         return instantiate(node, _convert_="all")(*args)
+    except EtfTrainError:  # already worded for the user (e.g. AGD refusing 1-D parameters)
+        raise
     except (InstantiationException, TypeError, ValueError) as e:
         cause = e.__cause__ or e
         raise EtfTrainError(f"{group}={component_name(node)} refused its options: {str(cause).splitlines()[0]}") from None
 
 
 def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    """optimizer/: any torch optimiser class as `_target_` (sgd, adamw)."""
-    opt.number("optimizer.lr", cfg.get("lr"), above=0)
+    """optimizer/: any torch optimiser class as `_target_` (sgd, adamw, agd); params may be (name, parameter)
+    pairs, which torch optimisers take (torch >= 2.6) and AGD uses to name what it refuses."""
+    if "lr" in cfg:  # agd has a gain instead
+        opt.number("optimizer.lr", cfg.lr, above=0)
     return _instantiate("optimizer", cfg, params)
 
 
