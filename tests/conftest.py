@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,44 @@ def etf_train(*args, cwd, timeout=300, **popen):
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file below `folder` with its bytes: a refused start must leave this unchanged."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- interrupting a run in-process
+
+
+class Crash(Exception):
+    """Stands for a kill -9 right after a checkpoint was written."""
+
+
+def interrupted(monkeypatch, *, after_epoch: int | None = None, at: tuple[int, int] | None = None):
+    """Patch Run so that the next run stops: a crash just after the checkpoint of `after_epoch`, or SIGTERM
+    during training step `at` = (epoch, step), which saves a partial-epoch checkpoint at that step's end."""
+    from etf_train.training import Run
+
+    save, step_fn, calls = Run.save, Run._step, {}
+
+    def crashing_save(self, epoch, partial=None):
+        save(self, epoch, partial)
+        if partial is None and epoch == after_epoch:
+            raise Crash()
+
+    def signalling_step(self, epoch, step, x, y):
+        if (epoch, step) == at and not calls:
+            calls["sent"] = True
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step_fn(self, epoch, step, x, y)
+
+    monkeypatch.setattr(Run, "save", crashing_save)
+    monkeypatch.setattr(Run, "_step", signalling_step)
+
+
+def run_interrupted_then_resumed(monkeypatch, cfg, run_dir, **where):
+    """Train cfg into run_dir, stopped as `interrupted` says, then resumed by the same call: its last scalars."""
+    from etf_train.training import train
+
+    with monkeypatch.context() as m:
+        interrupted(m, **where)
+        with pytest.raises((Crash, SystemExit)):
+            train(cfg, run_dir)
+    assert not (run_dir / "checkpoints" / "finished").exists()
+    return train(cfg, run_dir)

@@ -15,7 +15,7 @@ from etf_train.rundir import read_scalars
 from etf_train.training import Run, train
 from etf_train.training.agd import AGD
 
-from .conftest import TINY, TINY_UFM, make_cfg
+from .conftest import TINY, TINY_UFM, make_cfg, run_interrupted_then_resumed
 
 
 def _tiny_model(seed: int = 0) -> nn.Module:
@@ -194,7 +194,7 @@ def test_agd_trains_through_the_config(tmp_path, setting):
     assert list(curves["lr"][1]) == [10.0, 10.0]  # the gain, shown as the rate
 
 
-def test_agd_init_comes_before_a_resume(tmp_path):
+def test_agd_init_comes_before_a_resume(tmp_path, monkeypatch):
     """Catches the AGD init missing from the run, or overwriting the weights a resume loads (the resumed run would
     then differ from an uninterrupted one)."""
     setting = [*TINY, "backbone.bias=false", "optimizer=agd", "scheduler=none", "optimizer.depth=7"]
@@ -202,8 +202,7 @@ def test_agd_init_comes_before_a_resume(tmp_path):
     flat = conv.flatten(2).permute(2, 0, 1)  # (9, 8, 1): one column per kernel position
     torch.testing.assert_close((flat.transpose(1, 2) @ flat).flatten(), torch.full((9,), 8 / 9))
     straight = train(make_cfg(*setting), tmp_path / "straight")
-    train(make_cfg(*setting, "trainer.max_epochs=1"), tmp_path / "resumed")
-    resumed = train(make_cfg(*setting), tmp_path / "resumed")
+    resumed = run_interrupted_then_resumed(monkeypatch, make_cfg(*setting), tmp_path / "resumed", after_epoch=1)
     for key in ("train/loss", "test/loss", "nc/nc1"):
         assert resumed[key] == pytest.approx(straight[key], rel=1e-5), key
 

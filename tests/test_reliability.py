@@ -19,7 +19,7 @@ from etf_train.rundir import read_scalars
 from etf_train.solver import polar_factors
 from etf_train.training import Classifier, train
 
-from .conftest import TINY, make_cfg, write_folder
+from .conftest import TINY, make_cfg, run_interrupted_then_resumed, write_folder
 
 # 60 steps an epoch, so a signal lands mid-epoch; deterministic, so runs can be compared bit for bit.
 LONG = [*TINY, "dataset.train_per_class=30", "trainer.batch_size=2", "trainer.max_epochs=2",
@@ -226,41 +226,6 @@ def test_svd_failure_retries_in_float64(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- resume, bit for bit, in-process
-
-
-class _Crash(Exception):
-    """Stands for a kill -9 right after a checkpoint was written."""
-
-
-def interrupted(monkeypatch, *, after_epoch: int | None = None, at: tuple[int, int] | None = None):
-    """Patch Run so that the next run stops: a crash just after the checkpoint of `after_epoch`, or SIGTERM
-    during training step `at` = (epoch, step), which saves a partial-epoch checkpoint at that step's end."""
-    from etf_train.training import Run
-
-    save, step_fn, calls = Run.save, Run._step, {}
-
-    def crashing_save(self, epoch, partial=None):
-        save(self, epoch, partial)
-        if partial is None and epoch == after_epoch:
-            raise _Crash()
-
-    def signalling_step(self, epoch, step, x, y):
-        if (epoch, step) == at and not calls:
-            calls["sent"] = True
-            os.kill(os.getpid(), signal.SIGTERM)
-        return step_fn(self, epoch, step, x, y)
-
-    monkeypatch.setattr(Run, "save", crashing_save)
-    monkeypatch.setattr(Run, "_step", signalling_step)
-
-
-def run_interrupted_then_resumed(monkeypatch, cfg, run_dir, **where):
-    with monkeypatch.context() as m:
-        interrupted(m, **where)
-        with pytest.raises((_Crash, SystemExit)):
-            train(cfg, run_dir)
-    assert not (run_dir / "checkpoints" / "finished").exists()
-    train(cfg, run_dir)
 
 
 def assert_bit_identical(a: Path, b: Path, epochs: int):

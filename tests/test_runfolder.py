@@ -18,25 +18,16 @@ from etf_train.rundir import LOCK, read_scalars
 from etf_train.training import train
 from etf_train.training.checkpoint import SAVE_DELAY_ENV
 
-from .conftest import TINY, etf_train, make_cfg, snapshot
+from .conftest import TINY, Crash, etf_train, interrupted, make_cfg, snapshot
 
 QUICK = [*TINY, "trainer.max_epochs=2"]
 
 
 def crash_after_epoch_1(monkeypatch, cfg, run_dir):
     """A 2-epoch run killed right after its epoch-1 checkpoint (as kill -9 would leave it)."""
-    from etf_train.training import Run
-
-    save = Run.save
-
-    def crashing_save(self, epoch, partial=None):
-        save(self, epoch, partial)
-        if epoch == 1:
-            raise KeyboardInterrupt  # not an EtfTrainError: nothing is marked, as after a kill
-
     with monkeypatch.context() as m:
-        m.setattr(Run, "save", crashing_save)
-        with pytest.raises(KeyboardInterrupt):
+        interrupted(m, after_epoch=1)
+        with pytest.raises(Crash):
             train(cfg, run_dir)
     assert not (run_dir / LOCK).exists()
 

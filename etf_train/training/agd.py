@@ -72,7 +72,8 @@ class AGD(torch.optim.Optimizer):
         W_l[:, :, p] <- W_l[:, :, p] - gain (eta / L) s_l g_l[:, :, p] / n_lp      (nothing where n_lp = 0)
     For a dense layer (P = 1) this is the paper's rule. Parameters without a gradient take no step.
 
-    params: parameters, (name, parameter) pairs (names then appear in errors) or param groups, as in torch.
+    params: parameters or param groups as in torch, or (name, parameter) pairs (names then appear in errors; the
+        trainer passes them, as `takes_named_parameters` asks).
     gain: the step multiplier (the authors run 10). It is the param groups' "lr", so a scheduler scales it and
         the trainer's `lr` scalar shows it; the paper's AGD has no schedule (scheduler=none).
     depth: L in both formulas; default the number of AGD tensors. Fixing it gives models with and without a
@@ -87,7 +88,13 @@ class AGD(torch.optim.Optimizer):
     that running mean (so a mid-epoch resume reports the same epoch mean); there are no per-parameter buffers.
     """
 
+    takes_named_parameters = True
+
     def __init__(self, params: Iterable, gain: float = 10.0, depth: int | None = None):
+        params = list(params)
+        self.names = None
+        if params and isinstance(params[0], tuple):  # (name, parameter) pairs; torch < 2.6 optimisers take no names
+            self.names, params = [n for n, _ in params], [p for _, p in params]
         super().__init__(params, {"lr": opt.number("optimizer.gain", gain, above=0)})
         trainable = [(name, p) for name, p in self._named() if p.requires_grad]
         vectors = [name for name, p in trainable if p.dim() < 2]
@@ -106,12 +113,9 @@ class AGD(torch.optim.Optimizer):
 
     def _named(self) -> list[tuple[str, torch.Tensor]]:
         """(name, parameter) over all groups; an unnamed parameter is called by its position and shape: #3 (64,)."""
-        out = []
-        for group in self.param_groups:
-            params = group["params"]
-            names = group.get("param_names") or [f"#{len(out) + i} {tuple(p.shape)}" for i, p in enumerate(params)]
-            out += zip(names, params)
-        return out
+        params = [p for group in self.param_groups for p in group["params"]]
+        names = self.names or [f"#{i} {tuple(p.shape)}" for i, p in enumerate(params)]
+        return list(zip(names, params))
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -72,12 +72,16 @@ def _instantiate(group: str, node: DictConfig, *args):
         raise EtfTrainError(f"{group}={component_name(node)} refused its options: {str(cause).splitlines()[0]}") from None
 
 
-def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    """optimizer/: any torch optimiser class as `_target_` (sgd, adamw, agd); params may be (name, parameter)
-    pairs, which torch optimisers take (torch >= 2.6) and AGD uses to name what it refuses."""
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """optimizer/: any torch optimiser class as `_target_` (sgd, adamw) or ours (agd), over the model's parameters;
+    a class with `takes_named_parameters` gets (name, parameter) pairs (AGD names the parameters it refuses)."""
     if "lr" in cfg:  # agd has a gain instead
         opt.number("optimizer.lr", cfg.lr, above=0)
-    return _instantiate("optimizer", cfg, params)
+    try:
+        named = getattr(get_class(cfg._target_), "takes_named_parameters", False)
+    except (ImportError, ValueError, AttributeError) as e:
+        raise EtfTrainError(f"optimizer._target_={cfg._target_!r} is not a class: {e}") from None
+    return _instantiate("optimizer", cfg, model.named_parameters() if named else model.parameters())
 
 
 def build_scheduler(cfg: DictConfig, optimizer):

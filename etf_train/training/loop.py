@@ -110,7 +110,7 @@ class Run:
         self.model = model
         # DDP averages gradients; the nearest-ETF head all-reduces its class sums itself.
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
-        self.optimizer = build_optimizer(cfg.optimizer, model.named_parameters())
+        self.optimizer = build_optimizer(cfg.optimizer, model)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
         bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -233,6 +233,9 @@ class Run:
         }
         if self.t.nonfinite == "skip":
             out["train/skipped_steps"] = float(tally.skipped)
+        eta = getattr(self.optimizer, "pop_eta", lambda: None)()  # AGD's step size; ranks agree (averaged grads)
+        if eta is not None:
+            out["optim/agd_eta"] = eta
         return out
 
     def _diverged(self, epoch: int, step: int):
