@@ -87,11 +87,14 @@ def remove_if_empty(run: Path) -> None:
 
 def write_record(run: Path, config: dict, overrides: list[str] | None = None, hydra: dict | None = None) -> None:
     """`.hydra/config.yaml` (the resolved config), and Hydra's overrides and own settings when run by the CLI."""
-    files = {CONFIG: config, OVERRIDES: overrides, HYDRA: None if hydra is None else {"hydra": hydra}}
-    for name, content in files.items():
+    files = {OVERRIDES: overrides, HYDRA: None if hydra is None else {"hydra": hydra}, CONFIG: config}
+    for name, content in files.items():  # config.yaml last and atomically: once it exists, the record is whole
         if content is not None:
-            (run / name).parent.mkdir(parents=True, exist_ok=True)
-            (run / name).write_text(OmegaConf.to_yaml(OmegaConf.create(content)))
+            path = run / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(content)))
+            os.replace(tmp, path)
 
 
 def read_record(run: Path) -> dict | None:

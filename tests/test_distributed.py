@@ -1,8 +1,10 @@
 """DistributedDataParallel on CPU: torchrun, gloo backend, two processes."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,35 @@ def test_class_balanced_batches_and_uneven_test_shards_under_ddp(tmp_path):
                    "trainer.max_epochs=1")
     for k, v in two[0]["model"].items():
         assert torch.equal(v, two[1]["model"][k])
+
+
+def _torchrun_cli(run, *overrides, env=None):
+    exe = Path(sys.executable).with_name("torchrun")
+    args = [str(exe), "--standalone", "--nproc_per_node=2", "-m", "etf_train", *overrides, f"hydra.run.dir={run}"]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=run.parent)
+
+
+def test_sigterm_under_torchrun_saves_at_a_step_boundary_on_every_rank(tmp_path):
+    """Ranks used to agree on a stop only every 20 steps: with 3 steps an epoch a signal was ignored until torchrun
+    killed the job, with no checkpoint and no line."""
+    settings = [*DDP, "trainer.max_epochs=40", "trainer.deterministic=true", "trainer.progress=false"]
+    reference = _torchrun_cli(tmp_path / "reference", *settings)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
+    run = tmp_path / "run"
+    proc = _torchrun_cli(run, *settings)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode != 0 and err.count("etf-train: stopped by SIGTERM at epoch") >= 1, err[-3000:]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["partial"] is not None and 0 < state["epoch"] < 40, state["epoch"]
+    assert not (run / "checkpoints" / "finished").exists() and not (run / ".etf-train.lock").exists()
+    resumed = _torchrun_cli(run, *settings)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=False) for r in (run, tmp_path / "reference"))
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert list(read_scalars(run)["train/loss"][0]) == list(range(1, 41))

@@ -184,3 +184,12 @@ def test_an_error_after_the_start_goes_to_the_run_log_too(tmp_path):
     assert line.startswith("etf-train: error: non-finite loss at epoch 1")
     assert line in (tmp_path / "r" / "cli.log").read_text()
     assert (tmp_path / "r" / "checkpoints" / "failed").read_text().strip() == line.removeprefix("etf-train: error: ")
+
+
+def test_a_dated_output_folder_that_cannot_be_made_is_one_line(tmp_path):
+    """Hydra's own mkdir of outputs/<date>/... used to end in a traceback (a file in the way, or no permission)."""
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / time.strftime("%Y-%m-%d")).write_text("a file where the day's folder goes")
+    proc = etf_train(*QUICK, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("etf-train: error: cannot write the output folder") and "is not a folder" in proc.stderr
