@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import timm
-import torchvision
 from torch import nn
 
 from . import options as opt
@@ -113,6 +111,8 @@ def _fresh_conv(conv: nn.Conv2d, in_channels: int, **changes: Any) -> nn.Conv2d:
 def _resnet(arch: str, in_shape: tuple[int, ...], cifar_stem: bool, bias: bool) -> nn.Module:
     C = _image_channels(arch, in_shape)
     opt.boolean("backbone.cifar_stem", cifar_stem)
+    import torchvision  # imported by the builders that use it: UFM and small models start faster
+
     net = getattr(torchvision.models, arch)(weights=None)
     if cifar_stem:
         # 32 px inputs: the 7x7/2 conv and the max-pool would cut the map to 8x8 before layer1.
@@ -156,6 +156,8 @@ def _vgg13(in_shape: tuple[int, ...], num_samples: int | None, *, bias: bool = T
     bias=false: convs without bias, BatchNorm without affine parameters.
     """
     C = _image_channels("vgg13", in_shape)
+    import torchvision
+
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["B"], batch_norm=True)
     features[0] = nn.Conv2d(C, features[0].out_channels, 3, padding=1)
     for layer in features:
@@ -259,6 +261,8 @@ def _timm(
             "backbone timm has no bias=false: its 1-D parameters differ from model to model; "
             "use backbone=resnet18, resnet50, vgg13, small_cnn or mlp"
         )
+    import timm
+
     source, _ = timm.models.parse_model_name(name)
     # "arch.tag" names one weight set, which must exist; hf-hub: / local-dir: names are resolved by timm itself.
     known = timm.is_model(name) and ("." not in name or timm.models.is_model_pretrained(name))

@@ -88,3 +88,11 @@ def test_every_head_has_a_yaml_spelling_out_its_options():
         for key, value in cfg.items():
             if key != "solver":
                 assert value == params[key].default, (f.stem, key)
+
+
+def test_training_imports_no_torchvision_or_timm_until_a_builder_needs_them():
+    """torchvision and timm cost seconds at every start; UFM, digits and synthetic runs need neither."""
+    code = ("import sys, etf_train.training, etf_train.data, etf_train.backbones, etf_train.losses; "
+            "print(sorted(m for m in ('torchvision', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -9,7 +9,6 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision import transforms as T
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,8 @@ class Augment:
     def per_sample(self, size: Sequence[int], before: Sequence = ()) -> Callable | None:
         """Per-sample form (DataLoader path) for PIL images: `before`, RandomCrop, RandomHorizontalFlip, ToTensor,
         Normalize; None when that is nothing."""
+        from torchvision import transforms as T  # only the DataLoader path needs torchvision
+
         ops = list(before)
         if self.padding:
             ops.append(T.RandomCrop(tuple(size), padding=self.padding))

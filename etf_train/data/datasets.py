@@ -12,9 +12,6 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
-from torchvision import datasets as tvd
-from torchvision import transforms as T
-from torchvision.datasets.folder import default_loader
 
 from .. import options as opt
 from ..errors import EtfTrainError
@@ -49,6 +46,13 @@ def _root(root: Any) -> Path:
 # ----------------------------------------------------------------------------- torchvision datasets
 
 
+def _tvd():
+    """torchvision.datasets, imported by the builders that read its files (not by digits, synthetic or UFM runs)."""
+    from torchvision import datasets
+
+    return datasets
+
+
 def _torchvision(
     name: str, make: Callable[[bool], Dataset], root: Path, download: bool, folder: str
 ) -> tuple[Dataset, Dataset]:
@@ -80,21 +84,21 @@ def _cifar(name: str, cls: type, folder: str, K: int, stats: tuple, root: Any, d
 def cifar10(root: str = "data", download: bool = True) -> Splits:
     """CIFAR-10 (torchvision); augmentation: random crop with padding 4, horizontal flip."""
     stats = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-    return _cifar("cifar10", tvd.CIFAR10, "cifar-10-batches-py/ folder", 10, stats, root, download)
+    return _cifar("cifar10", _tvd().CIFAR10, "cifar-10-batches-py/ folder", 10, stats, root, download)
 
 
 @register_dataset("cifar100")
 def cifar100(root: str = "data", download: bool = True) -> Splits:
     """CIFAR-100 (torchvision, fine labels); augmentation: random crop with padding 4, horizontal flip."""
     stats = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-    return _cifar("cifar100", tvd.CIFAR100, "cifar-100-python/ folder", 100, stats, root, download)
+    return _cifar("cifar100", _tvd().CIFAR100, "cifar-100-python/ folder", 100, stats, root, download)
 
 
 @register_dataset("stl10")
 def stl10(root: str = "data", download: bool = True) -> Splits:
     """STL-10 labelled splits (torchvision, 96 px); augmentation: random crop with padding 12, horizontal flip."""
     root, download = _root(root), opt.boolean("dataset.download", download)
-    make = lambda tr: tvd.STL10(str(root), split="train" if tr else "test", download=download)  # noqa: E731
+    make = lambda tr: _tvd().STL10(str(root), split="train" if tr else "test", download=download)  # noqa: E731
     train, test = _torchvision("stl10", make, root, download, "stl10_binary/ folder")
     stats = ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
     tensors = tuple(torch.from_numpy(ds.data) for ds in (train, test))  # (N, 3, 96, 96) uint8
@@ -115,13 +119,13 @@ def _mnist_like(name: str, cls: type, stats: tuple, root: Any, download: Any) ->
 @register_dataset("mnist")
 def mnist(root: str = "data", download: bool = True) -> Splits:
     """MNIST (torchvision); augmentation: random crop with padding 2."""
-    return _mnist_like("mnist", tvd.MNIST, ((0.1307,), (0.3081,)), root, download)
+    return _mnist_like("mnist", _tvd().MNIST, ((0.1307,), (0.3081,)), root, download)
 
 
 @register_dataset("fashion_mnist")
 def fashion_mnist(root: str = "data", download: bool = True) -> Splits:
     """Fashion-MNIST (torchvision); augmentation: random crop with padding 2."""
-    return _mnist_like("fashion_mnist", tvd.FashionMNIST, ((0.2860,), (0.3530,)), root, download)
+    return _mnist_like("fashion_mnist", _tvd().FashionMNIST, ((0.2860,), (0.3530,)), root, download)
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -129,6 +133,8 @@ def fashion_mnist(root: str = "data", download: bool = True) -> Splits:
 
 def load_image(path: str) -> Any:
     """torchvision's default image loader, failing with the file's name instead of a bare PIL traceback."""
+    from torchvision.datasets.folder import default_loader
+
     try:
         return default_loader(path)
     except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated data, broken PNG chunks
@@ -144,9 +150,9 @@ def _image_folders(
     if not (root / "train").is_dir() or test_dir is None:
         raise EtfTrainError(f"dataset {name}: no train/ and test/ (or val/) folders under {root}; {hint}")
 
-    def folder(directory: Path) -> tvd.ImageFolder:
+    def folder(directory: Path):
         try:
-            return tvd.ImageFolder(str(directory), loader=load_image)
+            return _tvd().ImageFolder(str(directory), loader=load_image)
         except FileNotFoundError as err:  # no class folder, or a class folder without images
             raise EtfTrainError(f"dataset {name}: {directory}: {_one_line(err)}; {hint}") from err
 
@@ -173,6 +179,8 @@ def imagenet(
 ) -> Splits:
     """ImageNet-style class folders; train: RandomResizedCrop + flip, test: Resize(size/0.875) + CenterCrop."""
     S = opt.integer("dataset.image_size", image_size, 1)
+    from torchvision import transforms as T
+
     eval_ops = [T.Resize(round(S / 0.875)), T.CenterCrop(S)]
     return _image_folders("imagenet", root, S, mean, std, Augment(flip=True), [T.RandomResizedCrop(S)], eval_ops)
 
@@ -187,6 +195,8 @@ def image_folder(
     """Small images in class folders, resized and centre-cropped to image_size; augmentation: CIFAR-style
     random crop with padding image_size // 8, horizontal flip."""
     S = opt.integer("dataset.image_size", image_size, 1)
+    from torchvision import transforms as T
+
     resize = [T.Resize(S), T.CenterCrop(S)]
     return _image_folders("image_folder", root, S, mean, std, Augment(S // 8, True), resize, resize)
 

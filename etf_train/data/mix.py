@@ -16,11 +16,11 @@ main process, or from each worker's RNG, which the loader seeds per epoch: both 
 
 from __future__ import annotations
 
+import functools
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import default_collate
-from torchvision.transforms import v2
 
 from .. import options as opt
 from ..registry import Registry
@@ -46,13 +46,18 @@ NO_MIX = NoMix()
 class Mix:
     """A batch mixed with its roll by one, with probability prob; subclasses give `pair` and torchvision's transform."""
 
-    torchvision: type[v2.Transform]
+    torchvision: str  # the name of torchvision.transforms.v2's transform, imported when the DataLoader path needs it
 
     def __init__(self, alpha: float, prob: float, num_classes: int):
         self.alpha = opt.number("mix.alpha", alpha, above=0)
         self.prob = opt.number("mix.prob", prob, 0.0, maximum=1.0)
         self.num_classes = num_classes
-        self.transform = self.torchvision(alpha=self.alpha, num_classes=num_classes)
+
+    @functools.cached_property
+    def transform(self):
+        from torchvision.transforms import v2
+
+        return getattr(v2, self.torchvision)(alpha=self.alpha, num_classes=self.num_classes)
 
     def pair(self, x: Tensor, lam: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """(x mixed with x.roll(1, 0) for the drawn lam, the weight lam the own image actually keeps)."""
@@ -83,7 +88,7 @@ class Mix:
 class MixUp(Mix):
     """mixup (Zhang et al. 2018): x_b' = lam x_b + (1 - lam) x_{b-1}."""
 
-    torchvision = v2.MixUp
+    torchvision = "MixUp"
 
     def pair(self, x, lam, generator):
         return x.roll(1, 0) * (1 - lam) + x * lam, lam
@@ -95,7 +100,7 @@ class CutMix(Mix):
     half sides floor(r W), floor(r H) with r = sqrt(1 - lam) / 2, clipped to the image; the label weight is then
     lam = 1 - box area / (H W), torchvision's correction for the clipping."""
 
-    torchvision = v2.CutMix
+    torchvision = "CutMix"
 
     def pair(self, x, lam, generator):
         H, W = x.shape[-2:]
