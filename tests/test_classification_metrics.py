@@ -98,14 +98,9 @@ def test_ece_matches_a_hand_computation_with_15_bins():
     bins = calibration_bins(p, y)
     assert bins.shape == (3, ECE_BINS)
     assert bins[0].tolist() == [0] * 6 + [1, 1] + [0] * 6 + [2]
-    # Random data against a numpy loop and against torchmetrics' own implementation (equal away from bin edges).
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
     logits, y = random_logits()
     m = run(logits, y, 12).compute()
-    assert m["ece"] == pytest.approx(numpy_ece(logits.numpy(), y.numpy()), rel=1e-12)
-    tm = multiclass_calibration_error(logits.softmax(dim=1), y, num_classes=12, n_bins=15, norm="l1")
-    assert m["ece"] == pytest.approx(float(tm), rel=1e-5) and m["ece"] > 0.01
+    assert m["ece"] == pytest.approx(numpy_ece(logits.numpy(), y.numpy()), rel=1e-12) and m["ece"] > 0.01
 
 
 def test_confidence_one_lands_in_the_last_bin():
@@ -146,9 +141,9 @@ def test_group_accuracy_is_the_mean_over_present_classes_of_the_group():
     assert "acc_many" not in run(logits, y, K).compute()  # no class_counts: no groups
 
 
-def test_reliability_diagram_draws_the_accumulated_bins():
-    """Catches bars at the wrong height or position, empty bins drawn, and a figure left in pyplot's registry
-    (one leaked figure per logged epoch); the figure goes through SummaryWriter.add_figure as the trainer logs it."""
+def test_reliability_diagram_draws_the_accumulated_bins(tmp_path):
+    """Catches bars at the wrong height or position, empty bins drawn, a figure left in pyplot's registry
+    (one leaked figure per logged epoch), and a figure SummaryWriter.add_figure cannot render."""
     logits, y = random_logits()
     acc = run(logits, y, 12)
     fig = reliability_diagram(acc.calibration, title="test")
@@ -163,7 +158,11 @@ def test_reliability_diagram_draws_the_accumulated_bins():
     assert "ECE = " in top.get_title()
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
-    fig.canvas.draw()
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(tmp_path) as writer:
+        writer.add_figure("test/reliability", fig, global_step=1)
+    assert any(f.stat().st_size > 1000 for f in tmp_path.glob("events.out.tfevents.*"))
 
 
 def test_phase_and_input_errors():
@@ -207,7 +206,7 @@ def _worker(rank, world, init_file, logits, y, counts, out_dir):
 
 
 def test_all_reduce_two_process_gloo_equals_single_process_on_union(tmp_path):
-    """Catches a state left unreduced (per-class, top-5 or calibration bins) or reduced twice."""
+    """Catches a state left unreduced (per-class and top-5 counts, calibration bins) or reduced twice."""
     logits, y = random_logits()
     counts = torch.tensor([400, 300, 200, 150, 90, 60, 40, 25, 15, 10, 8, 5])
     mp.spawn(_worker, args=(2, tmp_path / "init", logits, y, counts, tmp_path), nprocs=2, join=True)

@@ -1,12 +1,12 @@
 """Classification metrics over a split (train or test), streaming and all-reduce aware.
 
 Per batch `update(logits, y)`; under torch.distributed `all_reduce()` once on every rank; then `compute()`.
-Every state is a sum over samples, so the cross-process reduction is a sum:
-  per class [tp, fp, tn, fn, support]   torchmetrics MulticlassStatScores(average=None), top-1
-  top-5 [tp, fp, tn, fn, support]       torchmetrics MulticlassStatScores(top_k=5, average="micro")
-  per confidence bin [samples, sum of top-1 confidences, sum of top-1 hits]   `calibration`, (3, 15) float64
-The calibration bins are our own: torchmetrics' MulticlassCalibrationError keeps every sample's confidence
-(a list, concatenated across ranks: O(N) state) and does not expose its bins, which the reliability diagram needs.
+Every state is a float64 sum over samples, so the cross-process reduction is one all_reduce per tensor:
+  per class [samples, top-1 hits, top-5 hits]                                `counts`, (3, K)
+  per confidence bin [samples, sum of top-1 confidences, sum of top-1 hits]   `calibration`, (3, 15)
+Not torchmetrics: these are a few bincounts, while importing torchmetrics costs 1-4 s in every process (the
+trainer's and each DDP test worker's) and its MulticlassCalibrationError keeps every sample's confidence
+(O(N) state, concatenated across ranks) without exposing the bins the reliability diagram needs.
 
 Definitions (accuracies in %, like test/acc; ece a fraction):
   acc_top5          samples whose label is among the 5 largest logits; only for K >= 10 (at K = 5 it is always 100)
@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torchmetrics.classification import MulticlassStatScores
 
 from ..errors import EtfTrainError
 
@@ -95,13 +94,7 @@ class ClassificationAccumulator:
                     f"class_counts must be {num_classes} non-negative integers, got {class_counts.dtype} {tuple(class_counts.shape)}"
                 )
             self.groups = shot_groups(class_counts).to(device)  # (K,)
-        # Stat scores, not MulticlassAccuracy: integer counts, so the accuracies are exact in float64 (it divides in float32).
-        # No hidden collectives: the states are summed in all_reduce, compute() never syncs.
-        tm = dict(validate_args=False, sync_on_compute=False)
-        self.stat_scores = MulticlassStatScores(num_classes, average=None, **tm).to(device)
-        self.top5 = None
-        if num_classes >= TOP5_MIN_CLASSES:
-            self.top5 = MulticlassStatScores(num_classes, top_k=5, average="micro", **tm).to(device)
+        self.counts = torch.zeros(3, num_classes, dtype=torch.float64, device=device)  # (3, K)
         self.calibration = torch.zeros(3, ECE_BINS, dtype=torch.float64, device=device)  # (3, bins)
         self._reduced = False
 
@@ -121,22 +114,21 @@ class ClassificationAccumulator:
         y = y.detach().to(device=device, dtype=torch.long)
         if ((y < 0) | (y >= self.num_classes)).any():
             raise EtfTrainError(f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}")
-        self.stat_scores.update(logits, y)
-        if self.top5 is not None:
-            self.top5.update(logits, y)
+        top = logits.topk(min(5, self.num_classes), dim=1).indices  # (B, 5); reported only for K >= 10
+        hit1 = logits.argmax(dim=1) == y  # (B,)  the first maximum, as test/acc (topk's order of ties is unspecified)
+        hit5 = (top == y[:, None]).any(dim=1)  # (B,)
+        self.counts.index_add_(1, y, torch.stack([torch.ones_like(hit1), hit1, hit5]).to(self.counts.dtype))
         self.calibration += calibration_bins(logits.softmax(dim=1), y)
 
     def all_reduce(self) -> None:
         """Sum the states over all processes, once; closes the accumulator for updates. A collective: every rank
-        calls it. torchmetrics' sync gathers each state and applies its declared reduction (a sum for all of these)."""
+        calls it."""
         if self._reduced:
             return
         self._reduced = True
         if self._distributed():
+            dist.all_reduce(self.counts)
             dist.all_reduce(self.calibration)
-            for metric in (self.stat_scores, self.top5):
-                if metric is not None:
-                    metric.sync(distributed_available=lambda: True)
 
     def compute(self, class_names: Sequence[str] | None = None) -> dict[str, float]:
         """The metrics of the module docstring; class_names (K,) name the acc_class/<name> keys (default: the index)."""
@@ -147,14 +139,12 @@ class ClassificationAccumulator:
         names = [str(c) for c in range(self.num_classes)] if class_names is None else list(class_names)
         if len(names) != self.num_classes:
             raise EtfTrainError(f"class_names must name {self.num_classes} classes, got {len(names)}")
-        scores = self.stat_scores.compute().double()  # (K, 5): tp, fp, tn, fn, support
-        hits, support = scores[:, 0], scores[:, 4]  # (K,), (K,)
+        support, hits, hits5 = self.counts  # (K,) each
         present = support > 0
         acc = 100.0 * hits / support.clamp_min(1)  # (K,)
         out = {}
-        if self.top5 is not None:
-            top5 = self.top5.compute().double()  # (5,): tp (label in the top 5), fp, tn, fn, support
-            out["acc_top5"] = 100.0 * top5[0] / top5[4]
+        if self.num_classes >= TOP5_MIN_CLASSES:
+            out["acc_top5"] = 100.0 * hits5.sum() / support.sum()
         out["ece"] = expected_calibration_error(self.calibration)
         out |= {f"acc_class/{names[c]}": acc[c] for c in present.nonzero().flatten().tolist()}
         if self.groups is not None:
