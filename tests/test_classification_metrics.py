@@ -54,8 +54,7 @@ def numpy_ece(logits, y, bins=15):
 
 
 def test_per_class_and_top5_match_hand_counts():
-    """Catches top-5 counted as 'prediction among the label's 5', per-class accuracy over predictions (precision)
-    instead of labels (recall), and classes absent from the split reported as 0 %."""
+    """Catches top-5 from the wrong end or top-1 only, per-class precision for recall, and absent classes reported as 0 %."""
     K = 12
     logits, y = random_logits(K, absent=(7,))
     m = run(logits, y, K).compute()
@@ -71,11 +70,12 @@ def test_per_class_and_top5_match_hand_counts():
     assert 20 < m["acc_top5"] < 100 and 0 < m["acc_class/0"] < 100  # non-trivial, so the comparison can fail
     # A case small enough to count by eye: K = 10, logits = -rank, so the top 5 are the first five listed.
     order = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], [3, 0, 1, 2, 4, 5, 6, 7, 8, 9]])
-    logits = torch.empty(3, 10, dtype=torch.float64).scatter_(1, order, -torch.arange(10.0, dtype=torch.float64).expand(3, 10))
+    logits = torch.empty(3, 10, dtype=torch.float64).scatter_(1, order, -torch.arange(10.0, dtype=torch.float64).expand(3, -1))
     m = run(logits, torch.tensor([0, 4, 2]), 10, chunks=1).compute(class_names=[f"c{i}" for i in range(10)])
     # sample 0: label 0 predicted; sample 1: label 4 at rank 6 (miss); sample 2: label 2 at rank 4 (top-5 hit, top-1 miss)
     assert m["acc_top5"] == pytest.approx(200 / 3)
-    assert {k: v for k, v in m.items() if k.startswith("acc_class/")} == {"acc_class/c0": 100.0, "acc_class/c2": 0.0, "acc_class/c4": 0.0}
+    per_class = {k: v for k, v in m.items() if k.startswith("acc_class/")}
+    assert per_class == {"acc_class/c0": 100.0, "acc_class/c2": 0.0, "acc_class/c4": 0.0}
 
 
 def test_no_top5_below_ten_classes():
@@ -86,8 +86,7 @@ def test_no_top5_below_ten_classes():
 
 
 def test_ece_matches_a_hand_computation_with_15_bins():
-    """Catches a wrong bin count or width, left-closed bins, weighting bins equally instead of by their samples,
-    an L2 or max norm, and confidence taken from the label's probability instead of the top-1."""
+    """Catches a wrong bin count, bins weighted equally, an L2 or max norm, and the label's probability as confidence."""
     # Top-1 confidences 0.95, 0.95, 0.5, 0.45 (bins 15, 15, 8, 7 of ((b-1)/15, b/15]); hits 1, 0, 1, 0.
     p = torch.tensor([[0.95, 0.05, 0.0], [0.05, 0.95, 0.0], [0.5, 0.3, 0.2], [0.3, 0.25, 0.45]], dtype=torch.float64)
     y = torch.tensor([0, 0, 0, 0])
@@ -111,8 +110,7 @@ def test_confidence_one_lands_in_the_last_bin():
 
 
 def test_shot_groups_on_a_constructed_long_tail():
-    """Catches off-by-one thresholds (100 is medium, 20 is medium), unscaled thresholds on a small train set, and
-    scaling a train set whose largest class already has 500 samples."""
+    """Catches off-by-one thresholds (100 and 20 are medium), no scaling below n_max = 500, and scaling above it."""
     counts = torch.tensor([1280, 500, 101, 100, 50, 20, 19, 5])
     assert shot_groups(counts).tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
     counts = torch.tensor([500, 101, 100, 20, 19])  # n_max = 500: unscaled
@@ -125,8 +123,7 @@ def test_shot_groups_on_a_constructed_long_tail():
 
 
 def test_group_accuracy_is_the_mean_over_present_classes_of_the_group():
-    """Catches group accuracy weighted by test samples instead of averaged over classes, classes absent from
-    the split counted as 0 %, and empty groups reported."""
+    """Catches group accuracy weighted by samples, absent classes counted as 0 %, and empty groups reported."""
     K = 12
     counts = torch.tensor([400, 300, 200, 150, 90, 60, 40, 25, 15, 10, 8, 5])  # n_max < 500: many > 80, few < 16
     logits, y = random_logits(K, N=600, absent=(4,))
@@ -142,8 +139,7 @@ def test_group_accuracy_is_the_mean_over_present_classes_of_the_group():
 
 
 def test_reliability_diagram_draws_the_accumulated_bins(tmp_path):
-    """Catches bars at the wrong height or position, empty bins drawn, a figure left in pyplot's registry
-    (one leaked figure per logged epoch), and a figure SummaryWriter.add_figure cannot render."""
+    """Catches misplaced or empty bars, a figure leaked into pyplot's registry, and one add_figure cannot render."""
     logits, y = random_logits()
     acc = run(logits, y, 12)
     fig = reliability_diagram(acc.calibration, title="test")

@@ -56,12 +56,13 @@ def dense_reference(h, y, logits, W, K, b=None):
     if logits is not None:
         nearest = [classes[int(torch.argmin(torch.linalg.norm(mu - hi, dim=1)))] for hi in h]
         out["nc4"] = sum(int(p != q) for p, q in zip(nearest, logits.argmax(dim=1).tolist())) / N
-    out |= dense_collapse_extras(h.numpy(), y.numpy(), None if W is None else W.numpy(), None if b is None else b.double().numpy())
+    out |= dense_collapse_extras(h, y, W, b)
     return {key: float(v) for key, v in out.items()}
 
 
 def dense_collapse_extras(h, y, W, b):
     """cdnv, rank_h, erank_sw, norm ratios and bias collapse in numpy, from the samples, over the classes present."""
+    h, y, W, b = (None if t is None else (t.double() if t.is_floating_point() else t).numpy() for t in (h, y, W, b))
     classes = np.unique(y)
     groups = [h[y == c] for c in classes]
     mu = np.stack([g.mean(axis=0) for g in groups])  # (k, d)
@@ -142,6 +143,7 @@ def test_streaming_matches_dense_definitions(K, d, absent):
 
 
 def test_chunking_does_not_change_the_result():
+    """Catches state that depends on the batch split (e.g. a per-batch mean where a sum is needed)."""
     h, y, logits, W = random_problem()
     one = stream(h, y, logits, W, 5, chunks=1, b=random_bias())
     for chunks in (2, 13, len(y)):
@@ -149,6 +151,7 @@ def test_chunking_does_not_change_the_result():
 
 
 def test_exact_collapse_gives_zero_metrics():
+    """Catches metrics that do not vanish (or reach K-1, 1) at exact collapse, and rounding noise read as erank_sw."""
     K, d = 5, 12
     etf = simplex_etf(random_stiefel(d, K, generator=torch.Generator().manual_seed(1), dtype=torch.float64))  # (K, d)
     y = torch.arange(K).repeat(20)[torch.randperm(20 * K, generator=torch.Generator().manual_seed(2))]
@@ -172,6 +175,7 @@ def test_exact_collapse_gives_zero_metrics():
 
 
 def test_optional_keys():
+    """Catches W-, b- or pass-2-dependent keys reported without their input."""
     h, y, logits, W = random_problem()
     h_side = {"nc1", "nc2_h", "equinorm_h", "equiangular_h", "cdnv", "rank_h", "erank_sw", "norm_ratio_h"}
     assert set(nc_metrics(h, y, None, None, 5)) == h_side
@@ -181,8 +185,7 @@ def test_optional_keys():
 
 
 def test_known_cdnv_and_effective_rank():
-    """Catches a cdnv without the factor 2 or with sample (n-1) variances, and an effective rank of S_W taken on
-    the wrong spectrum (singular values of Hc, squared eigenvalues) or without normalisation."""
+    """Catches cdnv without the 2 or with (n-1) variances, and erank_sw on another spectrum or unnormalised."""
     # Class 0 spreads +-sqrt(2) along e0 (Var 2), class 1 +-2 along e1 (Var 4); means 3 apart: cdnv = 6 / 18.
     # S_W = diag(2 * 2, 2 * 4, 0) / 4 = diag(1, 2, 0): p = (1/3, 2/3).
     r2 = math.sqrt(2.0)
@@ -208,8 +211,7 @@ def test_known_cdnv_and_effective_rank():
 
 
 def test_rank_h_sees_exactly_degenerate_means():
-    """Catches a rank of the uncentred means, and a tolerance so tight that it counts Hc's null direction (n_c)_c,
-    which is exact only up to the rounding of mu_G."""
+    """Catches rank_h of the uncentred means, or a tolerance that counts Hc's null direction (n_c)_c (exact up to rounding)."""
     K, d = 5, 8
     means = torch.tensor([[0, 0], [4, 0], [0, 4], [4, 4], [8, 2]], dtype=torch.float64)  # (K, 2): a plane ...
     means = torch.cat([means, torch.zeros(K, d - 3, dtype=torch.float64), torch.ones(K, 1, dtype=torch.float64)], dim=1)
@@ -229,7 +231,8 @@ def test_bias_collapse_uses_the_global_mean_of_the_samples():
     mu_G = h.mean(dim=0)
     assert nc_metrics(h, y, None, W, 5, b=-W @ mu_G)["bias_collapse"] < 1e-12
     b = torch.randn(5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    assert nc_metrics(h, y, None, W, 5, b=b)["bias_collapse"] == pytest.approx(float(torch.linalg.norm(W @ mu_G + b)), rel=1e-12)
+    want = float(torch.linalg.norm(W @ mu_G + b))
+    assert nc_metrics(h, y, None, W, 5, b=b)["bias_collapse"] == pytest.approx(want, rel=1e-12)
     # float32 head parameters, as the trainer passes them
     assert nc_metrics(h, y, None, W.float(), 5, b=(-W @ mu_G).float())["bias_collapse"] < 1e-4
 
@@ -266,6 +269,7 @@ def test_all_reduce_is_a_no_op_without_process_group():
 
 
 def test_phase_and_input_errors():
+    """Catches malformed inputs (features, labels, W, b) accepted silently and passes run out of order."""
     h, y, logits, W = random_problem()
     acc = NCAccumulator(5, 12)
     with pytest.raises(EtfTrainError, match="before any update_stats"):
@@ -294,6 +298,7 @@ def test_phase_and_input_errors():
 
 
 def test_imagenet_scale_is_fast_and_memory_light():
+    """Catches O(K d^2) state or compute at K=1000, d=2048, and non-finite metrics there."""
     # About 2 s on 2 idle cores (no time assertion: shared CI load varies tenfold). K x d x d float64
     # would be 34 GB; the accumulator holds O(K d + d^2), so this runs at all.
     K, d, N = 1000, 2048, 3000
@@ -339,6 +344,7 @@ def _worker(rank, world, init_file, h, y, logits, W, b, K, out_dir):
 
 
 def test_all_reduce_two_process_gloo_equals_single_process_on_union(tmp_path):
+    """Catches an accumulator (sq_norms included) left out of the all-reduce, and local sums used under a process group."""
     h, y, logits, W = random_problem()
     b = random_bias()
     mp.spawn(_worker, args=(2, tmp_path / "init", h, y, logits, W, b, 5, tmp_path), nprocs=2, join=True)
