@@ -102,11 +102,14 @@ def test_ece_matches_a_hand_computation_with_15_bins():
     assert m["ece"] == pytest.approx(numpy_ece(logits.numpy(), y.numpy()), rel=1e-12) and m["ece"] > 0.01
 
 
-def test_confidence_one_lands_in_the_last_bin():
-    """Catches left-closed bucketing, which puts confidence 1 into a 16th bin (an index error or a lost sample)."""
+def test_bins_are_right_closed():
+    """Catches left-closed bins ([lo, hi)), which move a confidence on an edge up and put confidence 1 in a 16th bin."""
     p = torch.eye(3, dtype=torch.float64)
     bins = calibration_bins(p, torch.tensor([0, 1, 0]))
     assert bins[:, -1].tolist() == [3.0, 3.0, 2.0] and bins[:, :-1].abs().sum() == 0
+    edge = float(torch.linspace(0, 1, ECE_BINS + 1, dtype=torch.float64)[9])  # 9/15 as the bins' own edge
+    bins = calibration_bins(torch.tensor([[edge, 1 - edge]], dtype=torch.float64), torch.tensor([0]))
+    assert bins[0].nonzero().flatten().tolist() == [8]  # (8/15, 9/15], not (9/15, 10/15]
 
 
 def test_shot_groups_on_a_constructed_long_tail():
