@@ -88,8 +88,8 @@ def numerical_rank(S: Tensor, shape: tuple[int, int]) -> Tensor:
 
 
 def effective_rank(eigenvalues: Tensor, tol: float) -> Tensor:
-    """Effective rank of a PSD matrix (Roy & Vetterli 2007): exp(-sum_i p_i log p_i), p_i = lambda_i / sum_j lambda_j,
-    with 0 log 0 = 0; between 1 and the rank. Eigenvalues <= tol count as 0 (rounding noise would otherwise add
+    """Effective rank of a PSD matrix (Roy & Vetterli 2007): exp(-sum_i p_i log p_i), p_i = lambda_i / sum_j lambda_j
+    (eigenvalues = singular values here), with 0 log 0 = 0; between 1 and the rank. Eigenvalues <= tol count as 0 (rounding noise would otherwise add
     up to d tiny p_i); a matrix with none above tol has effective rank 0, like its rank.
     eigenvalues: (d,) -> scalar"""
     lam = eigenvalues[eigenvalues > tol]  # (r,)
