@@ -1,8 +1,9 @@
-"""Streaming neural-collapse metrics NC1-NC4 over a whole train set, in float64, all-reduce aware.
+"""Streaming neural-collapse metrics over a whole split (train or test), in float64, all-reduce aware.
 
 Two passes over the data:
-  pass 1  `update_stats(h, y)`     per-class counts n_c, per-class sums, and the global second moment
-                                   sum_i h_i h_i^T (d x d; per-class second moments would be d x d x K).
+  pass 1  `update_stats(h, y)`     per-class counts n_c, per-class sums, per-class sums of ||h||^2 and the
+                                   global second moment sum_i h_i h_i^T (d x d; per-class second moments
+                                   would be d x d x K).
   pass 2  `update_ncc(h, logits)`  nearest-class-centre disagreement, using the pass-1 means.
 Under torch.distributed call `all_reduce()` after each pass (every rank, same order), then `compute(W)`.
 
@@ -16,11 +17,20 @@ Hc = [mu_c - mu_G] (d x K), M = I_K - 1 1^T / K.
   equiangular_* mean over pairs i < j of |cos_ij + 1/(K-1)|
   nc3           || W Hc / ||W Hc||_F - M / sqrt(K-1) ||_F
   nc4           fraction of samples where argmin_c ||h - mu_c|| != argmax logits
+  cdnv          class-distance normalised variance (Galanti, Gyorgy, Hutter 2022), mean over pairs i < j of
+                (Var_i + Var_j) / (2 ||mu_i - mu_j||^2), Var_c = (1/n_c) sum_{y_i = c} ||h_i - mu_c||^2 = tr(Sigma_c)
+  rank_h        numerical rank of Hc: singular values > max(d, K) * eps * s_max (numpy.linalg.matrix_rank's default)
+  erank_sw      effective rank of S_W (Roy & Vetterli 2007): exp(-sum_i p_i log p_i), p_i = lambda_i / sum_j lambda_j
+  norm_ratio_h, norm_ratio_w   max / min of the column norms of Hc, resp. row norms of W (minority collapse)
+  bias_collapse || W mu_G + b ||, for a classifier with bias b (K,)
 
 Classes absent from the data (possible in a short or subsampled run) are left out: every H-side
 metric, nc1, nc3 and the NCC candidates use only the K' classes present, with K' in place of K
 (nc3 pairs the rows of W of those classes with Hc). The W-only metrics (nc2_w, equinorm_w,
-equiangular_w) describe the classifier and use all K rows.
+equiangular_w, norm_ratio_w) describe the classifier and use all K rows; bias_collapse uses all K rows and
+the mean mu_G of the samples seen.
+Nothing is specific to the train split: an accumulator fed the test loader gives the same metrics there
+(its nc4 then uses the test-set class means as centres).
 """
 
 from __future__ import annotations
@@ -43,27 +53,65 @@ METRIC_KEYS = (
     "equiangular_h",
     "nc3",
     "nc4",
+    "cdnv",
+    "rank_h",
+    "erank_sw",
+    "norm_ratio_h",
+    "norm_ratio_w",
+    "bias_collapse",
 )
 
 
-def nc1_from_moments(S_W: Tensor, Hc: Tensor) -> Tensor:
-    """NC1 = tr(S_W S_B^+) / K with S_B = Hc Hc^T / K, without a d x d pseudo-inverse.
+def nc1_from_moments(S_W: Tensor, U: Tensor, S: Tensor) -> Tensor:
+    """NC1 = tr(S_W S_B^+) / K with S_B = Hc Hc^T / K, from the thin SVD Hc = U S V^T, without a d x d pseudo-inverse.
 
-    With the thin SVD Hc = U S V^T, S_B^+ = K U S^-2 U^T, so NC1 = sum_i u_i^T S_W u_i / s_i^2
-    over the kept singular values: O(d K^2 + d^2 K) time, O(d K) extra memory.
+    S_B^+ = K U S^-2 U^T, so NC1 = sum_i u_i^T S_W u_i / s_i^2 over the kept singular values: O(d^2 K) time
+    given the SVD, O(d K) extra memory.
 
     Rank tolerance: singular values s_i <= sqrt(d * eps_float64) * s_max are dropped. That is the
     rank decision torch.linalg.pinv(S_B) makes at its default rtol = d * eps on the eigenvalues
     s_i^2 / K of S_B, so the result equals the dense definition. Hc always has the null vector
     (n_c)_c, since sum_c n_c (mu_c - mu_G) = 0, hence rank(Hc) <= min(d, K-1) (K-1 when the class
     means are in general position); that direction must be cut, not inverted.
-    S_W: (d, d), Hc: (d, K) -> scalar
+    S_W: (d, d), U: (d, r), S: (r,) descending -> scalar
     """
-    d, K = Hc.shape
-    U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
-    keep = S > math.sqrt(d * torch.finfo(Hc.dtype).eps) * S[0]
+    keep = S > math.sqrt(U.shape[0] * torch.finfo(S.dtype).eps) * S[0]
     U, S = U[:, keep], S[keep]
     return ((U * (S_W @ U)).sum(dim=0) / S.square()).sum()
+
+
+def numerical_rank(S: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Number of singular values s_i > max(m, n) * eps * s_max of an m x n matrix: numpy.linalg.matrix_rank's
+    (and torch.linalg.matrix_rank's) default tolerance, i.e. rank up to the rounding of the matrix itself.
+    S: (r,) descending -> integer scalar"""
+    return (S > max(shape) * torch.finfo(S.dtype).eps * S[0]).sum()
+
+
+def effective_rank(eigenvalues: Tensor, tol: float) -> Tensor:
+    """Effective rank of a PSD matrix (Roy & Vetterli 2007): exp(-sum_i p_i log p_i), p_i = lambda_i / sum_j lambda_j
+    (eigenvalues = singular values here), with 0 log 0 = 0; between 1 and the rank. Eigenvalues <= tol count as 0 (rounding noise would otherwise add
+    up to d tiny p_i); a matrix with none above tol has effective rank 0, like its rank.
+    eigenvalues: (d,) -> scalar"""
+    lam = eigenvalues[eigenvalues > tol]  # (r,)
+    if lam.numel() == 0:
+        return lam.new_zeros(())
+    p = lam / lam.sum()
+    return torch.exp(-(p * p.log()).sum())
+
+
+def cdnv(var: Tensor, G: Tensor) -> Tensor:
+    """Class-distance normalised variance (Galanti et al. 2022): mean over pairs i < j of
+    (Var_i + Var_j) / (2 ||mu_i - mu_j||^2), with ||mu_i - mu_j||^2 = G_ii + G_jj - 2 G_ij from the Gram matrix
+    G of the (centred or not) class means. var: (K,), G: (K, K) -> scalar"""
+    K = G.shape[-1]
+    i, j = torch.triu_indices(K, K, offset=1, device=G.device)
+    sq_dist = G.diagonal()[i] + G.diagonal()[j] - 2.0 * G[i, j]  # (K(K-1)/2,)
+    return ((var[i] + var[j]) / (2.0 * sq_dist)).mean()
+
+
+def norm_ratio(norms: Tensor) -> Tensor:
+    """max / min of K norms: 1 for equal norms; large when some classes (minority collapse: the rare ones) shrink."""
+    return norms.max() / norms.min()
 
 
 def nc2(G: Tensor) -> Tensor:
@@ -102,6 +150,7 @@ class NCAccumulator:
         f64 = dict(dtype=torch.float64, device=device)
         self.counts = torch.zeros(num_classes, **f64)  # (K,)
         self.sums = torch.zeros(num_classes, dim, **f64)  # (K, d)
+        self.sq_norms = torch.zeros(num_classes, **f64)  # (K,)  sum_{y_i = c} ||h_i||^2, for the class traces of cdnv
         self.second = torch.zeros(dim, dim, **f64)  # (d, d)  sum_i h_i h_i^T
         self.ncc = torch.zeros(2, **f64)  # (disagreements, samples seen) of pass 2
         self._stats_reduced = False
@@ -128,6 +177,7 @@ class NCAccumulator:
             raise EtfTrainError(f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}")
         self.counts += torch.bincount(y, minlength=self.num_classes)
         self.sums.index_add_(0, y, h)
+        self.sq_norms.index_add_(0, y, h.square().sum(dim=1))
         self.second.addmm_(h.T, h)
 
     def update_ncc(self, h: Tensor, logits: Tensor) -> None:
@@ -160,7 +210,7 @@ class NCAccumulator:
         still closes the pass. Must be called by every rank in the same order (it is a collective).
         """
         if not self._stats_reduced:
-            tensors, self._stats_reduced = (self.counts, self.sums, self.second), True
+            tensors, self._stats_reduced = (self.counts, self.sums, self.sq_norms, self.second), True
         elif not self._ncc_reduced:
             tensors, self._ncc_reduced = (self.ncc,), True
         else:
@@ -169,25 +219,38 @@ class NCAccumulator:
             for t in tensors:
                 dist.all_reduce(t)
 
-    def compute(self, W: Tensor | None) -> dict[str, float]:
-        """The metrics of the module docstring. W: (K, d) classifier, or None to omit nc2_w,
-        equinorm_w, equiangular_w and nc3; nc4 is present only when pass 2 ran."""
+    def compute(self, W: Tensor | None, b: Tensor | None = None) -> dict[str, float]:
+        """The metrics of the module docstring. W: (K, d) classifier, or None to omit nc2_w, equinorm_w,
+        equiangular_w, nc3 and norm_ratio_w; b: (K,) its bias, for bias_collapse (omitted without one);
+        nc4 is present only when pass 2 ran."""
         if self._distributed() and not (self._stats_reduced and (self._ncc_reduced or not self.ncc[1])):
             raise EtfTrainError("compute would see only this rank's samples: call all_reduce() after each pass on every rank first")
+        if b is not None and W is None:
+            raise EtfTrainError("bias_collapse || W mu_G + b || needs the classifier W along with its bias b")
         N = self.counts.sum()
         present = self.counts > 0
         if int(present.sum()) < 2:
             raise EtfTrainError(f"NC metrics need samples of at least 2 classes, got {int(present.sum())} (N={int(N)})")
         n = self.counts[present]  # (K',)
         mu = self.sums[present] / n[:, None]  # (K', d)
-        Hc = (mu - self.sums.sum(dim=0) / N).T  # (d, K')
+        mu_G = self.sums.sum(dim=0) / N  # (d,)
+        Hc = (mu - mu_G).T  # (d, K')
         S_W = (self.second - (mu.T * n) @ mu) / N  # (d, d)
         G_h = Hc.T @ Hc  # (K', K')
+        U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
+        # E||h - mu_c||^2 = E||h||^2 - ||mu_c||^2; the clamp removes rounding below 0 for collapsed classes.
+        var = (self.sq_norms[present] / n - mu.square().sum(dim=1)).clamp_min(0)  # (K',)
+        # S_W is a difference of terms of size E||h||^2: eigenvalues below d eps E||h||^2 are its rounding error.
+        sw_tol = self.dim * torch.finfo(S_W.dtype).eps * float(self.second.trace() / N)
         out = {
-            "nc1": nc1_from_moments(S_W, Hc),
+            "nc1": nc1_from_moments(S_W, U, S),
             "nc2_h": nc2(G_h),
             "equinorm_h": equinorm(G_h.diagonal().sqrt()),
             "equiangular_h": equiangularity(G_h),
+            "cdnv": cdnv(var, G_h),
+            "rank_h": numerical_rank(S, tuple(Hc.shape)),
+            "erank_sw": effective_rank(torch.linalg.eigvalsh(S_W), sw_tol),
+            "norm_ratio_h": norm_ratio(G_h.diagonal().sqrt()),
         }
         if W is not None:
             if W.shape != (self.num_classes, self.dim):
@@ -199,17 +262,24 @@ class NCAccumulator:
                 "equinorm_w": equinorm(G_w.diagonal().sqrt()),
                 "equiangular_w": equiangularity(G_w),
                 "nc3": nc2(W[present] @ Hc),
+                "norm_ratio_w": norm_ratio(G_w.diagonal().sqrt()),
             }
+        if b is not None:
+            if b.shape != (self.num_classes,):
+                raise EtfTrainError(f"classifier bias b must have shape ({self.num_classes},), got {tuple(b.shape)}")
+            out["bias_collapse"] = torch.linalg.vector_norm(W @ mu_G + b.detach().to(W))
         if self.ncc[1] > 0:
             out["nc4"] = self.ncc[0] / self.ncc[1]
         return {k: float(out[k]) for k in METRIC_KEYS if k in out}
 
 
-def nc_metrics(h: Tensor, y: Tensor, logits: Tensor | None, W: Tensor | None, num_classes: int) -> dict[str, float]:
-    """One-shot NC metrics of in-memory features h (N, d), labels y (N,), optional logits (N, K) for nc4
-    and classifier W (K, d); process-local (never all-reduced)."""
+def nc_metrics(
+    h: Tensor, y: Tensor, logits: Tensor | None, W: Tensor | None, num_classes: int, b: Tensor | None = None
+) -> dict[str, float]:
+    """One-shot NC metrics of in-memory features h (N, d), labels y (N,), optional logits (N, K) for nc4,
+    classifier W (K, d) and its bias b (K,); process-local (never all-reduced)."""
     acc = NCAccumulator(num_classes, h.shape[-1], device=h.device, sync=False)
     acc.update_stats(h, y)
     if logits is not None:
         acc.update_ncc(h, logits)
-    return acc.compute(W)
+    return acc.compute(W, b)
