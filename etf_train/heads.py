@@ -94,11 +94,16 @@ def _check_etf_dims(name: str, num_classes: int, dim: int) -> None:
 
 @register_head("fixed_etf")
 class FixedETFHead(Head):
-    """A frozen simplex ETF W = sqrt(K/(K-1)) M P0^T on a fixed basis P0 (identity, or seeded random as in Yang et al. 2022)."""
+    """A frozen simplex ETF W = sqrt(K/(K-1)) M P0^T on a fixed basis P0 (identity, or seeded random as in Yang et al. 2022).
 
-    def __init__(self, num_classes, dim, tau=5.0, normalize=True, basis="identity", seed=0):
+    center="batch" adds the authors' bias b = -W mean_batch(h), computed from the batch at hand (training and
+    evaluation alike, as their code does, so evaluation then depends on how the split is batched) with no gradient.
+    """
+
+    def __init__(self, num_classes, dim, tau=5.0, normalize=True, basis="identity", seed=0, center="none"):
         super().__init__(num_classes, dim, tau, normalize)
         _check_etf_dims("fixed_etf", num_classes, dim)
+        self.center = opt.choice("head.center", center, ("none", "batch"))
         self.register_buffer("W", simplex_etf(_reference_point(dim, num_classes, basis, seed)))  # (K, d)
 
     @property
@@ -106,7 +111,9 @@ class FixedETFHead(Head):
         return self.W
 
     def forward(self, f, y=None):
-        return self.normalize(f) @ self.W.T.to(f.dtype)
+        h, W = self.normalize(f), self.W.to(f.dtype)
+        logits = h @ W.T  # (B, K)
+        return logits - W @ h.detach().mean(0) if self.center == "batch" else logits
 
 
 @register_head("nearest_etf")

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from etf_train.rundir import read_scalars
@@ -43,7 +44,7 @@ def test_cli_unknown_choice_gets_hydras_message(tmp_path):
 
 def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "etf_train", "--help"], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0 and "head: fixed_etf, learned, nearest_etf" in proc.stdout
+    assert proc.returncode == 0 and "head: fixed_etf, fixed_etf_authors, learned, learned_authors, nearest_etf" in proc.stdout
 
 
 def test_cli_bad_input_matrix(tmp_path):
@@ -73,14 +74,20 @@ def test_cli_bad_input_matrix(tmp_path):
          "etf-train: error: the solver group applies to head=nearest_etf only; head=learned has no solver"),
     ]
     started = {9, 15}  # runs that trained (then stopped): their folders hold the run and its failure
-    for i, (args, code, message) in enumerate(cases):
+
+    def run(i):
+        args = cases[i][0]
         run_dir = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path}/run{i}"]
-        proc = etf_train(*args, *run_dir, cwd=tmp_path)
+        return etf_train(*args, *run_dir, cwd=tmp_path), bool(run_dir)
+
+    with ThreadPoolExecutor(2) as pool:  # two commands at a time: each is mostly start-up on one core
+        results = list(pool.map(run, range(len(cases))))
+    for i, ((args, code, message), (proc, own_dir)) in enumerate(zip(cases, results)):
         assert proc.returncode == code, (args, proc.stderr[-1500:])
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
         if code == 2:
             assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-            if not run_dir:
+            if not own_dir:
                 continue
             # a refused start leaves nothing behind; a started run records its failure
             assert (tmp_path / f"run{i}" / "checkpoints" / "failed").exists() if i in started else \

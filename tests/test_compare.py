@@ -205,10 +205,17 @@ def test_group_by_other_key(tmp_path, capsys):
     assert list(groups) == ["nearest_etf/none", "nearest_etf/polar"]
     assert [sorted(r.config.seed for r in g) for g in groups.values()] == [[1, 2], [1, 2]]
 
-    # grouping by head alone pools two settings under one seed: warned, naming the differing key
+    # grouping by head alone tells the head's variants apart by the options that differ (presets never pool)
+    assert list(group_runs(load_runs([tmp_path]), ["head"])) == ["nearest_etf (backward=none)",
+                                                                 "nearest_etf (backward=polar)"]
+    # a key outside the head that differs within a group pools two settings under one seed: warned, naming it
+    for job in (2, 3):
+        config = OmegaConf.load(tmp_path / str(job) / ".hydra" / "config.yaml")
+        config.head.backward, config.optimizer = "polar", {"lr": 0.5}
+        OmegaConf.save(config, tmp_path / str(job) / ".hydra" / "config.yaml")
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     err = capsys.readouterr().err
-    assert "group 'nearest_etf' holds 2 runs with seed 1" in err and "head.backward" in err
+    assert "group 'nearest_etf' holds 2 runs with seed 1" in err and "optimizer" in err
     assert (tmp_path / "comparison.md").is_file()  # --out defaults to the first folder
 
 

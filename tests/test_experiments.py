@@ -25,6 +25,8 @@ EXPERIMENTS = {
     "ufm10": ("ufm", "ufm", 10, 512, (), 5.0),
     "ufm100": ("ufm", "ufm", 100, 512, (), 5.0),
     "ufm1000": ("ufm", "ufm", 1000, 1024, (), 5.0),
+    "ufm10_authors": ("ufm", "ufm", 10, 512, (), None),  # AGD, gain 10: no learning rate
+    "ufm100_authors": ("ufm", "ufm", 100, 512, (), None),
     "cifar10_resnet18": ("cifar10", "resnet18", 10, 512, (3, 32, 32), 0.05),
     "cifar100_resnet18": ("cifar100", "resnet18", 100, 512, (3, 32, 32), 0.05),
     "cifar10_vgg13": ("cifar10", "vgg13", 10, 512, (3, 32, 32), 0.05),
@@ -48,9 +50,13 @@ def test_experiment_composes_to_the_paper_recipe(name, head):
     cfg = make_cfg(f"experiment={name}", f"head={head}")
     assert (cfg.dataset.name, cfg.backbone.arch, cfg.head.name) == (dataset, arch, head)
     assert (cfg.trainer.max_epochs, cfg.trainer.batch_size, cfg.loader.class_balanced) == (200, 256, True)
-    assert cfg.head.tau == 5.0 and cfg.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
+    assert cfg.head.tau == 5.0
     o = cfg.optimizer
-    assert (o._target_, o.lr, o.momentum, o.weight_decay) == ("torch.optim.SGD", lr, 0.9, 5e-4)
+    if lr is None:  # the authors' own setting: AGD at gain 10, no learning-rate schedule
+        assert (o._target_, o.gain, o.depth, cfg.scheduler._target_) == ("etf_train.training.agd.AGD", 10.0, None, None)
+    else:
+        assert (o._target_, o.lr, o.momentum, o.weight_decay) == ("torch.optim.SGD", lr, 0.9, 5e-4)
+        assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.CosineAnnealingLR"
     if arch == "ufm":
         assert (cfg.dataset.num_classes, cfg.backbone.dim, cfg.dataset.per_class) == (K, d, 100)
 

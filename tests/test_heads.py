@@ -288,3 +288,23 @@ def test_nearest_etf_soft_labels_give_label_weighted_class_means():
     means = (h.T @ Yd) / Yd.sum(0) - mu[:, None]  # (d, K): a_1 = 1, so the running means are the batch's
     assert torch.allclose(head.means.double(), means, atol=1e-5)
     assert torch.allclose(head.global_mean.double(), mu, atol=1e-6)
+
+
+def test_fixed_etf_batch_centering_is_the_authors_bias():
+    """center=batch: logits = h W^T - W mean_batch(h), the bias carrying no gradient (the authors' fixed ETF)."""
+    f, y = batch(B=12, d=8, K=4, seed=5)
+    f.requires_grad_(True)
+    head = create_head("fixed_etf", 4, 8, center="batch")
+    h = 5.0 * f / f.norm(dim=1, keepdim=True)
+    W = head.weight
+    expected = h @ W.T - (W @ h.mean(0)).detach()
+    logits = head(f, y)
+    torch.testing.assert_close(logits, expected)
+    g = torch.randn_like(logits)
+    (grad,) = torch.autograd.grad((logits * g).sum(), f)
+    (want,) = torch.autograd.grad((expected * g).sum(), f)
+    torch.testing.assert_close(grad, want)
+    head.eval()
+    torch.testing.assert_close(head(f), expected)  # evaluation batches get their own bias too
+    with pytest.raises(EtfTrainError, match="head.center"):
+        create_head("fixed_etf", 4, 8, center="running")

@@ -94,7 +94,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
 
 def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     run = tmp_path / "run"
-    slow = [*TINY, "trainer.max_epochs=8"]
+    slow = [*TINY, "trainer.max_epochs=3"]
     # each checkpoint write of the first process sleeps 3 s: it still runs when the second one starts
     first = subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *slow, f"hydra.run.dir={run}"],
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -89,10 +89,35 @@ def config_value(run: Run, key: str) -> object:
     return value
 
 
+def head_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict[int, str]:
+    """For each run, its head name plus the head options that tell it apart from other runs of the same head:
+    `learned` alone, or `learned (bias=False, renorm=True)` beside plain `learned (bias=True, renorm=False)` runs,
+    so that a preset such as head=learned_authors never pools with the head it is built on."""
+    options = {id(r): _flatten(OmegaConf.to_container(r.config.get("head") or {}, resolve=False)) for r in runs}
+    by_name: dict[object, list[Run]] = {}
+    for r in runs:
+        by_name.setdefault(options[id(r)].get("name"), []).append(r)
+    labels = {}
+    for name, same in by_name.items():
+        keys = sorted({k for r in same for k in options[id(r)]} - {"name"})
+        differ = [k for k in keys if len({repr(options[id(r)].get(k)) for r in same}) > 1 and f"head.{k}" not in exclude]
+        for r in same:
+            extra = ", ".join(f"{k}={options[id(r)].get(k)}" for k in differ)
+            labels[id(r)] = f"{name} ({extra})" if extra else str(name)
+    return labels
+
+
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
-    """Runs by the '/'-joined values of `keys` ('-' where a run lacks a key), in sorted key order."""
+    """Runs by the '/'-joined values of `keys` ('-' where a run lacks a key), in sorted key order; `head` stands for
+    head.name and whatever head options tell runs of one head apart (head_variants)."""
+    variants = head_variants(runs, exclude=keys) if "head" in keys else {}
     keys = [GROUP_ALIASES.get(k, k) for k in keys]
     values = {id(run): [config_value(run, k) for k in keys] for run in runs}
+    if variants:
+        i = keys.index(GROUP_ALIASES["head"])
+        for run in runs:
+            if values[id(run)][i] is not _MISSING:
+                values[id(run)][i] = variants[id(run)]
     for i, key in enumerate(keys):
         if all(v[i] is _MISSING for v in values.values()):
             raise EtfTrainError(f"no run has config key '{key}' (from --group-by)")
