@@ -192,6 +192,8 @@ def test_agd_trains_through_the_config(tmp_path, setting):
     assert list(curves["train/loss"][0]) == [1, 2]
     assert loss[1] < loss[0] and loss[1] < math.log(4), loss
     assert list(curves["lr"][1]) == [10.0, 10.0]  # the gain, shown as the rate
+    eta = curves["optim/agd_eta"][1]  # log((1 + sqrt(1 + 4G)) / 2) > 0 for any non-zero gradient, epoch mean
+    assert list(curves["optim/agd_eta"][0]) == [1, 2] and all(0 < e < 10 for e in eta), eta
 
 
 def test_agd_init_comes_before_a_resume(tmp_path, monkeypatch):

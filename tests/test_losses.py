@@ -12,9 +12,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from etf_train.cli import config_dir
+from etf_train.compare import main as compare_main
 from etf_train.errors import EtfTrainError
 from etf_train.heads import create_head
 from etf_train.losses import LOSSES, build_loss, hard_labels
+
+from .conftest import etf_train
 
 # A fixed batch: B = 3 samples, K = 4 classes.
 Z = [[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, 3.0, -2.0], [-1.0, 1.5, 0.0, 4.0]]
@@ -223,3 +226,26 @@ def test_every_loss_has_a_yaml_spelling_out_its_options():
         assert cfg.pop("name") == f.stem
         params = inspect.signature(LOSSES.get(f.stem)).parameters
         assert cfg == {k: p.default for k, p in params.items()}, f.stem
+
+
+def test_every_loss_and_mix_runs_through_the_real_cli_and_compares(tmp_path):
+    """The loss and mix groups through `etf-train -m` on digits (1 epoch each): catches a group that composes but
+    does not train, a loss the trainer calls wrongly, or a sweep etf-compare cannot group by loss."""
+    quick = ["dataset.limit_train=200", "dataset.limit_test=100", "backbone.width=8", "trainer.max_epochs=1",
+             "trainer.progress=false"]
+    losses = etf_train("-m", *quick, "head=fixed_etf", "loss=ce,label_smoothing,mse,focal,maxsup,dot_regression",
+                       "hydra.sweep.dir=losses", cwd=tmp_path)
+    assert losses.returncode == 0, losses.stderr[-2000:]
+    mixes = etf_train("-m", *quick, "head=nearest_etf", "mix=none,mixup,cutmix", "hydra.sweep.dir=mixes", cwd=tmp_path)
+    assert mixes.returncode == 0, mixes.stderr[-2000:]
+    for folder, count in (("losses", 6), ("mixes", 3)):
+        runs = list((tmp_path / folder).glob("*/checkpoints/finished"))
+        assert len(runs) == count, folder
+    sweep = etf_train("-m", *quick, "trainer.max_epochs=2", "loss=ce,label_smoothing", "head=learned,nearest_etf",
+                      "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert compare_main([str(tmp_path / "sweep"), "--group-by", "loss.name", "head", "--metrics", "train/acc",
+                         "--acc-thresholds", "50", "--nc1-thresholds"]) == 0
+    rows = (tmp_path / "sweep" / "comparison.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == ["ce/learned", "ce/nearest_etf", "label_smoothing/learned",
+                                                     "label_smoothing/nearest_etf"]
