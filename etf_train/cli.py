@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import rundir
+from .view import how_to_look
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +125,25 @@ def empty_output(args: Sequence[str]) -> str | None:
     return None
 
 
-def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
-    """The error line when the run's output folder cannot be made (a file in the way, no permission), or None.
-
-    Checked before Hydra starts, which would otherwise fail with a traceback: the part of hydra.run.dir /
-    hydra.sweep.dir before its first interpolation other than ${now:...}, which is filled in as Hydra will.
-    """
+def output_folder(args: Sequence[str]) -> str:
+    """hydra.run.dir (or hydra.sweep.dir for -m) as given or configured, with ${now:...} filled in as Hydra will;
+    other interpolations stay."""
     key = _output_key(args)
     given = next((a.split("=", 1)[1] for a in _overrides(args) if a.split("=", 1)[0] == key), None)
     if given is None:
         given = OmegaConf.to_container(OmegaConf.load(config_dir() / "config.yaml"))["hydra"][key.split(".")[1]]["dir"]
     now = datetime.now()
-    literal = re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), given).split("${", 1)[0]
-    target = cwd / literal
+    return re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), given)
+
+
+def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
+    """The error line when the run's output folder cannot be made (a file in the way, no permission), or None.
+
+    Checked before Hydra starts, which would otherwise fail with a traceback: the part of the output folder
+    before its first interpolation other than ${now:...}.
+    """
+    key = _output_key(args)
+    target = cwd / output_folder(args).split("${", 1)[0]
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a folder" if not existing.is_dir() else "is not writable"
@@ -251,7 +258,10 @@ def _main(cfg: DictConfig) -> float | None:
             cfg.trainer.device = device
             torch.cuda.set_device(torch.device(device))  # for code that allocates on the current device
         record = (list(hc.overrides.task), OmegaConf.to_container(hc, resolve=False))
-        return objective(train(cfg, run_dir, record), cfg.get("optimized_metric"))
+        scalars = train(cfg, run_dir, record)
+        if not multirun:  # the folder beside other runs to compare with (a sweep names its own at the end)
+            print(f"etf-train: {how_to_look(run_dir.parent)}")
+        return objective(scalars, cfg.get("optimized_metric"))
     except EtfTrainError as e:
         rundir.remove_if_empty(run_dir)  # the folder Hydra made for a start that was refused
         message = one_line(e)
@@ -293,12 +303,18 @@ def main() -> None:
         if sweep is not None:
             print(f"etf-train: continuing the interrupted sweep in {sweep}", file=sys.stderr)
             args = sys.argv[1:] = with_override(args, f"hydra.sweep.dir={sweep}")
+        sweep_dir = output_folder(args) if _is_multirun(args) else None
+        if sweep_dir is not None and "${" not in sweep_dir and "hydra.sweep.dir" not in dict(
+                a.split("=", 1) for a in _overrides(args)):  # fixed now, so that it can be named at the end
+            args = sys.argv[1:] = with_override(args, f"hydra.sweep.dir={sweep_dir}")
         if not any(a.startswith(DIRNAME_EXCLUDES + "=") for a in args):
             always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
             excludes = swept_dirname_excludes(args, always)
             if excludes:
                 sys.argv[1:] = with_override(args, f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
         _main()
+        if sweep_dir is not None and "${" not in sweep_dir:
+            print(f"etf-train: {how_to_look(sweep_dir)}\netf-train: table and plots: etf-compare {sweep_dir}")
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it, a checkpoint is saved first)
         print("etf-train: interrupted (Ctrl-C) outside training; no training step was lost", file=sys.stderr)
         sys.exit(130)

@@ -46,6 +46,11 @@ class Head(nn.Module):
         """The current classifier, (K, d)."""
         raise NotImplementedError
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias of the eval-mode logits h W^T + b, (K,); None without one (or one that depends on the batch)."""
+        return None
+
     def after_step(self) -> None:
         """Called by the trainer after each optimiser step."""
 
@@ -66,6 +71,10 @@ class LearnedHead(Head):
     @property
     def weight(self):
         return self.linear.weight
+
+    @property
+    def bias(self):
+        return self.linear.bias
 
     def forward(self, f, y=None):
         return self.linear(self.normalize(f))
@@ -161,6 +170,10 @@ class NearestETFHead(Head):
     @property
     def weight(self):
         return simplex_etf(self.P)
+
+    @property
+    def bias(self):
+        return -self.weight @ self.global_mean
 
     def _class_sums(self, h, y):
         """Label-weighted per-class feature sums h^T Y and counts 1^T Y of the batch (Y = one_hot(y) for hard labels),

@@ -19,6 +19,9 @@ def test_cli_runs_into_hydra_run_dir(tmp_path):
     assert (out / ".hydra" / "config.yaml").is_file()
     assert "train/acc" in read_scalars(out)
     assert f"tensorboard --logdir {out}" in proc.stdout + proc.stderr
+    # where to compare it with its neighbours, and a URL for the comparison view (smoothing 0, colour per head)
+    assert f"etf-train: compare: tensorboard --logdir {tmp_path}    then open http://localhost:6006/?smoothing=0" \
+        in proc.stdout and "runColorGroup=regex" in proc.stdout and "pinnedCards=" in proc.stdout
 
 
 def test_cli_default_output_folder_is_outputs_date_time(tmp_path):

@@ -112,28 +112,16 @@ def test_extreme_learning_rate_stops_with_a_clear_message(tmp_path):
         train(cfg, tmp_path)
 
 
-def test_logged_nc_metrics_equal_an_independent_recomputation(tmp_path):
-    """The nc/* scalars of the last epoch, recomputed densely in numpy from head.normalize(backbone(x)) over the
-    un-augmented train set in eval mode: catches metrics taken in train mode, on augmented or partial data, with
-    another classifier, or with a wrong formula."""
-    cfg = make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=2")
-    train(cfg, tmp_path)
-    run = Run(cfg, tmp_path)
-    assert run.restore()[0] == 2
-    model = run.model.eval()
-    x = torch.stack([run.bundle.eval_train[i][0] for i in range(len(run.bundle.eval_train))])
-    y = run.bundle.train_targets.numpy()
-    with torch.no_grad():
-        f = model.backbone(x)
-        h = model.head.normalize(f).double().numpy()
-        logits = model.head(f).numpy()
-    W = model.head.weight.double().numpy()
-    K, N = 4, len(y)
+def dense_nc(h, y, logits, W, b, K):
+    """The NC metrics of features h (N, d) with labels y, written densely in numpy (method.md, metrics/nc.py)."""
+    N = len(y)
     mu = np.stack([h[y == c].mean(0) for c in range(K)])  # (K, d)
-    Hc = (mu - h.mean(0)).T  # (d, K)
+    mu_G = h.mean(0)
+    Hc = (mu - mu_G).T  # (d, K)
     S_W = sum(np.outer(v, v) for v in h - mu[y]) / N
     S_B = Hc @ Hc.T / K
     M = np.eye(K) - 1 / K
+    var = np.array([((h[y == c] - mu[c]) ** 2).sum(1).mean() for c in range(K)])
 
     def dist_to_etf(G):
         return np.linalg.norm(G / np.linalg.norm(G) - M / np.sqrt(K - 1))
@@ -143,20 +131,91 @@ def test_logged_nc_metrics_equal_an_independent_recomputation(tmp_path):
         cos = G / np.outer(n, n)
         return np.mean([abs(cos[i, j] + 1 / (K - 1)) for i in range(K) for j in range(i + 1, K)])
 
+    pairs = [(i, j) for i in range(K) for j in range(i + 1, K)]
     nearest = np.argmin(((h[:, None, :] - mu[None]) ** 2).sum(-1), axis=1)
-    expected = {
-        "nc/nc1": np.trace(S_W @ np.linalg.pinv(S_B)) / K,
-        "nc/nc2_w": dist_to_etf(W @ W.T),
-        "nc/nc2_h": dist_to_etf(Hc.T @ Hc),
-        "nc/equinorm_w": np.std(np.linalg.norm(W, axis=1), ddof=1) / np.mean(np.linalg.norm(W, axis=1)),
-        "nc/equinorm_h": np.std(np.linalg.norm(Hc, axis=0), ddof=1) / np.mean(np.linalg.norm(Hc, axis=0)),
-        "nc/equiangular_w": equiangular(W @ W.T),
-        "nc/equiangular_h": equiangular(Hc.T @ Hc),
-        "nc/nc3": dist_to_etf(W @ Hc),
-        "nc/nc4": np.mean(nearest != logits.argmax(1)),
-        "train/eval_acc": 100 * np.mean(logits.argmax(1) == y),
+    w_norms, h_norms = np.linalg.norm(W, axis=1), np.linalg.norm(Hc, axis=0)
+    out = {
+        "nc1": np.trace(S_W @ np.linalg.pinv(S_B)) / K,
+        "nc2_w": dist_to_etf(W @ W.T),
+        "nc2_h": dist_to_etf(Hc.T @ Hc),
+        "equinorm_w": np.std(w_norms, ddof=1) / np.mean(w_norms),
+        "equinorm_h": np.std(h_norms, ddof=1) / np.mean(h_norms),
+        "equiangular_w": equiangular(W @ W.T),
+        "equiangular_h": equiangular(Hc.T @ Hc),
+        "nc3": dist_to_etf(W @ Hc),
+        "nc4": np.mean(nearest != logits.argmax(1)),
+        "cdnv": np.mean([(var[i] + var[j]) / (2 * np.sum((mu[i] - mu[j]) ** 2)) for i, j in pairs]),
+        "norm_ratio_w": w_norms.max() / w_norms.min(),
+        "norm_ratio_h": h_norms.max() / h_norms.min(),
+        "rank_h": np.linalg.matrix_rank(Hc),
     }
+    if b is not None:
+        out["bias_collapse"] = np.linalg.norm(W @ mu_G + b)
+    return out
+
+
+@pytest.mark.parametrize("head", ["nearest_etf", "learned"])
+def test_logged_metrics_equal_an_independent_recomputation(tmp_path, head):
+    """The nc/* (train set) and nc_test/* and test/* (test split) scalars of the last epoch, recomputed densely in numpy
+    from head.normalize(backbone(x)) in eval mode: catches metrics taken in train mode, on augmented or partial data,
+    on the wrong split, with another classifier or bias, or with a wrong formula."""
+    cfg = make_cfg(*TINY, f"head={head}", "trainer.max_epochs=2")
+    train(cfg, tmp_path)
+    run = Run(cfg, tmp_path)
+    assert run.restore()[0] == 2
+    model = run.model.eval()
     logged = read_scalars(tmp_path)
-    for tag, value in expected.items():
-        assert logged[tag][0][-1] == 2
-        assert logged[tag][1][-1] == pytest.approx(value, rel=1e-4, abs=1e-6), tag
+    K = 4
+    for split, prefix, dataset, labels in (("train", "nc/", run.bundle.eval_train, run.bundle.train_targets),
+                                           ("test", "nc_test/", run.bundle.test, run.bundle.test_targets)):
+        x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+        y = labels.numpy()
+        with torch.no_grad():
+            f = model.backbone(x)
+            h = model.head.normalize(f).double().numpy()
+            logits = model.head(f).double().numpy()
+        W = model.head.weight.detach().double().numpy()
+        b = None if model.head.bias is None else model.head.bias.detach().double().numpy()
+        expected = {prefix + k: v for k, v in dense_nc(h, y, logits, W, b, K).items()}
+        if split == "train":
+            expected["train/eval_acc"] = 100 * np.mean(logits.argmax(1) == y)
+        else:
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            conf, hit = p.max(1), p.argmax(1) == y
+            bins = np.ceil(conf * 15).astype(int)  # right-closed bins ((b-1)/15, b/15]
+            ece = sum(abs(hit[bins == k].mean() - conf[bins == k].mean()) * np.mean(bins == k)
+                      for k in np.unique(bins))
+            expected |= {"test/acc": 100 * hit.mean(), "test/ece": ece,
+                         **{f"test/acc_class/{c}": 100 * hit[y == c].mean() for c in range(K)}}
+            assert "test/acc_top5" not in logged  # K = 4 < 10
+        for tag, value in expected.items():
+            assert logged[tag][0][-1] == 2, tag
+            assert logged[tag][1][-1] == pytest.approx(value, rel=1e-4, abs=1e-6), tag
+
+
+def test_the_run_folder_holds_hparams_a_convergence_layout_the_config_and_a_reliability_diagram(tmp_path):
+    """TensorBoard's HParams tab found no data and Custom Scalars was blank: both must be in the run's own event file
+    (no time-stamped sub-run with copies of the scalars, as SummaryWriter.add_hparams would make)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    train(make_cfg(*TINY, "trainer.max_epochs=2"), tmp_path)
+    (events,) = tmp_path.glob("events.out.tfevents.*")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [".hydra", "checkpoints"]
+    acc = EventAccumulator(str(events), size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    hp = {k: plugin_data_pb2.HParamsPluginData.FromString(v) for k, v in acc.PluginTagToContent("hparams").items()}
+    start = hp["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["head.name"].string_value == "nearest_etf" and start["optimizer.lr"].number_value == 0.05
+    assert start["seed"].number_value == 1 and start["dataset.name"].string_value == "synthetic"
+    metrics = [m.name.tag for m in hp["_hparams_/experiment"].experiment.metric_infos]
+    assert {"test/acc", "train/eval_acc", "nc/nc1", "nc/nc3"} <= set(metrics)
+    assert hp["_hparams_/session_end_info"].session_end_info.status == api_pb2.STATUS_SUCCESS
+    layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    (category,) = layout.category
+    assert category.title == "convergence"
+    assert [c.multiline.tag[0] for c in category.chart] == ["^test/acc$", "^train/eval_acc$", "^nc/nc1$", "^nc/nc3$"]
+    assert b"head:" in acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0]
+    assert [e.step for e in acc.Images("test/reliability")] == [2]

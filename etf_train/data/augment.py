@@ -33,7 +33,9 @@ class Augment:
     def per_sample(self, size: Sequence[int], before: Sequence = ()) -> Callable | None:
         """Per-sample form (DataLoader path) for PIL images: `before`, RandomCrop, RandomHorizontalFlip, ToTensor,
         Normalize; None when that is nothing."""
-        from torchvision import transforms as T  # only the DataLoader path needs torchvision
+        from torchvision import (
+            transforms as T,  # only the DataLoader path needs torchvision
+        )
 
         ops = list(before)
         if self.padding:

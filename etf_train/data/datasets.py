@@ -76,7 +76,8 @@ def _cifar(name: str, cls: type, folder: str, K: int, stats: tuple, root: Any, d
     train, test = _torchvision(name, lambda tr: cls(str(root), train=tr, download=download), root, download, folder)
     tensors = tuple(torch.from_numpy(ds.data).permute(0, 3, 1, 2) for ds in (train, test))  # (N, 32, 32, 3) uint8 -> NCHW
     return Splits(
-        train, test, _labels(train.targets), _labels(test.targets), K, (3, 32, 32), Augment(4, True, *stats), tensors
+        train, test, _labels(train.targets), _labels(test.targets), K, (3, 32, 32), Augment(4, True, *stats), tensors,
+        class_names=train.classes,
     )
 
 
@@ -103,7 +104,8 @@ def stl10(root: str = "data", download: bool = True) -> Splits:
     stats = ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
     tensors = tuple(torch.from_numpy(ds.data) for ds in (train, test))  # (N, 3, 96, 96) uint8
     return Splits(
-        train, test, _labels(train.labels), _labels(test.labels), 10, (3, 96, 96), Augment(12, True, *stats), tensors
+        train, test, _labels(train.labels), _labels(test.labels), 10, (3, 96, 96), Augment(12, True, *stats), tensors,
+        class_names=train.classes,
     )
 
 
@@ -113,7 +115,8 @@ def _mnist_like(name: str, cls: type, stats: tuple, root: Any, download: Any) ->
     train, test = _torchvision(name, lambda tr: cls(str(root), train=tr, download=download), root, download, folder)
     augment = Augment(2, False, *stats)  # no flip: mirrored digits/garments change meaning
     tensors = tuple(ds.data.unsqueeze(1) for ds in (train, test))  # (N, 1, 28, 28) uint8
-    return Splits(train, test, _labels(train.targets), _labels(test.targets), 10, (1, 28, 28), augment, tensors)
+    return Splits(train, test, _labels(train.targets), _labels(test.targets), 10, (1, 28, 28), augment, tensors,
+                  class_names=train.classes)
 
 
 @register_dataset("mnist")
@@ -166,7 +169,8 @@ def _image_folders(
     augment = replace(augment, mean=_stats("mean", mean, 3, False), std=_stats("std", std, 3, True))
     K, in_shape = len(train.classes), (3, image_size, image_size)
     return Splits(
-        train, test, _labels(train.targets), _labels(test.targets), K, in_shape, augment, None, train_ops, eval_ops
+        train, test, _labels(train.targets), _labels(test.targets), K, in_shape, augment, None, train_ops, eval_ops,
+        train.classes,
     )
 
 

@@ -17,6 +17,7 @@ main process, or from each worker's RNG, which the loader seeds per epoch: both 
 from __future__ import annotations
 
 import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -62,6 +62,7 @@ class DataBundle:
     name: str
     clean_targets: Tensor  # (N_train,) long, the train labels before label noise (train_targets when there is none)
     noisy: Tensor | None  # (N_train,) bool, where train_targets != clean_targets; None: label_noise=0
+    class_names: tuple[str, ...] = ()  # (K,) names of the classes, in label order
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Splits:
     tensors: tuple[Tensor, Tensor] | None = None
     train_ops: Sequence = ()
     eval_ops: Sequence = ()
+    class_names: Sequence[str] | None = None  # in label order; None: the label itself
 
 
 DATASETS = Registry("dataset")
@@ -215,5 +217,6 @@ def _bundle(
     else:
         train_x, test_x = _rows(raw.tensors[0], tr), _rows(raw.tensors[1], te)
     return DataBundle(
-        train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name, clean, noisy
+        train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name, clean, noisy,
+        tuple(str(c) for c in (raw.class_names or range(K))),
     )

@@ -1,15 +1,22 @@
-"""Evaluation passes with the end-of-epoch model: the test split, and the NC metrics over the train set."""
+"""Evaluation passes with the end-of-epoch model, in eval mode on clean data: the test split (loss, accuracy,
+classification metrics, and its NC metrics) and the train set (eval-mode accuracy, NC metrics, label-noise fit).
+
+Both stream the split once (`_pass`); the NC metrics need a second look at the features (nearest class centre
+against the pass-1 means), served from the first pass's features when they fit FEATURE_CACHE_BYTES.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..data import noisy_fit
-from ..metrics import NCAccumulator
+from ..metrics import ClassificationAccumulator, NCAccumulator
 from .distributed import Dist
 
-# Budget for caching train-set features between the two NC passes instead of running the backbone twice.
+# Budget for caching a split's features between the two NC passes instead of running the backbone twice.
 FEATURE_CACHE_BYTES = 1 << 30
 
 
@@ -18,37 +25,12 @@ def to_device(batch, device):
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-@torch.no_grad()
-def evaluate(model, loader, device, autocast, world: Dist) -> dict[str, float]:
-    """test/loss and test/acc (%) over the loader's samples, summed over ranks."""
+def _pass(model, loader, device, autocast, num_classes: int, visit: Callable, nc: bool) -> dict[str, float]:
+    """model (eval mode) over loader: visit(h, logits, y) per batch; with nc, the NC metrics of the split (all-reduced
+    over ranks), with the classifier and its effective bias; {} without."""
     model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    for batch in loader:
-        x, y = to_device(batch, device)
-        with autocast:
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-    loss_sum, correct, seen = world.sum([loss_sum.item(), correct.item(), seen], device)
-    return {"test/loss": loss_sum / seen, "test/acc": 100.0 * correct / seen}
-
-
-@torch.no_grad()
-def nc_metrics(model, loader, device, autocast, num_classes, world: Dist, noisy=None) -> dict[str, float]:
-    """NC1-NC4 and eval-mode accuracy over the (un-augmented) train set, streaming: pass 1 moments and
-    predictions, pass 2 nearest-class-centre (from cached features when they fit FEATURE_CACHE_BYTES).
-
-    The labels are the ones training sees (label noise included). noisy: (this rank's samples,) bool, in the
-    loader's order, marking noisy labels: adds train/noisy_fit, the fraction of them the model predicts."""
-    model.eval()
-    acc = NCAccumulator(num_classes, model.head.dim, device=device)
+    acc = NCAccumulator(num_classes, model.head.dim, device=device) if nc else None
     cache, cached_bytes = [], 0
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    fit = torch.zeros(2, device=device, dtype=torch.long)  # (noisy samples fitted, noisy samples)
-    seen = 0
 
     def features(x):
         with autocast:
@@ -58,25 +40,72 @@ def nc_metrics(model, loader, device, autocast, num_classes, world: Dist, noisy=
     for batch in loader:
         x, y = to_device(batch, device)
         h, logits = features(x)
-        acc.update_stats(h, y)
-        correct += (logits.argmax(1) == y).sum()
-        if noisy is not None:
-            fit += torch.stack(noisy_fit(logits.argmax(1), y, noisy[seen:seen + len(y)]))
-        seen += len(y)
-        cached_bytes += h.numel() * h.element_size()
-        if cached_bytes <= FEATURE_CACHE_BYTES:
-            cache.append((h, logits))
+        visit(h, logits, y)
+        if acc is not None:
+            acc.update_stats(h, y)
+            cached_bytes += h.numel() * h.element_size()
+            if cached_bytes <= FEATURE_CACHE_BYTES:
+                cache.append((h, logits))
+    if acc is None:
+        return {}
     acc.all_reduce()
     if cached_bytes > FEATURE_CACHE_BYTES:
         cache = (features(to_device(batch, device)[0]) for batch in loader)
     for h, logits in cache:
         acc.update_ncc(h, logits)
     acc.all_reduce()
+    bias = model.head.bias
+    return acc.compute(model.head.weight.detach().float(), None if bias is None else bias.detach().float())
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, autocast, world: Dist, num_classes: int, *, nc: bool = False,
+             class_names=None, class_counts=None, per_class: bool = True) -> tuple[dict[str, float], torch.Tensor]:
+    """The test split: test/loss (cross-entropy, whatever the training loss), test/acc (%), test/acc_top5,
+    test/ece, test/acc_class/<name> (per_class), test/acc_many|medium|few (with class_counts), and with nc the
+    NC metrics of the split as nc_test/*. Also the calibration bins, for a reliability diagram."""
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    cls = ClassificationAccumulator(num_classes, device, class_counts)
+
+    def visit(h, logits, y):
+        nonlocal loss_sum, correct, seen
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        cls.update(logits, y)
+
+    nc_out = _pass(model, loader, device, autocast, num_classes, visit, nc)
+    cls.all_reduce()
+    loss_sum, correct, seen = world.sum([loss_sum.item(), correct.item(), seen], device)
+    out = {"test/loss": loss_sum / seen, "test/acc": 100.0 * correct / seen}
+    out |= {f"test/{k}": v for k, v in cls.compute(class_names).items() if per_class or not k.startswith("acc_class/")}
+    out |= {f"nc_test/{k}": v for k, v in nc_out.items()}
+    return out, cls.calibration
+
+
+@torch.no_grad()
+def nc_metrics(model, loader, device, autocast, num_classes, world: Dist, noisy=None) -> dict[str, float]:
+    """NC metrics and eval-mode accuracy over the (un-augmented) train set, with the labels training sees (label
+    noise included). noisy: (this rank's samples,) bool in the loader's order, marking noisy labels: adds
+    train/noisy_fit, the fraction of them the model predicts with their noisy label."""
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    fit = torch.zeros(2, device=device, dtype=torch.long)  # (noisy samples fitted, noisy samples)
+    seen = 0
+
+    def visit(h, logits, y):
+        nonlocal correct, fit, seen
+        correct += (logits.argmax(1) == y).sum()
+        if noisy is not None:
+            fit += torch.stack(noisy_fit(logits.argmax(1), y, noisy[seen:seen + len(y)]))
+        seen += len(y)
+
+    nc_out = _pass(model, loader, device, autocast, num_classes, visit, nc=True)
     correct, seen, n_fit, n_noisy = world.sum([correct.item(), seen, *fit.tolist()], device)
     # train/acc is measured during the epoch, as the weights change (and, for nearest_etf, with a classifier fitted
     # to running means that include the batch); this is the train set under the end-of-epoch model.
-    out = {"train/eval_acc": 100.0 * correct / seen,
-           **{f"nc/{k}": v for k, v in acc.compute(model.head.weight.detach().float()).items()}}
+    out = {"train/eval_acc": 100.0 * correct / seen, **{f"nc/{k}": v for k, v in nc_out.items()}}
     if noisy is not None:
         out["train/noisy_fit"] = n_fit / max(n_noisy, 1)
     return out

@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from .. import rundir
 from ..data import build_data, build_loaders, build_mix, set_epoch
 from ..errors import EtfTrainError, NonFiniteError
 from ..losses import build_loss, hard_labels
+from ..metrics import reliability_diagram
 from .checkpoint import (
     Preempted,
     SignalGuard,
@@ -39,22 +39,11 @@ from .factories import (
     check_config,
     seed_everything,
 )
+from .logbook import Logbook, log_to_file, show_progress, summary
 from .resume import RunFolder, refuse_changes
 from .tally import EpochTally
 
 log = logging.getLogger("etf_train")
-
-
-def _show_progress(setting) -> bool:
-    return sys.stderr.isatty() if setting == "auto" else bool(setting)
-
-
-def log_to_file(message: str) -> None:
-    """Write an error line into the run's log file (Hydra's job log) only: the console shows it once, on stderr."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 class Run:
@@ -117,8 +106,11 @@ class Run:
         self.meta = {"head": cfg.head.name, "num_classes": self.K, "feature_dim": model.head.dim,
                      "backbone": cfg.backbone.arch}
         self.ckpt_path = rundir.checkpoint(self.run_dir)
-        self.progress = _show_progress(t.progress) and self.world.main
+        self.progress = show_progress(t.progress) and self.world.main
         self.stop_vote = StopVote(self.world)
+        # train samples per class for the many/medium/few-shot accuracies of a long-tailed train set
+        long_tail = cfg.dataset.imbalance_ratio > 1
+        self.class_counts = torch.bincount(self.bundle.train_targets, minlength=self.K) if long_tail else None
 
     # -- checkpoints
 
@@ -251,9 +243,14 @@ class Run:
         set_epoch(self.train_loader, epoch)
         scalars = {"lr": self.optimizer.param_groups[0]["lr"]}
         scalars.update(self.train_epoch(epoch, guard, partial, rng))
+        last = epoch == self.t.max_epochs
+        metrics_epoch = epoch % self.cfg.metrics.every_n_epochs == 0 or last
         # The bare model: ranks' test shards may differ in batch count; DDP's forward would wait on a collective.
-        scalars.update(evaluate(self.model, self.test_loader, self.device, self.autocast, self.world))
-        if epoch % self.cfg.metrics.every_n_epochs == 0 or epoch == self.t.max_epochs:
+        test, self.calibration = evaluate(
+            self.model, self.test_loader, self.device, self.autocast, self.world, self.K, nc=metrics_epoch,
+            class_names=self.bundle.class_names, class_counts=self.class_counts, per_class=self.K <= 100 or last)
+        scalars.update(test)
+        if metrics_epoch:
             noisy = None if self.bundle.noisy is None else self.bundle.noisy[self.world.rank::self.world.world_size]
             scalars.update(nc_metrics(self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world,
                                       noisy))
@@ -284,8 +281,7 @@ class Run:
                 rundir.mark_finished(self.run_dir)
             return {tag: float(values[-1]) for tag, (steps, values) in rundir.read_scalars(self.run_dir).items()
                     if steps[-1] == completed}
-        # purge_step: events of epochs after the checkpoint (written before a crash) give way to the new ones
-        writer = SummaryWriter(str(self.run_dir), purge_step=completed + 1) if self.world.main else None
+        book = Logbook(self.run_dir, self.config, completed + 1) if self.world.main else None
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
             log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %s head, device %s, %d process(es)",
@@ -293,23 +289,26 @@ class Run:
                      len(self.bundle.train), len(self.bundle.test), self.cfg.head.name, self.device,
                      self.world.world_size)
         scalars: dict[str, float] = {}
+        finished = False
         try:
             with SignalGuard() as guard:
                 for epoch in range(completed + 1, self.t.max_epochs + 1):
                     scalars = self.run_epoch(epoch, guard, partial, rng)
                     partial = None
-                    if writer is not None:
-                        for tag, value in scalars.items():
-                            writer.add_scalar(tag, value, epoch)
-                        writer.flush()
+                    if book is not None:
+                        book.scalars(epoch, scalars)
                     self.save(epoch)
                     if self.world.main:
-                        log.info("epoch %d/%d  %s", epoch, self.t.max_epochs, _summary(scalars))
+                        log.info("epoch %d/%d  %s", epoch, self.t.max_epochs, summary(scalars))
+            if book is not None:
+                book.figure("test/reliability", reliability_diagram(self.calibration, "test split, last epoch"),
+                            self.t.max_epochs)
             if self.world.main:  # tells `etf-train` (cli.interrupted_run) that this run needs no resuming
                 rundir.mark_finished(self.run_dir)
+            finished = True
         finally:
-            if writer is not None:
-                writer.close()
+            if book is not None:
+                book.close(finished)
         return scalars
 
 
@@ -325,8 +324,3 @@ def train(cfg: DictConfig, run_dir: str | Path, record: tuple | None = None) -> 
         print(f"etf-train: stopped by {p}; checkpoint saved in {rundir.checkpoint(Path(run_dir)).parent}; "
               "run the same command again to continue", file=sys.stderr)
         raise SystemExit(128 + p.signum) from None
-
-
-def _summary(scalars: dict[str, float]) -> str:
-    keys = ("train/loss", "train/acc", "test/acc", "nc/nc1", "solver/ms", "time/epoch_s")
-    return "  ".join(f"{k}={scalars[k]:.4g}" for k in keys if k in scalars)
