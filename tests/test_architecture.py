@@ -23,7 +23,7 @@ LAYERS = [
     {"solver"},
     {"heads", "backbones", "data", "losses"},
     {"training"},
-    {"compare", "cli"},
+    {"compare", "cli", "posthoc"},
     {"__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

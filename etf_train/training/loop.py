@@ -7,6 +7,8 @@ Run folder contract: see rundir.py (scalars logged against the epoch number, 1-b
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import sys
 from contextlib import nullcontext
@@ -122,6 +124,14 @@ class Run:
                  "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
         save_checkpoint(self.ckpt_path, state)
+        every = self.t.save_every_n_epochs
+        if partial is None and every and epoch % every == 0:  # a second name for the file, which later saves replace
+            numbered = self.ckpt_path.with_name(f"epoch_{epoch:03d}.pt")
+            numbered.unlink(missing_ok=True)
+            try:
+                os.link(self.ckpt_path, numbered)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(self.ckpt_path, numbered)
 
     def restore(self) -> tuple[int, dict | None, dict | None]:
         """Load the checkpoint the claim chose: (completed epochs, partial-epoch state, RNG state)."""

@@ -1,0 +1,127 @@
+"""`etf-eval RUN_DIR`: evaluate a run's checkpoint again, and export what post-hoc collapse studies need.
+
+    etf-eval outputs/2026-11-23/10-00-00_nearest_etf_seed1_ab12            # last.pt -> eval.json in the run folder
+    etf-eval RUN_DIR --checkpoint RUN_DIR/checkpoints/epoch_050.pt          # a numbered checkpoint
+    etf-eval RUN_DIR --export features.npz                                  # features, labels, means, W, b, P
+
+The model is rebuilt from the run's own record (`.hydra/config.yaml`, the resolved config) and evaluated as the
+trainer evaluates at a metrics epoch: the same scalars (test/*, nc_test/*, train/eval_acc, nc/*), so for the last
+checkpoint they equal what the run logged at its last epoch. Nothing in the run folder changes but eval.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+from . import rundir
+from .errors import EtfTrainError
+
+
+def _build(config: dict, device):
+    """Data and model of a run, from its resolved config: (bundle, loaders, model)."""
+    from omegaconf import OmegaConf
+
+    from .data import build_data, build_loaders
+    from .training import build_model
+
+    cfg = OmegaConf.create(config)
+    bundle = build_data(cfg.dataset.name, **{k: v for k, v in config["dataset"].items() if k != "name"})
+    loaders = build_loaders(bundle, cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
+                            **config["loader"], seed=cfg.seed, device=device)
+    model = build_model(cfg, bundle.num_classes, bundle.in_shape, len(bundle.train)).to(device)
+    return bundle, loaders, model
+
+
+def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu"):
+    """(scalars, bundle, model, (test loader, eval_train loader)) of a run's checkpoint (default checkpoints/last.pt)."""
+    import torch
+
+    from .training.checkpoint import load_checkpoint
+    from .training.distributed import Dist
+    from .training.evaluate import evaluate, nc_metrics
+
+    config = rundir.read_record(run)
+    if config is None:
+        raise EtfTrainError(f"{run} is not a run folder: it has no {rundir.CONFIG}")
+    path = checkpoint or rundir.checkpoint(run)
+    if not path.is_file():
+        raise EtfTrainError(f"no checkpoint {path}: the run never finished an epoch (or give --checkpoint PATH)")
+    device = torch.device(device)
+    bundle, (_, test_loader, eval_train_loader), model = _build(config, device)
+    meta = {"head": config["head"]["name"], "num_classes": bundle.num_classes, "feature_dim": model.head.dim,
+            "backbone": config["backbone"]["arch"]}
+    state = load_checkpoint(path, meta, given=checkpoint is not None)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise EtfTrainError(f"checkpoint {path} does not fit the run's model ({str(e).splitlines()[-1].strip()})") from None
+    K, world, autocast = bundle.num_classes, Dist(), nullcontext()
+    counts = torch.bincount(bundle.train_targets, minlength=K) if config["dataset"].get("imbalance_ratio", 1) > 1 else None
+    scalars, _ = evaluate(model, test_loader, device, autocast, world, K, nc=True, class_names=bundle.class_names,
+                          class_counts=counts)
+    scalars |= nc_metrics(model, eval_train_loader, device, autocast, K, world, bundle.noisy)
+    return {"epoch": state["epoch"], "checkpoint": str(path), **scalars}, bundle, model, (test_loader, eval_train_loader)
+
+
+def export(path: Path, model, loaders, device: str = "cpu") -> None:
+    """Penultimate features h (normalised, as the head sees them) and labels of train and test, the train class
+    means, the classifier W, its bias b and, for nearest_etf, its Stiefel point P, into one .npz."""
+    import numpy as np
+    import torch
+
+    model.eval()
+    arrays = {}
+    with torch.no_grad():
+        for split, loader in zip(("test", "train"), loaders):
+            feats, labels = [], []
+            for x, y in loader:
+                feats.append(model.head.normalize(model.backbone(x.to(device)).float()).cpu())
+                labels.append(y)
+            arrays[f"features_{split}"], arrays[f"labels_{split}"] = torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    h, y = arrays["features_train"], arrays["labels_train"]
+    arrays["class_means"] = np.stack([h[y == c].mean(0) if (y == c).any() else np.full(h.shape[1], np.nan)
+                                      for c in range(model.head.num_classes)])
+    arrays["W"] = model.head.weight.detach().float().cpu().numpy()
+    if model.head.bias is not None:
+        arrays["b"] = model.head.bias.detach().float().cpu().numpy()
+    if hasattr(model.head, "P"):
+        arrays["P"] = model.head.P.detach().cpu().numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="etf-eval", description="Evaluate a run's checkpoint again (test and train-set "
+                                "metrics, written to eval.json) and export features for post-hoc studies.")
+    p.add_argument("run", type=Path, help="a run folder (it holds .hydra/config.yaml and checkpoints/)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: RUN/checkpoints/last.pt")
+    p.add_argument("--export", type=Path, default=None, metavar="FILE.npz", help="also write features and the classifier")
+    p.add_argument("--out", type=Path, default=None, help="where eval.json goes; default: the run folder")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        scalars, _, model, loaders = evaluate_run(args.run, args.checkpoint, args.device)
+        out = (args.out or args.run) / "eval.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(scalars, indent=1) + "\n")
+        if args.export is not None:
+            export(args.export, model, loaders, args.device)
+    except EtfTrainError as e:
+        print(f"etf-eval: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    keys = ("test/acc", "test/loss", "train/eval_acc", "nc/nc1", "nc/nc3", "nc_test/nc1", "test/ece")
+    print("  ".join(f"{k}={scalars[k]:.4g}" for k in keys if k in scalars))
+    print(f"wrote {out}" + (f" and {args.export}" if args.export else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

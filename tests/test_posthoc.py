@@ -1,0 +1,94 @@
+"""etf-eval: a run's checkpoint evaluated again equals what the run logged; export for post-hoc studies."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from etf_train.posthoc import main
+from etf_train.rundir import read_scalars
+from etf_train.training import train
+
+from .conftest import TINY, make_cfg, write_folder
+
+# the scalars an evaluation recomputes (the training-time ones, loss, lr, timing, are not)
+EVALUATED = ("test/", "nc/", "nc_test/", "train/eval_acc")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("posthoc") / "run"
+    train(make_cfg(*TINY, "head=nearest_etf", "trainer.max_epochs=3", "trainer.save_every_n_epochs=2"), run)
+    return run
+
+
+def logged_at(run: Path, epoch: int) -> dict[str, float]:
+    return {tag: float(v[list(s).index(epoch)]) for tag, (s, v) in read_scalars(run).items()
+            if tag.startswith(EVALUATED) and epoch in s}
+
+
+def test_eval_of_the_last_checkpoint_equals_the_last_epoch_logged(run, tmp_path):
+    """Catches a model rebuilt from another config, evaluated in train mode, or on another split."""
+    assert main([str(run), "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "eval.json").read_text())
+    want = logged_at(run, 3)
+    assert got["epoch"] == 3 and len(want) > 30
+    for tag, value in want.items():
+        assert got[tag] == pytest.approx(value, rel=1e-5, abs=1e-6), tag
+
+
+def test_numbered_checkpoints_are_kept_and_evaluate_to_their_epoch(run, tmp_path):
+    """trainer.save_every_n_epochs keeps checkpoints/epoch_NNN.pt beside last.pt; etf-eval --checkpoint reads one."""
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch_*.pt")) == ["epoch_002.pt"]
+    assert torch.load(run / "checkpoints" / "epoch_002.pt", weights_only=False)["epoch"] == 2
+    assert main([str(run), "--checkpoint", str(run / "checkpoints" / "epoch_002.pt"), "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "eval.json").read_text())
+    for tag, value in logged_at(run, 2).items():
+        assert got[tag] == pytest.approx(value, rel=1e-5, abs=1e-6), tag
+
+
+def test_export_holds_features_labels_means_and_the_classifier(run, tmp_path):
+    """The exported arrays reproduce the run's eval-mode train accuracy and NC1 by hand."""
+    out = tmp_path / "f.npz"
+    assert main([str(run), "--export", str(out), "--out", str(tmp_path)]) == 0
+    z = np.load(out)
+    h, y, W, b = z["features_train"], z["labels_train"], z["W"], z["b"]
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert h.shape == (96, 16) and z["features_test"].shape == (32, 16) and z["P"].shape == (16, 4)
+    np.testing.assert_array_equal(z["P"], state["head.P"].numpy())
+    np.testing.assert_allclose(np.linalg.norm(h, axis=1), 5.0, rtol=1e-5)  # the head's tau-sphere
+    np.testing.assert_allclose(z["class_means"], np.stack([h[y == c].mean(0) for c in range(4)]), rtol=1e-5)
+    acc = 100 * np.mean((h @ W.T + b).argmax(1) == y)
+    assert acc == pytest.approx(logged_at(run, 3)["train/eval_acc"], abs=1e-4)
+
+
+def test_bad_input_is_one_line(run, tmp_path, capsys):
+    """Not a run, a checkpoint of another model, a dataset that is gone: one line each, exit 2."""
+    assert main([str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+    other = tmp_path / "learned"
+    train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=1"), other)
+    assert main([str(run), "--checkpoint", str(other / "checkpoints" / "last.pt"), "--out", str(tmp_path)]) == 2
+    assert "head: checkpoint 'learned' vs this run 'nearest_etf'" in capsys.readouterr().err
+    folder = tmp_path / "images"
+    write_folder(folder, "train", {"a": 4, "b": 4}, 8, np.random.default_rng(0))
+    write_folder(folder, "test", {"a": 2, "b": 2}, 8, np.random.default_rng(1))
+    gone = tmp_path / "gone"
+    train(make_cfg(*[o for o in TINY if not o.startswith("dataset")], "dataset=image_folder",
+                   f"dataset.root={folder}", "dataset.image_size=8", "trainer.max_epochs=1", "trainer.batch_size=4"), gone)
+    (folder / "test" / "a" / "00.png").rename(folder / "moved.png")
+    (folder / "test" / "a" / "01.png").unlink()
+    assert main([str(gone), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("etf-eval: error: dataset image_folder") and len(err.strip().splitlines()) == 1
+
+
+def test_the_real_etf_eval_command(run, tmp_path):
+    exe = Path(sys.executable).with_name("etf-eval")
+    proc = subprocess.run([str(exe), str(run), "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "test/acc=" in proc.stdout and (tmp_path / "eval.json").is_file()
