@@ -72,6 +72,25 @@ def etf_train(*args, cwd, timeout=300, **popen):
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout, **popen)
 
 
+def etf_train_here(*args, cwd, monkeypatch, capfd):
+    """`etf-train ARGS` run in this process (the CLI's own main(), Hydra included: only the process start-up is
+    spared); returns returncode, stdout and stderr like the subprocess helper."""
+    from types import SimpleNamespace
+
+    from etf_train import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["etf-train", *args])
+    capfd.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capfd.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file below `folder` with its bytes: a refused start must leave this unchanged."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

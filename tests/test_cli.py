@@ -2,12 +2,11 @@
 
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from etf_train.rundir import read_scalars
 
-from .conftest import TINY, etf_train
+from .conftest import TINY, etf_train, etf_train_here
 
 ROOT = Path(__file__).parents[1]
 
@@ -50,7 +49,7 @@ def test_python_dash_m_entry_point(tmp_path):
     assert proc.returncode == 0 and "head: fixed_etf, fixed_etf_authors, learned, learned_authors, nearest_etf" in proc.stdout
 
 
-def test_cli_bad_input_matrix(tmp_path):
+def test_cli_bad_input_matrix(tmp_path, monkeypatch, capfd):
     """docs/reliability.md: each bad input ends with one clear line and a non-zero status, no traceback."""
     (tmp_path / "afile").write_text("in the way")
     cases = [
@@ -78,14 +77,11 @@ def test_cli_bad_input_matrix(tmp_path):
     ]
     started = {9, 15}  # runs that trained (then stopped): their folders hold the run and its failure
 
-    def run(i):
-        args = cases[i][0]
-        run_dir = [] if any(a.startswith("hydra.run.dir") for a in args) else [f"hydra.run.dir={tmp_path}/run{i}"]
-        return etf_train(*args, *run_dir, cwd=tmp_path), bool(run_dir)
-
-    with ThreadPoolExecutor(2) as pool:  # two commands at a time: each is mostly start-up on one core
-        results = list(pool.map(run, range(len(cases))))
-    for i, ((args, code, message), (proc, own_dir)) in enumerate(zip(cases, results)):
+    for i, (args, code, message) in enumerate(cases):
+        own_dir = not any(a.startswith("hydra.run.dir") for a in args)
+        # the CLI's main() in this process (the subprocess tests above cover the process itself)
+        proc = etf_train_here(*args, *([f"hydra.run.dir={tmp_path}/run{i}"] if own_dir else []), cwd=tmp_path,
+                              monkeypatch=monkeypatch, capfd=capfd)
         assert proc.returncode == code, (args, proc.stderr[-1500:])
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
         if code == 2:

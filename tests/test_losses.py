@@ -17,7 +17,7 @@ from etf_train.errors import EtfTrainError
 from etf_train.heads import create_head
 from etf_train.losses import LOSSES, build_loss, hard_labels
 
-from .conftest import etf_train
+from .conftest import etf_train_here
 
 # A fixed batch: B = 3 samples, K = 4 classes.
 Z = [[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, 3.0, -2.0], [-1.0, 1.5, 0.0, 4.0]]
@@ -228,9 +228,12 @@ def test_every_loss_has_a_yaml_spelling_out_its_options():
         assert cfg == {k: p.default for k, p in params.items()}, f.stem
 
 
-def test_every_loss_and_mix_runs_through_the_real_cli_and_compares(tmp_path):
+def test_every_loss_and_mix_runs_through_the_real_cli_and_compares(tmp_path, monkeypatch, capfd):
     """The loss and mix groups through `etf-train -m` on digits (1 epoch each): catches a group that composes but
     does not train, a loss the trainer calls wrongly, or a sweep etf-compare cannot group by loss."""
+    def etf_train(*args, cwd):  # the CLI's main() in this process
+        return etf_train_here(*args, cwd=cwd, monkeypatch=monkeypatch, capfd=capfd)
+
     quick = ["dataset.limit_train=200", "dataset.limit_test=100", "backbone.width=8", "trainer.max_epochs=1",
              "trainer.progress=false"]
     losses = etf_train("-m", *quick, "head=fixed_etf", "loss=ce,label_smoothing,mse,focal,maxsup,dot_regression",

@@ -18,7 +18,7 @@ from etf_train.rundir import LOCK, read_scalars
 from etf_train.training import train
 from etf_train.training.checkpoint import SAVE_DELAY_ENV
 
-from .conftest import TINY, Crash, etf_train, interrupted, make_cfg, snapshot
+from .conftest import TINY, Crash, etf_train, etf_train_here, interrupted, make_cfg, snapshot
 
 QUICK = [*TINY, "trainer.max_epochs=2"]
 
@@ -32,21 +32,21 @@ def crash_after_epoch_1(monkeypatch, cfg, run_dir):
     assert not (run_dir / LOCK).exists()
 
 
-def test_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path):
+def test_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path, monkeypatch, capfd):
     """Hydra used to rewrite .hydra/config.yaml before the trainer refused: the folder then claimed another head."""
     run = tmp_path / "runs" / "x"
-    assert etf_train(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    assert etf_train_here(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode == 0
     (run / "checkpoints" / "finished").unlink()
     before = snapshot(run)
-    proc = etf_train(*QUICK, "head=learned", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = etf_train_here(*QUICK, "head=learned", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "was started with other settings (head.name: nearest_etf -> learned" in proc.stderr
     assert snapshot(run) == before
     assert OmegaConf.load(run / ".hydra" / "config.yaml").head.name == "nearest_etf"
 
 
-def test_a_refused_start_in_a_new_folder_leaves_no_folder(tmp_path):
-    proc = etf_train(*QUICK, "head.tau=abc", f"hydra.run.dir={tmp_path}/new", cwd=tmp_path)
+def test_a_refused_start_in_a_new_folder_leaves_no_folder(tmp_path, monkeypatch, capfd):
+    proc = etf_train_here(*QUICK, "head.tau=abc", f"hydra.run.dir={tmp_path}/new", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert proc.returncode == 2 and "head.tau must be a finite number > 0, got 'abc'" in proc.stderr
     assert not (tmp_path / "new").exists()
 
@@ -70,12 +70,12 @@ def test_resume_refuses_changed_settings_and_accepts_neutral_ones(tmp_path, monk
     assert (run / "checkpoints" / "finished").exists()
 
 
-def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path):
+def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch, capfd):
     """A fresh start in a used folder mixed two runs' events (TensorBoard showed epochs 1,2,1,2)."""
     run = tmp_path / "run"
-    assert etf_train(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    assert etf_train_here(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode == 0
     before = snapshot(run)
-    proc = etf_train(*QUICK, "trainer.resume=never", f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = etf_train_here(*QUICK, "trainer.resume=never", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert proc.returncode == 2 and "trainer.resume=never starts a new run, but" in proc.stderr
     assert snapshot(run) == before
 
@@ -114,9 +114,13 @@ def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_ta
     assert not (run / LOCK).exists()
 
 
-def test_the_same_sweep_command_continues_the_interrupted_sweep(tmp_path):
+def test_the_same_sweep_command_continues_the_interrupted_sweep(tmp_path, monkeypatch, capfd):
     """A re-run of an interrupted sweep used to start over in a new folder."""
     sweep = ["-m", *QUICK, "head=learned,nearest_etf", "seed=1"]
+
+    def etf_train(*args, cwd):
+        return etf_train_here(*args, cwd=cwd, monkeypatch=monkeypatch, capfd=capfd)
+
     assert etf_train(*sweep, cwd=tmp_path).returncode == 0
     (folder,) = tmp_path.glob("outputs/multirun/*/*")
     done, redo = folder / "head=learned", folder / "head=nearest_etf"  # seed=1 is a constant: not in the names
@@ -176,9 +180,9 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["failed", "last.pt"]
 
 
-def test_an_error_after_the_start_goes_to_the_run_log_too(tmp_path):
-    proc = etf_train(*QUICK, "head=learned", "head.normalize=false", "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}/r",
-                     cwd=tmp_path)
+def test_an_error_after_the_start_goes_to_the_run_log_too(tmp_path, monkeypatch, capfd):
+    proc = etf_train_here(*QUICK, "head=learned", "head.normalize=false", "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}/r",
+                     cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert line.startswith("etf-train: error: non-finite loss at epoch 1")

@@ -53,7 +53,7 @@ def test_multirun_job_folders_name_the_swept_keys_and_compare_reads_them(tmp_pat
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     # the folder that holds the whole comparison, named once at the end
-    assert proc.stdout.count(f"tensorboard --logdir {sweep}") == 1 and f"etf-compare {sweep}" in proc.stdout
+    assert proc.stdout.count(f"tensorboard --logdir {sweep}    then") == 1 and f"etf-compare {sweep}" in proc.stdout
     names = {f"head={h},seed={s}" for h in ("learned", "fixed_etf", "nearest_etf") for s in (1, 2)}
     assert set(job_dirs(sweep)) == names  # the constant TINY overrides stay out of the names
     for name, run in job_dirs(sweep).items():
