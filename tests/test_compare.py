@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +16,20 @@ from torch.utils.tensorboard import SummaryWriter
 
 from etf_train import compare
 from etf_train.compare import (
+    Run,
     Spread,
     epoch_stats,
+    figure,
     group_runs,
     load_runs,
     main,
     read_scalars,
     summarize,
+    thresholds,
 )
+from etf_train.compare.plot import COLORS
 from etf_train.errors import EtfTrainError
+from etf_train.rundir import RunState
 
 REPO = Path(__file__).resolve().parents[1]
 NC1_EPOCHS = (2, 4, 6, 8, 10, 12)
@@ -46,8 +52,9 @@ SWEEP = {
         3: (10, (2, 3, 6), (0.7, 0.2, 0.05, 0.01, 0.005)),  # a shorter run
     },
 }
-TEST_ACC_OFFSET = {"learned": 70.0, "fixed_etf": 75.0, "nearest_etf": 80.0}
-SOLVER_MS = {1: 1.0, 2: 2.0, 3: 4.0}  # nearest_etf only; mean over runs = 7/3
+EVAL_EVERY = {"learned": 2, "fixed_etf": 1, "nearest_etf": 1}  # metrics.every_n_epochs: when train/eval_acc is logged
+TEST_ACC_CAP = {"learned": 88.0, "fixed_etf": 92.0, "nearest_etf": 96.0}  # test/acc = min(50 + 5 epoch, cap + seed)
+SOLVER_MS = {1: 1.0, 2: 2.0, 3: 4.0}  # nearest_etf only, after a 40 ms warm-up epoch; median [min, max] = 2 [1, 4]
 
 
 def train_acc(epoch: int, crossings: tuple, seed: int) -> float:
@@ -60,6 +67,12 @@ def train_acc(epoch: int, crossings: tuple, seed: int) -> float:
     if epoch < e99:
         return 96.0
     return 99.0 + 0.1 * seed
+
+
+def eval_acc(epoch: int, crossings: tuple, seed: int) -> float:
+    """Eval mode on un-augmented images: train/acc one epoch later, plus 0.25 (so each threshold comes 1 epoch later
+    than on train/acc, rounded up to a logged epoch, and the finals differ)."""
+    return train_acc(epoch - 1, crossings, seed) + 0.25
 
 
 def write_config(run_dir: Path, cfg: dict, state: str = "finished") -> None:
@@ -81,21 +94,30 @@ def write_events(run_dir: Path, scalars: dict[str, dict[int, float]], walltime0:
 
 def make_run(run_dir: Path, head: str, seed: int, dataset: str = "cifar10", **extra) -> Path:
     epochs, crossings, nc1 = SWEEP[head][seed]
+    every = EVAL_EVERY[head]
     write_config(run_dir, {"seed": seed, "head": {"name": head, **extra}, "dataset": {"name": dataset},
-                           "backbone": {"arch": "resnet18"}})
+                           "backbone": {"arch": "resnet18"}, "optimizer": {"_target_": "torch.optim.SGD"},
+                           "loss": {"name": "ce"}, "metrics": {"every_n_epochs": every}})
     scalars = {
         "train/acc": {e: train_acc(e, crossings, seed) for e in range(1, epochs + 1)},
-        "test/acc": {e: TEST_ACC_OFFSET[head] + seed for e in range(1, epochs + 1)},
+        "train/eval_acc": {e: eval_acc(e, crossings, seed) for e in range(every, epochs + 1, every)},
+        "test/acc": {e: min(50.0 + 5 * e, TEST_ACC_CAP[head] + seed) for e in range(1, epochs + 1)},
         "train/loss": {e: 2.0 / e for e in range(1, epochs + 1)},
         "nc/nc1": dict(zip(NC1_EPOCHS, nc1)),
         "nc/nc3": {e: 0.5 ** e for e in NC1_EPOCHS[: len(nc1)]},
         "nc/equinorm_h": {e: 0.1 + 0.01 * seed for e in NC1_EPOCHS[: len(nc1)]},
     }
     if head == "nearest_etf":
-        # alternating around the run's mean, so a per-epoch mean is needed to get SOLVER_MS[seed]
-        scalars["solver/ms"] = {e: SOLVER_MS[seed] * (1.5 if e % 2 else 0.5) for e in range(1, epochs + 1)}
+        scalars["solver/ms"] = {e: 40.0 if e == 1 else SOLVER_MS[seed] for e in range(1, epochs + 1)}
     write_events(run_dir, scalars)
     return run_dir
+
+
+def fake_run(path: str, config: dict, scalars: dict[str, dict[int, float]]) -> Run:
+    """A finished run in memory (no event files), for the numbers that need no TensorBoard round trip."""
+    curves = {tag: (np.array(list(c), dtype=np.int64), np.array(list(c.values()), dtype=np.float64))
+              for tag, c in scalars.items()}
+    return Run(Path(path), OmegaConf.create(config), curves, RunState("finished"))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +137,22 @@ def runs(sweep):
     return load_runs([sweep])
 
 
+@pytest.fixture(scope="module")
+def groups(runs):
+    return group_runs(runs, ["head"])
+
+
+def summaries(groups, acc_tag="train/eval_acc") -> dict:
+    limits = thresholds(acc_tag, [90, 95, 99], [90, 95, 99], [1.0, 0.1, 0.01])
+    return {label.removeprefix("head="): summarize(label, rs, limits, acc_tag) for label, rs in groups.items()}
+
+
+def cells(summary, tag: str) -> list[str]:
+    return [sp.format("g") for t, sp in summary.reached.items() if t.tag == tag]
+
+
 def test_spread_format_never_ranks_last():
+    """Catches `never` (inf) ranked as a small number, or an even count's median not being the middle two's mean."""
     assert Spread((10.0, 11.0, math.inf)).format("g") == "11 [10, never]"
     assert Spread((9.0, math.inf, math.inf)).format("g") == "never [9, never]"
     assert Spread((math.inf, math.inf)).format("g") == "never"
@@ -124,38 +161,73 @@ def test_spread_format_never_ranks_last():
     assert Spread((10.0, math.inf, 7.0)).reached == 2
 
 
-def test_threshold_epochs_and_finals(runs):
-    groups = group_runs(runs, ["head"])
-    assert list(groups) == ["fixed_etf", "learned", "nearest_etf"]
+def test_thresholds_on_eval_acc_and_test_acc(groups):
+    """Catches thresholds read from train/acc instead of train/eval_acc, or on eval_acc's unlogged epochs."""
+    assert list(groups) == ["head=fixed_etf", "head=learned", "head=nearest_etf"]
     assert [len(g) for g in groups.values()] == [3, 3, 3]
-    s = {label: summarize(label, rs, [90, 95, 99], [1.0, 0.1, 0.01]) for label, rs in groups.items()}
+    s = summaries(groups)
 
-    learned = s["learned"]
-    assert learned.acc_epochs[90].values == (3, 4, 5)  # sorted by path = by seed here
-    assert learned.acc_epochs[99].values == (10, 11, math.inf)
-    assert [learned.acc_epochs[t].format("g") for t in (90, 95, 99)] == ["4 [3, 5]", "7 [6, 8]", "11 [10, never]"]
+    # learned logs train/eval_acc at even epochs: crossings at 4,5,6 / 7,8,9 / 11,12,- count as 4,6,6 / 8,8,10 / ...
+    assert cells(s["learned"], "train/eval_acc") == ["6 [4, 6]", "8 [8, 10]", "12 [12, never]"]
+    assert cells(s["fixed_etf"], "train/eval_acc") == ["3 [3, 4]", "6 [5, 6]", "never [10, never]"]
+    assert cells(s["nearest_etf"], "train/eval_acc") == ["2 [2, 3]", "4 [3, 4]", "6 [5, 7]"]
+    # test/acc = min(50 + 5e, cap + seed): >= 90 at epoch 8, >= 95 at 9, >= 99 at 10, where the cap allows
+    assert cells(s["learned"], "test/acc") == ["8 [8, never]", "never", "never"]
+    assert cells(s["fixed_etf"], "test/acc") == ["8 [8, 8]", "never [9, never]", "never"]
+    assert cells(s["nearest_etf"], "test/acc") == ["8 [8, 8]", "9 [9, 9]", "never [10, never]"]
+    assert [t.header for t in s["learned"].reached][::3] == ["train/eval_acc >= 90%", "test/acc >= 90%", "NC1 <= 1"]
+
+
+def test_nc1_thresholds_and_finals(groups):
+    """Catches NC1 counted between logged epochs or with a strict <=, and finals from train/acc or not the last."""
+    s = summaries(groups)
+    learned, fixed, nearest = s["learned"], s["fixed_etf"], s["nearest_etf"]
     # NC1 == 1.0 exactly at epoch 6 for seed 2 counts (<= is inclusive); only logged epochs count.
-    assert [learned.nc1_epochs[t].format("g") for t in (1.0, 0.1, 0.01)] == ["6 [6, 8]", "never", "never"]
-    assert learned.final_train_acc.format(".2f") == "99.10 [96.00, 99.20]"
-    assert learned.final_test_acc.format(".2f") == "72.00 [71.00, 73.00]"
-    assert learned.solver_ms is None
-
-    fixed = s["fixed_etf"]
-    assert [fixed.acc_epochs[t].format("g") for t in (90, 95, 99)] == ["2 [2, 3]", "5 [4, 5]", "never [9, never]"]
-    assert fixed.acc_epochs[99].reached == 1
+    assert cells(learned, "nc/nc1") == ["6 [6, 8]", "never", "never"]
     # seed 2 logs nc1 = 0.1 at epoch 8: it reaches <= 0.1 there despite float32 storage
-    assert [fixed.nc1_epochs[t].format("g") for t in (1.0, 0.1, 0.01)] == ["4 [2, 4]", "8 [8, 8]", "never [12, never]"]
-
-    nearest = s["nearest_etf"]
-    assert [nearest.acc_epochs[t].format("g") for t in (90, 95, 99)] == ["1 [1, 2]", "3 [2, 3]", "5 [4, 6]"]
-    assert [nearest.nc1_epochs[t].format("g") for t in (1.0, 0.1, 0.01)] == ["2 [2, 2]", "4 [4, 6]", "8 [6, 8]"]
+    assert cells(fixed, "nc/nc1") == ["4 [2, 4]", "8 [8, 8]", "never [12, never]"]
+    assert cells(nearest, "nc/nc1") == ["2 [2, 2]", "4 [4, 6]", "8 [6, 8]"]
+    assert learned.finals["train/eval_acc"].format(".2f") == "99.35 [96.25, 99.45]"
+    assert learned.finals["test/acc"].format(".2f") == "90.00 [89.00, 91.00]"
+    assert nearest.finals["train/eval_acc"].values == pytest.approx((99.35, 99.45, 99.55))
     assert nearest.epochs.format("g") == "12 [10, 12]"
-    assert nearest.final_train_acc.values == pytest.approx((99.1, 99.2, 99.3))
-    assert nearest.solver_ms == pytest.approx(7 / 3)
 
 
-def test_epoch_stats_unequal_lengths(runs):
-    nearest = group_runs(runs, ["head"])["nearest_etf"]
+def test_train_acc_only_when_asked_and_labelled(groups, sweep, tmp_path, capsys):
+    """Catches train/acc (measured during training) used by default, or used without saying so."""
+    s = summaries(groups, acc_tag="train/acc")
+    assert cells(s["learned"], "train/acc") == ["4 [3, 5]", "7 [6, 8]", "11 [10, never]"]
+    assert s["learned"].finals["train/acc"].format(".2f") == "99.10 [96.00, 99.20]"
+    assert all("train/acc" not in t.tag for t in summaries(groups)["learned"].reached)
+    assert figure(groups, ["train/acc"]).axes[0].get_title() == "train/acc (measured during training)"
+
+    assert main([str(sweep), "--out", str(tmp_path), "--acc-tag", "train/acc", "--metrics", "train/acc"]) == 0
+    capsys.readouterr()
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| train/acc (measured during training) >= 90% |" in md
+    assert "| final train/acc (measured during training) % |" in md and "flatters early epochs" in md
+    with (tmp_path / "comparison.csv").open() as f:
+        row = next(r for r in csv.DictReader(f) if r["group"] == "head=learned")
+    assert float(row["epochs_to_train_acc_measured_during_training_ge_90_median"]) == 4
+    assert float(row["final_train_acc_measured_during_training_max"]) == pytest.approx(99.2)
+
+
+def test_solver_ms_median_over_runs_without_the_warm_up_epoch(groups):
+    """Catches the solver time as a mean over runs, or one that keeps the first (warm-up) epoch of longer runs."""
+    assert summaries(groups)["nearest_etf"].solver_ms.format(".3f") == "2.000 [1.000, 4.000]"
+    config = {"seed": 1, "head": {"name": "nearest_etf"}}
+    accs = {"train/eval_acc": {1: 50.0}, "test/acc": {1: 40.0}}
+    runs = [
+        fake_run("a", config, {**accs, "solver/ms": {1: 30.0, 2: 1.0, 3: 2.0, 4: 6.0}}),  # (1 + 2 + 6) / 3 = 3
+        fake_run("b", config, {**accs, "solver/ms": {1: 9.0}}),  # one epoch: it is the run's mean
+    ]
+    s = summarize("x", runs, thresholds("train/eval_acc", [90], [], []), "train/eval_acc")
+    assert s.solver_ms.values == (3.0, 9.0) and s.solver_ms.format(".3f") == "6.000 [3.000, 9.000]"
+
+
+def test_epoch_stats_unequal_lengths(groups):
+    """Catches per-epoch statistics that drop epochs only some runs reach, or pad them with zeros."""
+    nearest = groups["head=nearest_etf"]
     st = epoch_stats(nearest, "train/acc")
     np.testing.assert_array_equal(st.epochs, np.arange(1, 13))
     np.testing.assert_array_equal(st.count, [3] * 10 + [2, 2])
@@ -167,47 +239,119 @@ def test_epoch_stats_unequal_lengths(runs):
     nc1 = epoch_stats(nearest, "nc/nc1")
     np.testing.assert_array_equal(nc1.epochs, NC1_EPOCHS)
     assert nc1.median[2] == pytest.approx(0.02) and nc1.max[2] == pytest.approx(0.05)
-    assert epoch_stats(group_runs(runs, ["head"])["learned"], "solver/ms").epochs.size == 0
+    assert epoch_stats(groups["head=learned"], "solver/ms").epochs.size == 0
+
+
+CSV_HEADER = (
+    ["group", "runs", "runs_finished", "runs_total", "epochs_median", "epochs_min", "epochs_max"]
+    + [f"epochs_to_{tag}_{op}_{t}_{stat}" for tag, op, ts in (("train_eval_acc", "ge", (90, 95, 99)),
+                                                              ("test_acc", "ge", (90, 95, 99)),
+                                                              ("nc1", "le", (1, 0.1, 0.01)))
+       for t in ts for stat in ("median", "min", "max", "reached")]
+    + [f"{name}_{stat}" for name in ("final_train_eval_acc", "final_test_acc", "solver_ms_per_step")
+       for stat in ("median", "min", "max")]
+)
 
 
 def test_main_writes_md_csv_png(sweep, tmp_path, capsys):
+    """Catches table rows, CSV columns or the default 150-dpi PNG drifting from the numbers and names above."""
     out = tmp_path / "report"
     assert main([str(sweep), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     md = (out / "comparison.md").read_text()
-    for label in SWEEP:
-        assert label in stdout and label in md
-    assert "| learned | 3/3 | 12 [12, 12] | 4 [3, 5] | 7 [6, 8] | 11 [10, never] | 6 [6, 8] | never | never |" in md
-    assert "| nearest_etf |" in md and "| 2.333 |" in md
+    for head in SWEEP:
+        assert f"| head={head} |" in stdout and f"| head={head} |" in md
+    assert ("| head=learned | 3/3 | 12 [12, 12] | 6 [4, 6] | 8 [8, 10] | 12 [12, never] | 8 [8, never] | never | never"
+            " | 6 [6, 8] | never | never | 99.35 [96.25, 99.45] | 90.00 [89.00, 91.00] | - |") in md
+    assert "| 2.000 [1.000, 4.000] |" in md and "their threshold epochs have that interval as resolution" in md
 
     with (out / "comparison.csv").open() as f:
-        rows = {r["group"]: r for r in csv.DictReader(f)}
-    assert set(rows) == set(SWEEP)
-    assert float(rows["learned"]["epochs_to_train_acc_ge_99_max"]) == math.inf
-    assert int(rows["learned"]["epochs_to_train_acc_ge_99_reached"]) == 2
-    assert float(rows["fixed_etf"]["epochs_to_nc1_le_0.01_min"]) == 12
-    assert rows["learned"]["solver_ms_per_step"] == ""
+        reader = csv.DictReader(f)
+        rows = {r["group"]: r for r in reader}
+    assert reader.fieldnames == CSV_HEADER
+    assert set(rows) == {f"head={h}" for h in SWEEP}
+    learned, nearest = rows["head=learned"], rows["head=nearest_etf"]
+    assert float(learned["epochs_to_train_eval_acc_ge_99_max"]) == math.inf
+    assert int(learned["epochs_to_train_eval_acc_ge_99_reached"]) == 2
+    assert int(learned["epochs_to_test_acc_ge_90_reached"]) == 2
+    assert float(rows["head=fixed_etf"]["epochs_to_nc1_le_0.01_min"]) == 12
+    assert learned["solver_ms_per_step_median"] == ""
+    assert [float(nearest[f"solver_ms_per_step_{s}"]) for s in ("median", "min", "max")] == [2, 1, 4]
 
     png = (out / "comparison.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) < 400_000
+    width = struct.unpack(">I", png[16:20])[0]  # IHDR
+    assert png.startswith(b"\x89PNG") and width == 3 * 4.5 * 150 and len(png) < 600_000
+
+
+@pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<svg")])
+def test_figure_format(sweep, tmp_path, capsys, fmt, magic):
+    """Catches --format ignored (a PNG under another name, or written as comparison.png)."""
+    assert main([str(sweep), "--out", str(tmp_path), "--format", fmt, "--metrics", "train/eval_acc"]) == 0
+    assert f"comparison.{fmt}" in capsys.readouterr().out
+    assert magic in (tmp_path / f"comparison.{fmt}").read_bytes()[:400]
+    assert not (tmp_path / "comparison.png").exists()
+
+
+def test_figure_title_labels_legend_styles_markers(groups):
+    """Catches an untitled figure, unlabelled axes, bare legend labels, colour-only styles, unmarked sparse points."""
+    metrics = ["train/eval_acc", "test/acc", "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h", "solver/ms"]
+    fig = figure(groups, metrics)
+    assert fig._suptitle.get_text() == ("cifar10 · resnet18 · sgd · 10-12 epochs · n = 3 per group · "
+                                        "line = median, band = min-max over seeds")
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [m if m != "nc/nc1" else "NC1" for m in metrics]
+    assert [ax.get_ylabel() for ax in axes] == [
+        "accuracy (%)", "accuracy (%)", "cross-entropy", "tr(S_W S_B⁺) / K", "distance of W to the class means",
+        "std / mean of the class-mean norms", "ms per step"]
+    assert [ax.get_yscale() for ax in axes[:5]] == ["linear", "linear", "linear", "log", "log"]  # loss: 1.1 decades
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["head=fixed_etf (n=3)", "head=learned (n=3)",
+                                                          "head=nearest_etf (n=3)"]
+    lines = axes[0].get_lines()
+    assert len({(ln.get_color(), str(ln.get_linestyle())) for ln in lines}) == 3
+    assert {ln.get_color() for ln in lines} <= set(COLORS)
+    assert len({str(ln.get_linestyle()) for ln in lines}) == 3  # distinct without colour
+    # train/eval_acc: learned logs it every 2 epochs (markers), the others every epoch (a plain line)
+    assert [ln.get_marker() for ln in lines] == ["None", "s", "None"]
+    assert all(ln.get_marker() != "None" for ln in axes[3].get_lines())  # NC metrics: every 2 epochs
+    assert all(ln.get_marker() == "None" for ln in axes[1].get_lines())
+
+
+def test_figure_title_says_mixed_loss_name_and_marks_sparse_tails():
+    """Catches a title naming one optimizer for runs that differ, a loss label ignoring loss.name, and no markers on a
+    metric logged every 2 of 3 epochs (at 2 and 3: no gap between its points)."""
+    scalars = {"train/loss": {1: 1.0, 2: 0.5, 3: 0.25}, "nc/nc1": {2: 1.0, 3: 0.5}}
+    base = {"dataset": {"name": "ufm"}, "backbone": {"arch": "ufm"}, "loss": {"name": "mse"}}
+    runs = {
+        "head=learned": [fake_run("a", {**base, "optimizer": {"_target_": "torch.optim.SGD"}}, scalars)],
+        "head=nearest_etf": [fake_run(p, {**base, "optimizer": {"_target_": "etf_train.training.agd.AGD"}}, scalars)
+                             for p in ("b", "c")],
+    }
+    fig = figure(runs, ["train/loss", "nc/nc1"])
+    assert fig._suptitle.get_text().startswith(
+        "ufm · ufm · mixed optimizer (agd, sgd) · 3 epochs · n = 1-2 per group")
+    assert fig.axes[0].get_ylabel() == "mse loss"
+    assert [ln.get_marker() for ln in fig.axes[0].get_lines()] == ["None", "None"]
+    assert [ln.get_marker() for ln in fig.axes[1].get_lines()] == ["o", "s"]
 
 
 def test_log_scale_decision():
+    """Catches a log axis for values that span little or include zero."""
     assert compare.spans_decades(np.array([1.0, 0.01]))
     assert not compare.spans_decades(np.array([1.0, 0.1]))
     assert not compare.spans_decades(np.array([0.0, 10.0, 1000.0]))
 
 
 def test_group_by_other_key(tmp_path, capsys):
+    """Catches head variants pooled, group labels that do not spell out their keys, or a silent seed collision."""
     for job, (backward, seed) in enumerate([("polar", 1), ("polar", 2), ("none", 1), ("none", 2)]):
         make_run(tmp_path / str(job), "nearest_etf", seed, backward=backward)
     groups = group_runs(load_runs([tmp_path]), ["head", "head.backward"])
-    assert list(groups) == ["nearest_etf/none", "nearest_etf/polar"]
+    assert list(groups) == ["head=nearest_etf, head.backward=none", "head=nearest_etf, head.backward=polar"]
     assert [sorted(r.config.seed for r in g) for g in groups.values()] == [[1, 2], [1, 2]]
 
     # grouping by head alone tells the head's variants apart by the options that differ (presets never pool)
-    assert list(group_runs(load_runs([tmp_path]), ["head"])) == ["nearest_etf (backward=none)",
-                                                                 "nearest_etf (backward=polar)"]
+    assert list(group_runs(load_runs([tmp_path]), ["head"])) == list(groups)
     # a key outside the head that differs within a group pools two settings under one seed: warned, naming it
     for job in (2, 3):
         config = OmegaConf.load(tmp_path / str(job) / ".hydra" / "config.yaml")
@@ -215,17 +359,20 @@ def test_group_by_other_key(tmp_path, capsys):
         OmegaConf.save(config, tmp_path / str(job) / ".hydra" / "config.yaml")
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     err = capsys.readouterr().err
-    assert "group 'nearest_etf' holds 2 runs with seed 1" in err and "optimizer" in err
+    assert "group 'head=nearest_etf' holds 2 runs with seed 1" in err and "optimizer" in err
     assert (tmp_path / "comparison.md").is_file()  # --out defaults to the first folder
 
 
 def test_group_key_missing_in_some_runs(tmp_path):
+    """Catches a run lacking a --group-by key dropped or crashing the grouping."""
     make_run(tmp_path / "a", "nearest_etf", 1, backward="polar")
     make_run(tmp_path / "b", "learned", 1)
-    assert list(group_runs(load_runs([tmp_path]), ["head", "head.backward"])) == ["learned/-", "nearest_etf/polar"]
+    assert list(group_runs(load_runs([tmp_path]), ["head", "head.backward"])) == [
+        "head=learned, head.backward=-", "head=nearest_etf, head.backward=polar"]
 
 
 def test_resume_merges_event_files_later_walltime_wins(tmp_path):
+    """Catches a resumed run's stale pre-crash events winning over the resumed ones."""
     run = tmp_path / "run"
     write_config(run, {"seed": 1, "head": {"name": "learned"}, "dataset": {"name": "cifar10"}})
     # written first (its file sorts first) but with the later wall times: the resumed part
@@ -245,10 +392,12 @@ def error_of(argv, capsys) -> str:
 
 
 def test_error_missing_folder(tmp_path, capsys):
+    """Catches a traceback instead of a one-line error for a folder that does not exist."""
     assert f"folder does not exist: {tmp_path / 'nope'}" in error_of([str(tmp_path / "nope")], capsys)
 
 
 def test_error_no_runs(tmp_path, capsys):
+    """Catches an empty report instead of an error when no run (or no finished run) is found."""
     assert main([str(tmp_path)]) == 2
     assert f"error: no runs under {tmp_path}" in capsys.readouterr().err
     write_config(tmp_path / "crashed", {"seed": 1}, state="unfinished")  # died before its first epoch
@@ -256,51 +405,64 @@ def test_error_no_runs(tmp_path, capsys):
     assert f"error: no finished runs under {tmp_path} (1 unfinished or failed)" in capsys.readouterr().err
 
 
-def test_error_missing_scalar(tmp_path, capsys):
+def test_error_old_run_without_eval_acc_names_the_way_out(tmp_path, capsys):
+    """Catches a run without train/eval_acc failing with a traceback or an error that does not name --acc-tag."""
     run = tmp_path / "run"
     write_config(run, {"seed": 1, "head": {"name": "learned"}, "dataset": {"name": "cifar10"}})
     write_events(run, {"train/acc": {1: 50.0}, "test/acc": {1: 40.0}})
-    err = error_of([str(tmp_path), "--metrics", "train/acc"], capsys)
+    err = error_of([str(tmp_path)], capsys)
+    assert f"run {run} has no scalar 'train/eval_acc'" in err and "--acc-tag train/acc" in err
+    err = error_of([str(tmp_path), "--acc-tag", "train/acc"], capsys)
     assert f"run {run} has no scalar 'nc/nc1'" in err
-    # without NC1 thresholds the same run is fine
-    assert main([str(tmp_path), "--metrics", "train/acc", "--nc1-thresholds"]) == 0
+    # with train/acc and without NC1 thresholds the same run is fine; the default first panel follows --acc-tag
+    assert main([str(tmp_path), "--acc-tag", "train/acc", "--nc1-thresholds", "--metrics", "train/acc"]) == 0
 
 
 def test_error_solver_time_missing_in_part_of_a_group(tmp_path):
+    """Catches a group whose runs disagree on logging solver/ms summarised as if all had."""
     make_run(tmp_path / "a", "nearest_etf", 1)
     make_run(tmp_path / "b", "learned", 2)
     runs = load_runs([tmp_path])
-    assert summarize("x", [runs[1]], [90], []).solver_ms is None  # a group without a solver: fine
+    limits = thresholds("train/eval_acc", [90], [], [])
+    assert summarize("x", [runs[1]], limits, "train/eval_acc").solver_ms.format(".3f") == "-"  # no solver: fine
     with pytest.raises(EtfTrainError, match=f"run {tmp_path / 'b'} has no scalar 'solver/ms'"):
-        summarize("x", runs, [90], [])
+        summarize("x", runs, limits, "train/eval_acc")
 
 
 def test_run_folder_given_directly(sweep):
+    """Catches a run folder passed directly not being found as a run."""
     assert [r.path for r in load_runs([sweep / "4"])] == [sweep / "4"]
 
 
 def test_error_missing_plot_metric(sweep, tmp_path, capsys):
+    """Catches a --metrics tag no run logs producing an empty panel instead of an error."""
     err = error_of([str(sweep), "--out", str(tmp_path), "--metrics", "nc/nc9"], capsys)
     assert "no run has scalar 'nc/nc9'" in err
 
 
 def test_error_mixed_datasets(tmp_path, capsys):
+    """Catches runs of different datasets compared without --allow-mixed."""
     make_run(tmp_path / "a", "learned", 1, dataset="cifar10")
     make_run(tmp_path / "b", "learned", 2, dataset="cifar100")
     err = error_of([str(tmp_path)], capsys)
     assert "cifar10 (1 runs" in err and "cifar100 (1 runs" in err and "--allow-mixed" in err
-    assert main([str(tmp_path), "--allow-mixed"]) == 0
+    assert main([str(tmp_path), "--allow-mixed", "--metrics", "test/acc"]) == 0
 
 
 def test_error_fraction_threshold(sweep, capsys):
-    assert "in percent: 90?" in error_of([str(sweep), "--acc-thresholds", "0.9"], capsys)
+    """Catches accuracy thresholds given as fractions (0.9) silently never reached."""
+    assert "--acc-thresholds must lie in (1, 100], got 0.9 (accuracies are in percent: 90?)" in error_of(
+        [str(sweep), "--acc-thresholds", "0.9"], capsys)
+    assert "--test-acc-thresholds must lie" in error_of([str(sweep), "--test-acc-thresholds", "0.95"], capsys)
 
 
 def test_python_m_help():
+    """Catches `python -m etf_train.compare` not starting or the help missing the options."""
     res = subprocess.run([sys.executable, "-m", "etf_train.compare", "--help"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert "--group-by" in res.stdout and "--nc1-thresholds" in res.stdout
+    for option in ("--group-by", "--acc-tag", "--test-acc-thresholds", "--nc1-thresholds", "--format", "--dpi"):
+        assert option in res.stdout, option
 
 
 def test_final_accuracy_is_the_last_epoch_not_the_best(tmp_path, capsys):
@@ -319,43 +481,45 @@ def test_final_accuracy_is_the_last_epoch_not_the_best(tmp_path, capsys):
         "nc/equinorm_h": {e: 0.1 for e in train},
     })
     out = tmp_path / "report"
-    assert main([str(run), "--out", str(out)]) == 0
+    assert main([str(run), "--out", str(out), "--metrics", "test/acc"]) == 0
     capsys.readouterr()
     with (out / "comparison.csv").open() as f:
         rows = {r["group"]: r for r in csv.DictReader(f)}
-    assert list(rows) == ["learned"] and int(rows["learned"]["runs"]) == 1
-    row = rows["learned"]
+    assert list(rows) == ["head=learned"] and int(rows["head=learned"]["runs"]) == 1
+    row = rows["head=learned"]
     assert float(row["epochs_median"]) == 4
     for stat in ("median", "min", "max"):
-        assert float(row[f"final_train_acc_{stat}"]) == train[4], stat
+        assert float(row[f"final_train_eval_acc_{stat}"]) == train[4] - 1.0, stat
         assert float(row[f"final_test_acc_{stat}"]) == test[4], stat
-    assert "62.50 [62.50, 62.50] | 55.25 [55.25, 55.25]" in (out / "comparison.md").read_text()
+    assert "61.50 [61.50, 61.50] | 55.25 [55.25, 55.25]" in (out / "comparison.md").read_text()
 
 
 def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys):
-    """A run killed at epoch 3 of 12 must not enter the finals or the epoch counts, and a job that failed in its
-    first epoch (no scalars at all) must not stop the comparison of the others."""
+    """Catches a killed run (epoch 3 of 12) or a failed job (no scalars) entering or stopping the comparison."""
     for seed in (1, 2):
         make_run(tmp_path / f"learned-{seed}", "learned", seed)
     killed = tmp_path / "learned-3"
     write_config(killed, {"seed": 3, "head": {"name": "learned"}, "dataset": {"name": "cifar10"},
                           "trainer": {"max_epochs": 12}}, state="unfinished")
     write_events(killed, {"train/acc": {e: 99.9 for e in (1, 2, 3)}, "test/acc": {e: 99.9 for e in (1, 2, 3)},
-                          "nc/nc1": {2: 0.001}})
+                          "train/eval_acc": {2: 99.9}, "nc/nc1": {2: 0.001}})
     failed = tmp_path / "nearest-1"
     write_config(failed, {"seed": 1, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}}, state="failed")
     assert main([str(tmp_path), "--metrics", "train/acc", "--out", str(tmp_path / "a")]) == 0
     md = (tmp_path / "a" / "comparison.md").read_text()
     rows = {r["group"]: r for r in csv.DictReader((tmp_path / "a" / "comparison.csv").open())}
-    assert (rows["learned"]["runs"], rows["learned"]["runs_finished"], rows["learned"]["runs_total"]) == ("2", "2", "3")
-    assert float(rows["learned"]["final_test_acc_max"]) < 99  # the killed run's 99.9 is not a final
-    assert float(rows["learned"]["epochs_min"]) == 12
-    assert (rows["nearest_etf"]["runs_finished"], rows["nearest_etf"]["runs_total"]) == ("0", "1")
-    assert "| nearest_etf | 0/1 | - |" in md
+    learned, nearest = rows["head=learned"], rows["head=nearest_etf"]
+    assert (learned["runs"], learned["runs_finished"], learned["runs_total"]) == ("2", "2", "3")
+    assert float(learned["final_test_acc_max"]) < 99  # the killed run's 99.9 is not a final
+    assert float(learned["epochs_min"]) == 12
+    assert (nearest["runs_finished"], nearest["runs_total"], nearest["epochs_median"]) == ("0", "1", "")
+    assert "| head=nearest_etf | 0/1 | - |" in md
     assert f"- {killed}: unfinished at epoch 3 of 12" in md
     assert f"- {failed}: failed at epoch 0 (diverged at epoch 1, step 2)" in md
 
     assert main([str(tmp_path), "--metrics", "train/acc", "--include-unfinished", "--out", str(tmp_path / "b")]) == 0
     rows = {r["group"]: r for r in csv.DictReader((tmp_path / "b" / "comparison.csv").open())}
-    assert rows["learned"]["runs"] == "3" and float(rows["learned"]["final_test_acc_max"]) == pytest.approx(99.9)
+    learned = rows["head=learned"]
+    assert learned["runs"] == "3" and float(learned["final_test_acc_max"]) == pytest.approx(99.9)
+    assert float(learned["epochs_min"]) == 3  # the killed run's last epoch, though eval_acc stops at 2
     assert "2/3 (+1 unfinished counted)" in (tmp_path / "b" / "comparison.md").read_text()

@@ -1,4 +1,4 @@
-"""`etf-compare`: TensorBoard event files of finished runs -> a convergence table, CSV and PNG.
+"""`etf-compare`: TensorBoard event files of finished runs -> a convergence table, CSV and figure.
 
 Contract with the trainer (what this module reads; the trainer's tests pin the writing side)
 --------------------------------------------------------------------------------------------
@@ -7,37 +7,46 @@ Contract with the trainer (what this module reads; the trainer's tests pin the w
   `outputs/multirun/<date>/<time>/<job dir>/`, one run per job dir. `etf-compare` takes
   sweep or run folders and finds runs recursively (directories holding both).
 - Scalars, step = epoch number (1-based); accuracies in percent (0..100):
-  `train/loss`, `train/acc`, `test/loss`, `test/acc`, `lr`, `time/epoch_s`,
-  `throughput/train_img_s`, `solver/ms` (mean solver ms per step over the epoch;
-  nearest_etf head only), `solver/iters`, `solver/grad_norm` (riemannian solver only),
-  `nc/nc1`, `nc/nc2_w`, `nc/nc2_h`, `nc/equinorm_w`, `nc/equinorm_h`, `nc/equiangular_w`,
-  `nc/equiangular_h`, `nc/nc3`, `nc/nc4` (every few epochs and at the last one).
+  every epoch `train/loss`, `train/acc` (measured during training), `test/loss`, `test/acc`, `lr`,
+  `time/epoch_s`, `throughput/train_img_s`, `solver/ms` (mean solver ms per step over the epoch;
+  nearest_etf head only), `solver/iters`, `solver/grad_norm` (riemannian solver only);
+  every `metrics.every_n_epochs` epochs and at the last one `train/eval_acc` (eval mode, un-augmented
+  train set, end-of-epoch model), `nc/nc1`, `nc/nc2_w`, `nc/nc2_h`, `nc/equinorm_w`, `nc/equinorm_h`,
+  `nc/equiangular_w`, `nc/equiangular_h`, `nc/nc3`, `nc/nc4`.
 - A resumed run may hold several event files: they are merged, and for each
   (tag, step) the event with the later wall time wins.
-- Config keys read: `head.name` (learned | fixed_etf | nearest_etf), `seed`,
-  `dataset.name`, plus any dotted key named by `--group-by`.
+- Config keys read: `head.name` (learned | fixed_etf | nearest_etf), `seed`, `dataset.name`,
+  for the figure's title and labels `backbone.arch`, `optimizer._target_`, `loss.name`, plus any
+  dotted key named by `--group-by`.
 
 Table notation
 --------------
 One row per group (the runs sharing the `--group-by` values, normally the seeds of one
-setting). A cell `median [min, max]` summarises one number per run:
-- "epochs to train acc >= T": the first epoch with train/acc >= T;
-  "epochs to NC1 <= T": the first *logged* epoch with nc/nc1 <= T (so its resolution is
-  the NC logging interval). A run that never reaches a threshold counts as `never`, which
+setting), named `key=value, ...` as in the figure's legend. A cell `median [min, max]`
+summarises one number per run:
+- "train/eval_acc >= T%", "test/acc >= T%", "NC1 <= T": the first *logged* epoch at which the
+  tag reaches T. train/eval_acc and nc/nc1 are logged every metrics.every_n_epochs epochs, so
+  their resolution is that interval (with every_n_epochs=5, a run that got there at epoch 7
+  counts as 10). `--acc-tag train/acc` thresholds the accuracy measured during training
+  instead, labelled so: it flatters nearest_etf early (its classifier is fitted to running means
+  that include the batch). A run that never reaches a threshold counts as `never`, which
   ranks after every epoch: `11 [10, never]` means the median run got there at epoch 11,
   the fastest at 10, and at least one run never did; `never [9, never]` means most runs
-  never did; a bare `never` means no run did. comparison.csv holds the same numbers as
-  `inf`, plus a `_reached` count per threshold.
-- "final train/test acc": the value at each run's last logged epoch.
-- "solver ms/step": mean over runs of each run's mean `solver/ms`; `-` where the group
-  logs no solver time (heads without a solver).
+  never did; a bare `never` means no run did. comparison.csv holds the same numbers, `never`
+  as `inf`, plus a `_reached` count per threshold; its cells are empty where a table cell is
+  `-` (no runs, or no solver).
+- "final <acc tag> %", "final test/acc %": the value at each run's last logged epoch.
+- "solver ms/step": per run the mean of `solver/ms` without its first epoch (warm-up; a
+  one-epoch run keeps it); `-` where the group logs no solver time (heads without a solver).
 Medians of an even number of runs are the mean of the middle two (e.g. `4.5`).
-Default thresholds: train accuracy 90, 95, 99 %; NC1 1, 0.1, 0.01 (NC1 = tr(S_W S_B^+)/K
-starts around 1-10 on random features and reaches ~1e-2 or below near collapse).
+Default thresholds: accuracies 90, 95, 99 % (`--test-acc-thresholds` defaults to the
+`--acc-thresholds` values); NC1 1, 0.1, 0.01 (NC1 = tr(S_W S_B^+)/K starts around 1-10 on
+random features and reaches ~1e-2 or below near collapse).
 
-Plots: `comparison.png`, one panel per `--metrics` tag, per group the per-epoch median over
-runs with a min-max band (runs of unequal length: statistics over the runs having that
-epoch); a log y-axis where the values are positive and span more than 1.5 decades.
+Figure: `comparison.<--format>`, one panel per `--metrics` tag, per group the per-epoch median
+over runs with a min-max band (runs of unequal length: statistics over the runs having that
+epoch), markers on curves logged every few epochs; a log y-axis where the values are positive
+and span more than 1.5 decades, accuracies always linear (etf_train/compare/plot.py).
 """
 
 from __future__ import annotations
@@ -49,14 +58,24 @@ from pathlib import Path
 
 from ..errors import EtfTrainError
 from ..rundir import read_scalars
-from .report import check_metrics, markdown, plot, spans_decades, table, write_csv
+from .plot import FORMATS, check_metrics, figure, spans_decades
+from .report import markdown, notes, table, write_csv
 from .runs import Run, check_datasets, group_runs, load_runs, seed_collisions, warn
-from .stats import Spread, epoch_stats, first_epoch, summarize
+from .stats import (
+    ACC_TAGS,
+    EVAL_ACC,
+    TEST_ACC,
+    Spread,
+    epoch_stats,
+    first_epoch,
+    summarize,
+    thresholds,
+)
 
-__all__ = ["Run", "Spread", "epoch_stats", "first_epoch", "group_runs", "load_runs", "main", "read_scalars",
-           "spans_decades", "summarize"]
+__all__ = ["Run", "Spread", "epoch_stats", "figure", "first_epoch", "group_runs", "load_runs", "main", "read_scalars",
+           "spans_decades", "summarize", "thresholds"]
 
-DEFAULT_METRICS = ("train/acc", "test/acc", "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h")
+OTHER_METRICS = (TEST_ACC, "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h")  # after the --acc-tag panel
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,14 +90,27 @@ def _parser() -> argparse.ArgumentParser:
         help="dotted config keys that define a group ('head' = head.name); default: head",
     )
     p.add_argument(
+        "--acc-tag", choices=ACC_TAGS, default=EVAL_ACC,
+        help=f"the train accuracy for thresholds, finals and the first panel; default: {EVAL_ACC} (eval mode, "
+        "logged every metrics.every_n_epochs epochs); train/acc is measured during training (runs from before "
+        f"{EVAL_ACC} was logged have only it)",
+    )
+    p.add_argument(
         "--acc-thresholds", nargs="*", type=float, default=[90.0, 95.0, 99.0], metavar="PCT",
-        help="train accuracy thresholds in percent; default: 90 95 99",
+        help="train accuracy (--acc-tag) thresholds in percent; default: 90 95 99",
+    )
+    p.add_argument(
+        "--test-acc-thresholds", nargs="*", type=float, default=None, metavar="PCT",
+        help="test/acc thresholds in percent; default: the --acc-thresholds values; give none to skip",
     )
     p.add_argument(
         "--nc1-thresholds", nargs="*", type=float, default=[1.0, 0.1, 0.01], metavar="X",
         help="NC1 thresholds; default: 1 0.1 0.01; give none to skip NC1",
     )
-    p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), metavar="TAG", help="scalar tags to plot")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="TAG",
+                   help=f"scalar tags to plot; default: the --acc-tag, {' '.join(OTHER_METRICS)}")
+    p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: png")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution (png); default: 150")
     p.add_argument("--out", type=Path, default=None, help="output folder; default: the first folder given")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs of different dataset.name")
     p.add_argument("--include-unfinished", action="store_true",
@@ -86,39 +118,47 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_thresholds(acc: Sequence[float], nc1: Sequence[float]) -> None:
-    for t in acc:
-        if not 1.0 < t <= 100.0:
-            hint = f" (accuracies are in percent: {t * 100:g}?)" if 0 < t <= 1 else ""
-            raise EtfTrainError(f"--acc-thresholds must lie in (1, 100], got {t:g}{hint}")
+def _check_thresholds(acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float], dpi: int) -> None:
+    for option, values in (("--acc-thresholds", acc), ("--test-acc-thresholds", test_acc)):
+        for t in values:
+            if not 1.0 < t <= 100.0:
+                hint = f" (accuracies are in percent: {t * 100:g}?)" if 0 < t <= 1 else ""
+                raise EtfTrainError(f"{option} must lie in (1, 100], got {t:g}{hint}")
     for t in nc1:
         if not t > 0:
             raise EtfTrainError(f"--nc1-thresholds must be positive, got {t:g}")
+    if dpi <= 0:
+        raise EtfTrainError(f"--dpi must be positive, got {dpi}")
 
 
 def compare(args: argparse.Namespace) -> str:
     """Load, group, summarise and write the outputs; returns the text for stdout."""
-    _check_thresholds(args.acc_thresholds, args.nc1_thresholds)
+    test_acc = args.acc_thresholds if args.test_acc_thresholds is None else args.test_acc_thresholds
+    metrics = args.metrics or [args.acc_tag, *OTHER_METRICS]
+    _check_thresholds(args.acc_thresholds, test_acc, args.nc1_thresholds, args.dpi)
     runs = load_runs(args.folders)
     if not args.allow_mixed:
         check_datasets(runs)
-    counted = [r for r in runs if r.counted or (args.include_unfinished and r.epochs)]
-    if not counted:
+    if not any(r.included(args.include_unfinished) for r in runs):
         raise EtfTrainError(f"no finished runs under {', '.join(map(str, args.folders))} ({len(runs)} unfinished or "
                             "failed); --include-unfinished compares them up to their last epoch")
-    check_metrics(counted, args.metrics)
-    groups = group_runs(runs, args.group_by)
-    for message in seed_collisions(group_runs(counted, args.group_by)):
+    groups = group_runs(runs, args.group_by)  # labelled over all runs: the table and the legend name groups alike
+    counted = {label: kept for label, rs in groups.items()
+               if (kept := [r for r in rs if r.included(args.include_unfinished)])}
+    for message in seed_collisions(counted):
         warn(message)
-    summaries = [summarize(label, rs, args.acc_thresholds, args.nc1_thresholds, args.include_unfinished)
-                 for label, rs in groups.items()]
+    limits = thresholds(args.acc_tag, args.acc_thresholds, test_acc, args.nc1_thresholds)
+    summaries = [summarize(label, rs, limits, args.acc_tag, args.include_unfinished) for label, rs in groups.items()]
+    check_metrics([r for rs in counted.values() for r in rs], metrics)
     out = args.out if args.out is not None else args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(*table(summaries), [r for r in runs if not r.counted], args.include_unfinished)
+    text = markdown(*table(summaries), [r for r in runs if not r.counted], args.include_unfinished,
+                    notes(args.acc_tag))
     (out / "comparison.md").write_text(text)
     write_csv(out / "comparison.csv", summaries)
-    plot(out / "comparison.png", group_runs(counted, args.group_by), args.metrics)
-    return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'comparison.png'}\n"
+    fig_path = out / f"comparison.{args.format}"
+    figure(counted, metrics).savefig(fig_path, dpi=args.dpi)
+    return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {fig_path}\n"
 
 
 def main(argv: list[str] | None = None) -> int:

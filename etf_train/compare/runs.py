@@ -32,6 +32,10 @@ class Run:
     def counted(self) -> bool:
         return self.state.status == "finished"
 
+    def included(self, include_unfinished: bool) -> bool:
+        """Whether the table and figure use it: finished, or with include_unfinished any run that logged an epoch."""
+        return self.counted or (include_unfinished and self.epochs > 0)
+
     def describe(self) -> str:
         """`path: unfinished at epoch 3 of 6` / `path: failed at epoch 1 (reason)`."""
         of = OmegaConf.select(self.config, "trainer.max_epochs", default=None)
@@ -89,51 +93,59 @@ def config_value(run: Run, key: str) -> object:
     return value
 
 
-def head_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict[int, str]:
-    """For each run, its head name plus the head options that tell it apart from other runs of the same head:
-    `learned` alone, or `learned (bias=False, renorm=True)` beside plain `learned (bias=True, renorm=False)` runs,
-    so that a preset such as head=learned_authors never pools with the head it is built on."""
+def config_text(run: Run, key: str) -> str:
+    """The value at a dotted config key as text, `-` where the run lacks it."""
+    value = config_value(run, key)
+    return "-" if value is _MISSING else str(value)
+
+
+def head_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict[int, list[tuple[str, object]]]:
+    """For each run, the head options that tell it apart from other runs of the same head, as (`head.<option>`,
+    value) pairs: none for a head whose runs agree, `head.bias=False` beside `head.bias=True` runs, so that a preset
+    such as head=learned_authors never pools with the head it is built on."""
     options = {id(r): _flatten(OmegaConf.to_container(r.config.get("head") or {}, resolve=False)) for r in runs}
     by_name: dict[object, list[Run]] = {}
     for r in runs:
         by_name.setdefault(options[id(r)].get("name"), []).append(r)
-    labels = {}
-    for name, same in by_name.items():
+    pairs = {}
+    for same in by_name.values():
         keys = sorted({k for r in same for k in options[id(r)]} - {"name"})
         differ = [k for k in keys if len({repr(options[id(r)].get(k)) for r in same}) > 1 and f"head.{k}" not in exclude]
         for r in same:
-            extra = ", ".join(f"{k}={options[id(r)].get(k)}" for k in differ)
-            labels[id(r)] = f"{name} ({extra})" if extra else str(name)
-    return labels
+            pairs[id(r)] = [(f"head.{k}", options[id(r)].get(k)) for k in differ]
+    return pairs
+
+
+def _sort_key(values: Sequence[object]) -> tuple:
+    """Numbers numerically, then strings, then missing values."""
+    return tuple(
+        (2, "") if v is _MISSING
+        else (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+        else (1, str(v))
+        for v in values
+    )
 
 
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
-    """Runs by the '/'-joined values of `keys` ('-' where a run lacks a key), in sorted key order; `head` stands for
-    head.name and whatever head options tell runs of one head apart (head_variants)."""
+    """Runs by their values of `keys`, labelled `key=value, ...` ('-' where a run lacks a key; the same spelling in
+    the table, CSV and legend) in sorted value order. `head` stands for head.name, followed by the head options that
+    tell runs of one head apart (head_variants): `head=learned, head.bias=False`."""
+    for key in keys:
+        if all(config_value(run, GROUP_ALIASES.get(key, key)) is _MISSING for run in runs):
+            raise EtfTrainError(f"no run has config key '{GROUP_ALIASES.get(key, key)}' (from --group-by)")
     variants = head_variants(runs, exclude=keys) if "head" in keys else {}
-    keys = [GROUP_ALIASES.get(k, k) for k in keys]
-    values = {id(run): [config_value(run, k) for k in keys] for run in runs}
-    if variants:
-        i = keys.index(GROUP_ALIASES["head"])
-        for run in runs:
-            if values[id(run)][i] is not _MISSING:
-                values[id(run)][i] = variants[id(run)]
-    for i, key in enumerate(keys):
-        if all(v[i] is _MISSING for v in values.values()):
-            raise EtfTrainError(f"no run has config key '{key}' (from --group-by)")
 
-    def sort_key(vals: list[object]) -> tuple:
-        # numbers numerically, then strings, then missing values
-        return tuple(
-            (2, "") if v is _MISSING
-            else (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-            else (1, str(v))
-            for v in vals
-        )
+    def pairs(run: Run) -> list[tuple[str, object]]:
+        out = []
+        for key in keys:
+            value = config_value(run, GROUP_ALIASES.get(key, key))
+            out += [(key, value)] + (variants[id(run)] if key == "head" and value is not _MISSING else [])
+        return out
 
+    by_run = {id(run): pairs(run) for run in runs}
     groups: dict[str, list[Run]] = {}
-    for run in sorted(runs, key=lambda r: (sort_key(values[id(r)]), str(r.path))):
-        label = "/".join("-" if v is _MISSING else str(v) for v in values[id(run)])
+    for run in sorted(runs, key=lambda r: (_sort_key([v for _, v in by_run[id(r)]]), str(r.path))):
+        label = ", ".join(f"{k}={'-' if v is _MISSING else v}" for k, v in by_run[id(run)])
         groups.setdefault(label, []).append(run)
     return groups
 
@@ -142,8 +154,7 @@ def check_datasets(runs: Sequence[Run]) -> None:
     """Refuse to compare runs of different `dataset.name`."""
     by_name: dict[str, list[Run]] = {}
     for run in runs:
-        name = config_value(run, "dataset.name")
-        by_name.setdefault("-" if name is _MISSING else str(name), []).append(run)
+        by_name.setdefault(config_text(run, "dataset.name"), []).append(run)
     if len(by_name) > 1:
         parts = ", ".join(f"{n} ({len(rs)} runs, e.g. {rs[0].path})" for n, rs in sorted(by_name.items()))
         raise EtfTrainError(f"runs mix datasets: {parts}; compare one dataset at a time or pass --allow-mixed")

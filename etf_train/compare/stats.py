@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,48 @@ from ..errors import EtfTrainError
 from ..rundir import Curve
 from .runs import Run
 
-TRAIN_ACC, TEST_ACC, NC1, SOLVER_MS = "train/acc", "test/acc", "nc/nc1", "solver/ms"
+TRAIN_ACC, EVAL_ACC, TEST_ACC, NC1, SOLVER_MS = "train/acc", "train/eval_acc", "test/acc", "nc/nc1", "solver/ms"
+ACC_TAGS = (EVAL_ACC, TRAIN_ACC)  # what --acc-tag may choose
+# How a tag is named in the table (the CSV slugifies it), where the tag alone would mislead or is long.
+LABELS = {TRAIN_ACC: "train/acc (measured during training)", NC1: "NC1"}
+# Why a run must hold a tag, for the error when it does not.
+NEEDED = {
+    EVAL_ACC: f"eval-mode train accuracy, logged with the NC metrics; for runs from before it was logged pass "
+              f"--acc-tag {TRAIN_ACC} (the accuracy measured during training)",
+    NC1: "needed by --nc1-thresholds; pass the option with no values to skip",
+}
+
+
+def tag_label(tag: str) -> str:
+    return LABELS.get(tag, tag)
+
+
+def tag_slug(tag: str) -> str:
+    """A tag's name in CSV columns: `train_eval_acc`, `train_acc_measured_during_training`, `nc1`."""
+    return re.sub(r"\W+", "_", tag_label(tag).lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A run reaches it at the first *logged* epoch where tag >= value (above) or tag <= value (not above)."""
+
+    tag: str
+    value: float
+    above: bool
+
+    @property
+    def header(self) -> str:
+        unit = "%" if self.tag.endswith("acc") else ""
+        return f"{tag_label(self.tag)} {'>=' if self.above else '<='} {self.value:g}{unit}"
+
+    @property
+    def column(self) -> str:
+        return f"epochs_to_{tag_slug(self.tag)}_{'ge' if self.above else 'le'}_{self.value:g}"
+
+
+def thresholds(acc_tag: str, acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float]) -> list[Threshold]:
+    return ([Threshold(acc_tag, t, True) for t in acc] + [Threshold(TEST_ACC, t, True) for t in test_acc]
+            + [Threshold(NC1, t, False) for t in nc1])
 
 
 @dataclass(frozen=True)
@@ -65,11 +107,9 @@ class GroupSummary:
     n_finished: int
     n_total: int  # runs of the group, whatever their state
     epochs: Spread
-    acc_epochs: dict[float, Spread]  # threshold -> epochs to train/acc >= threshold
-    nc1_epochs: dict[float, Spread]  # threshold -> epochs to nc/nc1 <= threshold
-    final_train_acc: Spread
-    final_test_acc: Spread
-    solver_ms: float | None
+    reached: dict[Threshold, Spread]  # epochs to each threshold
+    finals: dict[str, Spread]  # tag -> its value at each run's last logged epoch
+    solver_ms: Spread  # each run's mean solver/ms after its first (warm-up) epoch; no values: no solver
 
 
 def first_epoch(curve: Curve, threshold: float, above: bool) -> float:
@@ -98,23 +138,26 @@ def epoch_stats(runs: Sequence[Run], tag: str) -> EpochStats:
     )
 
 
-def _curve(run: Run, tag: str, why: str) -> Curve:
-    if tag not in run.scalars:
-        raise EtfTrainError(f"run {run.path} has no scalar '{tag}' ({why})")
-    return run.scalars[tag]
+def _check_tags(run: Run, tags: Sequence[str]) -> None:
+    for tag in tags:
+        if tag not in run.scalars:
+            raise EtfTrainError(f"run {run.path} has no scalar '{tag}' ({NEEDED.get(tag, 'needed by the table')})")
 
 
-def summarize(
-    label: str, group: Sequence[Run], acc_thresholds: Sequence[float], nc1_thresholds: Sequence[float],
-    include_unfinished: bool = False,
-) -> GroupSummary:
+def solver_ms(curve: Curve) -> float:
+    """The run's mean solver time per step without its first epoch, whose step includes warm-up (compilation,
+    allocation); a one-epoch run keeps it."""
+    values = curve[1]
+    return float(values[1:].mean() if values.size > 1 else values.mean())
+
+
+def summarize(label: str, group: Sequence[Run], limits: Sequence[Threshold], acc_tag: str,
+              include_unfinished: bool = False) -> GroupSummary:
     """One table row: threshold epochs, final accuracies and solver time over the group's finished runs (all of
     its runs that logged an epoch, with include_unfinished)."""
-    runs = [r for r in group if r.counted or (include_unfinished and r.epochs)]
-    train = [_curve(r, TRAIN_ACC, "needed by the table") for r in runs]
-    test = [_curve(r, TEST_ACC, "needed by the table") for r in runs]
-    skip_nc1 = "needed by --nc1-thresholds; pass the option with no values to skip"
-    nc1 = [_curve(r, NC1, skip_nc1) for r in runs] if nc1_thresholds else []
+    runs = [r for r in group if r.included(include_unfinished)]
+    for r in runs:
+        _check_tags(r, list(dict.fromkeys([acc_tag, TEST_ACC, *(t.tag for t in limits)])))
     with_solver = [r for r in runs if SOLVER_MS in r.scalars]
     for r in runs:
         if with_solver and SOLVER_MS not in r.scalars:
@@ -124,10 +167,8 @@ def summarize(
         n_runs=len(runs),
         n_finished=sum(r.counted for r in group),
         n_total=len(group),
-        epochs=Spread(tuple(float(s[-1]) for s, _ in train)),
-        acc_epochs={t: Spread(tuple(first_epoch(c, t, above=True) for c in train)) for t in acc_thresholds},
-        nc1_epochs={t: Spread(tuple(first_epoch(c, t, above=False) for c in nc1)) for t in nc1_thresholds},
-        final_train_acc=Spread(tuple(float(v[-1]) for _, v in train)),
-        final_test_acc=Spread(tuple(float(v[-1]) for _, v in test)),
-        solver_ms=float(np.mean([r.scalars[SOLVER_MS][1].mean() for r in with_solver])) if with_solver else None,
+        epochs=Spread(tuple(float(r.epochs) for r in runs)),
+        reached={t: Spread(tuple(first_epoch(r.scalars[t.tag], t.value, t.above) for r in runs)) for t in limits},
+        finals={tag: Spread(tuple(float(r.scalars[tag][1][-1]) for r in runs)) for tag in (acc_tag, TEST_ACC)},
+        solver_ms=Spread(tuple(solver_ms(r.scalars[SOLVER_MS]) for r in with_solver)),
     )

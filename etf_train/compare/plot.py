@@ -1,0 +1,161 @@
+"""etf-compare's figure: one panel per metric, per group the per-epoch median over runs and a min-max band.
+
+Built on a bare matplotlib Figure with the Agg canvas (no pyplot global state); `figure` returns it, so tests read
+titles, labels and line styles from the object rather than from pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from ..errors import EtfTrainError
+from .runs import Run, config_text
+from .stats import epoch_stats, tag_label
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+LOG_SCALE_DECADES = 1.5
+FORMATS = ("png", "pdf", "svg")
+# Okabe & Ito's colour-blind-safe palette, yellow last (faint on white); line styles and markers vary with it, so
+# groups differ in more than hue.
+COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+# Runs from before the loss config group trained with cross-entropy and have no loss.name.
+LOSS_NAMES = {"ce": "cross-entropy", "-": "cross-entropy"}
+YLABELS = {
+    "test/loss": "cross-entropy",  # evaluated with it whatever the training loss
+    "lr": "learning rate",
+    "time/epoch_s": "seconds per epoch",
+    "throughput/train_img_s": "images / s",
+    "solver/ms": "ms per step",
+    "solver/iters": "iterations per step",
+    "nc/nc1": "tr(S_W S_B⁺) / K",
+    "nc/nc2_w": "distance of W's Gram to the ETF's",
+    "nc/nc2_h": "distance of the means' Gram to the ETF's",
+    "nc/nc3": "distance of W to the class means",
+    "nc/nc4": "fraction off the nearest class mean",
+    "nc/equinorm_w": "std / mean of W's row norms",
+    "nc/equinorm_h": "std / mean of the class-mean norms",
+    "nc/equiangular_w": "mean |cos + 1/(K-1)| of W's rows",
+    "nc/equiangular_h": "mean |cos + 1/(K-1)| of the means",
+}
+
+
+class Style(NamedTuple):
+    color: str
+    linestyle: str | tuple
+    marker: str
+
+
+def style(i: int) -> Style:
+    return Style(COLORS[i % len(COLORS)], LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
+
+
+def check_metrics(runs: Sequence[Run], metrics: Sequence[str]) -> None:
+    """Each plotted tag must exist in some run (a group without it just has no line)."""
+    tags = {tag for r in runs for tag in r.scalars}
+    for tag in metrics:
+        if tag not in tags:
+            raise EtfTrainError(f"no run has scalar '{tag}' (from --metrics); available: {', '.join(sorted(tags))}")
+
+
+def spans_decades(values: np.ndarray, decades: float = LOG_SCALE_DECADES) -> bool:
+    """True when all finite values are positive and max/min > 10**decades (worth a log axis)."""
+    v = values[np.isfinite(values)]
+    return v.size > 0 and bool(np.all(v > 0)) and math.log10(v.max() / v.min()) > decades
+
+
+def _one_or_mixed(what: str, values: Sequence[str]) -> str:
+    """`sgd`, or `mixed optimizer (agd, sgd)` when the runs differ."""
+    distinct = sorted(set(values))
+    return distinct[0] if len(distinct) == 1 else f"mixed {what} ({', '.join(distinct)})"
+
+
+def _span(values: Sequence[int]) -> str:
+    """`12`, or `10-12` when the runs differ."""
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def title(groups: dict[str, list[Run]]) -> str:
+    """What the runs share (or `mixed ...`): dataset, backbone, optimiser, epochs, runs per group, and the band."""
+    runs = [r for rs in groups.values() for r in rs]
+    # torch.optim.SGD -> sgd, etf_train.training.agd.AGD -> agd
+    optimizer = [config_text(r, "optimizer._target_").rsplit(".", 1)[-1].lower() for r in runs]
+    return " · ".join([
+        _one_or_mixed("dataset", [config_text(r, "dataset.name") for r in runs]),
+        _one_or_mixed("backbone", [config_text(r, "backbone.arch") for r in runs]),
+        _one_or_mixed("optimizer", optimizer),
+        f"{_span([r.epochs for r in runs])} epochs",
+        f"n = {_span([len(rs) for rs in groups.values()])} per group",
+        "line = median, band = min-max over seeds",
+    ])
+
+
+def ylabel(tag: str, loss: str) -> str:
+    if tag in YLABELS:
+        return YLABELS[tag]
+    if tag.endswith("acc"):
+        return "accuracy (%)"
+    return loss if tag.endswith("loss") else tag.rsplit("/", 1)[-1]
+
+
+def _loss_name(runs: Sequence[Run]) -> str:
+    """`cross-entropy`, `mse loss`, or both names joined when the runs train with different losses."""
+    names = sorted({config_text(r, "loss.name") for r in runs})
+    return " / ".join(dict.fromkeys(LOSS_NAMES.get(n, f"{n} loss") for n in names))
+
+
+def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    seen = []
+    for i, runs in enumerate(groups.values()):
+        st = epoch_stats(runs, tag)
+        if st.epochs.size == 0:
+            continue  # e.g. solver/ms for a head without a solver
+        s = style(i)
+        # logged at fewer epochs than trained (every few epochs, and the last), or one point, which a line cannot show
+        marked = st.epochs.size < max(r.epochs for r in runs) or st.epochs.size == 1
+        ax.plot(st.epochs, st.median, color=s.color, linestyle=s.linestyle, marker=s.marker if marked else "None",
+                markersize=4, lw=1.5)
+        ax.fill_between(st.epochs, st.min, st.max, color=s.color, alpha=0.15, lw=0)
+        seen += [st.min, st.max]
+    if not tag.endswith("acc") and spans_decades(np.concatenate(seen)):  # accuracies (%) stay linear
+        ax.set_yscale("log")
+    ax.set_title(tag_label(tag))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel(tag, loss))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def figure(groups: dict[str, list[Run]], metrics: Sequence[str]) -> Figure:
+    """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
+    `<group> (n=<runs>)` below the panels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = Figure(figsize=(4.5 * ncols, 3.2 * nrows + 0.3 * math.ceil(len(groups) / 3) + 0.4), layout="constrained")
+    FigureCanvasAgg(fig)  # Agg explicitly, no pyplot global state
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    loss = _loss_name([r for rs in groups.values() for r in rs])
+    for ax, tag in zip(axes, metrics):
+        _panel(ax, tag, groups, loss)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker, markersize=4, lw=1.5)
+               for s in map(style, range(len(groups)))]
+    labels = [f"{label} (n={len(runs)})" for label, runs in groups.items()]
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(groups)), fontsize="small", frameon=False)
+    fig.suptitle(title(groups), fontsize="medium")
+    return fig
