@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -81,12 +82,19 @@ def etf_train_here(*args, cwd, monkeypatch, capfd):
 
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", ["etf-train", *args])
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.Logger.manager.loggerDict)]
+    before = {id(lg): list(lg.handlers) for lg in loggers}
     capfd.readouterr()
     try:
         cli.main()
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:  # Hydra's handlers write to this test's captured streams and run folder: not past this call
+        for lg in [logging.getLogger(), *(logging.getLogger(n) for n in logging.Logger.manager.loggerDict)]:
+            for handler in [h for h in lg.handlers if h not in before.get(id(lg), [])]:
+                lg.removeHandler(handler)
+                handler.close()
     out, err = capfd.readouterr()
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 

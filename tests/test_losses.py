@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
 import math
 from types import SimpleNamespace
@@ -249,6 +250,7 @@ def test_every_loss_and_mix_runs_through_the_real_cli_and_compares(tmp_path, mon
     assert sweep.returncode == 0, sweep.stderr[-2000:]
     assert compare_main([str(tmp_path / "sweep"), "--group-by", "loss.name", "head", "--metrics", "train/acc",
                          "--acc-thresholds", "50", "--nc1-thresholds"]) == 0
-    rows = (tmp_path / "sweep" / "comparison.csv").read_text().splitlines()[1:]
-    assert sorted(r.split(",")[0] for r in rows) == ["ce/learned", "ce/nearest_etf", "label_smoothing/learned",
-                                                     "label_smoothing/nearest_etf"]
+    with (tmp_path / "sweep" / "comparison.csv").open() as f:
+        groups = sorted(row["group"] for row in csv.DictReader(f))
+    assert groups == [f"loss.name={loss}, head={head}" for loss in ("ce", "label_smoothing")
+                      for head in ("learned", "nearest_etf")]

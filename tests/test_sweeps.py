@@ -70,11 +70,12 @@ def test_multirun_job_folders_name_the_swept_keys_and_compare_reads_them(tmp_pat
         assert (sweep / out).stat().st_size > 0
     with (sweep / "comparison.csv").open() as f:
         rows = {row["group"]: row for row in csv.DictReader(f)}
-    assert set(rows) == {"learned", "fixed_etf", "nearest_etf"}
+    assert set(rows) == {"head=learned", "head=fixed_etf", "head=nearest_etf"}
     assert all(row["runs"] == "2" for row in rows.values())
-    for head in rows:  # the final test accuracy column is the median over the two seeds' last logged values
+    for group in rows:  # the final test accuracy column is the median over the two seeds' last logged values
+        head = group.removeprefix("head=")
         finals = [read_scalars(job_dirs(sweep)[f"head={head},seed={s}"])["test/acc"][1][-1] for s in (1, 2)]
-        assert float(rows[head]["final_test_acc_median"]) == pytest.approx(sum(finals) / 2)
+        assert float(rows[group]["final_test_acc_median"]) == pytest.approx(sum(finals) / 2)
 
 
 def test_a_failing_job_fails_alone_and_is_reported_in_one_line(tmp_path):
