@@ -155,7 +155,8 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     """The run that the same command left unfinished, so that it resumes rather than starting over.
 
     With Hydra's default time-stamped folders, a rerun gets a new folder; this finds the newest
-    outputs/<date>/<time> run started with the same overrides whose checkpoint exists but never finished.
+    outputs/<date>/<time>_... run started with the same overrides that neither finished nor failed and that no live
+    process holds (it may have no checkpoint yet: it then starts over in its folder).
     None for multiruns (a sweep's jobs keep their folders), an explicit hydra.run.dir, or trainer.resume
     other than auto.
     """
@@ -168,7 +169,7 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     mine = sorted(o for o in overrides if not o.startswith("hydra."))
     for saved in sorted(cwd.glob(f"outputs/*/*/{rundir.OVERRIDES}"), reverse=True):  # newest first
         run = saved.parent.parent
-        if rundir.checkpoint(run).exists() and not rundir.is_finished(run):
+        if rundir.state(run).status == "unfinished" and not rundir.RunLock(run).held_by_live_process():
             if sorted(str(o) for o in OmegaConf.load(saved)) == mine:
                 return run.relative_to(cwd)
     return None

@@ -155,6 +155,10 @@ class RunLock:
             return self
         raise EtfTrainError(f"could not take the lock {self.path}: another process keeps taking it")
 
+    def held_by_live_process(self) -> bool:
+        owner = self._owner()
+        return owner is not None and _alive(owner)
+
     def _owner(self) -> dict | None:
         try:
             return json.loads(self.path.read_text())

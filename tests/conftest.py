@@ -26,6 +26,7 @@ TINY = [
     "trainer.batch_size=32",
     "trainer.max_epochs=2",
     "trainer.progress=false",
+    "trainer.checkpoint_every_s=0",  # a checkpoint every epoch, which the resume tests count on
 ]
 TINY_UFM = [
     "dataset=ufm",
@@ -37,6 +38,7 @@ TINY_UFM = [
     "trainer.batch_size=16",
     "trainer.max_epochs=2",
     "trainer.progress=false",
+    "trainer.checkpoint_every_s=0",
 ]
 
 

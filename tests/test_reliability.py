@@ -272,3 +272,30 @@ def test_resume_of_an_augmented_dataloader_pipeline_is_bit_identical(tmp_path, m
     run_interrupted_then_resumed(monkeypatch, cfg, tmp_path / "mid", at=(2, 3))
     assert final_state(tmp_path / "mid")["epoch"] == 3
     assert_bit_identical(tmp_path / "ref", tmp_path / "mid", 3)
+
+
+def test_checkpoints_by_time_replay_the_epochs_since_the_last_one(tmp_path, monkeypatch):
+    """trainer.checkpoint_every_s spares tiny epochs a write each: a run killed after epoch 2 of 3 before any
+    checkpoint replays from the start and ends bit-identical, every epoch once in the events (the replayed ones
+    rewritten, not duplicated)."""
+    from etf_train.training import Run
+
+    from .conftest import Crash
+
+    cfg = make_cfg(*TINY, "trainer.max_epochs=3", "trainer.deterministic=true", "trainer.checkpoint_every_s=3600")
+    train(cfg, tmp_path / "ref")
+    due = Run._checkpoint_due
+
+    def killed_after_epoch_2(self, epoch):
+        if epoch == 2:
+            raise Crash()
+        return due(self, epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(Run, "_checkpoint_due", killed_after_epoch_2)
+        with pytest.raises(Crash):
+            train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert list(read_scalars(tmp_path / "run")["train/loss"][0]) == [1, 2]
+    train(cfg, tmp_path / "run")
+    assert_bit_identical(tmp_path / "ref", tmp_path / "run", 3)

@@ -41,6 +41,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("max_epochs", "batch_size", "eval_batch_size"):
         opt.integer(f"trainer.{key}", t[key])
     opt.integer("trainer.save_every_n_epochs", t.save_every_n_epochs, 0)
+    opt.number("trainer.checkpoint_every_s", t.checkpoint_every_s, 0)
     opt.integer("metrics.every_n_epochs", cfg.metrics.every_n_epochs)
     opt.integer("seed", cfg.seed, 0)
     opt.choice("trainer.precision", t.precision, ("auto", "bf16", "fp32"))

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -110,13 +111,23 @@ class Run:
         self.ckpt_path = rundir.checkpoint(self.run_dir)
         self.progress = show_progress(t.progress) and self.world.main
         self.stop_vote = StopVote(self.world)
+        self.saved_at = time.monotonic()
         # train samples per class for the many/medium/few-shot accuracies of a long-tailed train set
         long_tail = cfg.dataset.imbalance_ratio > 1
         self.class_counts = torch.bincount(self.bundle.train_targets, minlength=self.K) if long_tail else None
 
     # -- checkpoints
 
+    def _checkpoint_due(self, epoch: int) -> bool:
+        """An end-of-epoch checkpoint: every trainer.checkpoint_every_s seconds (0: every epoch), at a numbered epoch
+        and at the last one. Tiny epochs (UFM) would otherwise spend their time writing; a crash replays the epochs
+        since the last checkpoint, bit for bit, and their events are rewritten (Logbook's purge_step)."""
+        every = self.t.save_every_n_epochs
+        return (epoch == self.t.max_epochs or bool(every and epoch % every == 0)
+                or time.monotonic() - self.saved_at >= self.t.checkpoint_every_s)
+
     def save(self, epoch: int, partial: dict | None = None) -> None:
+        self.saved_at = time.monotonic()
         if not self.world.main:
             return
         state = {"epoch": epoch, "partial": partial, "meta": self.meta, "config": self.config,
@@ -307,7 +318,8 @@ class Run:
                     partial = None
                     if book is not None:
                         book.scalars(epoch, scalars)
-                    self.save(epoch)
+                    if self._checkpoint_due(epoch):
+                        self.save(epoch)
                     if self.world.main:
                         log.info("epoch %d/%d  %s", epoch, self.t.max_epochs, summary(scalars))
             if book is not None:

@@ -15,7 +15,7 @@ from ..errors import EtfTrainError
 # Keys that cannot change what a run computes (display, speed, where files are): they may differ on resume.
 NEUTRAL = (
     "trainer.progress", "trainer.resume", "trainer.device", "trainer.compile", "trainer.channels_last",
-    "trainer.eval_batch_size", "trainer.save_every_n_epochs", "loader.num_workers", "metrics.every_n_epochs", "dataset.root", "dataset.download",
+    "trainer.eval_batch_size", "trainer.save_every_n_epochs", "trainer.checkpoint_every_s", "loader.num_workers", "metrics.every_n_epochs", "dataset.root", "dataset.download",
     "optimized_metric",
 )
 
