@@ -148,6 +148,7 @@ def dense_nc(h, y, logits, W, b, K):
         "norm_ratio_w": w_norms.max() / w_norms.min(),
         "norm_ratio_h": h_norms.max() / h_norms.min(),
         "rank_h": np.linalg.matrix_rank(Hc),
+        "erank_sw": np.trace(S_W) ** 2 / np.sum(S_W ** 2),  # the participation ratio
     }
     if b is not None:
         out["bias_collapse"] = np.linalg.norm(W @ mu_G + b)

@@ -63,6 +63,7 @@ class DataBundle:
     clean_targets: Tensor  # (N_train,) long, the train labels before label noise (train_targets when there is none)
     noisy: Tensor | None  # (N_train,) bool, where train_targets != clean_targets; None: label_noise=0
     class_names: tuple[str, ...] = ()  # (K,) names of the classes, in label order
+    held_out: bool = True  # False: the test split is the train samples themselves (UFM)
 
 
 @dataclass
@@ -218,5 +219,5 @@ def _bundle(
         train_x, test_x = _rows(raw.tensors[0], tr), _rows(raw.tensors[1], te)
     return DataBundle(
         train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name, clean, noisy,
-        tuple(str(c) for c in (raw.class_names or range(K))),
+        tuple(str(c) for c in (raw.class_names or range(K))), raw.train is not None,
     )

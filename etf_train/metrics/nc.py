@@ -1,15 +1,16 @@
 """Streaming neural-collapse metrics over a whole split (train or test), in float64, all-reduce aware.
 
 Two passes over the data:
-  pass 1  `update_stats(h, y)`     per-class counts n_c, per-class sums, per-class sums of ||h||^2 and the
-                                   global second moment sum_i h_i h_i^T (d x d; per-class second moments
-                                   would be d x d x K).
-  pass 2  `update_ncc(h, logits)`  nearest-class-centre disagreement, using the pass-1 means.
+  pass 1  `update_stats(h, y)`        per-class counts n_c, per-class sums and per-class sums of ||h||^2.
+  pass 2  `update_ncc(h, y, logits)`  with the pass-1 means: the within-class second moment
+                                      sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (d x d; per-class ones would be
+                                      d x d x K) and the nearest-class-centre disagreement (logits optional).
+The second moment is formed from centred features, so no cancellation can hide a collapsed S_W.
 Under torch.distributed call `all_reduce()` after each pass (every rank, same order), then `compute(W)`.
 
 Notation: K classes, d feature dimension, N samples, mu_c class means, mu_G = sum_c n_c mu_c / N,
 Hc = [mu_c - mu_G] (d x K), M = I_K - 1 1^T / K.
-  S_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T = (1/N) (sum_i h_i h_i^T - sum_c n_c mu_c mu_c^T)
+  S_W = (1/N) sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T
   S_B = (1/K) Hc Hc^T
   nc1           tr(S_W S_B^+) / K
   nc2_w, nc2_h  || G / ||G||_F - M / sqrt(K-1) ||_F  with G = W W^T, resp. Hc^T Hc
@@ -20,7 +21,9 @@ Hc = [mu_c - mu_G] (d x K), M = I_K - 1 1^T / K.
   cdnv          class-distance normalised variance (Galanti, Gyorgy, Hutter 2022), mean over pairs i < j of
                 (Var_i + Var_j) / (2 ||mu_i - mu_j||^2), Var_c = (1/n_c) sum_{y_i = c} ||h_i - mu_c||^2 = tr(Sigma_c)
   rank_h        numerical rank of Hc: singular values > max(d, K) * eps * s_max (numpy.linalg.matrix_rank's default)
-  erank_sw      effective rank of S_W (Roy & Vetterli 2007): exp(-sum_i p_i log p_i), p_i = lambda_i / sum_j lambda_j
+  erank_sw      effective rank of S_W as its participation ratio (tr S_W)^2 / ||S_W||_F^2 = (sum lambda)^2 / sum lambda^2:
+                d for an isotropic S_W, 1 for one direction, 0 for S_W = 0; O(d^2), where an entropy-based effective
+                rank (Roy & Vetterli 2007) would need the eigenvalues, O(d^3), twice an epoch (40-70 ms at d = 512)
   norm_ratio_h, norm_ratio_w   max / min of the column norms of Hc, resp. row norms of W (minority collapse)
   bias_collapse || W mu_G + b ||, for a classifier with bias b (K,)
 
@@ -87,16 +90,12 @@ def numerical_rank(S: Tensor, shape: tuple[int, int]) -> Tensor:
     return (S > max(shape) * torch.finfo(S.dtype).eps * S[0]).sum()
 
 
-def effective_rank(eigenvalues: Tensor, tol: float) -> Tensor:
-    """Effective rank of a PSD matrix (Roy & Vetterli 2007): exp(-sum_i p_i log p_i), p_i = lambda_i / sum_j lambda_j
-    (eigenvalues = singular values here), with 0 log 0 = 0; between 1 and the rank. Eigenvalues <= tol count as 0 (rounding noise would otherwise add
-    up to d tiny p_i); a matrix with none above tol has effective rank 0, like its rank.
-    eigenvalues: (d,) -> scalar"""
-    lam = eigenvalues[eigenvalues > tol]  # (r,)
-    if lam.numel() == 0:
-        return lam.new_zeros(())
-    p = lam / lam.sum()
-    return torch.exp(-(p * p.log()).sum())
+def participation_ratio(S: Tensor, tol: float) -> Tensor:
+    """(tr S)^2 / ||S||_F^2 = (sum_i lambda_i)^2 / sum_i lambda_i^2 of a symmetric PSD S: between 1 and its rank, the
+    number of equally strong directions it spreads over. 0 when tr S <= tol: the ratio is scale-free, so the
+    rounding left in a collapsed S would otherwise read as a spread.  S: (d, d) -> scalar"""
+    trace = S.trace()
+    return torch.where(trace > tol, trace.square() / S.square().sum().clamp_min(torch.finfo(S.dtype).tiny), 0.0)
 
 
 def cdnv(var: Tensor, G: Tensor) -> Tensor:
@@ -151,7 +150,7 @@ class NCAccumulator:
         self.counts = torch.zeros(num_classes, **f64)  # (K,)
         self.sums = torch.zeros(num_classes, dim, **f64)  # (K, d)
         self.sq_norms = torch.zeros(num_classes, **f64)  # (K,)  sum_{y_i = c} ||h_i||^2, for the class traces of cdnv
-        self.second = torch.zeros(dim, dim, **f64)  # (d, d)  sum_i h_i h_i^T
+        self.within = torch.zeros(dim, dim, **f64)  # (d, d)  sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, pass 2
         self.ncc = torch.zeros(2, **f64)  # (disagreements, samples seen) of pass 2
         self._stats_reduced = False
         self._ncc_reduced = False
@@ -165,29 +164,34 @@ class NCAccumulator:
             raise EtfTrainError(f"NC metrics expect features of shape (batch, {self.dim}), got {tuple(h.shape)}")
         return h.detach().to(device=self.counts.device, dtype=torch.float64)
 
-    def update_stats(self, h: Tensor, y: Tensor) -> None:
-        """Pass 1: add a batch of features h (B, d) with integer labels y (B,) in [0, K)."""
-        if self._stats_reduced or self._centres is not None:
-            raise EtfTrainError("update_stats called after pass 1 was closed (all_reduce or update_ncc); use a new NCAccumulator")
-        h = self._check_features(h)
+    def _check_labels(self, h: Tensor, y: Tensor) -> Tensor:
         if y.shape != h.shape[:1] or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise EtfTrainError(f"NC metrics expect integer labels of shape ({h.shape[0]},), got {y.dtype} {tuple(y.shape)}")
         y = y.detach().to(device=self.counts.device, dtype=torch.long)
         if ((y < 0) | (y >= self.num_classes)).any():
             raise EtfTrainError(f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}")
+        return y
+
+    def update_stats(self, h: Tensor, y: Tensor) -> None:
+        """Pass 1: add a batch of features h (B, d) with integer labels y (B,) in [0, K)."""
+        if self._stats_reduced or self._centres is not None:
+            raise EtfTrainError("update_stats called after pass 1 was closed (all_reduce or update_ncc); use a new NCAccumulator")
+        h = self._check_features(h)
+        y = self._check_labels(h, y)
         self.counts += torch.bincount(y, minlength=self.num_classes)
         self.sums.index_add_(0, y, h)
         self.sq_norms.index_add_(0, y, h.square().sum(dim=1))
-        self.second.addmm_(h.T, h)
 
-    def update_ncc(self, h: Tensor, logits: Tensor) -> None:
-        """Pass 2: count samples whose nearest class centre (pass-1 means) differs from logits.argmax."""
+    def update_ncc(self, h: Tensor, y: Tensor, logits: Tensor | None = None) -> None:
+        """Pass 2 (the same samples again): the within-class second moment around the pass-1 means and, given the
+        logits, the samples whose nearest class centre differs from logits.argmax."""
         if self._ncc_reduced:
             raise EtfTrainError("update_ncc called after pass 2 was all-reduced; use a new NCAccumulator")
         if self._distributed() and not self._stats_reduced:
             raise EtfTrainError("update_ncc needs the global class means: call all_reduce() after pass 1 on every rank first")
         h = self._check_features(h)
-        if logits.shape != (h.shape[0], self.num_classes):
+        y = self._check_labels(h, y)
+        if logits is not None and logits.shape != (h.shape[0], self.num_classes):
             raise EtfTrainError(f"NC metrics expect logits of shape ({h.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}")
         if self._centres is None:
             present = self.counts > 0
@@ -198,10 +202,13 @@ class NCAccumulator:
             offset = mu.square().sum(dim=1).masked_fill(~present, math.inf)  # (K,)
             self._centres = (mu, offset)
         mu, offset = self._centres
-        nearest = (offset - 2.0 * h @ mu.T).argmin(dim=1)  # (B,)
-        predicted = logits.detach().to(self.counts.device).argmax(dim=1)
-        self.ncc[0] += (nearest != predicted).sum()
-        self.ncc[1] += h.shape[0]
+        centred = h - mu[y]  # (B, d)
+        self.within.addmm_(centred.T, centred)
+        if logits is not None:
+            nearest = (offset - 2.0 * h @ mu.T).argmin(dim=1)  # (B,)
+            predicted = logits.detach().to(self.counts.device).argmax(dim=1)
+            self.ncc[0] += (nearest != predicted).sum()
+            self.ncc[1] += h.shape[0]
 
     def all_reduce(self) -> None:
         """Sum the accumulators of the current pass over all processes (first call: pass 1, second: pass 2).
@@ -210,9 +217,9 @@ class NCAccumulator:
         still closes the pass. Must be called by every rank in the same order (it is a collective).
         """
         if not self._stats_reduced:
-            tensors, self._stats_reduced = (self.counts, self.sums, self.sq_norms, self.second), True
+            tensors, self._stats_reduced = (self.counts, self.sums, self.sq_norms), True
         elif not self._ncc_reduced:
-            tensors, self._ncc_reduced = (self.ncc,), True
+            tensors, self._ncc_reduced = (self.within, self.ncc), True
         else:
             return
         if self.sync and dist.is_available() and dist.is_initialized():
@@ -222,8 +229,10 @@ class NCAccumulator:
     def compute(self, W: Tensor | None, b: Tensor | None = None) -> dict[str, float]:
         """The metrics of the module docstring. W: (K, d) classifier, or None to omit nc2_w, equinorm_w,
         equiangular_w, nc3 and norm_ratio_w; b: (K,) its bias, for bias_collapse (omitted without one);
-        nc4 is present only when pass 2 ran."""
-        if self._distributed() and not (self._stats_reduced and (self._ncc_reduced or not self.ncc[1])):
+        nc4 is present only when pass 2 had logits."""
+        if self._centres is None:
+            raise EtfTrainError("compute needs both passes: update_stats over the split, then update_ncc over it again")
+        if self._distributed() and not (self._stats_reduced and self._ncc_reduced):
             raise EtfTrainError("compute would see only this rank's samples: call all_reduce() after each pass on every rank first")
         if b is not None and W is None:
             raise EtfTrainError("bias_collapse || W mu_G + b || needs the classifier W along with its bias b")
@@ -235,13 +244,11 @@ class NCAccumulator:
         mu = self.sums[present] / n[:, None]  # (K', d)
         mu_G = self.sums.sum(dim=0) / N  # (d,)
         Hc = (mu - mu_G).T  # (d, K')
-        S_W = (self.second - (mu.T * n) @ mu) / N  # (d, d)
+        S_W = self.within / N  # (d, d)
         G_h = Hc.T @ Hc  # (K', K')
         U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
         # E||h - mu_c||^2 = E||h||^2 - ||mu_c||^2; the clamp removes rounding below 0 for collapsed classes.
         var = (self.sq_norms[present] / n - mu.square().sum(dim=1)).clamp_min(0)  # (K',)
-        # S_W is a difference of terms of size E||h||^2: eigenvalues below d eps E||h||^2 are its rounding error.
-        sw_tol = self.dim * torch.finfo(S_W.dtype).eps * float(self.second.trace() / N)
         out = {
             "nc1": nc1_from_moments(S_W, U, S),
             "nc2_h": nc2(G_h),
@@ -249,7 +256,8 @@ class NCAccumulator:
             "equiangular_h": equiangularity(G_h),
             "cdnv": cdnv(var, G_h),
             "rank_h": numerical_rank(S, tuple(Hc.shape)),
-            "erank_sw": effective_rank(torch.linalg.eigvalsh(S_W), sw_tol),
+            # centring h by means it helped form leaves ~d eps E||h||^2 of rounding in tr S_W
+            "erank_sw": participation_ratio(S_W, self.dim * torch.finfo(S_W.dtype).eps * float(self.sq_norms.sum() / N)),
             "norm_ratio_h": norm_ratio(G_h.diagonal().sqrt()),
         }
         if W is not None:
@@ -280,6 +288,5 @@ def nc_metrics(
     classifier W (K, d) and its bias b (K,); process-local (never all-reduced)."""
     acc = NCAccumulator(num_classes, h.shape[-1], device=h.device, sync=False)
     acc.update_stats(h, y)
-    if logits is not None:
-        acc.update_ncc(h, logits)
+    acc.update_ncc(h, y, logits)
     return acc.compute(W, b)

@@ -45,14 +45,14 @@ def _pass(model, loader, device, autocast, num_classes: int, visit: Callable, nc
             acc.update_stats(h, y)
             cached_bytes += h.numel() * h.element_size()
             if cached_bytes <= FEATURE_CACHE_BYTES:
-                cache.append((h, logits))
+                cache.append((h, logits, y))
     if acc is None:
         return {}
     acc.all_reduce()
-    if cached_bytes > FEATURE_CACHE_BYTES:
-        cache = (features(to_device(batch, device)[0]) for batch in loader)
-    for h, logits in cache:
-        acc.update_ncc(h, logits)
+    if cached_bytes > FEATURE_CACHE_BYTES:  # too large to keep: the backbone runs again
+        cache = ((*features(x), y) for x, y in (to_device(batch, device) for batch in loader))
+    for h, logits, y in cache:
+        acc.update_ncc(h, y, logits)
     acc.all_reduce()
     bias = model.head.bias
     return acc.compute(model.head.weight.detach().float(), None if bias is None else bias.detach().float())

@@ -267,8 +267,10 @@ class Run:
         last = epoch == self.t.max_epochs
         metrics_epoch = epoch % self.cfg.metrics.every_n_epochs == 0 or last
         # The bare model: ranks' test shards may differ in batch count; DDP's forward would wait on a collective.
+        # NC metrics of a test split that is the train set itself (UFM) would repeat nc/* as nc_test/*
         test, self.calibration = evaluate(
-            self.model, self.test_loader, self.device, self.autocast, self.world, self.K, nc=metrics_epoch,
+            self.model, self.test_loader, self.device, self.autocast, self.world, self.K,
+            nc=metrics_epoch and self.bundle.held_out,
             class_names=self.bundle.class_names, class_counts=self.class_counts, per_class=self.K <= 100 or last)
         scalars.update(test)
         if metrics_epoch:
