@@ -80,10 +80,23 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     if "lr" in cfg:  # agd has a gain instead
         opt.number("optimizer.lr", cfg.lr, above=0)
     try:
-        named = getattr(get_class(cfg._target_), "takes_named_parameters", False)
+        cls = get_class(cfg._target_)
     except (ImportError, ValueError, AttributeError) as e:
         raise EtfTrainError(f"optimizer._target_={cfg._target_!r} is not a class: {e}") from None
+    device = next(model.parameters()).device
+    if cfg.get("fused") and not _fused_available(cls, device):
+        cfg = OmegaConf.merge(cfg, {"fused": None})  # torch < 2.4 on CPU: the default (foreach) implementation
+    named = getattr(cls, "takes_named_parameters", False)
     return _instantiate("optimizer", cfg, model.named_parameters() if named else model.parameters())
+
+
+def _fused_available(cls, device: torch.device) -> bool:
+    """Whether this torch has a fused `cls` step for parameters on `device` (CPU since torch 2.4)."""
+    try:
+        cls([torch.zeros(1, device=device, requires_grad=True)], lr=0.1, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def build_scheduler(cfg: DictConfig, optimizer):
