@@ -1,6 +1,6 @@
 """Training throughput: ResNet-18 (CIFAR variant, 32 px), K = 100, batch 256, each head and each data path.
 
-Runs the real trainer step (etf_train.trainer.Run.train_epoch) on CIFAR-shaped uint8 images served the way
+Runs the real trainer step (etf_train.training.Run.train_epoch) on CIFAR-shaped uint8 images served the way
 torchvision's CIFAR serves them (the `bench_cifar` dataset of scripts/bench_data.py): per-sample PIL
 transforms through a DataLoader, or the device-resident path with batched augmentation. Each row: one
 warm-up epoch, then one timed epoch of `--steps` steps. On CUDA: bf16 autocast and channels_last
@@ -36,8 +36,8 @@ def config(head: str, loader: str, device: str, steps: int, batch: int, workers:
             f"trainer.channels_last={cuda}", f"trainer.compile={compile_}", "trainer.progress=false",
         ])
     OmegaConf.set_struct(cfg, False)
-    cfg.dataset = {"name": "bench_cifar", "n": steps * batch, "num_classes": 100, "loader": loader,
-                   "num_workers": workers if loader == "dataloader" else 0, "class_balanced": False}
+    cfg.dataset = {**OmegaConf.to_container(cfg.dataset), "name": "bench_cifar", "n": steps * batch, "num_classes": 100}
+    cfg.loader = {"mode": loader, "num_workers": workers if loader == "dataloader" else 0, "class_balanced": False}
     return cfg
 
 
