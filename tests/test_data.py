@@ -15,7 +15,6 @@ import scipy.stats
 import torch
 import torchvision
 from omegaconf import OmegaConf
-from PIL import Image
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 
@@ -33,7 +32,7 @@ from etf_train.data import (
 )
 from etf_train.errors import EtfTrainError
 
-from .conftest import make_cfg
+from .conftest import make_cfg, write_folder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -475,18 +474,6 @@ def test_mnist_like_reads_idx_files_and_crops_without_flipping(tmp_path, name, f
 
 
 # ----------------------------------------------------------------------------- image folders
-
-
-def write_folder(root: Path, split: str, classes: dict[str, int], size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """PNG class folders; returns the pixels in ImageFolder's order (classes sorted, files sorted)."""
-    pixels = []
-    for name in sorted(classes):
-        (root / split / name).mkdir(parents=True)
-        for i in range(classes[name]):
-            img = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-            Image.fromarray(img).save(root / split / name / f"{i:02d}.png")
-            pixels.append(img)
-    return pixels
 
 
 def test_image_folder_reads_class_folders(tmp_path):
