@@ -3,20 +3,33 @@
 For each size, method (svd, gram, riemannian with max_iters=30) and backward (polar, ddn, none):
 the median wall time of the forward (graph built, H.requires_grad) and of forward + backward of
 <P, G> for a fixed random G, next to one ``torch.linalg.svd(A, full_matrices=False)`` of the same
-A = procrustes_target(H, prev, delta), and the ratio fwd+bwd / bare SVD. float32, check=False.
+A = procrustes_target(H, prev, delta) stored row-major, and the ratio fwd+bwd / bare SVD. float32, check=False.
 
-Timing rule: one discarded warm-up call, then min(--repeats, max(1, floor(--budget-s / warm-up time)))
-timed calls, so a call slower than the budget (the riemannian solver at 2048 x 1000 on CPU) is timed once.
+Timing rule: the bare SVD, the forward and the forward + backward are timed side by side, one after another in each
+of min(--repeats, max(1, floor(--budget-s / warm-up round))) rounds after a discarded warm-up round, so a call slower
+than the budget (the riemannian solver at 2048 x 1000 on CPU) is timed once; times are medians over rounds and the
+ratio is the median of the per-round ratios.
 ``ddn`` is dense (a (dK)^2 float64 system) and only runs where d*K <= 5000.
+
+``--summary`` instead times, side by side in interleaved rounds (every contender once per round, so a change of
+load hits all alike): svd + polar forward+backward against the bare SVD of A row-major and column-major (LAPACK's
+layout: torch copies a row-major A first) at (512, 10), (512, 100), (2048, 1000); and one training step of the
+heads at UFM-10 sizes (B=256, d=512, K=10: head forward, cross-entropy, backward into the features), nearest_etf
+against learned (at least 3 rounds, at most --rounds). ``--before DIR`` adds the same contenders from an older
+checkout of the package, e.g. ``git archive <rev> etf_train | tar -x -C DIR``.
 
     python scripts/bench_solver.py                      # every available device
     python scripts/bench_solver.py --device cpu --out /tmp/solver.md
     python scripts/bench_solver.py --quick              # small sizes, 2 repeats: a smoke run
+    python scripts/bench_solver.py --device cpu --threads 1 --summary --before /tmp/old
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
+import importlib.util
 import math
 import os
 import platform
@@ -28,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from etf_train import heads
 from etf_train.etf import random_stiefel
 from etf_train.solver import BACKWARDS, METHODS, nearest_etf, procrustes_target
 
@@ -55,6 +70,8 @@ class Case:
 
 FULL_CASES = (Case(None, 64, 10), Case(None, 512, 10), Case(None, 512, 100), Case(None, 2048, 1000), Case(64, 512, 10))
 QUICK_CASES = (Case(None, 64, 10), Case(None, 512, 10), Case(None, 512, 100), Case(8, 512, 10))
+SUMMARY_CASES = (Case(None, 512, 10), Case(None, 512, 100), Case(None, 2048, 1000))
+HEAD_SIZE = (256, 512, 10)  # UFM-10: batch B, feature dim d, classes K
 
 
 def _sync(device: torch.device) -> None:
@@ -62,19 +79,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, budget_s: float) -> tuple[float, int]:
-    """Median milliseconds of ``fn`` after one warm-up call, and how many calls were timed."""
+def interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, budget_s: float, min_rounds: int):
+    """Milliseconds of every fn in every round, the fns timed one after another within a round (so a change of load
+    hits all of them alike). One warm-up round, then min(rounds, max(min_rounds, floor(budget_s / warm-up round)))
+    rounds.  -> {name: [ms per round]}
+    """
 
-    def once() -> float:
+    def once(fn) -> float:
         _sync(device)
         start = time.perf_counter()
         fn()
         _sync(device)
-        return time.perf_counter() - start
+        return 1e3 * (time.perf_counter() - start)
 
-    warm = once()
-    n = min(repeats, max(1, math.floor(budget_s / max(warm, 1e-9))))
-    return 1e3 * statistics.median(once() for _ in range(n)), n
+    warm = sum(once(fn) for fn in fns.values()) / 1e3
+    n = min(rounds, max(min_rounds, math.floor(budget_s / max(warm, 1e-9))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(n):
+        for name, fn in fns.items():
+            times[name].append(once(fn))
+    return times
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """The median over rounds of a / b, each ratio measured side by side within one round."""
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
@@ -110,12 +139,12 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 1000**power:.3g} {units[power]}"
 
 
-def solver_calls(H, prev, G, method: str, backward: str, opts: dict):
+def solver_calls(H, prev, G, method: str, backward: str, opts: dict, solve=nearest_etf):
     """The two timed calls: the forward (graph built) and forward + backward of <P, G> into H."""
     Hg = H.clone().requires_grad_()
 
     def forward():
-        return nearest_etf(Hg, prev, DELTA, method, backward, check=False, **opts)
+        return solve(Hg, prev, DELTA, method, backward, check=False, **opts)
 
     def forward_backward():
         Hg.grad = None
@@ -128,35 +157,34 @@ def solver_calls(H, prev, G, method: str, backward: str, opts: dict):
 
 def bench_case(case: Case, device: torch.device, args, bar: tqdm) -> list[list[str]]:
     H, prev, G = make_inputs(case, device)
-    A = procrustes_target(H, prev, DELTA)
-    svd_ms, svd_n = time_ms(lambda: torch.linalg.svd(A, full_matrices=False), device, args.repeats, args.budget_s)
-    bar.write(f"[{device.type}] {case.label}: bare SVD {fmt_ms(svd_ms)} ms (n={svd_n})")
+    A = procrustes_target(H, prev, DELTA).contiguous()  # row-major, as the table has always timed it
+    bare_svd = functools.partial(torch.linalg.svd, A, full_matrices=False)
     rows = []
     for method in METHODS:
         opts = SOLVER_OPTS[method]
         for backward in BACKWARDS:
             row = [device.type, case.label, method, backward]
             if backward == "ddn" and case.d * case.K > DDN_MAX_DK:
-                rows.append(row + ["skipped (dense, O((dK)^2) memory)", "—", fmt_ms(svd_ms), "—", "—", "—"])
+                rows.append(row + ["skipped (dense, O((dK)^2) memory)", "—", "—", "—", "—", "—"])
                 bar.write(" | ".join(rows[-1]))
                 bar.update()
                 continue
             forward, forward_backward = solver_calls(H, prev, G, method, backward, opts)
-            fwd_ms, n_fwd = time_ms(forward, device, args.repeats, args.budget_s)
-            if backward == "none":
-                both_ms, n_both, both = fwd_ms, n_fwd, f"{fmt_ms(fwd_ms)} (= fwd)"
-            else:
-                both_ms, n_both = time_ms(forward_backward, device, args.repeats, args.budget_s)
-                both = fmt_ms(both_ms)
+            fns = {"svd": bare_svd, "fwd": forward}
+            if backward != "none":  # backward="none" builds no graph through P: its fwd+bwd is its forward
+                fns["both"] = forward_backward
+            t = interleaved_ms(fns, device, args.repeats, args.budget_s, min_rounds=1)
+            both = t.get("both", t["fwd"])
+            fwd_ms = fmt_ms(statistics.median(t["fwd"]))
             mem = peak_extra_bytes(forward_backward, device)
             rows.append(
                 row
                 + [
-                    fmt_ms(fwd_ms),
-                    both,
-                    fmt_ms(svd_ms),
-                    f"{both_ms / svd_ms:.2f}",
-                    f"{n_fwd}/{n_both}",
+                    fwd_ms,
+                    fmt_ms(statistics.median(both)) if backward != "none" else f"{fwd_ms} (= fwd)",
+                    fmt_ms(statistics.median(t["svd"])),
+                    f"{median_ratio(both, t['svd']):.2f}",
+                    str(len(both)),
                     "n/a (CPU)" if mem is None else fmt_bytes(mem),
                 ]
             )
@@ -165,7 +193,7 @@ def bench_case(case: Case, device: torch.device, args, bar: tqdm) -> list[list[s
     return rows
 
 
-HEADER = ["device", "size (d, K)", "method", "backward", "fwd ms", "fwd+bwd ms", "bare SVD ms", "fwd+bwd / SVD", "n fwd/bwd", "peak extra mem"]
+HEADER = ["device", "size (d, K)", "method", "backward", "fwd ms", "fwd+bwd ms", "bare SVD ms", "fwd+bwd / SVD", "rounds", "peak extra mem"]
 
 
 def _drop_memory_on_cpu(header, rows, devices):
@@ -230,19 +258,136 @@ def loadavg() -> str:
         return "n/a"
 
 
+def import_before(path: Path):
+    """The etf_train package under ``path`` (an older checkout), imported as etf_train_before next to the current one.
+    -> its (solver, heads) modules"""
+    init = path / "etf_train" / "__init__.py"
+    if not init.is_file():
+        raise SystemExit(f"--before {path}: no etf_train/__init__.py there (git archive <rev> etf_train | tar -x -C {path})")
+    spec = importlib.util.spec_from_file_location("etf_train_before", init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["etf_train_before"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("etf_train_before.solver"), importlib.import_module("etf_train_before.heads")
+
+
+def summary_solver_rows(device: torch.device, args, before) -> list[list[str]]:
+    rows = []
+    for case in SUMMARY_CASES:
+        H, prev, G = make_inputs(case, device)
+        A = procrustes_target(H, prev, DELTA)
+        A_row, A_col = A.contiguous(), A.mT.contiguous().mT
+        fns = {
+            "svd_row": functools.partial(torch.linalg.svd, A_row, full_matrices=False),
+            "svd_col": functools.partial(torch.linalg.svd, A_col, full_matrices=False),
+            "after": solver_calls(H, prev, G, "svd", "polar", {})[1],
+        }
+        if before is not None:
+            fns["before"] = solver_calls(H, prev, G, "svd", "polar", {}, solve=before.nearest_etf)[1]
+        t = interleaved_ms(fns, device, args.rounds, args.budget_s, min_rounds=3)
+        med = {name: statistics.median(v) for name, v in t.items()}
+        row = [device.type, case.label, fmt_ms(med["svd_row"]), fmt_ms(med["svd_col"])]
+        if before is not None:
+            row += [fmt_ms(med["before"]), f"{median_ratio(t['before'], t['svd_row']):.2f}"]
+        row += [
+            fmt_ms(med["after"]),
+            f"{median_ratio(t['after'], t['svd_row']):.2f}",
+            f"{median_ratio(t['after'], t['svd_col']):.2f}",
+            str(len(t["after"])),
+        ]
+        rows.append(row)
+        print(" | ".join(row), file=sys.stderr)
+    return rows
+
+
+def head_step(head: torch.nn.Module, f: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One training step of a head: logits, cross-entropy, backward into the features f (a leaf, as in the UFM)."""
+
+    def step():
+        f.grad = None
+        head.zero_grad(set_to_none=True)
+        F.cross_entropy(head(f, y), y).backward()
+
+    return step
+
+
+def summary_head_rows(device: torch.device, args, before_heads) -> list[list[str]]:
+    B, d, K = HEAD_SIZE
+    gen = torch.Generator().manual_seed(0)
+    f = torch.randn(B, d, generator=gen).to(device).requires_grad_()
+    y = (torch.arange(B) % K).to(device)
+    contenders = {"learned": heads.LearnedHead(K, d), "nearest_etf": heads.NearestETFHead(K, d)}
+    if before_heads is not None:
+        contenders["nearest_etf (before)"] = before_heads.NearestETFHead(K, d)
+    fns = {name: head_step(head.to(device), f, y) for name, head in contenders.items()}
+    t = interleaved_ms(fns, device, args.rounds, args.budget_s, min_rounds=3)
+    rows = []
+    for name, head in contenders.items():
+        solve = head.pop_solver_stats().get("solver/ms")
+        rows.append([
+            device.type,
+            name,
+            fmt_ms(statistics.median(t[name])),
+            f"{median_ratio(t[name], t['learned']):.2f}",
+            fmt_ms(statistics.median(a - b for a, b in zip(t[name], t["learned"]))),
+            "-" if solve is None else fmt_ms(solve),
+            str(len(t[name])),
+        ])
+        print(" | ".join(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def summary_report(devices: list[torch.device], args) -> str:
+    before_solver, before_heads = import_before(args.before) if args.before is not None else (None, None)
+    solver_header = ["device", "size (d, K)", "bare SVD ms (A row-major)", "bare SVD ms (A column-major)"]
+    if args.before is not None:
+        solver_header += ["before fwd+bwd ms", "before / SVD row-major"]
+    solver_header += ["fwd+bwd ms", "fwd+bwd / SVD row-major", "fwd+bwd / SVD column-major", "rounds"]
+    head_header = ["device", "head", "step ms", "step / learned", "step - learned ms", "solve fwd ms", "rounds"]
+    load_before = loadavg()
+    solver_rows = [row for dev in devices for row in summary_solver_rows(dev, args, before_solver)]
+    head_rows = [row for dev in devices for row in summary_head_rows(dev, args, before_heads)]
+    load_after = loadavg()
+    B, d, K = HEAD_SIZE
+    return "\n".join(
+        [
+            *machine_lines(devices),
+            f"- load average (1, 5, 15 min): before {load_before}, after {load_after}",
+            *([f"- before: the package in {args.before}"] if args.before is not None else []),
+            "",
+            "nearest_etf(method=svd, backward=polar, check=False), float32, forward + backward of <P, G>:",
+            "",
+            markdown_table(solver_header, solver_rows),
+            "",
+            f"One head training step (forward, cross-entropy, backward into the features), B={B}, d={d}, K={K}, float32:",
+            "",
+            markdown_table(head_header, head_rows),
+            "",
+        ]
+    )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="all = cpu and cuda if available")
-    parser.add_argument("--repeats", type=int, default=10, help="most timed calls per median (default 10)")
+    parser.add_argument("--repeats", type=int, default=50, help="most timed rounds per table row (default 50)")
     parser.add_argument("--budget-s", type=float, default=3.0, help="time per median; slower calls are timed fewer times")
     parser.add_argument("--out", type=Path, help="write the tables as markdown here")
     parser.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="small sizes and 2 repeats: a smoke run")
+    parser.add_argument("--summary", action="store_true",
+                        help="only svd + polar vs the bare SVD at (512,10), (512,100), (2048,1000) and the heads' step, interleaved")
+    parser.add_argument("--rounds", type=int, default=200, help="--summary: most interleaved rounds per table row (default 200)")
+    parser.add_argument("--before", type=Path, help="--summary: also time the etf_train package under this directory")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.budget_s <= 0:
         parser.error(f"--budget-s must be > 0, got {args.budget_s}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.before is not None and not args.summary:
+        parser.error("--before applies to --summary only")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -250,6 +395,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.repeats, args.budget_s = min(args.repeats, 2), min(args.budget_s, 0.5)
     return args
+
+
+def full_report(devices: list[torch.device], args) -> str:
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    load_before = loadavg()
+    rows: list[list[str]] = []
+    with tqdm(total=len(devices) * len(cases) * len(METHODS) * len(BACKWARDS), desc="solver bench", file=sys.stderr) as bar:
+        for device in devices:
+            for case in cases:
+                rows += bench_case(case, device, args, bar)
+    load_after = loadavg()
+    return "\n".join(
+        [
+            *machine_lines(devices),
+            f"- load average (1, 5, 15 min): before {load_before}, after {load_after}",
+            "",
+            markdown_table(*_drop_memory_on_cpu(HEADER, rows, devices)),
+            "",
+            "Backward-pass memory, computed (not measured):",
+            "",
+            markdown_table(MEMORY_HEADER, memory_rows()),
+            "",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,29 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     else:
         devices = [torch.device(args.device)]
-    cases = QUICK_CASES if args.quick else FULL_CASES
-    load_before = loadavg()
-    rows: list[list[str]] = []
-    with tqdm(total=len(devices) * len(cases) * len(METHODS) * len(BACKWARDS), desc="solver bench", file=sys.stderr) as bar:
-        for device in devices:
-            for case in cases:
-                rows += bench_case(case, device, args, bar)
-    load_after = loadavg()
-
-    mem = markdown_table(MEMORY_HEADER, memory_rows())
-    report = "\n".join(
-        [
-            *machine_lines(devices),
-            f"- load average (1, 5, 15 min): before {load_before}, after {load_after}",
-            "",
-            markdown_table(*_drop_memory_on_cpu(HEADER, rows, devices)),
-            "",
-            "Backward-pass memory, computed (not measured):",
-            "",
-            mem,
-            "",
-        ]
-    )
+    report = summary_report(devices, args) if args.summary else full_report(devices, args)
     print("\n" + report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -308,3 +308,69 @@ def test_fixed_etf_batch_centering_is_the_authors_bias():
     torch.testing.assert_close(head(f), expected)  # evaluation batches get their own bias too
     with pytest.raises(EtfTrainError, match="head.center"):
         create_head("fixed_etf", 4, 8, center="running")
+
+
+# --- the whole training step against method.md written out, step by step --------------------------
+
+
+class _ReferenceHead:
+    """method.md's nearest-ETF head written out in float64 (explicit M, per-class loops, P = U V^T from
+    torch.linalg.svd with autograd through the SVD): an independent route to the head's outputs and gradients."""
+
+    def __init__(self, K, d, tau, delta=1e-3, min_rate=1e-4):
+        self.K, self.tau, self.delta, self.min_rate = K, tau, delta, min_rate
+        self.means = torch.zeros(d, K, dtype=torch.float64)
+        self.P = torch.eye(d, K, dtype=torch.float64)
+        self.mu = torch.zeros(d, dtype=torch.float64)
+        self.t = 0
+
+    def __call__(self, f, Y):
+        """f: (B, d) features, Y: (B, K) label weights (one-hot rows for hard labels) -> logits (B, K)"""
+        K = self.K
+        M = torch.eye(K, dtype=torch.float64) - 1.0 / K
+        h = self.tau * f / f.norm(dim=1, keepdim=True)
+        mu_G = sum(Y[b].sum() * h[b] for b in range(len(h))) / Y.sum()
+        self.t += 1
+        a = max(2.0 / (self.t + 1), self.min_rate)
+        columns = []
+        for k in range(K):
+            c = Y[:, k].sum()
+            if c > 0:
+                batch_mean = (Y[:, k, None] * h).sum(0) / c - mu_G
+                columns.append((1 - a) * self.means[:, k] + a * batch_mean)
+            else:
+                columns.append(self.means[:, k])
+        means = torch.stack(columns, 1)
+        H = means / means.norm()
+        A = (2.0 / math.sqrt(K - 1)) * H @ M + self.delta * self.P
+        U, _, Vh = torch.linalg.svd(A, full_matrices=False)
+        P = U @ Vh
+        W = math.sqrt(K / (K - 1)) * M @ P.T
+        self.means, self.P = means.detach(), P.detach()
+        self.mu = (1 - a) * self.mu + a * mu_G.detach()
+        return h @ W.T - W @ mu_G
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-4)])
+def test_nearest_etf_training_steps_equal_method_md_written_out(dtype, tol):
+    """Catches any change to what a training step computes: logits, the gradient into the features (through h, the class
+    means, H and P), the running means, P and mu_G over steps with all classes, an absent class and soft labels."""
+    K, d, B, tau = 5, 24, 30, 2.0
+    head, ref = NearestETFHead(K, d, tau=tau).to(dtype), _ReferenceHead(K, d, tau)
+    g = torch.Generator().manual_seed(11)
+    for step in range(5):
+        f = torch.randn(B, d, generator=g, dtype=torch.float64)
+        y = torch.randint(0, K - 1 if step == 2 else K, (B,), generator=g)  # step 2: class K-1 absent
+        Y = F.one_hot(y, K).double()
+        if step == 3:  # a mixed batch: soft labels
+            Y = 0.6 * Y + 0.4 * F.one_hot(torch.roll(y, 1), K).double()
+        x, xr = f.to(dtype).clone().requires_grad_(), f.clone().requires_grad_()
+        logits = head(x, y if step != 3 else Y.to(dtype))
+        expected = ref(xr, Y)
+        w = torch.randn(B, K, generator=g, dtype=torch.float64)  # a loss whose gradient reaches every logit
+        (logits.double() * w).sum().backward()
+        (expected * w).sum().backward()
+        rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+        assert rel(logits.detach(), expected.detach()) < tol, step
+        assert rel(x.grad, xr.grad) < tol, step
+        assert rel(head.P, ref.P) < tol and rel(head.means, ref.means) < tol and rel(head.global_mean, ref.mu) < tol, step

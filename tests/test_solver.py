@@ -13,7 +13,8 @@ from etf_train import (
     random_stiefel,
     simplex_etf,
 )
-from etf_train.solver import objective, procrustes_target
+from etf_train.solver import centre, objective, polar_vjp, procrustes_target
+from etf_train.solver.polar import CENTRE_BY_PRODUCT_MAX_K
 
 f64 = torch.float64
 
@@ -156,18 +157,24 @@ def test_polar_equals_ddn(d, K):
         assert (a - b).abs().max() <= 1e-8
 
 
-def test_float32_polar_close_to_float64_at_paper_size():
-    H, prev = problem(512, 100, seed=6)
-    G = torch.randn(512, 100, dtype=f64, generator=torch.Generator().manual_seed(1))
+@pytest.mark.parametrize("method", ["svd", "gram"])
+@pytest.mark.parametrize("d,K", [(512, 10), (512, 100)])
+def test_float32_polar_close_to_float64(d, K, method):
+    """float32 P and dL/dH within 10 eps_32 cond(A) of float64, where the smallest singular value of A is ~ delta."""
+    H, prev = problem(d, K, seed=6)
+    S = torch.linalg.svdvals(procrustes_target(H, prev, 1e-3))
+    assert S[-1] < 10 * 1e-3  # the ill-conditioned direction P 1, pinned only by delta P_prev
+    tol = 10 * torch.finfo(torch.float32).eps * float(S[0] / S[-1])
+    G = torch.randn(d, K, dtype=f64, generator=torch.Generator().manual_seed(1))
     grads = []
     for dt in (f64, torch.float32):
         h = H.to(dt).requires_grad_()
-        P = nearest_etf(h, prev.to(dt))
+        P = nearest_etf(h, prev.to(dt), method=method)
         (gH,) = torch.autograd.grad((P * G.to(dt)).sum(), h)
         grads.append((P.double(), gH.double()))
     (P64, g64), (P32, g32) = grads
-    assert (P32 - P64).norm() / P64.norm() < 1e-3
-    assert (g32 - g64).norm() / g64.norm() < 1e-3
+    assert (P32 - P64).norm() / P64.norm() < tol
+    assert (g32 - g64).norm() / g64.norm() < tol
 
 
 def test_backward_none_is_constant_and_gram_has_same_gradient():
@@ -325,3 +332,63 @@ def test_solution_is_a_local_minimiser_along_tangent_retractions(d, K, delta):
                 Q, R = torch.linalg.qr(P + s * t * xi)
                 Q = Q * torch.sign(torch.diagonal(R))  # the retraction qf(P + t xi)
                 assert _objective_by_hand(Q, H, prev, delta) >= best - 1e-12, (t, s)
+
+
+# --- the small-K fast path: centring, layouts, partial gradients, the VJP formula ------------------
+
+
+@pytest.mark.parametrize("K", [3, CENTRE_BY_PRODUCT_MAX_K, CENTRE_BY_PRODUCT_MAX_K + 1])
+def test_centre_equals_explicit_centring_product_on_both_routes(K):
+    """Catches a wrong scale, centring over the wrong axis or a batching slip in either route of centre (product / mean)."""
+    X = torch.randn(2, K, 7, dtype=f64, generator=torch.Generator().manual_seed(K))
+    M = torch.eye(K, dtype=f64) - 1.0 / K
+    assert torch.allclose(centre(X, 0.7), 0.7 * M @ X, atol=1e-13)
+    assert torch.allclose(centre(X.mT.contiguous().mT, 0.7), 0.7 * M @ X, atol=1e-13)  # column-major input
+
+
+def test_polar_vjp_equals_method_md_formula_written_out():
+    """Catches a slip in the expanded, transposed VJP (s_i vs s_j, a sign, the scale c M): method.md's form, from numpy's SVD."""
+    d, K, c = 30, 6, 0.8
+    H, prev = _np_problem((), d, K, seed=3)
+    A = _target_by_hand(H, prev, 1e-3)
+    G = np.random.default_rng(4).standard_normal((d, K))
+    U, s, Vt = np.linalg.svd(A, full_matrices=False)
+    V = Vt.T
+    Y = U.T @ G @ V
+    dA = U @ ((Y - Y.T) / (s[:, None] + s[None, :])) @ Vt + (np.eye(d) - U @ U.T) @ G @ V @ np.diag(1 / s) @ Vt
+    M = np.eye(K) - 1.0 / K
+    factors = [torch.from_numpy(x) for x in (G, U, s, Vt)]
+    assert np.abs(polar_vjp(*factors).numpy() - dA).max() < 1e-10
+    assert np.abs(polar_vjp(*factors, scale=c).numpy() - c * dA @ M).max() < 1e-10
+
+
+def test_input_layouts_and_partial_gradients_agree():
+    """Catches results that depend on the memory layout of H, prev or the upstream gradient (the solver computes transposed),
+    and gradients that change when only one of H, prev requires grad."""
+    H, prev = problem(40, 7, seed=8)
+    G = torch.randn(40, 7, dtype=f64, generator=torch.Generator().manual_seed(2))
+    col = lambda t: t.mT.contiguous().mT  # noqa: E731
+    results = []
+    for h0, p0, g in ((H, prev, G), (col(H), col(prev), col(G))):
+        h, p = h0.clone().requires_grad_(), p0.clone().requires_grad_()
+        P = nearest_etf(h, p)
+        results.append((P, *torch.autograd.grad((P * g).sum(), (h, p))))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12)
+    _, gH, gprev = results[0]
+    h = H.clone().requires_grad_()
+    assert torch.allclose(torch.autograd.grad((nearest_etf(h, prev) * G).sum(), h)[0], gH, atol=1e-12)
+    p = prev.clone().requires_grad_()
+    assert torch.allclose(torch.autograd.grad((nearest_etf(H, p) * G).sum(), p)[0], gprev, atol=1e-12)
+
+
+def test_first_call_under_inference_mode_leaves_a_usable_cache():
+    """Catches a cached centring matrix created as an inference tensor, which autograd could not save later."""
+    H, prev = problem(20, 11, seed=9)  # K = 11: not used elsewhere in this file, so the cache starts empty
+    with torch.inference_mode():
+        P0 = nearest_etf(H, prev)
+    h = H.clone().requires_grad_()
+    P = nearest_etf(h, prev)
+    assert torch.allclose(P, P0, atol=1e-12)
+    (g,) = torch.autograd.grad(procrustes_target(h, prev, 1e-3).sum(), h)  # saves the cached matrix for backward
+    assert torch.isfinite(g).all()

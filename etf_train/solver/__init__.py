@@ -2,11 +2,13 @@
 a Riemannian solver (riemannian.py) and the dense declarative-node gradient used as a cross-check (ddn.py)."""
 
 from .ddn import ddn_vjp
-from .node import BACKWARDS, METHODS, nearest_etf
+from .node import BACKWARDS, METHODS, autocast_off, nearest_etf
 from .polar import (
+    centre,
     factors_from_solution,
     objective,
     polar_factors,
+    polar_from_factors,
     polar_vjp,
     procrustes_target,
     tangent_project,
@@ -17,11 +19,14 @@ __all__ = [
     "BACKWARDS",
     "METHODS",
     "SolveInfo",
+    "autocast_off",
+    "centre",
     "ddn_vjp",
     "factors_from_solution",
     "nearest_etf",
     "objective",
     "polar_factors",
+    "polar_from_factors",
     "polar_vjp",
     "procrustes_target",
     "riemannian_trust_region",
