@@ -258,6 +258,7 @@ def test_main_writes_md_csv_png(sweep, tmp_path, capsys):
     out = tmp_path / "report"
     assert main([str(sweep), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
+    assert f"compare: tensorboard --logdir {sweep}    then open http://localhost:6006/?smoothing=0" in stdout
     md = (out / "comparison.md").read_text()
     for head in SWEEP:
         assert f"| head={head} |" in stdout and f"| head={head} |" in md

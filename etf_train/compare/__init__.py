@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EtfTrainError
+from ..view import how_to_look
 from ..rundir import read_scalars
 from .plot import FORMATS, check_metrics, figure, spans_decades
 from .report import markdown, notes, table, write_csv
@@ -158,7 +159,8 @@ def compare(args: argparse.Namespace) -> str:
     write_csv(out / "comparison.csv", summaries)
     fig_path = out / f"comparison.{args.format}"
     figure(counted, metrics).savefig(fig_path, dpi=args.dpi)
-    return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {fig_path}\n"
+    folders = " ".join(str(f) for f in args.folders)
+    return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {fig_path}\n{how_to_look(folders)}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
