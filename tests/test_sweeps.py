@@ -279,3 +279,44 @@ def test_missing_plugin_is_one_line_and_exit_2(arg, module, package, monkeypatch
     err = capsys.readouterr().err
     assert err == (f'etf-train: error: {arg.lstrip("+")} needs the {package} plugin: '
                    f'pip install -e ".[sweep]" (or pip install {package})\n')
+
+
+@pytest.mark.slow
+def test_a_real_tensorboard_server_lists_the_sweep_in_hparams_and_custom_scalars(tmp_path):
+    """The HParams tab said "No hparams data was found" and Custom Scalars was blank: ask a real TensorBoard."""
+    import json
+    import socket
+    import time
+    import urllib.request
+
+    sweep = tmp_path / "sweep"
+    assert etf_train("-m", "head=learned,nearest_etf", "seed=1,2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path).returncode == 0
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(sweep),
+                               "--port", str(port), "--host", "localhost"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def ask(path, body=None):
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(f"http://localhost:{port}{path}", data=data,
+                                             headers={"Content-Type": "application/json"})
+            return json.load(urllib.request.urlopen(request, timeout=10))
+
+        for _ in range(120):
+            try:
+                groups = ask("/data/plugin/hparams/session_groups", {
+                    "experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "startIndex": 0, "sliceSize": 10,
+                    "colParams": [{"hparam": "head.name"}, {"metric": {"tag": "test/acc"}}]})["sessionGroups"]
+                if len(groups) == 4:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert sorted(g["hparams"]["head.name"] for g in groups) == ["learned", "learned", "nearest_etf", "nearest_etf"]
+        layout = ask("/data/plugin/custom_scalars/layout")
+        assert layout["category"][0]["title"] == "convergence"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
