@@ -80,7 +80,8 @@ def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch
     assert snapshot(run) == before
 
 
-def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
+@pytest.mark.parametrize("attempt", [0, *(pytest.param(i, marks=pytest.mark.slow) for i in range(1, 5))])
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, attempt):
     procs = [subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *QUICK, f"seed={s}"], cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for s in (1, 2)]
@@ -92,7 +93,8 @@ def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path):
     assert [r.name.split("_")[1:3] for r in runs] == [["nearest", "etf"]] * 2  # <time>_nearest_etf_seedN_<id>
 
 
-def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
+@pytest.mark.parametrize("attempt", [0, *(pytest.param(i, marks=pytest.mark.slow) for i in range(1, 4))])
+def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path, attempt):
     run = tmp_path / "run"
     slow = [*TINY, "trainer.max_epochs=3"]
     # each checkpoint write of the first process sleeps 3 s: it still runs when the second one starts
