@@ -1,16 +1,27 @@
-"""Benchmark the two loader paths of etf_train.data on augmented CIFAR-sized data.
+"""Benchmark the two loader paths of etf_train.data: per-sample DataLoader transforms vs the device path.
 
-One epoch of the train loader (random crop with padding 4, horizontal flip, normalisation) over N random
-uint8 3x32x32 images, batch 256, through:
+Synthetic (default): one epoch of the train loader (random crop with padding 4, horizontal flip,
+normalisation) over N random uint8 3x32x32 images, batch 256, through:
   dataloader  torch DataLoader: per-sample PIL transforms (as torchvision's CIFAR10 serves them), with
               0 and `--workers` worker processes; on CUDA, pinned memory and a non-blocking copy per batch
   device      DeviceLoader: the uint8 tensor held on the device, augmented there in batches, no workers
-on the CPU and, when available, on CUDA. Timing: a few warm-up batches (worker start-up included there),
-then one full epoch; images/s = N / epoch seconds (CUDA: synchronised at the end).
+on the CPU and, when available, on CUDA.
+
+--folder ROOT (an image folder, root/train/<class>/*, root/test/<class>/*): the `image_folder` dataset on a
+subset of it (the first --per-class train images of every class and a fifth as many test images, hard links
+in /tmp/<name>-<per-class>; --per-class 0: ROOT itself), CPU only:
+  dataloader  dataset.cache=off: every epoch decodes the files (PIL) and transforms them one by one
+  device      dataset.cache=on: the folder decoded once into uint8 tensors (cache file), then batched crop + flip
+and the one-time costs: the folder scan alone (cache=off), the first build (scan, key, decode, write the
+cache file) and a later build (scan, key, read the cache file).
+
+Timing: a few warm-up batches (worker start-up included there), then one full epoch; images/s = N / epoch
+seconds (CUDA: synchronised at the end).
 
     python scripts/bench_data.py
     python scripts/bench_data.py --n 10000 --workers 4 --out /tmp/data.md
     python scripts/bench_data.py --threads 1    # torch intra-op threads of the main process (a busy shared machine)
+    python scripts/bench_data.py --folder /tmp/cifar10-jpg --per-class 500 --workers 2 --threads 1
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -60,10 +72,19 @@ def register_bench_dataset() -> None:
         )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (lscpu's "Model name"); platform.processor() is often empty on Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     """One line on where a benchmark ran, for its table's caption."""
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+    return (f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({cpu_model()}), "
             f"intra-op threads: {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end{gpu}")
 
 
@@ -79,7 +100,7 @@ def epoch_rate(bundle, batch_size: int, kind: str, device: torch.device, workers
     """Images per second of one epoch of the train loader, batches landing on `device`."""
     cuda = device.type == "cuda"
     train = build_loaders(
-        bundle, batch_size, num_workers=workers, pin_memory=cuda, loader=kind, device=device if kind == "device" else None
+        bundle, batch_size, num_workers=workers, pin_memory=cuda, mode=kind, device=device if kind == "device" else None
     )[0]
     for step, (x, y) in enumerate(train):
         x.to(device, non_blocking=True)
@@ -97,17 +118,68 @@ def epoch_rate(bundle, batch_size: int, kind: str, device: torch.device, workers
     return seen / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=50_000, help="train images (default 50000)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the second row")
-    p.add_argument("--threads", type=int, help="torch intra-op threads of the main process (default: torch's)")
-    p.add_argument("--out", type=Path, help="also write the table (markdown) here")
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def subset(root: Path, per_class: int) -> Path:
+    """root's first per_class train images per class and per_class // 5 test images, as hard links (copies across
+    file systems) in /tmp/<name>-<per_class>; made once, so their mtimes, hence the cache key, stay put."""
+    if per_class == 0:
+        return root
+    out = Path("/tmp") / f"{root.name}-{per_class}"
+    if out.is_dir():
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for split, n in (("train", per_class), ("test", max(1, per_class // 5))):
+        for cls in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            (tmp / split / cls.name).mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:n]:
+                try:
+                    os.link(f, tmp / split / cls.name / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / split / cls.name / f.name)
+    tmp.rename(out)
+    return out
 
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def bench_folder(args) -> list[str]:
+    """The image folder rows: DataLoader path (files, cache=off) with 0 and --workers workers vs the cached device path."""
+    root = subset(args.folder, args.per_class)
+    shutil.rmtree(root / ".etf_cache", ignore_errors=True)  # the first build below decodes
+    load = [os.getloadavg()]
+    build = lambda cache: build_data("image_folder", root=str(root), image_size=args.image_size, cache=cache)
+    build("off")  # imports (torchvision, PIL) and the directory listing's first read: not the scan's cost
+    files, scan = timed(lambda: build("off"))
+    _, first = timed(lambda: build("on"))
+    cached, later = timed(lambda: build("on"))
+    n, cpu = len(files.train), torch.device("cpu")
+    print(f"scan {scan:.2f} s, first build {first:.2f} s, later build {later:.2f} s", flush=True)
+    paths = [(f"dataloader, {w} workers", files, "dataloader", w) for w in sorted({0, args.workers})]
+    rows = []
+    for name, bundle, kind, workers in [*paths, ("device (cached)", cached, "device", 0)]:
+        rows.append((name, epoch_rate(bundle, args.batch_size, kind, cpu, workers)))
+        print(*rows[-1], flush=True)
+    load.append(os.getloadavg())
+    device_rate, (before, after) = rows[-1][1], (" ".join(f"{v:.2f}" for v in la) for la in load)
+    caption = (
+        f"One epoch of the image_folder train loader (resize to {args.image_size} px, crop {args.image_size // 8} + flip "
+        f"+ normalise) over {n:,} train images of {root} ({len(files.test):,} test images), batch {args.batch_size}; "
+        f"{machine()}; load average (1, 5, 15 min) before {before}, after {after}."
+    )
+    once = (
+        f"One-time: folder scan {scan:.2f} s (cache=off); first build {first:.2f} s (scan, key, decode "
+        f"{n + len(files.test):,} images, write); later builds {later:.2f} s (scan, key, read the cache file)."
+    )
+    lines = [caption, "", "| path | images/s | data s / epoch | data time vs device |", "|---|---:|---:|---:|"]
+    lines += [f"| {k} | {r:,.0f} | {n / r:.2f} | {device_rate / r:.1f}x |" for k, r in rows]
+    return [*lines, "", once]
+
+
+def bench_synthetic(args) -> list[str]:
     register_bench_dataset()
     bundle = build_data("bench_cifar", n=args.n)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -121,13 +193,29 @@ def main() -> None:
 
     lines = [
         f"One epoch of augmented 3x32x32 uint8 images (crop 4 + flip + normalise), N={args.n}, batch {args.batch_size}; "
-        f"{machine()}.",
+        + f"{machine()}.",
         "",
         "| path | batches on | workers | images/s | epoch s |",
         "|---|---|---:|---:|---:|",
     ]
     lines += [f"| {k} | {d.type} | {w} | {r:,.0f} | {args.n / r:.2f} |" for k, d, w, r in rows]
-    emit(lines, args.out)
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=50_000, help="train images (default 50000)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the second row")
+    p.add_argument("--threads", type=int, help="torch intra-op threads of the main process (default: torch's)")
+    p.add_argument("--folder", type=Path, help="an image folder (root/train/<class>/*, root/test/<class>/*)")
+    p.add_argument("--per-class", type=int, default=500, help="--folder: train images per class (0: all of them)")
+    p.add_argument("--image-size", type=int, default=32, help="--folder: dataset.image_size")
+    p.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    emit(bench_folder(args) if args.folder else bench_synthetic(args), args.out)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 import pickle
@@ -25,6 +26,7 @@ from etf_train.data import (
     DeviceLoader,
     build_data,
     build_loaders,
+    cache,
     flip_labels,
     noisy_fit,
     random_crop_flip,
@@ -533,11 +535,155 @@ def test_image_folder_errors_are_one_line(tmp_path):
     write_folder(tmp_path / "broken", "test", {"a": 1, "b": 1}, 8, rng)
     bad = tmp_path / "broken" / "train" / "b" / "01.png"
     bad.write_bytes(bad.read_bytes()[:60])
-    b = build_data("image_folder", root=str(tmp_path / "broken"), image_size=8)
+    b = build_data("image_folder", root=str(tmp_path / "broken"), image_size=8, cache="off")
     b.eval_train[2]  # the intact image of the same class still loads
     with pytest.raises(EtfTrainError, match=f"cannot read image {bad}") as info:
         b.eval_train[3]
     assert "\n" not in str(info.value)
+    error(tmp_path / "broken", f"cannot read image {bad}")  # decoded into the cache (cache=auto): at once
+    assert not (tmp_path / "broken" / ".etf_cache").exists()
+
+
+# ----------------------------------------------------------------------------- image folders decoded once (cache.py)
+
+
+def _mixed_folder(root: Path, rng: np.random.Generator) -> None:
+    """Images the resizing changes and the loader converts: not square, larger and smaller than 8 px, grey, RGBA,
+    JPEG; class folders written out of ImageFolder's order (upper case sorts first)."""
+    shapes = [(13, 9), (9, 13), (6, 6), (8, 8), (20, 11)]
+    kinds = [(3, "png"), (1, "png"), (4, "png"), (3, "jpg")]  # channels: RGB, L, RGBA
+    for split, n in (("train", 5), ("test", 2)):
+        for c, name in enumerate(("zebra", "ant", "Moth")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                (h, w), (channels, ext) = shapes[(i + c) % 5], kinds[(i + 2 * c) % 4]
+                pixels = rng.integers(0, 256, size=(h, w, channels), dtype=np.uint8)
+                Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(root / split / name / f"{i}.{ext}")
+
+
+def _count_decodes(monkeypatch) -> list:
+    decodes, real = [], cache._decode
+    monkeypatch.setattr(cache, "_decode", lambda *a: decodes.append(1) or real(*a))
+    return decodes
+
+
+def test_cached_image_folder_serves_the_pixels_and_labels_of_the_dataloader_path(tmp_path):
+    """Catches channels left in HWC order, a missing resize / centre crop / RGB conversion, another interpolation,
+    and samples or classes in another order than ImageFolder's (the limit picks rows of both the same way)."""
+    _mixed_folder(tmp_path, np.random.default_rng(11))
+    options = {"root": str(tmp_path), "image_size": 8, "limit_train": 9}
+    cached, files = (build_data("image_folder", **options, cache=c) for c in ("on", "off"))
+    assert files.train_x is None and cached.train_x.dtype == torch.uint8 and cached.train_x.shape == (9, 3, 8, 8)
+    assert cached.class_names == files.class_names == ("Moth", "ant", "zebra")
+    assert torch.equal(cached.train_targets, files.train_targets) and torch.equal(cached.test_targets, files.test_targets)
+    for pixels, ds in ((cached.train_x, files.eval_train), (cached.test_x, files.test)):
+        assert len(pixels) == len(ds)
+        for i in range(len(ds)):
+            hwc = pixels[i].permute(1, 2, 0).numpy()
+            assert torch.allclose(normalise(hwc, IMAGENET_MEAN, IMAGENET_STD), ds[i][0], atol=1e-6), i
+    device, loader = build_loaders(cached, 4), build_loaders(files, 4)
+    assert isinstance(device[0], DeviceLoader) and isinstance(loader[0], DataLoader)
+    for split in (1, 2):  # test, eval_train: the batches agree bit for bit
+        for (xd, yd), (xl, yl) in zip(device[split], loader[split], strict=True):
+            assert torch.equal(xd, xl) and torch.equal(yd, yl)
+
+
+def test_the_cache_file_is_read_back_and_rebuilt_when_a_file_changes_or_is_added(tmp_path, monkeypatch):
+    """Catches a decode on every run, a stale cache served after an image was rewritten (same name and byte size:
+    only its mtime tells) or added, and replaced cache files left behind."""
+    rng = np.random.default_rng(12)
+    write_folder(tmp_path, "train", {"a": 3, "b": 3}, 8, rng)
+    write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, rng)
+    decodes = _count_decodes(monkeypatch)
+    build = lambda size=8: build_data("image_folder", root=str(tmp_path), image_size=size)
+    saved = lambda: sorted(p.name for p in (tmp_path / ".etf_cache").iterdir())
+    first = build()
+    assert len(decodes) == 1 and len(saved()) == 1 and saved()[0].startswith("8px-")
+    assert torch.equal(build().train_x, first.train_x) and len(decodes) == 1  # read back, not decoded
+
+    edited, before = tmp_path / "train" / "b" / "01.png", saved()
+    size = edited.stat().st_size
+    for _ in range(1000):  # a different image of the same byte size (random 8x8 PNGs barely vary in size)
+        pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(edited)
+        if edited.stat().st_size == size:
+            break
+    assert edited.stat().st_size == size
+    os.utime(edited, ns=(edited.stat().st_atime_ns, edited.stat().st_mtime_ns + 10**9))  # coarse clocks too
+    after_edit = build()
+    assert len(decodes) == 2 and torch.equal(after_edit.train_x[4], torch.from_numpy(pixels).permute(2, 0, 1))
+    assert len(saved()) == 1 and saved() != before
+
+    Image.fromarray(pixels).save(tmp_path / "train" / "a" / "09.png")
+    added = build()
+    assert len(decodes) == 3 and len(added.train_x) == 7 and added.train_targets.tolist() == [0] * 4 + [1] * 3
+    assert len(saved()) == 1  # the replaced files are gone
+    build(size=6)
+    assert len(decodes) == 4 and [n[:4] for n in saved()] == ["6px-", "8px-"]  # another size keeps its own file
+
+
+def test_a_read_only_data_folder_is_cached_in_the_user_cache_folder(tmp_path, monkeypatch):
+    """Catches a crash, or a decode on every run, when <root>/.etf_cache cannot be written."""
+    root = tmp_path / "data"
+    write_folder(root, "train", {"a": 2, "b": 2}, 8, np.random.default_rng(13))
+    write_folder(root, "test", {"a": 1, "b": 1}, 8, np.random.default_rng(14))
+    (root / ".etf_cache").write_text("")  # mkdir fails there as on a read-only mount (chmod does not stop root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    decodes = _count_decodes(monkeypatch)
+    first = build_data("image_folder", root=str(root), image_size=8)
+    assert len(list((tmp_path / "xdg" / "etf-train").glob("*/8px-*.pt"))) == 1
+    assert torch.equal(build_data("image_folder", root=str(root), image_size=8).test_x, first.test_x)
+    assert len(decodes) == 1
+
+
+def test_a_decode_killed_while_writing_leaves_no_cache_file(tmp_path, monkeypatch):
+    """Catches writing under the cache file's own name: a kill there left a truncated file for the next run."""
+    write_folder(tmp_path, "train", {"a": 2, "b": 2}, 8, np.random.default_rng(15))
+    write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, np.random.default_rng(16))
+
+    def killed(obj, f):
+        f.write(b"PK\x03\x04 the first bytes of a zip")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            build_data("image_folder", root=str(tmp_path), image_size=8)
+    assert not list((tmp_path / ".etf_cache").iterdir())
+    assert build_data("image_folder", root=str(tmp_path), image_size=8).train_x.shape == (4, 3, 8, 8)
+
+
+def test_cache_budget_auto_falls_back_in_one_info_line_and_on_refuses_with_the_numbers(tmp_path, monkeypatch, caplog):
+    """Catches auto decoding past its budget (ImageNet at any size from 32 px) or silently, on past the memory, and
+    the on / off spellings YAML turns into booleans."""
+    write_folder(tmp_path, "train", {"a": 3, "b": 3}, 8, np.random.default_rng(17))
+    write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, np.random.default_rng(18))
+    build = lambda c: build_data("image_folder", root=str(tmp_path), image_size=8, cache=c)
+    monkeypatch.setattr(cache, "available_memory", lambda: 4000)  # 8 images of 3x8x8: 1,536 bytes > 4000 / 4
+    with caplog.at_level(logging.INFO, logger="etf_train"):
+        auto = build("auto")
+    assert auto.train_x is None and all(isinstance(loader, DataLoader) for loader in build_loaders(auto, 4))
+    said = [r.getMessage() for r in caplog.records if "dataset.cache" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert "8 images of 3x8x8 uint8: 1.54 kB) they exceed the budget of 1 kB" in said[0] and "every epoch" in said[0]
+    assert build("on").train_x is not None and build(True).train_x is not None and build(False).train_x is None
+
+    monkeypatch.setattr(cache, "available_memory", lambda: 1500)
+    with pytest.raises(EtfTrainError, match=r"dataset.cache=on: .*\(8 images of 3x8x8 uint8: 1.54 kB\) do not fit the 1.5 kB") as info:
+        build("on")
+    assert "\n" not in str(info.value)
+    with pytest.raises(EtfTrainError, match="dataset.cache='yes' must be one of auto, on, off"):
+        build("yes")
+    with pytest.raises(EtfTrainError, match="unknown option.*cache"):  # RandomResizedCrop needs the full images
+        build_data("imagenet", root=str(tmp_path), cache="on")
+
+    terabyte, where = 10**12, Path("/data/imagenet")
+    assert not cache.should_decode("auto", 1_331_167, 224, terabyte, where)  # 200 GB
+    assert not cache.should_decode("auto", 1_331_167, 32, terabyte, where)  # 4.1 GB > 2 GiB
+    assert cache.should_decode("auto", 60_000, 32, 8 * 10**9, where)  # CIFAR-10: 184 MB
+    assert not cache.should_decode("off", 60_000, 32, terabyte, where)
+    with pytest.raises(EtfTrainError, match="1,331,167 images of 3x224x224 uint8: 200 GB.*do not fit the 16 GB"):
+        cache.should_decode("on", 1_331_167, 224, 16 * 10**9, where)
 
 
 # ----------------------------------------------------------------------------- device path vs DataLoader path
@@ -609,7 +755,16 @@ def _crops(padded: torch.Tensor, p: int) -> tuple[torch.Tensor, list[tuple[int, 
     return torch.stack([c.flip(-1) if f else c for c, (_, _, f) in zip(crops, keys)]), keys
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist"])
+def _one_image_folder(root: Path, pixels: np.ndarray, per_class: dict[str, int]) -> None:
+    """Class folders a/ and b/ holding per_class[split] copies of one PNG each."""
+    for split, n in per_class.items():
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(pixels).save(root / split / name / f"{i:02d}.png")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist", "image_folder"])
 def test_both_paths_augment_with_the_same_statistics(dataset, tmp_path, cifar_files_without_md5):
     # one fixed image repeated over the train split: every augmented draw is one of its crops, so the offsets show
     rng = np.random.default_rng(8)
@@ -617,6 +772,12 @@ def test_both_paths_augment_with_the_same_statistics(dataset, tmp_path, cifar_fi
         pixels = write_cifar(tmp_path, 10, per_file=10, rng=rng, same=True)[0][0]  # (32, 32, 3)
         b = build_data("cifar10", root=str(tmp_path), download=False)
         p, flips, stats = 4, True, (CIFAR10_MEAN, CIFAR10_STD)
+    elif dataset == "image_folder":  # device path: the decoded cache; DataLoader path: the PNG files
+        pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+        _one_image_folder(tmp_path, pixels, {"train": 25, "test": 1})
+        b = build_data("image_folder", root=str(tmp_path), image_size=32)
+        assert b.train_x is not None
+        p, flips, stats = 4, True, (IMAGENET_MEAN, IMAGENET_STD)
     else:
         one = rng.integers(0, 256, size=(1, 28, 28), dtype=np.uint8)
         write_mnist(tmp_path / "MNIST", one.repeat(50, 0), one.repeat(10, 0))
@@ -677,8 +838,10 @@ def test_loader_option_auto_picks_the_path_and_device_refuses_image_files(tmp_pa
     rng = np.random.default_rng(9)
     write_folder(tmp_path, "train", {"a": 2, "b": 2}, 8, rng)
     write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, rng)
-    folder = build_data("image_folder", root=str(tmp_path), image_size=8)
+    folder = build_data("image_folder", root=str(tmp_path), image_size=8, cache="off")
     assert folder.train_x is None and all(isinstance(loader, DataLoader) for loader in build_loaders(folder, 4))
+    cached = build_data("image_folder", root=str(tmp_path), image_size=8)  # cache=auto: a tiny folder is decoded
+    assert all(isinstance(loader, DeviceLoader) for loader in build_loaders(cached, 4))
     imagenet = build_data("imagenet", root=str(tmp_path), image_size=8)
     for bundle in (folder, imagenet):
         with pytest.raises(EtfTrainError, match="loader.mode=device needs a dataset held in memory.*use loader.mode=dataloader") as info:

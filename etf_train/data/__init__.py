@@ -1,6 +1,6 @@
-"""Datasets and loaders: the dataset registry (registry.py) and its builders (datasets.py), the augmentation
-spec (augment.py), samplers (samplers.py), the two loader paths (loaders.py), batch mixing (mix.py) and label
-noise (noise.py)."""
+"""Datasets and loaders: the dataset registry (registry.py) and its builders (datasets.py), image folders decoded
+once into a cache file (cache.py), the augmentation spec (augment.py), samplers (samplers.py), the two loader
+paths (loaders.py), batch mixing (mix.py) and label noise (noise.py)."""
 
 from . import datasets  # noqa: F401  (registers the datasets)
 from .augment import Augment, normalise, random_crop_flip

@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, TensorDataset
 from .. import options as opt
 from ..errors import EtfTrainError
 from .augment import Augment
+from .cache import cache_mode, decoded
 from .registry import Splits, register_dataset
 from .subsets import stratified_subset
 
@@ -195,14 +196,21 @@ def image_folder(
     image_size: int = 32,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    cache: str = "auto",
 ) -> Splits:
     """Small images in class folders, resized and centre-cropped to image_size; augmentation: CIFAR-style
-    random crop with padding image_size // 8, horizontal flip."""
+    random crop with padding image_size // 8, horizontal flip. cache (cache.py): auto / on decode both splits
+    once into uint8 tensors kept in a cache file (auto: when they fit its memory budget), which the device
+    path serves; off: the files are decoded every epoch (DataLoader path)."""
     S = opt.integer("dataset.image_size", image_size, 1)
+    mode = cache_mode(cache)
     from torchvision import transforms as T
 
     resize = [T.Resize(S), T.CenterCrop(S)]
-    return _image_folders("image_folder", root, S, mean, std, Augment(S // 8, True), resize, resize)
+    splits = _image_folders("image_folder", root, S, mean, std, Augment(S // 8, True), resize, resize)
+    # Resizing is the only op before the random crop and flip, which the device path draws per batch: the
+    # resized pixels, decoded once, are what every epoch of the DataLoader path crops and flips.
+    return replace(splits, tensors=decoded(_root(root), (splits.train, splits.test), S, resize, mode))
 
 
 # ----------------------------------------------------------------------------- in-memory datasets
