@@ -16,6 +16,7 @@ import scipy.stats
 import torch
 import torchvision
 from omegaconf import OmegaConf
+from PIL import Image
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader
 

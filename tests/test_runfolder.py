@@ -18,7 +18,15 @@ from etf_train.rundir import LOCK, read_scalars
 from etf_train.training import train
 from etf_train.training.checkpoint import SAVE_DELAY_ENV
 
-from .conftest import TINY, Crash, etf_train, etf_train_here, interrupted, make_cfg, snapshot
+from .conftest import (
+    TINY,
+    Crash,
+    etf_train,
+    etf_train_here,
+    interrupted,
+    make_cfg,
+    snapshot,
+)
 
 QUICK = [*TINY, "trainer.max_epochs=2"]
 
