@@ -287,6 +287,10 @@ def version() -> str:
 
 
 def main() -> None:
+    # OpenMP threads that sleep while they wait instead of spinning, read when torch loads (later, in _main): with
+    # torch's spinning default a busy neighbour on a small machine made every step 10-20x slower
+    # (docs/benchmarks.md, "The thread cliff"); export OMP_WAIT_POLICY=ACTIVE to choose otherwise.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = sys.argv[1:]
     if "--version" in args or "-V" in args:  # etf-train's own version; Hydra's --version would print Hydra's
         print(f"etf-train {version()}")

@@ -1,5 +1,6 @@
 """The real `etf-train` command in a subprocess."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,14 @@ def test_cli_bad_input_matrix(tmp_path, monkeypatch, capfd):
             # a refused start leaves nothing behind; a started run records its failure
             assert (tmp_path / f"run{i}" / "checkpoints" / "failed").exists() if i in started else \
                 not (tmp_path / f"run{i}").exists(), (args, sorted((tmp_path / f"run{i}").rglob("*")))
+
+
+def test_openmp_threads_wait_passively_unless_told_otherwise(tmp_path, monkeypatch, capfd):
+    """A busy neighbour made torch's spinning OpenMP threads 10-20x slower: etf-train sets OMP_WAIT_POLICY=PASSIVE
+    before torch loads, and keeps a value the user exported."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert etf_train_here("--version", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    etf_train_here("--version", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
