@@ -1,0 +1,114 @@
+"""The tables of docs/results.md, from the runs scripts/reproduce.sh writes (its `tables` step calls this).
+
+    python scripts/summarize_repro.py outputs/repro > outputs/repro/tables.md
+
+Per setting, one row per (optimiser, head), each cell median [min, max] over the seeds' finished runs, with
+etf-compare's loading and statistics (etf_train.compare): the first logged epoch at which nc/nc1 <= 0.1 and
+<= 0.01 ("first"), the first epoch from which it stays there ("settled": NC1 is not monotone under SGD at lr 5),
+the first epoch at which train/eval_acc (eval-mode accuracy over the train set) reaches each accuracy threshold,
+and the last epoch's test/acc, nc/nc1 and nc/nc3. `never`: not within the run's epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from etf_train.compare import Run, Spread, first_epoch, load_runs
+
+SETTINGS = {  # setting: (sweep folders, train/eval_acc thresholds, seeds per group)
+    "UFM-10": (["ufm10_sgd", "ufm10_sgd_free", "ufm10_agd", "ufm10_agd_free", "ufm10_agd_depth2",
+                "ufm10_agd_depth2_free", "ufm10_agd_nobackward"], [99.0], 5),
+    "UFM-100": (["ufm100_sgd", "ufm100_sgd_free", "ufm100_agd", "ufm100_agd_free", "ufm100_agd_depth2",
+                 "ufm100_agd_depth2_free", "ufm100_agd_nobackward"], [99.0], 5),
+    "CIFAR-10": (["cifar10_sgd", "cifar10_sgd_free", "cifar10_agd", "cifar10_agd_free"], [50.0, 60.0, 70.0], 3),
+}
+NC1 = (0.1, 0.01)
+
+
+def head_label(run: Run) -> str:
+    h = run.config.head
+    if h.name == "learned":
+        return "learned (authors: no bias, renorm)" if h.get("renorm") else "learned (free rows, no bias)"
+    if h.name == "nearest_etf" and h.get("backward", "polar") != "polar":
+        return f"nearest_etf, backward={h.backward}"
+    return str(h.name)
+
+
+def optimiser_label(run: Run) -> str:
+    o = run.config.optimizer
+    if str(o["_target_"]).endswith("AGD"):
+        return "AGD" + ("" if o.get("depth") is None else f", depth {o.depth}")
+    return "SGD"
+
+
+def settled(curve, threshold: float) -> float:
+    """The first logged epoch from which the value stays <= threshold; inf if the last one is above it."""
+    steps, values = curve
+    above = np.flatnonzero(values > threshold)
+    if above.size and above[-1] == len(values) - 1:
+        return math.inf
+    return float(steps[above[-1] + 1]) if above.size else float(steps[0])
+
+
+def table(runs: list[Run], accs: list[float], seeds: int) -> list[str]:
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((optimiser_label(run), head_label(run)), []).append(run)
+    header = ["optimiser", "head", "finished"] + [f"NC1 <= {t:g} {w}" for t in NC1 for w in ("first", "settled")]
+    header += [f"eval acc >= {t:g} %" for t in accs] + ["final test acc %", "final NC1", "final NC3"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (opt, head), group in sorted(groups.items()):
+        done = [r for r in group if r.counted]
+        curves = {tag: [r.scalars[tag] for r in done] for tag in ("nc/nc1", "train/eval_acc", "test/acc", "nc/nc3")}
+        cells = [opt, head, f"{len(done)}/{seeds}"]
+        for t in NC1:
+            cells += [Spread(tuple(first_epoch(c, t, above=False) for c in curves["nc/nc1"])).format("g"),
+                      Spread(tuple(settled(c, t) for c in curves["nc/nc1"])).format("g")]
+        cells += [Spread(tuple(first_epoch(c, t, above=True) for c in curves["train/eval_acc"])).format("g")
+                  for t in accs]
+        for tag, spec in (("test/acc", ".2f"), ("nc/nc1", ".2e"), ("nc/nc3", ".3f")):
+            cells.append(Spread(tuple(float(v[-1]) for _, v in curves[tag])).format(spec))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/repro")
+    out = [f"# Reproduction tables (scripts/summarize_repro.py {root})", "", __doc__.split("\n\n")[2].strip(), ""]
+    for setting, (sweeps, accs, seeds) in SETTINGS.items():
+        folders = [root / s for s in sweeps if (root / s).is_dir()]
+        if folders:
+            runs = load_runs(folders)
+            epochs = sorted({int(r.config.trainer.max_epochs) for r in runs})
+            out += [f"## {setting} ({', '.join(map(str, epochs))} epochs)", "", *table(runs, accs, seeds), ""]
+    loss_runs = root / "loss_study"
+    if loss_runs.is_dir():
+        out += ["## Losses (UFM-10, SGD)", "", *loss_table(load_runs([loss_runs])), ""]
+    print("\n".join(out))
+
+
+def loss_table(runs: list[Run]) -> list[str]:
+    """NC1 and NC3 at epochs 10, 30 and 60 per (loss, head)."""
+    epochs = (10, 30, 60)
+    header = ["loss", "head", *(f"{m} @ {e}" for m in ("NC1", "NC3") for e in epochs)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        if run.counted:
+            groups.setdefault((str(run.config.loss.name), str(run.config.head.name)), []).append(run)
+    for (loss, head), group in sorted(groups.items()):
+        cells = [loss, head]
+        for tag in ("nc/nc1", "nc/nc3"):
+            for e in epochs:
+                values = [float(v[list(s).index(e)]) for s, v in (r.scalars[tag] for r in group) if e in s]
+                cells.append(Spread(tuple(values)).format(".3g"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+if __name__ == "__main__":
+    main()
