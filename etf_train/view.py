@@ -4,6 +4,9 @@ one colour per head through a run-name regex, the convergence cards pinned). Pri
 from __future__ import annotations
 
 import json
+import os
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -20,6 +23,19 @@ def tensorboard_url(port: int = 6006) -> str:
     return f"http://localhost:{port}/?{query}#timeseries"
 
 
-def how_to_look(folder: Path | str) -> str:
-    """Two lines: the TensorBoard command for `folder` (the sweep, or the outputs folder of single runs) and the URL."""
-    return f"compare: tensorboard --logdir {folder}    then open {tensorboard_url()}"
+def how_to_look(folders: Path | str | Sequence[Path | str]) -> str:
+    """The TensorBoard command for the folder(s) that hold the comparison, and the URL.
+
+    One folder: `--logdir F`. Several (`etf-compare A B`): `--logdir` takes only one, so `--logdir_spec` names each
+    by its folder name (its index when two share one); run names keep the head, so the colour regex still works.
+    A spec is comma-separated, so folders with a comma in their path (sweep jobs) fall back to their common parent."""
+    paths = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    if len(paths) > 1 and any("," in str(p) for p in paths):
+        paths = [Path(os.path.commonpath([p.absolute() for p in paths]))]
+    if len(paths) == 1:
+        flag = f"--logdir {shlex.quote(str(paths[0]))}"
+    else:
+        names = [p.name for p in paths]
+        names = [n if n and names.count(n) == 1 else str(i) for i, n in enumerate(names)]
+        flag = "--logdir_spec " + shlex.quote(",".join(f"{n}:{p}" for n, p in zip(names, paths)))
+    return f"compare: tensorboard {flag}    then open {tensorboard_url()}"

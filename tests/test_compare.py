@@ -284,6 +284,25 @@ def test_main_writes_md_csv_png(sweep, tmp_path, capsys):
     assert png.startswith(b"\x89PNG") and width == 3 * 4.5 * 150 and len(png) < 600_000
 
 
+def test_tensorboard_command_for_several_folders_is_one_tensorboard_accepts(tmp_path):
+    """`tensorboard --logdir A B` is an argparse error: two folders need --logdir_spec, parsed here by TensorBoard's
+    own parser; job folders (with commas, which split a spec) fall back to their common parent."""
+    import shlex
+
+    from tensorboard.backend.event_processing.data_ingester import _parse_event_files_spec
+
+    from etf_train.view import how_to_look
+
+    a, b = tmp_path / "sgd" / "sweep", tmp_path / "agd" / "sweep"
+    words = shlex.split(how_to_look([a, b]).split("    then")[0])
+    assert words[:2] == ["compare:", "tensorboard"] and words[2] == "--logdir_spec"
+    assert _parse_event_files_spec(words[3]) == {str(a): "0", str(b): "1"}
+    words = shlex.split(how_to_look([tmp_path / "x", tmp_path / "y z"]).split("    then")[0])
+    assert _parse_event_files_spec(words[3]) == {str(tmp_path / "x"): "x", str(tmp_path / "y z"): "y z"}
+    jobs = [tmp_path / "s" / "head=learned,seed=1", tmp_path / "s" / "head=nearest_etf,seed=1"]
+    assert how_to_look(jobs).startswith(f"compare: tensorboard --logdir {tmp_path / 's'}    then")
+
+
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<svg")])
 def test_figure_format(sweep, tmp_path, capsys, fmt, magic):
     """Catches --format ignored (a PNG under another name, or written as comparison.png)."""

@@ -159,8 +159,7 @@ def compare(args: argparse.Namespace) -> str:
     write_csv(out / "comparison.csv", summaries)
     fig_path = out / f"comparison.{args.format}"
     figure(counted, metrics).savefig(fig_path, dpi=args.dpi)
-    folders = " ".join(str(f) for f in args.folders)
-    return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {fig_path}\n{how_to_look(folders)}\n"
+    return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {fig_path}\n{how_to_look(args.folders)}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
