@@ -24,7 +24,7 @@ from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import rundir
+from . import interrupt, rundir
 from .view import how_to_look
 
 log = logging.getLogger(__name__)
@@ -291,6 +291,7 @@ def main() -> None:
     # torch's spinning default a busy neighbour on a small machine made every step 10-20x slower
     # (docs/benchmarks.md, "The thread cliff"); export OMP_WAIT_POLICY=ACTIVE to choose otherwise.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    interrupt.install()
     args = sys.argv[1:]
     if "--version" in args or "-V" in args:  # etf-train's own version; Hydra's --version would print Hydra's
         print(f"etf-train {version()}")

@@ -169,6 +169,32 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
 
 
+@pytest.mark.parametrize("delay_s", [0.002, 0.011, 0.037])
+def test_ctrl_c_inside_omegaconf_is_raised_once_it_has_returned(delay_s):
+    """Raised inside omegaconf's flag restoring, a KeyboardInterrupt once surfaced as an AttributeError traceback
+    from Hydra's config loading (exit 1). The start-up handler must raise it only outside omegaconf."""
+    import threading
+    import traceback
+
+    from etf_train.interrupt import startup_sigint
+
+    previous = signal.signal(signal.SIGINT, startup_sigint)
+    cfg = OmegaConf.create({f"k{i}": {"v": list(range(8))} for i in range(50)})
+    try:
+        threading.Timer(delay_s, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt) as info:
+            for _ in range(10**6):
+                OmegaConf.set_struct(cfg, True)
+                cfg.k3.v = list(range(8))  # flag_override inside: the code the interrupt once broke
+                OmegaConf.set_struct(cfg, False)
+                sum(range(300))  # some time outside omegaconf
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGINT, previous)
+    where = traceback.extract_tb(info.value.__traceback__)[-1].filename
+    assert "omegaconf" not in where, where
+
+
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
     """A failed write used to end in 'unexpected pos ...' with a 600 KB temporary file left behind."""
     from etf_train.training import Run

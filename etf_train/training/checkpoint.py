@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import EtfTrainError
+from ..interrupt import startup_sigint
 
 
 def rng_state() -> dict:
@@ -120,5 +121,5 @@ class SignalGuard:
     def chain(self) -> None:
         handler = self.previous.get(self.received)
         self.__exit__()
-        if callable(handler) and handler not in (signal.default_int_handler,):
+        if callable(handler) and handler not in (signal.default_int_handler, startup_sigint):
             handler(self.received, None)

@@ -1,0 +1,41 @@
+"""Ctrl-C before training starts: a KeyboardInterrupt, but never one raised inside omegaconf.
+
+omegaconf restores config flags in `finally` blocks; a KeyboardInterrupt raised in the middle of one can leave a
+node half-built, and the clean-up then fails with an unrelated AttributeError that Hydra prints as a traceback
+(seen in tests/test_runfolder.py::test_ctrl_c_during_start_up_is_one_line). So a Ctrl-C that lands inside omegaconf
+is re-checked every RETRY_S and raised as soon as Python has left it. Once training runs, the loop's SignalGuard
+takes SIGINT over and saves a checkpoint first.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+RETRY_S = 0.02
+_HELD_IN = ("omegaconf",)  # top-level packages a KeyboardInterrupt must not be raised in
+
+
+def _inside(frame: FrameType | None) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] in _HELD_IN:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def startup_sigint(signum: int, frame: FrameType | None) -> None:
+    """SIGINT handler (and its SIGALRM retry): KeyboardInterrupt now, or once the interrupted code is outside
+    omegaconf. The retry uses ITIMER_REAL, which nothing else in etf-train or Hydra sets."""
+    if _inside(frame) and hasattr(signal, "setitimer"):
+        signal.signal(signal.SIGALRM, startup_sigint)
+        signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+        return
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """For the CLI's start-up; a no-op off the main thread, where Python allows no signal handlers."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, startup_sigint)
