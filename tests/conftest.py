@@ -86,6 +86,7 @@ def etf_train_here(*args, cwd, monkeypatch, capfd):
     monkeypatch.setattr(sys, "argv", ["etf-train", *args])
     loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.Logger.manager.loggerDict)]
     before = {id(lg): list(lg.handlers) for lg in loggers}
+    sigint = signal.getsignal(signal.SIGINT)  # main() installs its start-up handler
     capfd.readouterr()
     try:
         cli.main()
@@ -93,6 +94,7 @@ def etf_train_here(*args, cwd, monkeypatch, capfd):
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:  # Hydra's handlers write to this test's captured streams and run folder: not past this call
+        signal.signal(signal.SIGINT, sigint)
         for lg in [logging.getLogger(), *(logging.getLogger(n) for n in logging.Logger.manager.loggerDict)]:
             for handler in [h for h in lg.handlers if h not in before.get(id(lg), [])]:
                 lg.removeHandler(handler)

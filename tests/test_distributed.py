@@ -61,13 +61,7 @@ def _torchrun_cli(run, *overrides, env=None):
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=run.parent)
 
 
-def test_sigterm_under_torchrun_saves_at_a_step_boundary_on_every_rank(tmp_path):
-    """Ranks used to agree on a stop only every 20 steps: with 3 steps an epoch a signal was ignored until torchrun
-    killed the job, with no checkpoint and no line."""
-    settings = [*DDP, "trainer.max_epochs=20", "trainer.deterministic=true", "trainer.progress=false"]
-    reference = _torchrun_cli(tmp_path / "reference", *settings)
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
-    run = tmp_path / "run"
+def _torchrun_stopped_by_sigterm(run: Path, settings: list[str]) -> None:
     proc = _torchrun_cli(run, *settings)
     deadline = time.time() + 300
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
@@ -78,7 +72,25 @@ def test_sigterm_under_torchrun_saves_at_a_step_boundary_on_every_rank(tmp_path)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert state["partial"] is not None and 0 < state["epoch"] < 20, state["epoch"]
     assert not (run / "checkpoints" / "finished").exists() and not (run / ".etf-train.lock").exists()
-    resumed = _torchrun_cli(run, *settings)
+
+
+SIGTERM_SETTINGS = [*DDP, "trainer.max_epochs=20", "trainer.deterministic=true", "trainer.progress=false"]
+
+
+def test_sigterm_under_torchrun_saves_at_a_step_boundary_on_every_rank(tmp_path):
+    """Ranks used to agree on a stop only every 20 steps: with 3 steps an epoch a signal was ignored until torchrun
+    killed the job, with no checkpoint and no line."""
+    _torchrun_stopped_by_sigterm(tmp_path / "run", SIGTERM_SETTINGS)
+
+
+@pytest.mark.slow
+def test_sigterm_under_torchrun_then_the_same_command_equals_an_uninterrupted_run(tmp_path):
+    """The resume half of the test above (two more torchrun launches, ~35 s)."""
+    reference = _torchrun_cli(tmp_path / "reference", *SIGTERM_SETTINGS)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
+    run = tmp_path / "run"
+    _torchrun_stopped_by_sigterm(run, SIGTERM_SETTINGS)
+    resumed = _torchrun_cli(run, *SIGTERM_SETTINGS)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
     a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=False) for r in (run, tmp_path / "reference"))
     for k, v in a["model"].items():

@@ -102,25 +102,27 @@ def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, attempt):
 
 
 @pytest.mark.parametrize("attempt", [0, *(pytest.param(i, marks=pytest.mark.slow) for i in range(1, 4))])
-def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path, attempt):
+def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path, attempt,
+                                                                                        monkeypatch, capfd):
     run = tmp_path / "run"
     slow = [*TINY, "trainer.max_epochs=3"]
-    # each checkpoint write of the first process sleeps 3 s: it still runs when the second one starts
+    # each checkpoint write of the first process sleeps 2 s: it still runs when the second (in-process) one starts
     first = subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *slow, f"hydra.run.dir={run}"],
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", SAVE_DELAY_ENV: "3"})
+                             env={**os.environ, "OMP_NUM_THREADS": "1", SAVE_DELAY_ENV: "2"})
     deadline = time.time() + 120
     while not (run / LOCK).exists() and time.time() < deadline:
         time.sleep(0.05)
     owner = json.loads((run / LOCK).read_text())
-    proc = etf_train(*slow, f"hydra.run.dir={run}", cwd=tmp_path)
+    proc = etf_train_here(*slow, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert proc.returncode == 2 and f"is in use by pid {owner['pid']}" in proc.stderr, proc.stderr
     assert len(list(run.glob("events.out.tfevents.*"))) == 1 and not (run / LOCK).exists()
     # a lock left by a killed process: its pid is gone, so the next start takes the folder over
     (run / "checkpoints" / "finished").unlink()
     (run / LOCK).write_text(json.dumps({**owner, "pid": 2**22 + 17}))
-    assert etf_train(*slow, f"hydra.run.dir={run}", cwd=tmp_path).returncode == 0
+    assert etf_train_here(*slow, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch,
+                          capfd=capfd).returncode == 0
     assert not (run / LOCK).exists()
 
 
