@@ -8,7 +8,8 @@
 # Runs go to outputs/repro/<sweep>/ (git-ignored), one multirun per sweep; the same command continues an
 # interrupted sweep (finished jobs return at once). Tables: outputs/repro/tables.md (scripts/summarize_repro.py) and
 # outputs/repro/<setting>/compare/ (etf-compare); figures: docs/figures/*.png.
-# CIFAR-10 needs the JPEG copy unpacked: tar -xzf cifar10-jpg.tar.gz -C data/cifar10-jpg (or set CIFAR10_JPG).
+# CIFAR-10 needs the JPEG copy unpacked (or CIFAR10_JPG set to it), from the project root:
+#   mkdir -p data/cifar10-jpg && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data/cifar10-jpg
 # The sizes are the CPU budget of docs/results.md, not the paper's (see there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +21,12 @@ export CIFAR10_JPG=${CIFAR10_JPG:-$PWD/data/cifar10-jpg}
 # One intra-op thread per run: on a small shared CPU, steadier than torch's default thread pool.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-# The heads: nearest_etf, fixed_etf, the authors' learned baseline (no bias, rows renormalised), and a learned
-# head with free rows (no bias either: AGD has no rule for biases, and SGD then trains the same model).
+# The heads: nearest_etf, fixed_etf (identity basis, no bias), the authors' learned baseline (no bias, rows
+# renormalised), a learned head with free rows (no bias either: AGD has no rule for biases, and SGD then trains the
+# same model) and, on UFM, the authors' fixed ETF (bias -W mean(h) of the batch at hand).
 HEADS3=(head=nearest_etf,fixed_etf,learned_authors)
 FREE=(head=learned head.bias=false)
+FIXED_AUTHORS=(head=fixed_etf_authors)
 UFM10=(trainer.max_epochs=100 metrics.every_n_epochs=1 seed=1,2,3,4,5)
 UFM100=(dataset.per_class=50 trainer.max_epochs=60 metrics.every_n_epochs=1 seed=1,2,3,4,5)
 # The CPU budget for CIFAR-10 (the paper: ResNet-18, all 50,000 images, augmentation, batch 256, 200 epochs).
@@ -36,14 +39,17 @@ sweep() {  # sweep NAME OVERRIDES...: one multirun into outputs/repro/NAME
     "$BIN/etf-train" -m "$@" trainer.progress=false hydra.sweep.dir="$OUT/$name"
 }
 
-run_ufm() {  # run_ufm 10|100 SETTINGS...: 4 heads x (SGD, AGD at the default depth, AGD at depth 2 for every head)
+run_ufm() {  # run_ufm 10|100 SETTINGS...: 5 heads x (SGD, AGD at the default depth, AGD at depth 2 for every head)
     local k=$1; shift
-    sweep "ufm${k}_sgd" "experiment=ufm$k" "${HEADS3[@]}" "$@"
-    sweep "ufm${k}_sgd_free" "experiment=ufm$k" "${FREE[@]}" "$@"
-    sweep "ufm${k}_agd" "experiment=ufm${k}_authors" "${HEADS3[@]}" "$@"
-    sweep "ufm${k}_agd_free" "experiment=ufm${k}_authors" "${FREE[@]}" "$@"
-    sweep "ufm${k}_agd_depth2" "experiment=ufm${k}_authors" optimizer.depth=2 "${HEADS3[@]}" "$@"
-    sweep "ufm${k}_agd_depth2_free" "experiment=ufm${k}_authors" optimizer.depth=2 "${FREE[@]}" "$@"
+    local opt
+    for opt in sgd agd agd_depth2; do
+        local o=("experiment=ufm${k}_authors")
+        [ $opt = sgd ] && o=("experiment=ufm$k")
+        [ $opt = agd_depth2 ] && o+=(optimizer.depth=2)
+        sweep "ufm${k}_$opt" "${o[@]}" "${HEADS3[@]}" "$@"
+        sweep "ufm${k}_${opt}_free" "${o[@]}" "${FREE[@]}" "$@"
+        sweep "ufm${k}_${opt}_fixed_authors" "${o[@]}" "${FIXED_AUTHORS[@]}" "$@"
+    done
 }
 run_ablation() {  # nearest_etf without the backward through P*, under AGD (the SGD ablation: docs/results.md)
     sweep ufm10_agd_nobackward experiment=ufm10_authors head=nearest_etf head.backward=none "${UFM10[@]}"
@@ -73,9 +79,10 @@ tables() {
     "$BIN/python" scripts/summarize_repro.py "$OUT" > "$OUT/tables.md"
     local ufm=(--metrics train/eval_acc nc/nc1 nc/nc3 --acc-thresholds 99 --test-acc-thresholds --nc1-thresholds 0.1 0.01)
     for k in 10 100; do
-        figure "ufm${k}_sgd" "$OUT/ufm${k}_sgd" "$OUT/ufm${k}_sgd_free" "${ufm[@]}"
-        figure "ufm${k}_agd" "$OUT/ufm${k}_agd" "$OUT/ufm${k}_agd_free" "${ufm[@]}"
-        figure "ufm${k}_agd_depth2" "$OUT/ufm${k}_agd_depth2" "$OUT/ufm${k}_agd_depth2_free" "${ufm[@]}"
+        for opt in sgd agd agd_depth2; do
+            figure "ufm${k}_$opt" "$OUT/ufm${k}_$opt" "$OUT/ufm${k}_${opt}_free" "$OUT/ufm${k}_${opt}_fixed_authors" \
+                "${ufm[@]}"
+        done
     done
     local cifar=(--metrics train/eval_acc test/acc nc/nc1 nc/nc3 --acc-thresholds 50 60 70 --nc1-thresholds 1 0.1)
     figure cifar10_sgd "$OUT/cifar10_sgd" "$OUT/cifar10_sgd_free" "${cifar[@]}"

@@ -20,10 +20,8 @@ import numpy as np
 from etf_train.compare import Run, Spread, first_epoch, load_runs
 
 SETTINGS = {  # setting: (sweep folders, train/eval_acc thresholds, seeds per group)
-    "UFM-10": (["ufm10_sgd", "ufm10_sgd_free", "ufm10_agd", "ufm10_agd_free", "ufm10_agd_depth2",
-                "ufm10_agd_depth2_free", "ufm10_agd_nobackward"], [99.0], 5),
-    "UFM-100": (["ufm100_sgd", "ufm100_sgd_free", "ufm100_agd", "ufm100_agd_free", "ufm100_agd_depth2",
-                 "ufm100_agd_depth2_free", "ufm100_agd_nobackward"], [99.0], 5),
+    **{f"UFM-{k}": ([f"ufm{k}_{o}{h}" for o in ("sgd", "agd", "agd_depth2") for h in ("", "_free", "_fixed_authors")]
+                    + [f"ufm{k}_agd_nobackward"], [99.0], 5) for k in (10, 100)},
     "CIFAR-10": (["cifar10_sgd", "cifar10_sgd_free", "cifar10_agd", "cifar10_agd_free"], [50.0, 60.0, 70.0], 3),
 }
 NC1 = (0.1, 0.01)
@@ -33,6 +31,8 @@ def head_label(run: Run) -> str:
     h = run.config.head
     if h.name == "learned":
         return "learned (authors: no bias, renorm)" if h.get("renorm") else "learned (free rows, no bias)"
+    if h.name == "fixed_etf" and h.get("center", "none") == "batch":
+        return "fixed_etf (authors: bias -W mean(h) of the batch)"
     if h.name == "nearest_etf" and h.get("backward", "polar") != "polar":
         return f"nearest_etf, backward={h.backward}"
     return str(h.name)
