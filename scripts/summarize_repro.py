@@ -4,7 +4,7 @@
 
 Per setting, one row per (optimiser, head), each cell median [min, max] over the seeds' finished runs, with
 etf-compare's loading and statistics (etf_train.compare): the first logged epoch at which nc/nc1 <= 0.1 and
-<= 0.01 ("first"), the first epoch from which it stays there ("settled": NC1 is not monotone under SGD at lr 5),
+<= 0.01 (CIFAR-10: 10 and 7) ("first"), the first epoch from which it stays there ("settled": NC1 is not monotone under SGD at lr 5),
 the first epoch at which train/eval_acc (eval-mode accuracy over the train set) reaches each accuracy threshold,
 and the last epoch's test/acc, nc/nc1 and nc/nc3. `never`: not within the run's epochs.
 """
@@ -19,12 +19,13 @@ import numpy as np
 
 from etf_train.compare import Run, Spread, first_epoch, load_runs
 
-SETTINGS = {  # setting: (sweep folders, train/eval_acc thresholds, seeds per group)
+SETTINGS = {  # setting: (sweep folders, train/eval_acc thresholds, seeds per group, NC1 thresholds)
     **{f"UFM-{k}": ([f"ufm{k}_{o}{h}" for o in ("sgd", "agd", "agd_depth2") for h in ("", "_free", "_fixed_authors")]
-                    + [f"ufm{k}_agd_nobackward"], [99.0], 5) for k in (10, 100)},
-    "CIFAR-10": (["cifar10_sgd", "cifar10_sgd_free", "cifar10_agd", "cifar10_agd_free"], [50.0, 60.0, 70.0], 3),
+                    + [f"ufm{k}_agd_nobackward"], [99.0], 5, (0.1, 0.01)) for k in (10, 100)},
+    # no CIFAR-10 run of this budget gets near UFM's NC1 thresholds: 10 and 7 tell the heads apart
+    "CIFAR-10": (["cifar10_sgd", "cifar10_sgd_free", "cifar10_agd", "cifar10_agd_free"], [40.0, 50.0, 60.0], 3,
+                 (10.0, 7.0)),
 }
-NC1 = (0.1, 0.01)
 
 
 def head_label(run: Run) -> str:
@@ -54,18 +55,18 @@ def settled(curve, threshold: float) -> float:
     return float(steps[above[-1] + 1]) if above.size else float(steps[0])
 
 
-def table(runs: list[Run], accs: list[float], seeds: int) -> list[str]:
+def table(runs: list[Run], accs: list[float], seeds: int, nc1: tuple[float, ...]) -> list[str]:
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault((optimiser_label(run), head_label(run)), []).append(run)
-    header = ["optimiser", "head", "finished"] + [f"NC1 <= {t:g} {w}" for t in NC1 for w in ("first", "settled")]
+    header = ["optimiser", "head", "finished"] + [f"NC1 <= {t:g} {w}" for t in nc1 for w in ("first", "settled")]
     header += [f"eval acc >= {t:g} %" for t in accs] + ["final test acc %", "final NC1", "final NC3"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (opt, head), group in sorted(groups.items()):
         done = [r for r in group if r.counted]
         curves = {tag: [r.scalars[tag] for r in done] for tag in ("nc/nc1", "train/eval_acc", "test/acc", "nc/nc3")}
         cells = [opt, head, f"{len(done)}/{seeds}"]
-        for t in NC1:
+        for t in nc1:
             cells += [Spread(tuple(first_epoch(c, t, above=False) for c in curves["nc/nc1"])).format("g"),
                       Spread(tuple(settled(c, t) for c in curves["nc/nc1"])).format("g")]
         cells += [Spread(tuple(first_epoch(c, t, above=True) for c in curves["train/eval_acc"])).format("g")
@@ -79,12 +80,12 @@ def table(runs: list[Run], accs: list[float], seeds: int) -> list[str]:
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/repro")
     out = [f"# Reproduction tables (scripts/summarize_repro.py {root})", "", __doc__.split("\n\n")[2].strip(), ""]
-    for setting, (sweeps, accs, seeds) in SETTINGS.items():
+    for setting, (sweeps, accs, seeds, nc1) in SETTINGS.items():
         folders = [root / s for s in sweeps if (root / s).is_dir()]
         if folders:
             runs = load_runs(folders)
             epochs = sorted({int(r.config.trainer.max_epochs) for r in runs})
-            out += [f"## {setting} ({', '.join(map(str, epochs))} epochs)", "", *table(runs, accs, seeds), ""]
+            out += [f"## {setting} ({', '.join(map(str, epochs))} epochs)", "", *table(runs, accs, seeds, nc1), ""]
     loss_runs = root / "loss_study"
     if loss_runs.is_dir():
         out += ["## Losses (UFM-10, SGD)", "", *loss_table(load_runs([loss_runs])), ""]

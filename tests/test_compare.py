@@ -375,12 +375,39 @@ def test_group_by_other_key(tmp_path, capsys):
     # a key outside the head that differs within a group pools two settings under one seed: warned, naming it
     for job in (2, 3):
         config = OmegaConf.load(tmp_path / str(job) / ".hydra" / "config.yaml")
-        config.head.backward, config.optimizer = "polar", {"lr": 0.5}
+        config.head.backward, config.backbone.width = "polar", 16
         OmegaConf.save(config, tmp_path / str(job) / ".hydra" / "config.yaml")
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     err = capsys.readouterr().err
-    assert "group 'head=nearest_etf' holds 2 runs with seed 1" in err and "optimizer" in err
+    assert "group 'head=nearest_etf' holds 2 runs with seed 1" in err and "backbone.width" in err
     assert (tmp_path / "comparison.md").is_file()  # --out defaults to the first folder
+
+
+def test_runs_of_two_optimisers_never_pool_and_their_labels_name_the_optimiser(tmp_path, capsys):
+    """etf-compare once pooled SGD and AGD runs of one head into one median (with only a warning): under SGD and AGD
+    the heads rank differently, so such a table gave a verdict without naming the optimiser."""
+    settings = {"sgd": {"_target_": "torch.optim.SGD", "lr": 0.05},
+                "agd": {"_target_": "etf_train.training.agd.AGD", "gain": 10.0, "depth": None},
+                "agd2": {"_target_": "etf_train.training.agd.AGD", "gain": 10.0, "depth": 2}}
+    for name, optimizer in settings.items():
+        for seed in (1, 2):
+            run = make_run(tmp_path / f"{name}{seed}", "nearest_etf", seed)
+            config = OmegaConf.load(run / ".hydra" / "config.yaml")
+            config.optimizer = optimizer
+            OmegaConf.save(config, run / ".hydra" / "config.yaml")
+    groups = group_runs(load_runs([tmp_path]), ["head"])
+    assert {label: sorted(r.path.name for r in g) for label, g in groups.items()} == {
+        "head=nearest_etf, optimizer=agd, optimizer.depth=2": ["agd21", "agd22"],
+        "head=nearest_etf, optimizer=agd, optimizer.depth=None": ["agd1", "agd2"],
+        "head=nearest_etf, optimizer=sgd": ["sgd1", "sgd2"]}
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    captured = capsys.readouterr()
+    assert "holds 2 runs with seed" not in captured.err
+    assert "| head=nearest_etf, optimizer=sgd | 2/2 |" in captured.out
+    # asked for by name, the optimiser is a grouping key like any other (and not spelled twice)
+    assert list(group_runs(load_runs([tmp_path]), ["optimizer._target_"])) == [
+        "optimizer._target_=etf_train.training.agd.AGD, optimizer.depth=2",
+        "optimizer._target_=etf_train.training.agd.AGD, optimizer.depth=None", "optimizer._target_=torch.optim.SGD"]
 
 
 def test_group_key_missing_in_some_runs(tmp_path):

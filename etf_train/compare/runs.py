@@ -99,21 +99,41 @@ def config_text(run: Run, key: str) -> str:
     return "-" if value is _MISSING else str(value)
 
 
+def _variants(runs: Sequence[Run], node: str, identity: str, exclude: Sequence[str]) -> dict[int, tuple[str, list]]:
+    """Per run: its `node.identity` value and the (`node.<option>`, value) pairs of the options that differ among
+    the runs sharing that value (options named in `exclude`, or starting with `_`, left out)."""
+    def flat(value: object) -> dict[str, object]:
+        return _flatten(OmegaConf.to_container(value, resolve=False)) if OmegaConf.is_config(value) else {}
+
+    options = {id(r): flat(r.config.get(node)) for r in runs}
+    by_identity: dict[str, list[Run]] = {}
+    for r in runs:
+        by_identity.setdefault(str(options[id(r)].get(identity, "-")), []).append(r)
+    out = {}
+    for name, same in by_identity.items():
+        keys = sorted({k for r in same for k in options[id(r)] if k != identity and not k.startswith("_")})
+        differ = [k for k in keys if len({repr(options[id(r)].get(k)) for r in same}) > 1 and f"{node}.{k}" not in exclude]
+        for r in same:
+            out[id(r)] = (name, [(f"{node}.{k}", options[id(r)].get(k)) for k in differ])
+    return out
+
+
 def head_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict[int, list[tuple[str, object]]]:
     """For each run, the head options that tell it apart from other runs of the same head, as (`head.<option>`,
     value) pairs: none for a head whose runs agree, `head.bias=False` beside `head.bias=True` runs, so that a preset
     such as head=learned_authors never pools with the head it is built on."""
-    options = {id(r): _flatten(OmegaConf.to_container(r.config.get("head") or {}, resolve=False)) for r in runs}
-    by_name: dict[object, list[Run]] = {}
-    for r in runs:
-        by_name.setdefault(options[id(r)].get("name"), []).append(r)
-    pairs = {}
-    for same in by_name.values():
-        keys = sorted({k for r in same for k in options[id(r)]} - {"name"})
-        differ = [k for k in keys if len({repr(options[id(r)].get(k)) for r in same}) > 1 and f"head.{k}" not in exclude]
-        for r in same:
-            pairs[id(r)] = [(f"head.{k}", options[id(r)].get(k)) for k in differ]
-    return pairs
+    return {k: pairs for k, (_, pairs) in _variants(runs, "head", "name", exclude).items()}
+
+
+def optimizer_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict[int, list[tuple[str, object]]]:
+    """For each run, what tells its optimiser apart from the other runs': `optimizer=agd` when the runs use several
+    optimisers, then the options that differ among runs of one optimiser (`optimizer.depth=2`). Which head converges
+    faster depends on the optimiser (docs/results.md), so a group never pools two and its label names the one it has."""
+    found = _variants(runs, "optimizer", "_target_", exclude)
+    named = {name for name, _ in found.values()} - {"-"}  # "-": a run without an optimizer node (not etf-train's)
+    several = len(named) > 1 and not {"optimizer", "optimizer._target_"} & set(exclude)
+    return {k: ([("optimizer", name.rsplit(".", 1)[-1].lower())] if several and name != "-" else []) + pairs
+            for k, (name, pairs) in found.items()}
 
 
 def _sort_key(values: Sequence[object]) -> tuple:
@@ -129,18 +149,20 @@ def _sort_key(values: Sequence[object]) -> tuple:
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
     """Runs by their values of `keys`, labelled `key=value, ...` ('-' where a run lacks a key; the same spelling in
     the table, CSV and legend) in sorted value order. `head` stands for head.name, followed by the head options that
-    tell runs of one head apart (head_variants): `head=learned, head.bias=False`."""
+    tell runs of one head apart (head_variants): `head=learned, head.bias=False`; runs of different optimisers or
+    optimiser options are always told apart (optimizer_variants): `head=learned, optimizer=agd`."""
     for key in keys:
         if all(config_value(run, GROUP_ALIASES.get(key, key)) is _MISSING for run in runs):
             raise EtfTrainError(f"no run has config key '{GROUP_ALIASES.get(key, key)}' (from --group-by)")
     variants = head_variants(runs, exclude=keys) if "head" in keys else {}
+    optimizers = optimizer_variants(runs, exclude=keys)
 
     def pairs(run: Run) -> list[tuple[str, object]]:
         out = []
         for key in keys:
             value = config_value(run, GROUP_ALIASES.get(key, key))
             out += [(key, value)] + (variants[id(run)] if key == "head" and value is not _MISSING else [])
-        return out
+        return out + optimizers[id(run)]
 
     by_run = {id(run): pairs(run) for run in runs}
     groups: dict[str, list[Run]] = {}
