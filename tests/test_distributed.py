@@ -54,6 +54,15 @@ def test_class_balanced_batches_and_uneven_test_shards_under_ddp(tmp_path):
         assert torch.equal(v, two[1]["model"][k])
 
 
+def test_soft_labels_and_another_loss_keep_the_ranks_identical(tmp_path):
+    """Mixup's soft labels reach the nearest-ETF head as label-weighted class sums: if those sums (or the counts)
+    were not all-reduced, each rank would build its own ETF and the heads' buffers would drift apart."""
+    two = torchrun(2, tmp_path / "two", *DDP, "head=nearest_etf", "loss=mse", "mix=mixup", "trainer.max_epochs=1")
+    assert int(two[0]["model"]["head.step"]) > 0
+    for k, v in two[0]["model"].items():
+        assert torch.equal(v, two[1]["model"][k]), f"{k} differs between ranks"
+
+
 def _torchrun_cli(run, *overrides, env=None):
     exe = Path(sys.executable).with_name("torchrun")
     args = [str(exe), "--standalone", "--nproc_per_node=2", "-m", "etf_train", *overrides, f"hydra.run.dir={run}"]

@@ -119,6 +119,17 @@ def test_ce_is_the_trainers_cross_entropy_bit_for_bit():
         assert got.dtype == torch.float32 and torch.equal(got, F.cross_entropy(logits.float(), y))
 
 
+@pytest.mark.parametrize(("name", "options"), CASES, ids=lambda c: str(c))
+def test_every_loss_computes_bf16_logits_in_float32(name, options):
+    """Catches a loss that computes in bf16 under autocast (a float32 result is asked for: bf16 keeps 8 bits of
+    mantissa, too few for a loss summed over a batch)."""
+    z16 = torch.tensor(Z).to(torch.bfloat16)
+    for target in (torch.tensor(Y), torch.tensor(T)):
+        got = call(name, options, z16, target)
+        assert got.dtype == torch.float32
+        assert torch.equal(got, call(name, options, z16.float(), target)), (name, target)
+
+
 @pytest.mark.parametrize(("name", "option"), [("label_smoothing", "smoothing"), ("focal", "gamma")])
 def test_label_smoothing_zero_and_focal_zero_are_ce_bit_for_bit(name, option):
     """Catches label_smoothing=0 or gamma=0 taking another arithmetic path than ce (so a no-op option would change results)."""
