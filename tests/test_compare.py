@@ -379,8 +379,36 @@ def test_group_by_other_key(tmp_path, capsys):
         OmegaConf.save(config, tmp_path / str(job) / ".hydra" / "config.yaml")
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     err = capsys.readouterr().err
-    assert "group 'head=nearest_etf' holds 2 runs with seed 1" in err and "backbone.width" in err
+    assert "group 'head=nearest_etf' pools runs with other settings than the seed" in err
+    assert "backbone.width: (unset) -> 16" in err and err.count("pools runs") == 1
     assert (tmp_path / "comparison.md").is_file()  # --out defaults to the first folder
+
+
+def test_runs_with_other_settings_and_other_seeds_are_not_pooled_in_silence(tmp_path, capsys):
+    """Only same-seed collisions used to be reported: seed 1 at lr 0.05 and seed 2 at lr 0.5 made one silent median.
+    Neutral keys (progress bar, workers) may differ; the same run given twice is named too."""
+    for seed in (1, 2):
+        make_run(tmp_path / f"a{seed}", "learned", seed)
+    config = OmegaConf.load(tmp_path / "a2" / ".hydra" / "config.yaml")
+    config.trainer = {"progress": False}  # neutral: no message
+    OmegaConf.save(config, tmp_path / "a2" / ".hydra" / "config.yaml")
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "pools runs" not in capsys.readouterr().err
+    config.optimizer.lr = 0.5
+    OmegaConf.save(config, tmp_path / "a2" / ".hydra" / "config.yaml")
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    err = capsys.readouterr().err
+    assert "group 'head=learned, optimizer.lr=0.5' pools" not in err  # optimiser options split the groups instead
+    assert "head=learned, optimizer.lr=0.5" in (tmp_path / "comparison.md").read_text()
+    config.optimizer.lr, config.loss = None, {"name": "mse"}
+    del config.optimizer["lr"]
+    OmegaConf.save(config, tmp_path / "a2" / ".hydra" / "config.yaml")
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    err = capsys.readouterr().err
+    assert "group 'head=learned' pools runs with other settings than the seed" in err and "loss.name: ce -> mse" in err
+    make_run(tmp_path / "a1-again", "learned", 1)
+    assert main([str(tmp_path / "a1"), str(tmp_path / "a1-again"), "--metrics", "train/acc"]) == 0
+    assert "holds seed 1 twice" in capsys.readouterr().err
 
 
 def test_runs_of_two_optimisers_never_pool_and_their_labels_name_the_optimiser(tmp_path, capsys):
@@ -402,7 +430,7 @@ def test_runs_of_two_optimisers_never_pool_and_their_labels_name_the_optimiser(t
         "head=nearest_etf, optimizer=sgd": ["sgd1", "sgd2"]}
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     captured = capsys.readouterr()
-    assert "holds 2 runs with seed" not in captured.err
+    assert "pools runs" not in captured.err and "twice" not in captured.err
     assert "| head=nearest_etf, optimizer=sgd | 2/2 |" in captured.out
     # asked for by name, the optimiser is a grouping key like any other (and not spelled twice)
     assert list(group_runs(load_runs([tmp_path]), ["optimizer._target_"])) == [

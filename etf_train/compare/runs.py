@@ -103,7 +103,7 @@ def _variants(runs: Sequence[Run], node: str, identity: str, exclude: Sequence[s
     """Per run: its `node.identity` value and the (`node.<option>`, value) pairs of the options that differ among
     the runs sharing that value (options named in `exclude`, or starting with `_`, left out)."""
     def flat(value: object) -> dict[str, object]:
-        return _flatten(OmegaConf.to_container(value, resolve=False)) if OmegaConf.is_config(value) else {}
+        return rundir.flatten(OmegaConf.to_container(value, resolve=False)) if OmegaConf.is_config(value) else {}
 
     options = {id(r): flat(r.config.get(node)) for r in runs}
     by_identity: dict[str, list[Run]] = {}
@@ -182,34 +182,24 @@ def check_datasets(runs: Sequence[Run]) -> None:
         raise EtfTrainError(f"runs mix datasets: {parts}; compare one dataset at a time or pass --allow-mixed")
 
 
-def _flatten(node: object, prefix: str = "") -> dict[str, object]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, object] = {}
-    for k, v in node.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def seed_collisions(groups: dict[str, list[Run]]) -> list[str]:
-    """Messages for groups holding two runs with the same seed: the median 'over seeds' would pool settings."""
+def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
+    """Messages for groups whose median "over seeds" would pool more than seeds: runs that differ in a setting
+    that can change results (any key but `seed` and the neutral ones of rundir.NEUTRAL), or one run given twice."""
     messages = []
     for label, runs in groups.items():
-        by_seed: dict[object, list[Run]] = {}
+        configs = [OmegaConf.to_container(r.config, resolve=False) for r in runs]
+        for run, config in zip(runs[1:], configs[1:]):
+            diff = [c for c in rundir.changed_settings(configs[0], config) if not c.startswith("seed:")]
+            if diff:
+                shown = ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
+                messages.append(f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
+                                f"{run.path}: {shown}); add such keys to --group-by")
+                break
+        seen: dict[object, Run] = {}
         for run in runs:
             seed = config_value(run, "seed")
-            if seed is not _MISSING:
-                by_seed.setdefault(seed, []).append(run)
-        for seed, same in by_seed.items():
-            if len(same) < 2:
-                continue
-            a, b = (_flatten(OmegaConf.to_container(r.config, resolve=False)) for r in same[:2])
-            diff = sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
-            why = (
-                f"they differ in {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}; add such keys to --group-by"
-                if diff
-                else "their configs are identical (the same run given twice?)"
-            )
-            paths = f"{same[0].path}, {same[1].path}"
-            messages.append(f"group '{label}' holds {len(same)} runs with seed {seed} ({paths}): {why}")
+            if seed is not _MISSING and seed in seen:
+                messages.append(f"group '{label}' holds seed {seed} twice ({seen[seed].path}, {run.path}): "
+                                "the same run given twice?")
+            seen.setdefault(seed, run)
     return messages

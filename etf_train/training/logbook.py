@@ -14,7 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from ..view import KEY_CARDS
-from .resume import flatten
+from ..rundir import flatten
 
 # The HParams tab's metric columns: the final values of these scalars (they are logged every epoch or metrics epoch).
 HPARAM_METRICS = (*KEY_CARDS, "test/loss", "train/acc")

@@ -11,39 +11,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..errors import EtfTrainError
-
-# Keys that cannot change what a run computes (display, speed, where files are): they may differ on resume.
-NEUTRAL = (
-    "trainer.progress", "trainer.resume", "trainer.device", "trainer.compile", "trainer.channels_last",
-    "trainer.eval_batch_size", "trainer.save_every_n_epochs", "trainer.checkpoint_every_s", "loader.num_workers", "metrics.every_n_epochs", "dataset.root", "dataset.download",
-    "optimized_metric",
-)
-
-
-def flatten(node: object, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    if not isinstance(node, dict) or (prefix and not node):
-        return {prefix: node}
-    out: dict[str, object] = {}
-    for k, v in node.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-# The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
-IDENTITY = ("name", "arch", "_target_")
-
-
-def changed_settings(saved: dict, now: dict) -> list[str]:
-    """`key: old -> new` for every key that differs and could change the results (a changed choice of a group,
-    e.g. head.name, stands for the keys of that group)."""
-    a, b = flatten(saved), flatten(now)
-    missing = "(unset)"
-    changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)
-               and not k.startswith(NEUTRAL)]
-    swapped = tuple(k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY)
-    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in changed
-            if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY]
+from ..rundir import changed_settings
 
 
 def refuse_changes(saved: dict, now: dict, where: str) -> None:
