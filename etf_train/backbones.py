@@ -175,8 +175,9 @@ def _vgg13(in_shape: tuple[int, ...], num_samples: int | None, *, bias: bool = T
 # ------------------------------------------------------------------------------ small CPU models
 
 
-def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+    return [conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
 @register_backbone("small_cnn")
@@ -200,6 +201,27 @@ def _small_cnn(
         nn.Flatten(),
         nn.Linear(4 * width, dim),
     )
+    return _with_feature_dim(_bias_option(net, bias), dim)
+
+
+@register_backbone("fast_cnn")
+def _fast_cnn(
+    in_shape: tuple[int, ...], num_samples: int | None, *, width: int = 24, dim: int = 128, bias: bool = True
+) -> nn.Module:
+    """Four conv-BN-ReLU blocks (width, 2, 4, 8 width), the last three with stride 2, global pool, Linear -> dim.
+
+    small_cnn runs its first two convolutions at full resolution (about 40 M multiply-adds per 32-px image);
+    here only the 3-channel stem does, and each halving of the map doubles the channels, so every later block
+    costs the same (about 10 M in all at 32 px; docs/benchmarks.md measures the speed and accuracy).
+    bias=false: BatchNorm without affine parameters, Linear without bias.
+    """
+    C = _image_channels("fast_cnn", in_shape)
+    width, dim = opt.integer("backbone.width", width), opt.integer("backbone.dim", dim)
+    blocks, c = [], C
+    for i, mult in enumerate((1, 2, 4, 8)):
+        blocks += _conv_bn_relu(c, mult * width, stride=1 if i == 0 else 2)
+        c = mult * width
+    net = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, dim))
     return _with_feature_dim(_bias_option(net, bias), dim)
 
 
@@ -259,7 +281,7 @@ def _timm(
         # timm's 1-D parameters (norm scales and shifts of many kinds, layer scales, ...) have no common switch.
         raise EtfTrainError(
             "backbone timm has no bias=false: its 1-D parameters differ from model to model; "
-            "use backbone=resnet18, resnet50, vgg13, small_cnn or mlp"
+            "use backbone=resnet18, resnet50, vgg13, small_cnn, fast_cnn or mlp"
         )
     import timm
 

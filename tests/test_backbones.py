@@ -18,7 +18,7 @@ from etf_train.errors import EtfTrainError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DIGITS, CIFAR = (1, 8, 8), (3, 32, 32)  # the smallest inputs every image backbone must take
-IMAGE_DIMS = {"resnet18": 512, "resnet50": 2048, "vgg13": 512, "small_cnn": 128, "mlp": 128}
+IMAGE_DIMS = {"resnet18": 512, "resnet50": 2048, "vgg13": 512, "small_cnn": 128, "fast_cnn": 128, "mlp": 128}
 
 
 def _features_and_grads(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +111,16 @@ def test_small_cnn_options_and_stl_sized_input():
     assert model.feature_dim == 20
     assert model(torch.randn(2, 3, 96, 96)).shape == (2, 20)
     assert max(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) == 32  # 4 x width
+
+
+def test_fast_cnn_halves_the_map_three_times_and_doubles_the_channels():
+    """Catches a stride or width left out (the speed of fast_cnn is its three stride-2 blocks; docs/benchmarks.md)."""
+    model = create_backbone("fast_cnn", in_shape=CIFAR, width=8, dim=20)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in convs] == [(3, 8, 1), (8, 16, 2), (16, 32, 2), (32, 64, 2)]
+    last = _hooked_output(convs[-1], lambda: model(torch.randn(2, *CIFAR)))
+    assert last.shape == (2, 64, 4, 4) and model.feature_dim == 20
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 20)  # 8 px: 8 -> 4 -> 2 -> 1
 
 
 def test_mlp_layers_and_layer_norm():
