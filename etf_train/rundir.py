@@ -189,26 +189,44 @@ def state(run: Path) -> RunState:
 
 
 def read_scalars(run: Path) -> dict[str, Curve]:
-    """All scalars of the event files directly in `run`; per (tag, step) the latest wall time wins (a resumed
-    run may hold several event files)."""
+    """All scalars of the event files directly in `run`, as TensorBoard shows them: files in the order they were
+    started, and a file that starts with a purge step (a resumed run: SummaryWriter(purge_step=epoch)) discards
+    the earlier files' events at that step and after (epochs a crashed attempt logged past its checkpoint);
+    otherwise, per (tag, step), the latest event wins."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
 
-    latest: dict[str, dict[int, tuple[float, float]]] = {}  # tag -> step -> (wall_time, value)
+    started = []  # (wall time of the first summary, purge step or None, path)
     for events in event_files(run):
-        # One accumulator per file, without TensorBoard's purging: the merge below decides.
+        first, purge = float("inf"), None
+        for ev in EventFileLoader(str(events)).Load():  # the purge step comes before any summary
+            if ev.HasField("session_log") and ev.session_log.status == SessionLog.START:
+                purge = ev.step
+            elif ev.HasField("summary"):
+                first = ev.wall_time
+                break
+        started.append((first, purge, events))
+    latest: dict[str, dict[int, float]] = {}  # tag -> step -> value
+    for _, purge, events in sorted(started, key=lambda t: (t[0], t[2].name)):
+        if purge is not None:
+            for by_step in latest.values():
+                for step in [s for s in by_step if s >= purge]:
+                    del by_step[step]
+        # One accumulator per file, without TensorBoard's purging: the merge above decides.
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0}, purge_orphaned_data=False)
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             by_step = latest.setdefault(tag, {})
             for ev in acc.Scalars(tag):
-                if ev.step not in by_step or ev.wall_time >= by_step[ev.step][0]:
-                    # Events hold float32: take its shortest decimal, so a logged 0.1 reads 0.1 (and
-                    # compares <= 0.1), not 0.10000000149.
-                    by_step[ev.step] = (ev.wall_time, float(str(np.float32(ev.value))))
+                # Events hold float32: take its shortest decimal, so a logged 0.1 reads 0.1 (and
+                # compares <= 0.1), not 0.10000000149.
+                by_step[ev.step] = float(str(np.float32(ev.value)))
     scalars = {}
     for tag, by_step in latest.items():
-        steps = np.array(sorted(by_step), dtype=np.int64)
-        scalars[tag] = (steps, np.array([by_step[s][1] for s in steps.tolist()], dtype=np.float64))
+        if by_step:
+            steps = np.array(sorted(by_step), dtype=np.int64)
+            scalars[tag] = (steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64))
     return scalars
 
 

@@ -7,11 +7,13 @@ import math
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from etf_train import compare
@@ -457,6 +459,26 @@ def test_resume_merges_event_files_later_walltime_wins(tmp_path):
     steps, values = read_scalars(run)["train/acc"]
     np.testing.assert_array_equal(steps, np.arange(1, 9))
     np.testing.assert_array_equal(values, [11, 12, 13, 54, 55, 56, 57, 58])
+
+
+def test_epochs_a_crashed_attempt_logged_past_its_checkpoint_are_dropped_as_tensorboard_drops_them(tmp_path):
+    """Catches read_scalars keeping a killed attempt's epochs 8 and beyond when the resumed attempt (purge_step 6,
+    as Logbook writes it) stopped at 7: etf-compare would then report the discarded run's epoch 8 as the last."""
+    run = tmp_path / "run"
+    first = SummaryWriter(str(run), purge_step=1)
+    for e in range(1, 9):
+        first.add_scalar("test/acc", 10.0 * e, e)
+    first.close()
+    time.sleep(0.01)
+    resumed = SummaryWriter(str(run), purge_step=6)
+    for e in (6, 7):
+        resumed.add_scalar("test/acc", 5.0 + 10.0 * e, e)
+    resumed.close()
+    steps, values = read_scalars(run)["test/acc"]
+    reference = EventAccumulator(str(run), size_guidance={"scalars": 0})  # TensorBoard's own reading of the folder
+    reference.Reload()
+    assert list(steps) == [ev.step for ev in reference.Scalars("test/acc")] == [1, 2, 3, 4, 5, 6, 7]
+    np.testing.assert_array_equal(values, [10, 20, 30, 40, 50, 65, 75])
 
 
 def error_of(argv, capsys) -> str:
