@@ -413,6 +413,54 @@ def test_runs_with_other_settings_and_other_seeds_are_not_pooled_in_silence(tmp_
     assert "holds seed 1 twice" in capsys.readouterr().err
 
 
+def _set(run: Path, **dotted) -> None:
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    for key, value in dotted.items():
+        OmegaConf.update(config, key.replace("__", "."), value)
+    OmegaConf.save(config, run / ".hydra" / "config.yaml")
+
+
+def test_groups_that_differ_in_more_than_their_labels_are_named(tmp_path, capsys):
+    """Only runs inside one group were checked: learned on K=100 with label noise against fixed_etf on clean K=10
+    made a head-vs-head table in silence, as did metrics every epoch against every 5 (threshold epochs 5x coarser)."""
+    for head in ("learned", "fixed_etf"):
+        for seed in (1, 2):
+            _set(make_run(tmp_path / f"{head}{seed}", head, seed), metrics__every_n_epochs=1)
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "differ in more than their labels" not in capsys.readouterr().err  # heads differ in head.* only
+    for seed in (1, 2):
+        _set(tmp_path / f"learned{seed}", dataset__num_classes=100, dataset__label_noise=0.2)
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    err = capsys.readouterr().err
+    assert "groups 'head=fixed_etf' and 'head=learned' differ in more than their labels" in err
+    assert "dataset.label_noise: (unset) -> 0.2" in err and "dataset.num_classes: (unset) -> 100" in err
+    for seed in (1, 2):
+        _set(tmp_path / f"learned{seed}", dataset__num_classes=None, dataset__label_noise=None, metrics__every_n_epochs=5)
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "metrics.every_n_epochs: 1 -> 5" in capsys.readouterr().err
+    _set(tmp_path / "learned2", metrics__every_n_epochs=1)  # and inside a group
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "group 'head=learned' pools runs with other settings than the seed" in capsys.readouterr().err
+
+
+def test_an_image_folder_root_and_a_batch_centred_heads_eval_batch_are_settings_that_change_results(tmp_path, capsys):
+    """dataset.root and trainer.eval_batch_size are neutral in general (where the files are, how many per eval
+    batch), but an image folder is what its root holds, and head.center=batch takes the eval batch's mean: two
+    folders pooled as one dataset, or eval accuracies 97.9 and 12.2 % of one training, made one silent median."""
+    for seed, root in ((1, "/data/a"), (2, "/data/b")):
+        _set(make_run(tmp_path / f"r{seed}", "fixed_etf", seed, dataset="image_folder"), dataset__root=root)
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "dataset.root: /data/a -> /data/b" in capsys.readouterr().err
+    for seed, size in ((1, 512), (2, 3)):
+        _set(tmp_path / f"r{seed}", dataset__root="/data/a", trainer__eval_batch_size=size)
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "pools runs" not in capsys.readouterr().err  # the plain fixed ETF: eval batch size is neutral
+    for seed in (1, 2):
+        _set(tmp_path / f"r{seed}", head__center="batch")
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "trainer.eval_batch_size: 512 -> 3" in capsys.readouterr().err
+
+
 def test_runs_of_two_optimisers_never_pool_and_their_labels_name_the_optimiser(tmp_path, capsys):
     """etf-compare once pooled SGD and AGD runs of one head into one median (with only a warning): under SGD and AGD
     the heads rank differently, so such a table gave a verdict without naming the optimiser."""
@@ -483,7 +531,7 @@ def test_epochs_a_crashed_attempt_logged_past_its_checkpoint_are_dropped_as_tens
 
 def error_of(argv, capsys) -> str:
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("etf-compare: warning: "))
     assert err.count("\n") == 1 and err.startswith("etf-compare: error: ")
     return err
 

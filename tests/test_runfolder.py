@@ -17,6 +17,7 @@ from etf_train import EtfTrainError
 from etf_train.rundir import LOCK, read_scalars
 from etf_train.training import train
 from etf_train.training.checkpoint import SAVE_DELAY_ENV
+from etf_train.training.resume import refuse_changes
 
 from .conftest import (
     TINY,
@@ -76,6 +77,21 @@ def test_resume_refuses_changed_settings_and_accepts_neutral_ones(tmp_path, monk
                    "trainer.device=cpu"), run)
     assert list(read_scalars(run)["train/loss"][0]) == [1, 2]
     assert (run / "checkpoints" / "finished").exists()
+
+
+def test_resume_refuses_another_image_folder_and_another_eval_batch_for_a_batch_centred_head():
+    """dataset.root was neutral: a run resumed on another image folder trained on other images under its old record;
+    and head.center=batch takes the mean of each eval batch, so trainer.eval_batch_size changes its logged metrics."""
+    def run(dataset, root, center="none", eval_batch=512):
+        return {"dataset": {"name": dataset, "root": root}, "head": {"name": "fixed_etf", "center": center},
+                "trainer": {"eval_batch_size": eval_batch}}
+
+    refuse_changes(run("cifar10", "/a"), run("cifar10", "/b"), "r")  # the same CIFAR-10, moved
+    refuse_changes(run("cifar10", "/a"), run("cifar10", "/a", eval_batch=3), "r")
+    with pytest.raises(EtfTrainError, match=r"dataset.root: /a -> /b"):
+        refuse_changes(run("image_folder", "/a"), run("image_folder", "/b"), "r")
+    with pytest.raises(EtfTrainError, match=r"trainer.eval_batch_size: 512 -> 3"):
+        refuse_changes(run("cifar10", "/a", "batch"), run("cifar10", "/a", "batch", 3), "r")
 
 
 def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch, capfd):

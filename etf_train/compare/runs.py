@@ -189,7 +189,7 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
     for label, runs in groups.items():
         configs = [OmegaConf.to_container(r.config, resolve=False) for r in runs]
         for run, config in zip(runs[1:], configs[1:]):
-            diff = [c for c in rundir.changed_settings(configs[0], config) if not c.startswith("seed:")]
+            diff = [c for c in rundir.changed_settings(configs[0], config, compare=True) if not c.startswith("seed:")]
             if diff:
                 shown = ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
                 messages.append(f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
@@ -202,4 +202,21 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
                 messages.append(f"group '{label}' holds seed {seed} twice ({seen[seed].path}, {run.path}): "
                                 "the same run given twice?")
             seen.setdefault(seed, run)
+    return messages
+
+
+def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str]:
+    """Messages for groups that differ in more than their labels name: a setting that can change results other
+    than the seed and the nodes the labels stand for (the --group-by keys' nodes, the optimiser), e.g. K = 10 against
+    K = 100, 20 epochs against 100, or metrics every epoch against every 5 (threshold epochs as coarse)."""
+    labelled = {GROUP_ALIASES.get(k, k).split(".")[0] for k in keys} | {"optimizer", "seed"}
+    firsts = [(label, OmegaConf.to_container(rs[0].config, resolve=False), rs[0]) for label, rs in groups.items() if rs]
+    messages = []
+    for label, config, run in firsts[1:]:
+        diff = [c for c in rundir.changed_settings(firsts[0][1], config, compare=True)
+                if c.split(":", 1)[0].split(".")[0] not in labelled]
+        if diff:
+            shown = ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
+            messages.append(f"groups '{firsts[0][0]}' and '{label}' differ in more than their labels ({firsts[0][2].path} "
+                            f"vs {run.path}: {shown}); compare runs of one setting, or add such keys to --group-by")
     return messages
