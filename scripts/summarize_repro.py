@@ -47,9 +47,9 @@ def optimiser_label(run: Run) -> str:
 
 
 def settled(curve, threshold: float) -> float:
-    """The first logged epoch from which the value stays <= threshold; inf if the last one is above it."""
+    """The first logged epoch from which the value stays <= threshold; inf if the last one is above it (or NaN)."""
     steps, values = curve
-    above = np.flatnonzero(values > threshold)
+    above = np.flatnonzero(~(values <= threshold))  # NaN counts as above
     if above.size and above[-1] == len(values) - 1:
         return math.inf
     return float(steps[above[-1] + 1]) if above.size else float(steps[0])
