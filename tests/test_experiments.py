@@ -33,7 +33,7 @@ EXPERIMENTS = {
     "stl10_resnet18": ("stl10", "resnet18", 10, 512, (3, 96, 96), 0.05),
     "imagenet_resnet50": ("imagenet", "resnet50", 1000, 2048, (3, 224, 224), 0.05),
     "cifar10_jpg_resnet18": ("image_folder", "resnet18", 10, 512, (3, 32, 32), 0.05),
-    "paper_recipe": ("digits", "small_cnn", 10, 128, (1, 8, 8), 0.05),  # the shared recipe on the defaults
+    "paper_recipe": ("digits", "fast_cnn", 10, 128, (1, 8, 8), 0.05),  # the shared recipe on the defaults
 }
 IMAGE_EXPERIMENTS = [n for n, e in EXPERIMENTS.items() if e[1] != "ufm" and n != "paper_recipe"]
 QUICK = ["trainer.max_epochs=1", "trainer.progress=false", "loader.num_workers=0"]
