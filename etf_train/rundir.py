@@ -16,6 +16,7 @@ before deciding anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -197,16 +198,17 @@ def read_scalars(run: Path) -> dict[str, Curve]:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.compat.proto.event_pb2 import SessionLog
 
-    started = []  # (wall time of the first summary, purge step or None, path)
+    started = []  # (wall time of the first summary, else of the first event; purge step or None; path)
     for events in event_files(run):
-        first, purge = float("inf"), None
+        first, purge = None, None
         for ev in EventFileLoader(str(events)).Load():  # the purge step comes before any summary
             if ev.HasField("session_log") and ev.session_log.status == SessionLog.START:
                 purge = ev.step
-            elif ev.HasField("summary"):
+            if ev.HasField("summary"):
                 first = ev.wall_time
                 break
-        started.append((first, purge, events))
+            first = ev.wall_time if first is None else first
+        started.append((math.inf if first is None else first, purge, events))
     latest: dict[str, dict[int, float]] = {}  # tag -> step -> value
     for _, purge, events in sorted(started, key=lambda t: (t[0], t[2].name)):
         if purge is not None:

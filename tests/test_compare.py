@@ -529,6 +529,20 @@ def test_epochs_a_crashed_attempt_logged_past_its_checkpoint_are_dropped_as_tens
     np.testing.assert_array_equal(values, [10, 20, 30, 40, 50, 65, 75])
 
 
+def test_an_attempt_killed_before_its_first_epoch_purges_in_its_place_not_last(tmp_path):
+    """Catches a file without scalars (an attempt killed before it logged, purge step 6) ordered after every other
+    file: its purge then deleted the epochs 6 and 7 that the next attempt logged after it."""
+    run = tmp_path / "run"
+    for purge, epochs in ((1, range(1, 9)), (6, ()), (6, (6, 7))):
+        writer = SummaryWriter(str(run), purge_step=purge)
+        for e in epochs:
+            writer.add_scalar("test/acc", float(e), e)
+        writer.close()
+        time.sleep(0.01)
+    steps, _ = read_scalars(run)["test/acc"]
+    assert list(steps) == [1, 2, 3, 4, 5, 6, 7]
+
+
 def error_of(argv, capsys) -> str:
     assert main(argv) == 2
     err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("etf-compare: warning: "))
