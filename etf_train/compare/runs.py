@@ -191,9 +191,8 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
         for run, config in zip(runs[1:], configs[1:]):
             diff = [c for c in rundir.changed_settings(configs[0], config, compare=True) if not c.startswith("seed:")]
             if diff:
-                shown = ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
                 messages.append(f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
-                                f"{run.path}: {shown}); add such keys to --group-by")
+                                f"{run.path}: {_shown(diff)}); add such keys to --group-by")
                 break
         seen: dict[object, Run] = {}
         for run in runs:
@@ -210,13 +209,20 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
     than the seed and the nodes the labels stand for (the --group-by keys' nodes, the optimiser), e.g. K = 10 against
     K = 100, 20 epochs against 100, or metrics every epoch against every 5 (threshold epochs as coarse)."""
     labelled = {GROUP_ALIASES.get(k, k).split(".")[0] for k in keys} | {"optimizer", "seed"}
-    firsts = [(label, OmegaConf.to_container(rs[0].config, resolve=False), rs[0]) for label, rs in groups.items() if rs]
-    messages = []
-    for label, config, run in firsts[1:]:
-        diff = [c for c in rundir.changed_settings(firsts[0][1], config, compare=True)
+    firsts = [(label, rs[0]) for label, rs in groups.items() if rs]
+    if not firsts:
+        return []
+    (base_label, base), messages = firsts[0], []
+    base_config = OmegaConf.to_container(base.config, resolve=False)
+    for label, run in firsts[1:]:
+        config = OmegaConf.to_container(run.config, resolve=False)
+        diff = [c for c in rundir.changed_settings(base_config, config, compare=True)
                 if c.split(":", 1)[0].split(".")[0] not in labelled]
         if diff:
-            shown = ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
-            messages.append(f"groups '{firsts[0][0]}' and '{label}' differ in more than their labels ({firsts[0][2].path} "
-                            f"vs {run.path}: {shown}); compare runs of one setting, or add such keys to --group-by")
+            messages.append(f"groups '{base_label}' and '{label}' differ in more than their labels ({base.path} vs "
+                            f"{run.path}: {_shown(diff)}); compare runs of one setting, or add such keys to --group-by")
     return messages
+
+
+def _shown(diff: list[str]) -> str:
+    return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")
