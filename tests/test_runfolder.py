@@ -79,6 +79,19 @@ def test_resume_refuses_changed_settings_and_accepts_neutral_ones(tmp_path, monk
     assert (run / "checkpoints" / "finished").exists()
 
 
+def test_the_record_names_the_precision_that_ran_so_auto_cannot_hide_a_switch(tmp_path, monkeypatch):
+    """precision=auto is bf16 autocast on CUDA and fp32 on CPU, but the record said "auto" and trainer.device is
+    neutral: a GPU run resumed on a CPU switched precision mid-run, and etf-compare pooled bf16 with fp32 runs."""
+    run = tmp_path / "run"
+    crash_after_epoch_1(monkeypatch, make_cfg(*QUICK), run)  # trainer.precision=auto, on this CPU
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.precision == "fp32"
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["config"]["trainer"]["precision"] == "fp32"
+    with pytest.raises(EtfTrainError, match="trainer.precision: fp32 -> bf16"):
+        train(make_cfg(*QUICK, "trainer.precision=bf16"), run)
+    train(make_cfg(*QUICK, "trainer.precision=fp32"), run)  # what auto resolved to: the same run
+    assert (run / "checkpoints" / "finished").exists()
+
+
 def test_resume_refuses_another_image_folder_and_another_eval_batch_for_a_batch_centred_head():
     """dataset.root was neutral: a run resumed on another image folder trained on other images under its old record;
     and head.center=batch takes the mean of each eval batch, so trainer.eval_batch_size changes its logged metrics."""

@@ -62,6 +62,10 @@ class Run:
         self.cfg, self.record = cfg, record
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.world, self.device = setup_distributed(t.device)
+        # The record says what ran: precision=auto is bf16 on CUDA and fp32 on CPU, so a run resumed or compared on
+        # another device is refused or flagged instead of silently mixing precisions.
+        self.precision = "bf16" if t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda") else "fp32"
+        self.config["trainer"]["precision"] = self.precision
         self.run_dir = shared_run_dir(run_dir, self.world)
         self.folder = RunFolder(self.run_dir, self.world.main)
         self.resume_from = agreed(self.world, lambda: self.folder.claim(str(t.resume), self.config))
@@ -104,7 +108,7 @@ class Run:
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
         self.optimizer = build_optimizer(cfg.optimizer, model)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
-        bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        bf16 = self.precision == "bf16"
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
         self.meta = {"head": cfg.head.name, "num_classes": self.K, "feature_dim": model.head.dim,
                      "backbone": cfg.backbone.arch}
