@@ -1,8 +1,9 @@
 """Classifier heads: learned, fixed simplex ETF, nearest simplex ETF. Plain nn.Modules, no Hydra.
 
 Every head maps backbone features f (B, d) to logits (B, K) through the same normalisation
-h = tau f / ||f|| (switchable off), so comparisons between heads are fair. The trainer talks to all
-of them through ``forward(f, y)``, ``normalize``, ``weight``, ``after_step`` and ``pop_solver_stats``.
+h = tau f / ||f|| (switchable off), so comparisons between heads are fair: forward(f, y) = classify(normalize(f), y).
+The trainer talks to all of them through ``forward(f, y)``, ``normalize``, ``classify``, ``weight``, ``after_step``
+and ``pop_solver_stats``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from . import options as opt
@@ -22,6 +22,7 @@ from .errors import EtfTrainError
 from .etf import canonical_stiefel, random_stiefel, simplex_etf
 from .registry import Registry
 from .solver import METHODS, autocast_off, centre, nearest_etf
+from .sphere import sphere
 
 HEADS = Registry("head")
 register_head = HEADS.register
@@ -40,7 +41,14 @@ class Head(nn.Module):
 
     def normalize(self, f: torch.Tensor) -> torch.Tensor:
         """h = tau f / ||f|| (the sphere of radius tau; tau acts as the logit scale).  (B, d) -> (B, d)"""
-        return self.tau * F.normalize(f, dim=-1) if self.normalize_features else f
+        return sphere(f, self.tau) if self.normalize_features else f
+
+    def classify(self, h: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of normalised features h (B, d) -> (B, K); y (training only) for heads that fit to the labels."""
+        raise NotImplementedError
+
+    def forward(self, f: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.normalize(f), y)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -77,8 +85,8 @@ class LearnedHead(Head):
     def bias(self):
         return self.linear.bias
 
-    def forward(self, f, y=None):
-        return self.linear(self.normalize(f))
+    def classify(self, h, y=None):
+        return self.linear(h)
 
     @torch.no_grad()
     def after_step(self):
@@ -120,8 +128,8 @@ class FixedETFHead(Head):
     def weight(self):
         return self.W
 
-    def forward(self, f, y=None):
-        h, W = self.normalize(f), self.W.to(f.dtype)
+    def classify(self, h, y=None):
+        W = self.W.to(h.dtype)
         logits = h @ W.T  # (B, K)
         return logits - W @ h.detach().mean(0) if self.center == "batch" else logits
 
@@ -189,8 +197,7 @@ class NearestETFHead(Head):
             dist.all_reduce(counts)
         return sums, counts
 
-    def forward(self, f, y=None):
-        h = self.normalize(f)
+    def classify(self, h, y=None):
         if not (self.training and y is not None):
             W = self.weight.to(h.dtype)
             return h @ W.T - W @ self.global_mean.to(h.dtype)

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).parents[1] / "etf_train"
 LAYERS = [
     {"errors"},
     {"interrupt", "options", "registry", "rundir", "view"},
-    {"etf", "metrics"},
+    {"etf", "metrics", "sphere"},
     {"solver"},
     {"heads", "backbones", "data", "losses"},
     {"training"},

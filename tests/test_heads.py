@@ -16,6 +16,7 @@ from etf_train import (
     create_head,
     nearest_etf,
 )
+from etf_train.sphere import sphere
 
 
 def batch(B=24, d=16, K=4, seed=0):
@@ -30,6 +31,29 @@ def test_all_heads_share_the_normalisation():
         assert torch.allclose(head.normalize(f).norm(dim=1), torch.full((24,), 3.0))
         assert head(f, y).shape == (24, 4)
         assert create_head(name, 4, 16, normalize=False).normalize(f) is f
+
+
+def test_sphere_matches_the_normalisation_written_out_and_its_gradient():
+    """The fused node against tau * F.normalize(f) and autograd through it, in float64: catches a wrong scale, a missing
+    projection term in the backward, and a wrong gradient of the rows where the clamp max(||f||, 1e-12) holds."""
+    g = torch.Generator().manual_seed(1)
+    f = torch.randn(6, 9, generator=g, dtype=torch.float64)
+    f[2] = 0.0  # a zero row: the clamp holds, h = 0 and dL/df = r g
+    f[4] *= 1e-13
+    upstream = torch.randn(6, 9, generator=g, dtype=torch.float64)
+    a, b = f.clone().requires_grad_(), f.clone().requires_grad_()
+    h = sphere(a, 2.5)
+    (h * upstream).sum().backward()
+    ref = 2.5 * F.normalize(b, dim=1)
+    (ref * upstream).sum().backward()
+    assert torch.allclose(h, ref, rtol=1e-14, atol=0) and torch.allclose(a.grad, b.grad, rtol=1e-12, atol=0)
+    assert torch.allclose(h[[0, 1, 3, 5]].norm(dim=1), torch.full((4,), 2.5, dtype=torch.float64))
+    assert torch.equal(sphere(f, 2.5), h.detach())  # the no-grad path: the same numbers
+    x = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: sphere(t, 1.7), (x,))
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        (gx,) = torch.autograd.grad(sphere(x, 1.0).sum(), x, create_graph=True)
+        gx.sum().backward()
 
 
 def test_learned_head_renorm_rows():

@@ -220,6 +220,11 @@ def test_the_run_folder_holds_hparams_a_convergence_layout_the_config_and_a_reli
     assert [c.multiline.tag[0] for c in category.chart] == ["^test/acc$", "^train/eval_acc$", "^nc/nc1$", "^nc/nc3$"]
     assert b"head:" in acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0]
     assert [e.step for e in acc.Images("test/reliability")] == [2]
+    # every epoch's scalars, as TensorBoard's own reader sees them (they are written as one event per epoch)
+    logged = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert {"train/loss", "train/acc", "test/acc", "nc/nc1", "lr", "time/epoch_s"} <= set(logged)
+    assert all([step for step, _ in values] == [1, 2] for values in logged.values())
+    assert logged["lr"][0][1] == pytest.approx(0.05)
 
 
 def test_optimisers_step_fused_where_torch_can_and_fall_back_elsewhere(monkeypatch):

@@ -31,10 +31,11 @@ summarises one number per run:
   instead, labelled so: it flatters nearest_etf early (its classifier is fitted to running means
   that include the batch). A run that never reaches a threshold counts as `never`, which
   ranks after every epoch: `11 [10, never]` means the median run got there at epoch 11,
-  the fastest at 10, and at least one run never did; `never [9, never]` means most runs
-  never did; a bare `never` means no run did. comparison.csv holds the same numbers, `never`
-  as `inf`, plus a `_reached` count per threshold; its cells are empty where a table cell is
-  `-` (no runs, or no solver).
+  the fastest at 10, and at least one run never did; `never [9, never]` means at least
+  half the runs never did (an even count's median is the mean of the middle two); a bare
+  `never` means no run did. comparison.csv holds the same numbers, `never` as `inf`, plus a
+  `_reached` count per threshold; its cells are empty where a table cell is `-` (no runs, or
+  no solver).
 - "final <acc tag> %", "final test/acc %": the value at each run's last logged epoch.
 - "solver ms/step": per run the mean of `solver/ms` without its first epoch (warm-up; a
   one-epoch run keeps it); `-` where the group logs no solver time (heads without a solver).

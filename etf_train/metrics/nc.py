@@ -95,7 +95,8 @@ def participation_ratio(S: Tensor, tol: float) -> Tensor:
     number of equally strong directions it spreads over. 0 when tr S <= tol: the ratio is scale-free, so the
     rounding left in a collapsed S would otherwise read as a spread.  S: (d, d) -> scalar"""
     trace = S.trace()
-    return torch.where(trace > tol, trace.square() / S.square().sum().clamp_min(torch.finfo(S.dtype).tiny), 0.0)
+    sq_frobenius = torch.linalg.vector_norm(S).square()  # one pass over S, no (d, d) temporary
+    return torch.where(trace > tol, trace.square() / sq_frobenius.clamp_min(torch.finfo(S.dtype).tiny), 0.0)
 
 
 def cdnv(var: Tensor, G: Tensor) -> Tensor:
@@ -180,7 +181,7 @@ class NCAccumulator:
         y = self._check_labels(h, y)
         self.counts += torch.bincount(y, minlength=self.num_classes)
         self.sums.index_add_(0, y, h)
-        self.sq_norms.index_add_(0, y, h.square().sum(dim=1))
+        self.sq_norms.index_add_(0, y, torch.linalg.vector_norm(h, dim=1).square())
 
     def update_ncc(self, h: Tensor, y: Tensor, logits: Tensor | None = None) -> None:
         """Pass 2 (the same samples again): the within-class second moment around the pass-1 means and, given the
@@ -205,7 +206,7 @@ class NCAccumulator:
         centred = h - mu[y]  # (B, d)
         self.within.addmm_(centred.T, centred)
         if logits is not None:
-            nearest = (offset - 2.0 * h @ mu.T).argmin(dim=1)  # (B,)
+            nearest = torch.addmm(offset, h, mu.T, alpha=-2.0).argmin(dim=1)  # (B,), no (B, d) temporary 2 h
             predicted = logits.detach().to(self.counts.device).argmax(dim=1)
             self.ncc[0] += (nearest != predicted).sum()
             self.ncc[1] += h.shape[0]
@@ -244,20 +245,20 @@ class NCAccumulator:
         mu = self.sums[present] / n[:, None]  # (K', d)
         mu_G = self.sums.sum(dim=0) / N  # (d,)
         Hc = (mu - mu_G).T  # (d, K')
-        S_W = self.within / N  # (d, d)
+        within = self.within  # (d, d), N S_W: both metrics below are linear in S_W or scale-free, so no d x d division
         G_h = Hc.T @ Hc  # (K', K')
         U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
         # E||h - mu_c||^2 = E||h||^2 - ||mu_c||^2; the clamp removes rounding below 0 for collapsed classes.
         var = (self.sq_norms[present] / n - mu.square().sum(dim=1)).clamp_min(0)  # (K',)
         out = {
-            "nc1": nc1_from_moments(S_W, U, S),
+            "nc1": nc1_from_moments(within, U, S) / N,
             "nc2_h": nc2(G_h),
             "equinorm_h": equinorm(G_h.diagonal().sqrt()),
             "equiangular_h": equiangularity(G_h),
             "cdnv": cdnv(var, G_h),
             "rank_h": numerical_rank(S, tuple(Hc.shape)),
             # centring h by means it helped form leaves ~d eps E||h||^2 of rounding in tr S_W
-            "erank_sw": participation_ratio(S_W, self.dim * torch.finfo(S_W.dtype).eps * float(self.sq_norms.sum() / N)),
+            "erank_sw": participation_ratio(within, self.dim * torch.finfo(within.dtype).eps * float(self.sq_norms.sum())),
             "norm_ratio_h": norm_ratio(G_h.diagonal().sqrt()),
         }
         if W is not None:

@@ -35,13 +35,15 @@ def _pass(model, loader, device, autocast, num_classes: int, visit: Callable, nc
     def features(x):
         with autocast:
             f = model.backbone(x)
-        return model.head.normalize(f.float()), model.head(f.float())
+        h = model.head.normalize(f.float())
+        return h, model.head.classify(h)
 
     for batch in loader:
         x, y = to_device(batch, device)
         h, logits = features(x)
         visit(h, logits, y)
         if acc is not None:
+            h = h.to(torch.float64)  # the accumulator's dtype: converted once for both passes
             acc.update_stats(h, y)
             cached_bytes += h.numel() * h.element_size()
             if cached_bytes <= FEATURE_CACHE_BYTES:

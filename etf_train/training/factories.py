@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -31,9 +32,9 @@ class Classifier(nn.Module):
 
     def forward(self, x, y=None, *, features: bool = False):
         """Logits (B, K); with features, also the normalised features h (B, d) that some losses read."""
-        f = self.backbone(x)
-        logits = self.head(f, y)
-        return (logits, self.head.normalize(f)) if features else logits
+        h = self.head.normalize(self.backbone(x))
+        logits = self.head.classify(h, y)
+        return (logits, h) if features else logits
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -46,6 +47,15 @@ def check_config(cfg: DictConfig) -> None:
     opt.integer("seed", cfg.seed, 0)
     opt.choice("trainer.precision", t.precision, ("auto", "bf16", "fp32"))
     opt.choice("trainer.nonfinite", t.nonfinite, ("stop", "skip"))
+
+
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """trainer.precision as it runs: auto is bf16 autocast on CUDA and fp32 elsewhere."""
+    return "bf16" if setting == "bf16" or (setting == "auto" and device.type == "cuda") else "fp32"
+
+
+def build_autocast(precision: str, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 def _options(node: DictConfig, *drop: str) -> dict:

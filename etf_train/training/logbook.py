@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
+from torch.utils.tensorboard.summary import hparams, scalar
 
 from ..view import KEY_CARDS
 from ..rundir import flatten
@@ -43,8 +44,11 @@ class Logbook:
             _, _, self.ended = hparams({}, {})
 
     def scalars(self, epoch: int, values: dict[str, float]) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, epoch)
+        """One event per epoch holding every scalar (as TensorBoard reads any summary with several values): a third
+        of the cost of an event per tag, which was a UFM epoch's largest cost after the NC metrics; flushed, so a
+        crash loses no finished epoch."""
+        summary = Summary(value=[scalar(tag, value).value[0] for tag, value in values.items()])
+        self.writer.file_writer.add_summary(summary, epoch)
         self.writer.flush()
 
     def figure(self, tag: str, figure, epoch: int) -> None:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -25,23 +24,11 @@ from ..data import build_data, build_loaders, build_mix, set_epoch
 from ..errors import EtfTrainError, NonFiniteError
 from ..losses import build_loss, hard_labels
 from ..metrics import reliability_diagram
-from .checkpoint import (
-    Preempted,
-    SignalGuard,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from .checkpoint import Preempted, SignalGuard, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
-from .factories import (
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    check_config,
-    seed_everything,
-)
+from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config,
+                        resolve_precision, seed_everything)
 from .logbook import Logbook, log_to_file, show_progress, summary
 from .resume import RunFolder, refuse_changes
 from .tally import EpochTally
@@ -62,10 +49,8 @@ class Run:
         self.cfg, self.record = cfg, record
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.world, self.device = setup_distributed(t.device)
-        # The record says what ran: precision=auto is bf16 on CUDA and fp32 on CPU, so a run resumed or compared on
-        # another device is refused or flagged instead of silently mixing precisions.
-        self.precision = "bf16" if t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda") else "fp32"
-        self.config["trainer"]["precision"] = self.precision
+        # the record names the precision that ran, so a resume or a comparison across devices cannot mix them unseen
+        self.config["trainer"]["precision"] = resolve_precision(t.precision, self.device)
         self.run_dir = shared_run_dir(run_dir, self.world)
         self.folder = RunFolder(self.run_dir, self.world.main)
         self.resume_from = agreed(self.world, lambda: self.folder.claim(str(t.resume), self.config))
@@ -108,8 +93,7 @@ class Run:
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
         self.optimizer = build_optimizer(cfg.optimizer, model)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
-        bf16 = self.precision == "bf16"
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        self.autocast = build_autocast(self.config["trainer"]["precision"], self.device)
         self.meta = {"head": cfg.head.name, "num_classes": self.K, "feature_dim": model.head.dim,
                      "backbone": cfg.backbone.arch}
         self.ckpt_path = rundir.checkpoint(self.run_dir)
