@@ -241,3 +241,22 @@ def test_optimisers_step_fused_where_torch_can_and_fall_back_elsewhere(monkeypat
             assert not factories.build_optimizer(cfg, model).defaults["fused"]
     assert not factories._fused_available(type("NoFused", (), {"__init__": lambda self, *a, **k: (_ for _ in ()).throw(
         TypeError("unexpected keyword argument 'fused'"))}), torch.device("cpu"))
+
+
+def test_the_end_of_epoch_finiteness_check_sees_every_nan_and_inf_and_nothing_else():
+    """The check reads each tensor's min and max instead of isfinite per value: catches a NaN that min/max would skip,
+    an inf of either sign, a float64 value that a float32 comparison would overflow, and a refusal of empty tensors."""
+    from etf_train.training.loop import all_finite
+
+    def table(value=None, dtype=torch.float32):
+        t = torch.randn(50, 7, dtype=dtype)
+        if value is not None:
+            t[31, 4] = value
+        return t
+
+    ok = [table(), table(1e300, torch.float64), table(dtype=torch.bfloat16), torch.empty(0), torch.arange(3)]
+    assert all_finite(ok) and all_finite([])
+    for bad in (math.nan, math.inf, -math.inf):
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            assert not all_finite([*ok, table(bad, dtype)]), (bad, dtype)
+            assert all_finite([table(1.0, dtype)]) == bool(torch.isfinite(table(1.0, dtype)).all())
