@@ -232,22 +232,21 @@ def read_scalars(run: Path) -> dict[str, Curve]:
     return scalars
 
 
-# Keys that cannot change what a run computes (display, speed, where files are): they may differ on resume, and
-# between runs etf-compare pools (see neutral_keys for the exceptions).
+# Keys that cannot change what a run computes (display, speed, where files are), or only which random draws the
+# augmentation takes (loader.num_workers, trainer.device): they may differ on resume, and between runs etf-compare
+# pools (see neutral_keys for the exceptions). metrics.every_n_epochs is not one: it sets how fine threshold epochs
+# are, and a resume that changed it would leave a run logged at two intervals under a record naming one.
 NEUTRAL = (
     "trainer.progress", "trainer.resume", "trainer.device", "trainer.compile", "trainer.channels_last",
     "trainer.eval_batch_size", "trainer.save_every_n_epochs", "trainer.checkpoint_every_s", "loader.num_workers",
-    "metrics.every_n_epochs", "dataset.root", "dataset.download", "optimized_metric",
+    "dataset.root", "dataset.download", "optimized_metric",
 )
-INTERVAL = "metrics.every_n_epochs"
 
 
-def neutral_keys(*configs: dict, compare: bool = False) -> tuple[str, ...]:
+def neutral_keys(*configs: dict) -> tuple[str, ...]:
     """NEUTRAL less the keys that do change results for these configs: an image folder is whatever its root holds;
-    a head that centres by the batch mean (head.center=batch) gives other eval logits for another eval batch size.
-    compare: runs set side by side, whose threshold epochs are only as fine as their metrics interval (on resume
-    the interval may change: the epochs already logged keep theirs)."""
-    keys = set(NEUTRAL) - ({INTERVAL} if compare else set())
+    a head that centres by the batch mean (head.center=batch) gives other eval logits for another eval batch size."""
+    keys = set(NEUTRAL)
     for config in configs:
         if (config.get("dataset") or {}).get("name") == "image_folder":
             keys.discard("dataset.root")
@@ -270,12 +269,12 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
 IDENTITY = ("name", "arch", "_target_")
 
 
-def changed_settings(saved: dict, now: dict, compare: bool = False) -> list[str]:
+def changed_settings(saved: dict, now: dict) -> list[str]:
     """`key: old -> new` for every key that differs and could change the results (a changed choice of a group,
-    e.g. head.name, stands for the keys of that group); compare: between two runs (neutral_keys)."""
+    e.g. head.name, stands for the keys of that group), on resume or between two compared runs."""
     a, b = flatten(saved), flatten(now)
     missing = "(unset)"
-    neutral = neutral_keys(saved, now, compare=compare)
+    neutral = neutral_keys(saved, now)
     changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)
                and not k.startswith(neutral)]
     swapped = tuple(k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY)

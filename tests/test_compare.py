@@ -682,3 +682,64 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys):
     assert learned["runs"] == "3" and float(learned["final_test_acc_max"]) == pytest.approx(99.9)
     assert float(learned["epochs_min"]) == 3  # the killed run's last epoch, though eval_acc stops at 2
     assert "2/3 (+1 unfinished counted)" in (tmp_path / "b" / "comparison.md").read_text()
+
+
+def test_grouping_by_one_key_still_names_the_other_keys_of_its_section(tmp_path, capsys):
+    """--group-by trainer.max_epochs left every trainer.* key out of the check between groups: 6 epochs of fp32 at
+    batch 128 against 12 of bf16 at batch 1024 made a table labelled by epochs alone, in silence."""
+    for epochs, precision, batch in ((6, "fp32", 128), (12, "bf16", 1024)):
+        for seed in (1, 2):
+            _set(make_run(tmp_path / f"e{epochs}s{seed}", "learned", seed), trainer__max_epochs=epochs,
+                 trainer__precision=precision, trainer__batch_size=batch)
+    assert main([str(tmp_path), "--group-by", "trainer.max_epochs", "--metrics", "train/acc"]) == 0
+    err = capsys.readouterr().err
+    assert "groups 'trainer.max_epochs=6' and 'trainer.max_epochs=12' differ in more than their labels" in err
+    assert "trainer.batch_size: 128 -> 1024" in err and "trainer.precision: fp32 -> bf16" in err
+    assert "trainer.max_epochs:" not in err  # the key grouped by is the label itself
+
+
+def test_a_finished_marker_over_fewer_epochs_than_the_run_trains_is_not_counted(tmp_path):
+    """A finished run that started over in its folder (its checkpoint gone) kept the old marker while the new
+    attempt trained: killed at epoch 3 of 6, it counted as finished, its finals and thresholds those of epoch 3."""
+    for seed in (1, 2):
+        _set(make_run(tmp_path / f"r{seed}", "learned", seed), trainer__max_epochs=12)
+    _set(tmp_path / "r2", trainer__max_epochs=20)  # marked finished, events end at epoch 12 of 20
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    md = (tmp_path / "comparison.md").read_text()
+    assert "| head=learned | 1/2 |" in md
+    assert f"{tmp_path / 'r2'}: marked finished, but its events end at epoch 12 of 20" in md
+
+
+def test_a_run_continued_from_another_runs_checkpoint_is_named(tmp_path, capsys):
+    """trainer.resume=<other run's last.pt> into a new folder logs epochs 3.. only: its first threshold epoch read
+    as 3 where it may have been 1, in silence."""
+    make_run(tmp_path / "full", "learned", 1)
+    late = make_run(tmp_path / "late", "learned", 2)
+    curves = read_scalars(late)
+    for events in late.glob("events.out.tfevents.*"):
+        events.unlink()
+    write_events(late, {tag: {int(e): float(v) for e, v in zip(*curve) if e >= 3} for tag, curve in curves.items()})
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    err = capsys.readouterr().err
+    assert f"{late} logged epochs 3-12 only (continued from another run's checkpoint?)" in err
+    assert str(tmp_path / "full") + " logged" not in err
+
+
+def test_nan_gives_the_same_cell_in_any_run_order_and_never_reads_as_never():
+    """Python's min and max depend on where a NaN sits (nan [nan, nan] or nan [105, 105] for one data set), and an
+    all-NaN column printed `never` in the table while the CSV said nan."""
+    a, b = Spread((math.nan, 105.0, 100.0)), Spread((105.0, 100.0, math.nan))
+    assert a.format("g") == b.format("g") == "nan [nan, nan]"
+    assert Spread((math.nan, math.nan)).format("g") == "nan [nan, nan]"
+    assert Spread((math.inf, math.inf)).format("g") == "never"
+    assert Spread((3.0, math.inf)).format("g") == "never [3, never]"
+
+
+def test_two_optimiser_classes_of_one_name_never_share_a_group():
+    """torch.optim.AdamW and timm.optim.AdamW were both labelled optimizer=adamw: one group, one silent median."""
+    runs = [fake_run(f"r{i}", {"seed": i, "head": {"name": "learned"}, "optimizer": {"_target_": target, "lr": 0.1}},
+                     {"train/acc": {1: 50.0}})
+            for i, target in enumerate(("torch.optim.AdamW", "timm.optim.AdamW", "torch.optim.SGD"))]
+    labels = sorted(group_runs(runs, ["head"]))
+    assert labels == ["head=learned, optimizer=sgd", "head=learned, optimizer=timm.optim.AdamW",
+                      "head=learned, optimizer=torch.optim.AdamW"]

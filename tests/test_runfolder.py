@@ -67,13 +67,15 @@ def test_resume_refuses_changed_settings_and_accepts_neutral_ones(tmp_path, monk
     before = snapshot(run)
     for change, listed in (("trainer.max_epochs=5", "trainer.max_epochs: 2 -> 5"),
                            ("optimizer.lr=0.5", "optimizer.lr: 0.05 -> 0.5"),
-                           ("seed=7", "seed: 1 -> 7")):
+                           ("seed=7", "seed: 1 -> 7"),
+                           # a run logged at two intervals under a record naming one: coarser thresholds unseen
+                           ("metrics.every_n_epochs=2", "metrics.every_n_epochs: 1 -> 2")):
         with pytest.raises(EtfTrainError, match="was started with other settings") as info:
             train(make_cfg(*QUICK, change), run)
         assert listed in str(info.value) and "\n" not in str(info.value)
         assert snapshot(run) == before
-    # progress bar, worker count, metrics interval, device: cannot change the results
-    train(make_cfg(*QUICK, "trainer.progress=true", "loader.num_workers=1", "metrics.every_n_epochs=2",
+    # progress bar, worker count, eval batch, device: cannot change the results
+    train(make_cfg(*QUICK, "trainer.progress=true", "loader.num_workers=1", "trainer.eval_batch_size=7",
                    "trainer.device=cpu"), run)
     assert list(read_scalars(run)["train/loss"][0]) == [1, 2]
     assert (run / "checkpoints" / "finished").exists()
@@ -89,6 +91,18 @@ def test_the_record_names_the_precision_that_ran_so_auto_cannot_hide_a_switch(tm
     with pytest.raises(EtfTrainError, match="trainer.precision: fp32 -> bf16"):
         train(make_cfg(*QUICK, "trainer.precision=bf16"), run)
     train(make_cfg(*QUICK, "trainer.precision=fp32"), run)  # what auto resolved to: the same run
+    assert (run / "checkpoints" / "finished").exists()
+
+
+def test_a_finished_run_that_starts_over_is_no_longer_marked_finished(tmp_path, monkeypatch):
+    """With its checkpoint gone, a finished run starts over in its folder; the old marker stayed while the new
+    attempt trained and after it was killed, so etf-compare counted a run killed at epoch 1 as finished."""
+    run = tmp_path / "run"
+    train(make_cfg(*QUICK), run)
+    (run / "checkpoints" / "last.pt").unlink()
+    crash_after_epoch_1(monkeypatch, make_cfg(*QUICK), run)
+    assert not (run / "checkpoints" / "finished").exists()
+    train(make_cfg(*QUICK), run)
     assert (run / "checkpoints" / "finished").exists()
 
 

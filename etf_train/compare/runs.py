@@ -29,8 +29,24 @@ class Run:
         return max((int(steps[-1]) for steps, _ in self.scalars.values() if len(steps)), default=0)
 
     @property
+    def max_epochs(self) -> int | None:
+        of = OmegaConf.select(self.config, "trainer.max_epochs", default=None)
+        return of if isinstance(of, int) else None
+
+    @property
+    def first_epoch(self) -> int:
+        """The first epoch it logged (0: none); above 1 for a run continued from another run's checkpoint."""
+        return min((int(steps[0]) for steps, _ in self.scalars.values() if len(steps)), default=0)
+
+    @property
+    def short(self) -> bool:
+        """Marked finished but logged fewer epochs than it was to train (e.g. events lost, or a marker left by an
+        earlier attempt): its finals would be another epoch's."""
+        return self.state.status == "finished" and self.max_epochs is not None and self.epochs < self.max_epochs
+
+    @property
     def counted(self) -> bool:
-        return self.state.status == "finished"
+        return self.state.status == "finished" and not self.short
 
     def included(self, include_unfinished: bool) -> bool:
         """Whether the table and figure use it: finished, or with include_unfinished any run that logged an epoch."""
@@ -38,8 +54,10 @@ class Run:
 
     def describe(self) -> str:
         """`path: unfinished at epoch 3 of 6` / `path: failed at epoch 1 (reason)`."""
-        of = OmegaConf.select(self.config, "trainer.max_epochs", default=None)
+        of = self.max_epochs
         where = f"at epoch {self.epochs}" + (f" of {of}" if of is not None else "")
+        if self.short:
+            return f"{self.path}: marked finished, but its events end {where}"
         reason = f" ({self.state.detail})" if self.state.detail else ""
         return f"{self.path}: {self.state.status} {where}{reason}"
 
@@ -132,7 +150,10 @@ def optimizer_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict
     found = _variants(runs, "optimizer", "_target_", exclude)
     named = {name for name, _ in found.values()} - {"-"}  # "-": a run without an optimizer node (not etf-train's)
     several = len(named) > 1 and not {"optimizer", "optimizer._target_"} & set(exclude)
-    return {k: ([("optimizer", name.rsplit(".", 1)[-1].lower())] if several and name != "-" else []) + pairs
+    short = {name: name.rsplit(".", 1)[-1].lower() for name in named}
+    # two classes of one name (torch.optim.AdamW, timm.optim.AdamW) keep their full paths, or their groups would merge
+    shown = {name: name if list(short.values()).count(s) > 1 else s for name, s in short.items()}
+    return {k: ([("optimizer", shown[name])] if several and name != "-" else []) + pairs
             for k, (name, pairs) in found.items()}
 
 
@@ -189,7 +210,7 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
     for label, runs in groups.items():
         configs = [OmegaConf.to_container(r.config, resolve=False) for r in runs]
         for run, config in zip(runs[1:], configs[1:]):
-            diff = [c for c in rundir.changed_settings(configs[0], config, compare=True) if not c.startswith("seed:")]
+            diff = [c for c in rundir.changed_settings(configs[0], config) if not c.startswith("seed:")]
             if diff:
                 messages.append(f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
                                 f"{run.path}: {_shown(diff)}); add such keys to --group-by")
@@ -206,9 +227,15 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
 
 def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str]:
     """Messages for groups that differ in more than their labels name: a setting that can change results other
-    than the seed and the nodes the labels stand for (the --group-by keys' nodes, the optimiser), e.g. K = 10 against
-    K = 100, 20 epochs against 100, or metrics every epoch against every 5 (threshold epochs as coarse)."""
-    labelled = {GROUP_ALIASES.get(k, k).split(".")[0] for k in keys} | {"optimizer", "seed"}
+    than the seed, the --group-by keys themselves and the nodes whose differing options the labels name (head, when
+    grouped by head; the optimiser), e.g. K = 10 against K = 100, 20 epochs against 100, or metrics every epoch
+    against every 5 (threshold epochs as coarse)."""
+    exact = {GROUP_ALIASES.get(k, k) for k in keys}  # a key groups by itself, not by its whole section
+    nodes = {"optimizer", "seed"} | ({"head"} if "head" in keys else set())  # labels name their differing options
+
+    def labelled(key: str) -> bool:
+        return key in exact or key.split(".")[0] in nodes
+
     firsts = [(label, rs[0]) for label, rs in groups.items() if rs]
     if not firsts:
         return []
@@ -216,12 +243,19 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
     base_config = OmegaConf.to_container(base.config, resolve=False)
     for label, run in firsts[1:]:
         config = OmegaConf.to_container(run.config, resolve=False)
-        diff = [c for c in rundir.changed_settings(base_config, config, compare=True)
-                if c.split(":", 1)[0].split(".")[0] not in labelled]
+        diff = [c for c in rundir.changed_settings(base_config, config) if not labelled(c.split(":", 1)[0])]
         if diff:
             messages.append(f"groups '{base_label}' and '{label}' differ in more than their labels ({base.path} vs "
                             f"{run.path}: {_shown(diff)}); compare runs of one setting, or add such keys to --group-by")
     return messages
+
+
+def late_starts(groups: dict[str, list[Run]]) -> list[str]:
+    """Messages for runs whose events begin after epoch 1 (continued from another run's checkpoint into a new
+    folder): a threshold they met before their first logged epoch reads as that epoch or later."""
+    return [f"{run.path} logged epochs {run.first_epoch}-{run.epochs} only (continued from another run's checkpoint?): "
+            f"a threshold it met before epoch {run.first_epoch} reads as epoch {run.first_epoch} or later"
+            for runs in groups.values() for run in runs if run.first_epoch > 1]
 
 
 def _shown(diff: list[str]) -> str:

@@ -69,11 +69,11 @@ class Spread:
 
     @property
     def min(self) -> float:
-        return min(self.values, default=math.nan)
+        return float(np.min(self.values)) if self.values else math.nan  # NaN propagates, whatever the runs' order
 
     @property
     def max(self) -> float:
-        return max(self.values, default=math.nan)
+        return float(np.max(self.values)) if self.values else math.nan
 
     @property
     def reached(self) -> int:
@@ -83,7 +83,7 @@ class Spread:
         """`median [min, max]`, with `never` for inf and a bare `never` when no run got there; `-` for no runs."""
         if not self.values:
             return "-"
-        if self.reached == 0:
+        if all(v == math.inf for v in self.values):
             return "never"
         f = lambda x: "never" if math.isinf(x) else format(x, spec)  # noqa: E731
         return f"{f(self.median)} [{f(self.min)}, {f(self.max)}]"

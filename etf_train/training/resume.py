@@ -70,12 +70,14 @@ class RunFolder:
             raise
 
     def start(self, config: dict, record: tuple | None) -> None:
-        """Training begins: a fresh run writes its record; a resumed failed run is no longer failed."""
+        """Training begins: a fresh run writes its record; a resumed failed run is no longer failed, and a run that
+        trains again (a finished run whose checkpoint is gone starts over) is no longer finished until it ends."""
         self.started = True
         if self.main:
             if rundir.read_record(self.run_dir) is None:
                 rundir.write_record(self.run_dir, config, *(record or ()))
             (self.run_dir / rundir.FAILED).unlink(missing_ok=True)
+            (self.run_dir / rundir.FINISHED).unlink(missing_ok=True)
 
     def end(self, failure: str | None = None) -> None:
         if self.main and failure is not None and self.started:
