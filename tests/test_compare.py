@@ -682,6 +682,9 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys):
     assert learned["runs"] == "3" and float(learned["final_test_acc_max"]) == pytest.approx(99.9)
     assert float(learned["epochs_min"]) == 3  # the killed run's last epoch, though eval_acc stops at 2
     assert "2/3 (+1 unfinished counted)" in (tmp_path / "b" / "comparison.md").read_text()
+    learned_runs = [r for r in load_runs([tmp_path]) if r.config.head.name == "learned"]
+    (legend,) = figure({"head=learned": learned_runs}, ["train/acc"]).legends
+    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=3, 1 unfinished)"]  # the figure says so too
 
 
 def test_grouping_by_one_key_still_names_the_other_keys_of_its_section(tmp_path, capsys):

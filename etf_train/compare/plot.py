@@ -138,7 +138,7 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str) -> None:
 
 def figure(groups: dict[str, list[Run]], metrics: Sequence[str]) -> Figure:
     """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
-    `<group> (n=<runs>)` below the panels."""
+    `<group> (n=<runs>)` below the panels (`n=3, 1 unfinished` when unfinished runs are drawn)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -155,7 +155,11 @@ def figure(groups: dict[str, list[Run]], metrics: Sequence[str]) -> Figure:
         ax.set_visible(False)
     handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker, markersize=4, lw=1.5)
                for s in map(style, range(len(groups)))]
-    labels = [f"{label} (n={len(runs)})" for label, runs in groups.items()]
+    def label(name: str, runs: Sequence[Run]) -> str:  # --include-unfinished: curves that stop early say so
+        unfinished = sum(not r.counted for r in runs)
+        return f"{name} (n={len(runs)}" + (f", {unfinished} unfinished)" if unfinished else ")")
+
+    labels = [label(name, runs) for name, runs in groups.items()]
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(groups)), fontsize="small", frameon=False)
     fig.suptitle(title(groups), fontsize="medium")
     return fig
