@@ -30,12 +30,14 @@ def how_to_look(folders: Path | str | Sequence[Path | str]) -> str:
     by its folder name (its index when two share one); run names keep the head, so the colour regex still works.
     A spec is comma-separated, so folders with a comma in their path (sweep jobs) fall back to their common parent."""
     paths = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    wider = ""
     if len(paths) > 1 and any("," in str(p) for p in paths):
         paths = [Path(os.path.commonpath([p.absolute() for p in paths]))]
+        wider = f"  (every run under {paths[0]} shows, not only the compared ones)"
     if len(paths) == 1:
         flag = f"--logdir {shlex.quote(str(paths[0]))}"
     else:
         names = [p.name for p in paths]
         names = [n if n and names.count(n) == 1 else str(i) for i, n in enumerate(names)]
         flag = "--logdir_spec " + shlex.quote(",".join(f"{n}:{p}" for n, p in zip(names, paths)))
-    return f"compare: tensorboard {flag}    then open {tensorboard_url()}"
+    return f"compare: tensorboard {flag}    then open {tensorboard_url()}{wider}"

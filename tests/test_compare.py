@@ -303,6 +303,8 @@ def test_tensorboard_command_for_several_folders_is_one_tensorboard_accepts(tmp_
     assert _parse_event_files_spec(words[3]) == {str(tmp_path / "x"): "x", str(tmp_path / "y z"): "y z"}
     jobs = [tmp_path / "s" / "head=learned,seed=1", tmp_path / "s" / "head=nearest_etf,seed=1"]
     assert how_to_look(jobs).startswith(f"compare: tensorboard --logdir {tmp_path / 's'}    then")
+    assert how_to_look(jobs).endswith(f"(every run under {tmp_path / 's'} shows, not only the compared ones)")
+    assert "every run under" not in how_to_look([a, b])
 
 
 @pytest.mark.parametrize("fmt, magic", [("pdf", b"%PDF"), ("svg", b"<svg")])
