@@ -233,7 +233,7 @@ def read_scalars(run: Path) -> dict[str, Curve]:
 
 
 # Keys that cannot change what a run computes (display, speed, where files are), or only which random draws the
-# augmentation takes (loader.num_workers, trainer.device): they may differ on resume, and between runs etf-compare
+# on-device augmentation takes (trainer.device): they may differ on resume, and between runs etf-compare
 # pools (see neutral_keys for the exceptions). metrics.every_n_epochs is not one: it sets how fine threshold epochs
 # are, and a resume that changed it would leave a run logged at two intervals under a record naming one.
 NEUTRAL = (

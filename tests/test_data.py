@@ -27,6 +27,7 @@ from etf_train.data import (
     DeviceLoader,
     build_data,
     build_loaders,
+    build_mix,
     cache,
     flip_labels,
     noisy_fit,
@@ -496,6 +497,30 @@ def test_image_folder_reads_class_folders(tmp_path):
     loaders = [build_loaders(b, 4, num_workers=2, seed=s)[0] for s in (3, 3, 4)]
     first = [torch.cat([x for x, _ in loader]) for loader in loaders]
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])  # shuffle and augmentation seeded
+
+
+def test_dataloader_draws_do_not_depend_on_the_worker_count_and_leave_the_global_rng_alone(tmp_path):
+    """Each worker drew from its own seed, so 0, 1 and 2 workers gave other augmentations of the same images: a
+    resume with another loader.num_workers (a neutral key) was not the run it continued. Checked with real random
+    augmentation (image folder: random crop and flip) and with mixup's coin and lambda drawn in the collate."""
+    rng = np.random.default_rng(5)
+    write_folder(tmp_path, "train", {"a": 6, "b": 5}, 12, rng)
+    write_folder(tmp_path, "test", {"a": 1, "b": 1}, 12, rng)
+    b = build_data("image_folder", root=str(tmp_path), image_size=8, cache="off")
+    for mix in (None, build_mix("mixup", alpha=1.0, prob=0.5, num_classes=2)):
+        epochs = {}
+        for workers in (0, 1, 2):
+            options = {} if mix is None else {"mix": mix}
+            loader = build_loaders(b, 4, num_workers=workers, seed=7, mode="dataloader", **options)[0]
+            for epoch in (1, 2):
+                set_epoch(loader, epoch)
+                state = torch.get_rng_state()
+                epochs[workers, epoch] = [torch.cat(part) for part in zip(*loader)]
+                assert torch.equal(torch.get_rng_state(), state)  # dropout's stream is not the data's
+        for workers in (1, 2):
+            for epoch in (1, 2):
+                assert all(torch.equal(u, v) for u, v in zip(epochs[0, epoch], epochs[workers, epoch])), (workers, epoch)
+        assert not torch.equal(epochs[0, 1][0], epochs[0, 2][0])  # another epoch, other draws
 
 
 def test_imagenet_transforms_resize_and_centre_crop_for_test(tmp_path):

@@ -6,9 +6,8 @@ The train loader can mix its batches (mix.py: mixup, cutmix), after the augmenta
 
 Every random draw of an epoch derives from (seed, rank, epoch), so an epoch's batches are reproducible and a
 resumed run sees the same data as an uninterrupted one: the device path seeds its generator so, and the
-DataLoader path reseeds the generator its workers take their seeds from (its train workers are started
-afresh every epoch for that reason; with 0 workers the augmentation draws from the global RNG, which the
-checkpoint holds).
+DataLoader path seeds each sample's augmentation, and each batch's mixing, from (seed, rank, epoch, position in
+the epoch), whichever worker serves it: loader.num_workers cannot change a draw, and the global RNG is untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from .. import options as opt
 from ..errors import EtfTrainError
@@ -79,25 +78,79 @@ class DeviceLoader:
             yield self.mix(self.transform(self.x[idx], generator), self.y[idx], generator)
 
 
-class TrainDataLoader(DataLoader):
-    """A DataLoader whose workers' seeds are a function of (seed, rank, epoch) (see the module docstring)."""
+def _seeded(seed: int, call: Callable, *args):
+    """call(*args) with torch's CPU RNG seeded by `seed`, the caller's RNG state left as it was."""
+    with torch.random.fork_rng(devices=()):
+        torch.manual_seed(seed)
+        return call(*args)
 
-    def __init__(self, dataset, batch_sampler, *, seed: int, rank: int, **options):
-        super().__init__(dataset, batch_sampler=batch_sampler, generator=torch.Generator(), **options)
+
+class _SampleSeeds(Sampler[list[tuple[int, int]]]):
+    """Batches of (index, seed), seed = epoch_seed(seed, rank, epoch, position of the sample in the epoch)."""
+
+    def __init__(self, batches: Sampler[list[int]], seed: int, rank: int):
+        self.batches, self.seed, self.rank, self.epoch = batches, seed, rank, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        position = 0
+        for batch in self.batches:
+            yield [(i, epoch_seed(self.seed, self.rank, self.epoch, position + k)) for k, i in enumerate(batch)]
+            position += len(batch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        _set_sampler_epoch(self.batches, epoch)
+
+
+class _SeededDataset(Dataset):
+    """dataset[index] drawn under its sample seed; the seed rides along for the batch's collate."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        return _seeded(seed, self.dataset.__getitem__, index), seed
+
+
+class _SeededCollate:
+    """The collate (and mixing) of a batch under a seed of its first sample's seed (a class: workers pickle it)."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, samples: list):
+        return _seeded(epoch_seed(samples[0][1], -1), self.collate, [sample for sample, _ in samples])
+
+
+class TrainDataLoader(DataLoader):
+    """A DataLoader whose every draw follows from (seed, rank, epoch, position) (see the module docstring)."""
+
+    def __init__(self, dataset, batch_sampler, *, seed: int, rank: int, collate_fn: Callable, **options):
+        # its own generator: the workers' base seed would otherwise be drawn from (and advance) the global RNG
+        super().__init__(_SeededDataset(dataset), batch_sampler=_SampleSeeds(batch_sampler, seed, rank),
+                         collate_fn=_SeededCollate(collate_fn), generator=torch.Generator(), **options)
         self.seed, self.rank, self.epoch = seed, rank, 0
+
+
+def _set_sampler_epoch(batches, epoch: int) -> None:
+    for sampler in (batches, getattr(batches, "sampler", None)):  # ClassBalancedBatchSampler, or over a DistributedSampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+            return
+    raise EtfTrainError("this loader has no sampler with set_epoch; build it with build_loaders")
 
 
 def set_epoch(loader: DeviceLoader | TrainDataLoader, epoch: int) -> None:
     """Reseed the train loader's shuffle and augmentation for `epoch`, whichever path build_loaders gave it."""
     loader.epoch = epoch
-    if isinstance(loader, TrainDataLoader):
-        loader.generator.manual_seed(epoch_seed(loader.seed, loader.rank, epoch))
-    batches = loader.batch_sampler  # ClassBalancedBatchSampler, or a BatchSampler over a DistributedSampler
-    for sampler in (batches, getattr(batches, "sampler", None)):
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-            return
-    raise EtfTrainError("this loader has no sampler with set_epoch; build it with build_loaders")
+    _set_sampler_epoch(loader.batch_sampler, epoch)
 
 
 def build_loaders(

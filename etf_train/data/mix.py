@@ -78,7 +78,7 @@ class Mix:
 
     def collate(self, samples: list) -> tuple[Tensor, Tensor]:
         """DataLoader path: collate, then torchvision's own transform on the batch with probability prob
-        (coin and transform draw from torch's global RNG, or the worker's)."""
+        (coin and transform draw from torch's RNG, seeded per batch by TrainDataLoader)."""
         x, y = default_collate(samples)
         if torch.rand(()) < self.prob:
             return self.transform(x, y)
