@@ -140,7 +140,6 @@ class TrainDataLoader(DataLoader):
         # its own generator: the workers' base seed would otherwise be drawn from (and advance) the global RNG
         super().__init__(_SeededDataset(dataset), batch_sampler=_SampleSeeds(batch_sampler, seed, rank),
                          collate_fn=_SeededCollate(collate_fn), generator=torch.Generator(), **options)
-        self.seed, self.rank, self.epoch = seed, rank, 0
 
 
 def _set_sampler_epoch(batches, epoch: int) -> None:
@@ -153,7 +152,8 @@ def _set_sampler_epoch(batches, epoch: int) -> None:
 
 def set_epoch(loader: DeviceLoader | TrainDataLoader, epoch: int) -> None:
     """Reseed the train loader's shuffle and augmentation for `epoch`, whichever path build_loaders gave it."""
-    loader.epoch = epoch
+    if isinstance(loader, DeviceLoader):  # it seeds its generator itself; TrainDataLoader's seeds are its sampler's
+        loader.epoch = epoch
     _set_sampler_epoch(loader.batch_sampler, epoch)
 
 
