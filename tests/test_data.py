@@ -337,6 +337,9 @@ def test_train_loader_shuffle_follows_seed_and_epoch(loader):
         (y0, x0), (y1, x1) = order(0), order(1)
         assert sorted(y0) == sorted(y1) == sorted(b.train_targets.tolist())
         assert not torch.equal(x0, x1) and torch.equal(x0, order(0)[1]) and not torch.equal(x0, order(0, seed=1)[1])
+        # Replicates are independent: seeding by seed + epoch gave run seed=2 run seed=1's order one epoch earlier.
+        seeds = {seed: [order(epoch, seed)[1] for epoch in range(4)] for seed in (1, 2)}
+        assert not any(torch.equal(a, c) for a in seeds[1] for c in seeds[2]), class_balanced
 
 
 def test_loader_with_workers_batches():
@@ -511,11 +514,13 @@ def test_dataloader_draws_do_not_depend_on_the_worker_count_and_leave_the_global
         epochs = {}
         for workers in (0, 1, 2):
             options = {} if mix is None else {"mix": mix}
-            loader = build_loaders(b, 4, num_workers=workers, seed=7, mode="dataloader", **options)[0]
+            loader, test, eval_train = build_loaders(b, 4, num_workers=workers, seed=7, mode="dataloader", **options)
             for epoch in (1, 2):
                 set_epoch(loader, epoch)
                 state = torch.get_rng_state()
                 epochs[workers, epoch] = [torch.cat(part) for part in zip(*loader)]
+                for _ in (*test, *eval_train):  # evaluation passes: a base seed per iterator would come from it
+                    pass
                 assert torch.equal(torch.get_rng_state(), state)  # dropout's stream is not the data's
         for workers in (1, 2):
             for epoch in (1, 2):

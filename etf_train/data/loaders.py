@@ -12,18 +12,17 @@ the epoch), whichever worker serves it: loader.num_workers cannot change a draw,
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from .. import options as opt
 from ..errors import EtfTrainError
 from .mix import NO_MIX, Mix, NoMix
 from .registry import DataBundle
-from .samplers import ClassBalancedBatchSampler, ShardSampler, check_shard
+from .samplers import ClassBalancedBatchSampler, ShardSampler, ShuffleSampler, check_shard, epoch_seed
 
 MODES = ("auto", "device", "dataloader")
 
@@ -38,11 +37,6 @@ def loader_mode(bundle: DataBundle, mode: str) -> str:
             "files; use loader.mode=dataloader (or auto)"
         )
     return mode if mode != "auto" else "device" if in_memory else "dataloader"
-
-
-def epoch_seed(*parts: int) -> int:
-    """A 63-bit seed from integers such as (seed, rank, epoch); unlike seed + epoch, (1, 0) and (0, 1) differ."""
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
 
 
 class DeviceLoader:
@@ -143,7 +137,7 @@ class TrainDataLoader(DataLoader):
 
 
 def _set_sampler_epoch(batches, epoch: int) -> None:
-    for sampler in (batches, getattr(batches, "sampler", None)):  # ClassBalancedBatchSampler, or over a DistributedSampler
+    for sampler in (batches, getattr(batches, "sampler", None)):  # ClassBalancedBatchSampler, or over a ShuffleSampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
             return
@@ -177,7 +171,7 @@ def build_loaders(
     mode: "device" serves the bundle's tensors from `device` (default cpu) and augments them there in batches
     (num_workers and pin_memory do not apply); "dataloader" uses torch DataLoaders with num_workers workers;
     "auto" picks device when the bundle holds its splits as tensors. Both give the same batches of indices:
-    train: shuffled from seed + epoch (`set_epoch(loader, epoch)`), sharded as DistributedSampler does (padding by
+    train: shuffled from epoch_seed(seed, epoch) (`set_epoch(loader, epoch)`), sharded as DistributedSampler does (padding by
     wrapping, so ranks get equal sample and batch counts); class_balanced: ClassBalancedBatchSampler.
     test / eval_train: in order, batches of eval_batch_size (default batch_size), each rank a disjoint unpadded
     shard (ShardSampler): sum statistics across ranks.
@@ -193,8 +187,8 @@ def build_loaders(
     if class_balanced:
         batches = ClassBalancedBatchSampler(bundle.train_targets, batch_size, seed=seed, rank=rank, world_size=world_size)
     else:
-        shuffle = DistributedSampler(bundle.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-        batches = BatchSampler(shuffle, batch_size, drop_last=False)
+        batches = BatchSampler(ShuffleSampler(bundle.train, seed=seed, rank=rank, world_size=world_size), batch_size,
+                               drop_last=False)
 
     def in_order(n: int) -> BatchSampler:
         return BatchSampler(ShardSampler(n, rank, world_size), eval_batch_size, drop_last=False)
@@ -213,8 +207,9 @@ def build_loaders(
 
     common = dict(num_workers=num_workers, pin_memory=pin_memory)
     train = TrainDataLoader(bundle.train, batches, seed=seed, rank=rank, collate_fn=mix.collate, **common)
-    test, eval_train = (
-        DataLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0, **common)
+    test, eval_train = (  # own generators: a base seed drawn from the global RNG per pass would move dropout's draws
+        DataLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0, generator=torch.Generator(),
+                   **common)
         for ds in (bundle.test, bundle.eval_train)
     )
     return train, test, eval_train

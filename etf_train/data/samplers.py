@@ -3,14 +3,34 @@ like DistributedSampler, and disjoint in-order shards for evaluation."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from ..errors import EtfTrainError
+
+
+def epoch_seed(*parts: int) -> int:
+    """A 63-bit seed from integers such as (seed, rank, epoch); unlike seed + epoch, (1, 0) and (0, 1) differ, so
+    run seed=2 does not replay run seed=1's draws one epoch later."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class ShuffleSampler(DistributedSampler):
+    """DistributedSampler (a shuffle sharded over ranks, padded by wrapping) whose epoch-e permutation is seeded by
+    epoch_seed(seed, e): DistributedSampler's own seed + e would give run seed=s+1 run seed=s's order one epoch
+    earlier, replicates sharing all but one epoch's batches."""
+
+    def __init__(self, dataset, *, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=epoch_seed(seed, 0))
+        self.base_seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.seed, self.epoch = epoch_seed(self.base_seed, epoch), 0  # __iter__ seeds with self.seed + self.epoch
 
 
 def check_shard(rank: int, world_size: int) -> None:
@@ -38,7 +58,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     classes in a fixed (per-epoch random) order, taking each class's samples in a per-epoch random order.
 
     On balanced data each batch holds floor(B/K) or ceil(B/K) of every class; a class that runs out
-    (imbalanced data) stops contributing. Shuffles are seeded by seed + epoch (call `set_epoch`).
+    (imbalanced data) stops contributing. Shuffles are seeded by epoch_seed(seed, epoch) (call `set_epoch`).
     Sharding follows DistributedSampler: the sequence is padded by wrapping to a multiple of world_size,
     global step s hands batch s*world_size + rank to `rank`, and the final partial step is split
     evenly, so every rank gets the same number of samples and batches.
@@ -58,7 +78,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     def order(self) -> Tensor:
         """This epoch's interleaved sequence of all sample positions (before padding and sharding)."""
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         K, N = int(self.targets.max()) + 1, len(self.targets)
         perm = torch.randperm(N, generator=g)
         y, by_class = torch.sort(self.targets[perm], stable=True)
