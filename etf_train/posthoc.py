@@ -29,7 +29,10 @@ def _build(config: dict, device):
     from .training import build_model
 
     cfg = OmegaConf.create(config)
-    bundle = build_data(cfg.dataset.name, **{k: v for k, v in config["dataset"].items() if k != "name"})
+    bundle = build_data(cfg.dataset.name, **{k: v for k, v in config["dataset"].items() if k not in ("name", "files")})
+    if config["dataset"].get("files", bundle.files) != bundle.files:
+        raise EtfTrainError(f"the data under dataset.root changed since the run (it trained on {config['dataset']['files']}; "
+                            f"the folder now holds {bundle.files}): its checkpoints cannot be evaluated on it")
     loaders = build_loaders(bundle, cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
                             **config["loader"], seed=cfg.seed, device=device)
     model = build_model(cfg, bundle.num_classes, bundle.in_shape, len(bundle.train)).to(device)
@@ -60,7 +63,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
     except RuntimeError as e:
         raise EtfTrainError(f"checkpoint {path} does not fit the run's model ({str(e).splitlines()[-1].strip()})") from None
     K, world, autocast = bundle.num_classes, Dist(), nullcontext()
-    counts = torch.bincount(bundle.train_targets, minlength=K) if config["dataset"].get("imbalance_ratio", 1) > 1 else None
+    counts = bundle.shot_counts(config["dataset"].get("imbalance_ratio", 1))
     scalars, _ = evaluate(model, test_loader, device, autocast, world, K, nc=True, class_names=bundle.class_names,
                           class_counts=counts)
     scalars |= nc_metrics(model, eval_train_loader, device, autocast, K, world, bundle.noisy)

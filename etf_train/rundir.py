@@ -244,11 +244,12 @@ NEUTRAL = (
 
 
 def neutral_keys(*configs: dict) -> tuple[str, ...]:
-    """NEUTRAL less the keys that do change results for these configs: an image folder is whatever its root holds;
-    a head that centres by the batch mean (head.center=batch) gives other eval logits for another eval batch size."""
+    """NEUTRAL less the keys that do change results for these configs: an image folder (or ImageNet) is whatever its
+    root holds; a head that centres by the batch mean (head.center=batch) gives other eval logits for another eval
+    batch size."""
     keys = set(NEUTRAL)
     for config in configs:
-        if (config.get("dataset") or {}).get("name") == "image_folder":
+        if (config.get("dataset") or {}).get("name") in ("image_folder", "imagenet"):
             keys.discard("dataset.root")
         if (config.get("head") or {}).get("center") == "batch":
             keys.discard("trainer.eval_batch_size")
@@ -265,6 +266,9 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
     return out
 
 
+# Keys the record gains once the data is built (a folder's file list): unknown before, so unset is no change.
+BUILT = ("dataset.files",)
+
 # The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
 IDENTITY = ("name", "arch", "_target_")
 
@@ -276,7 +280,7 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     missing = "(unset)"
     neutral = neutral_keys(saved, now)
     changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)
-               and not k.startswith(neutral)]
+               and not k.startswith(neutral) and not (k in BUILT and missing in (a.get(k, missing), b.get(k, missing)))]
     swapped = tuple(k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY)
     return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in changed
             if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY]

@@ -193,6 +193,30 @@ def test_limits_give_seeded_stratified_subsets():
     assert torch.bincount(tail.train_targets).tolist() == [19, 11, 7, 4, 2]
 
 
+def test_a_limit_that_flattens_the_long_tail_says_so(caplog):
+    """limit_train keeps one sample per class and shares the rest in proportion: on a steep tail the realised
+    ratio n_max / n_min fell from 100 to 23 in silence."""
+    with caplog.at_level(logging.WARNING, logger="etf_train"):
+        b = build_data("synthetic", num_classes=10, image_size=2, train_per_class=500, imbalance_ratio=100.0, limit_train=64)
+    counts = torch.bincount(b.train_targets).tolist()
+    assert max(counts) / min(counts) < 30  # the subset as before ...
+    assert f"n_max / n_min = {max(counts) / min(counts):.3g}" in caplog.text and "dataset.imbalance_ratio=100" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="etf_train"):  # a mild cut keeps the profile: no line
+        build_data("synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0, limit_train=43)
+    assert "imbalance_ratio" not in caplog.text
+
+
+def test_long_tail_groups_count_the_clean_labels():
+    """With label noise the many/medium/few groups were formed from noisy counts: tail classes of 5-14 images read
+    as many-shot (their flipped-in labels counted), and acc_few vanished."""
+    b = build_data("synthetic", num_classes=10, image_size=2, train_per_class=500, imbalance_ratio=100.0, label_noise=0.4)
+    want = [round(500 * 100 ** (-c / 9)) for c in range(10)]  # the long tail the split was drawn with
+    assert b.shot_counts(100.0).tolist() == want
+    assert torch.bincount(b.train_targets, minlength=10).tolist() != want  # the noisy labels: not what the groups use
+    assert b.shot_counts(1.0) is None
+
+
 # ----------------------------------------------------------------------------- label noise
 
 
@@ -502,6 +526,22 @@ def test_image_folder_reads_class_folders(tmp_path):
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])  # shuffle and augmentation seeded
 
 
+def test_files_image_folder_cannot_read_are_named_in_one_line(tmp_path, caplog):
+    """ImageFolder leaves out files of other extensions (.gif, .heic, ...) without a word: a class could train on
+    a fraction of its folder."""
+    rng = np.random.default_rng(4)
+    write_folder(tmp_path, "train", {"a": 2, "b": 2}, 8, rng)
+    write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, rng)
+    for name in ("x.gif", "y.gif", "notes.txt", ".DS_Store"):
+        (tmp_path / "train" / "a" / name).write_bytes(b"not read")
+    with caplog.at_level(logging.WARNING, logger="etf_train"):
+        b = build_data("image_folder", root=str(tmp_path), image_size=8, cache="off")
+    assert len(b.train) == 4
+    lines = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert lines == [f"dataset image_folder: 3 files under {tmp_path / 'train'} are not images torchvision reads and "
+                     "are left out (.gif x2, .txt x1)"]
+
+
 def test_dataloader_draws_do_not_depend_on_the_worker_count_and_leave_the_global_rng_alone(tmp_path):
     """Each worker drew from its own seed, so 0, 1 and 2 workers gave other augmentations of the same images: a
     resume with another loader.num_workers (a neutral key) was not the run it continued. Checked with real random
@@ -644,6 +684,17 @@ def test_the_cache_file_is_read_back_and_rebuilt_when_a_file_changes_or_is_added
     after_edit = build()
     assert len(decodes) == 2 and torch.equal(after_edit.train_x[4], torch.from_numpy(pixels).permute(2, 0, 1))
     assert len(saved()) == 1 and saved() != before
+
+    stamp = edited.stat().st_mtime_ns  # rewritten with size and mtime kept, as `cp -p` or `rsync -a` leave a copy
+    for _ in range(1000):
+        pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(edited)
+        if edited.stat().st_size == size:
+            break
+    os.utime(edited, ns=(stamp, stamp))
+    assert (edited.stat().st_size, edited.stat().st_mtime_ns) == (size, stamp)
+    assert torch.equal(build().train_x[4], torch.from_numpy(pixels).permute(2, 0, 1)) and len(decodes) == 3
+    decodes.pop()
 
     Image.fromarray(pixels).save(tmp_path / "train" / "a" / "09.png")
     added = build()

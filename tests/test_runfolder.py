@@ -115,8 +115,9 @@ def test_resume_refuses_another_image_folder_and_another_eval_batch_for_a_batch_
 
     refuse_changes(run("cifar10", "/a"), run("cifar10", "/b"), "r")  # the same CIFAR-10, moved
     refuse_changes(run("cifar10", "/a"), run("cifar10", "/a", eval_batch=3), "r")
-    with pytest.raises(EtfTrainError, match=r"dataset.root: /a -> /b"):
-        refuse_changes(run("image_folder", "/a"), run("image_folder", "/b"), "r")
+    for folder_dataset in ("image_folder", "imagenet"):
+        with pytest.raises(EtfTrainError, match=r"dataset.root: /a -> /b"):
+            refuse_changes(run(folder_dataset, "/a"), run(folder_dataset, "/b"), "r")
     with pytest.raises(EtfTrainError, match=r"trainer.eval_batch_size: 512 -> 3"):
         refuse_changes(run("cifar10", "/a", "batch"), run("cifar10", "/a", "batch", 3), "r")
 
@@ -278,3 +279,33 @@ def test_a_dated_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     proc = etf_train(*QUICK, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("etf-train: error: cannot write the output folder") and "is not a folder" in proc.stderr
+
+
+def test_a_run_on_an_image_folder_resumes_only_on_the_files_it_trained_on(tmp_path, monkeypatch):
+    """The record held only the config: images added or moved to another class between a crash and the same command
+    were trained on in silence, one run on two datasets; etf-eval evaluated its checkpoints on the new files."""
+    import numpy as np
+
+    from etf_train.posthoc import evaluate_run
+
+    from .conftest import write_folder
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    write_folder(data, "train", {"a": 4, "b": 4}, 8, rng)
+    write_folder(data, "test", {"a": 2, "b": 2}, 8, rng)
+    cfg = make_cfg("dataset=image_folder", f"dataset.root={data}", "dataset.image_size=8", "backbone=mlp",
+                   "head=learned", "trainer.max_epochs=2", "trainer.batch_size=4", "trainer.progress=false",
+                   "trainer.checkpoint_every_s=0")
+    run = tmp_path / "run"
+    crash_after_epoch_1(monkeypatch, cfg, run)
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").dataset.files.startswith("8 train + 4 test files, sha256 ")
+    (data / "train" / "a" / "00.png").rename(data / "train" / "b" / "moved.png")  # a relabelling: same counts
+    with pytest.raises(EtfTrainError, match=r"dataset.files: 8 train \+ 4 test files, sha256 \w+ -> 8 train \+ 4 test"):
+        train(cfg, run)
+    with pytest.raises(EtfTrainError, match="the data under dataset.root changed since the run"):
+        evaluate_run(run)
+    (data / "train" / "b" / "moved.png").rename(data / "train" / "a" / "00.png")  # as it was: the run continues
+    train(cfg, run)
+    assert (run / "checkpoints" / "finished").exists()
+    assert evaluate_run(run)[0]["test/acc"] >= 0

@@ -89,7 +89,8 @@ def should_decode(mode: str, n: int, size: int, available: int, root: Path) -> b
 
 
 def folder_key(root: Path, splits: Sequence, size: int, ops: Sequence) -> str:
-    """What the decoded tensors depend on, hashed: the files (path, label, size, mtime), classes, ops and decoders."""
+    """What the decoded tensors depend on, hashed: the files (path, label, size, mtime and ctime: a copy that keeps
+    size and mtime, `cp -p` or `rsync -a` of a fixed-size format, still gets a new ctime), classes, ops and decoders."""
     import PIL
     import torchvision
 
@@ -98,7 +99,7 @@ def folder_key(root: Path, splits: Sequence, size: int, ops: Sequence) -> str:
         h.update(repr(ds.classes).encode())
         for path, label in ds.samples:
             st = os.stat(path)
-            h.update(f"{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 

@@ -3,7 +3,11 @@ in-memory sets (digits, synthetic, UFM). Each returns `Splits`; registry.py turn
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
 import tarfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +23,8 @@ from .augment import Augment
 from .cache import cache_mode, decoded
 from .registry import Splits, register_dataset
 from .subsets import stratified_subset
+
+log = logging.getLogger("etf_train")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -155,10 +161,24 @@ def _image_folders(
         raise EtfTrainError(f"dataset {name}: no train/ and test/ (or val/) folders under {root}; {hint}")
 
     def folder(directory: Path):
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        skipped = Counter()
+
+        def accepted(path: str) -> bool:  # ImageFolder's own rule, counting what it leaves out
+            ok = path.lower().endswith(IMG_EXTENSIONS)
+            if not ok and not os.path.basename(path).startswith("."):
+                skipped[os.path.splitext(path)[1].lower() or "(no extension)"] += 1
+            return ok
+
         try:
-            return _tvd().ImageFolder(str(directory), loader=load_image)
+            found = _tvd().ImageFolder(str(directory), loader=load_image, is_valid_file=accepted)
         except FileNotFoundError as err:  # no class folder, or a class folder without images
             raise EtfTrainError(f"dataset {name}: {directory}: {_one_line(err)}; {hint}") from err
+        if skipped:
+            log.warning("dataset %s: %d files under %s are not images torchvision reads and are left out (%s)", name,
+                        sum(skipped.values()), directory, ", ".join(f"{ext} x{n}" for ext, n in skipped.most_common()))
+        return found
 
     train, test = folder(root / "train"), folder(test_dir)
     if train.classes != test.classes:
@@ -171,8 +191,19 @@ def _image_folders(
     K, in_shape = len(train.classes), (3, image_size, image_size)
     return Splits(
         train, test, _labels(train.targets), _labels(test.targets), K, in_shape, augment, None, train_ops, eval_ops,
-        train.classes,
+        train.classes, _file_list(root, train, test),
     )
+
+
+def _file_list(root: Path, train, test) -> str:
+    """Which files the splits hold: counts and a hash of each file's path (relative to root) and label. Content
+    edited in place is not seen (that would take a stat of every file; the cache's key has one for image_folder)."""
+    h = hashlib.sha256()
+    for split in (train, test):
+        h.update(repr(split.classes).encode())
+        for path, label in split.samples:
+            h.update(f"{os.path.relpath(path, root)}\0{label}\n".encode())
+    return f"{len(train.samples)} train + {len(test.samples)} test files, sha256 {h.hexdigest()[:16]}"
 
 
 @register_dataset("imagenet")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from ..registry import Registry
 from .augment import Augment
 from .noise import flip_labels
 from .subsets import long_tail_counts, stratified_subset, take
+
+log = logging.getLogger("etf_train")
 
 # The options of every dataset, with their defaults (configs/config.yaml's `dataset:` node mirrors them).
 COMMON_OPTIONS: dict[str, Any] = {
@@ -64,6 +67,13 @@ class DataBundle:
     noisy: Tensor | None  # (N_train,) bool, where train_targets != clean_targets; None: label_noise=0
     class_names: tuple[str, ...] = ()  # (K,) names of the classes, in label order
     held_out: bool = True  # False: the test split is the train samples themselves (UFM)
+    files: str | None = None  # image folders: which files the splits hold (Splits.files); None: fixed by the config
+
+    def shot_counts(self, imbalance_ratio: float) -> Tensor | None:
+        """Train samples per class, for the many/medium/few accuracies of a long-tailed train set (None otherwise),
+        from the clean labels: label noise moves about p N labels across classes, so a tail class of 5 images
+        would count its ~60 flipped-in labels and read as a many-shot class.  -> (K,) or None"""
+        return torch.bincount(self.clean_targets, minlength=self.num_classes) if imbalance_ratio > 1 else None
 
 
 @dataclass
@@ -90,6 +100,9 @@ class Splits:
     train_ops: Sequence = ()
     eval_ops: Sequence = ()
     class_names: Sequence[str] | None = None  # in label order; None: the label itself
+    # Datasets that are whatever a folder holds: "<n> train + <m> test files, sha256 <hash of paths and labels>", so
+    # a resume or a comparison can tell when the folder's contents changed (the record holds it as dataset.files)
+    files: str | None = None
 
 
 DATASETS = Registry("dataset")
@@ -170,8 +183,21 @@ def _train_positions(name: str, raw: Splits, ratio: float, limit_train: Any, spl
         tr = take(raw.train_targets, wanted, split_seed)
     if limit_train is not None:
         n = opt.integer("dataset.limit_train", limit_train)
-        tr = tr[stratified_subset(raw.train_targets[tr], n, K, split_seed, "dataset.limit_train")]
+        tail = raw.train_targets[tr]
+        tr = tr[stratified_subset(tail, n, K, split_seed, "dataset.limit_train")]
+        if ratio > 1:
+            _check_tail(n, ratio, torch.bincount(tail, minlength=K), torch.bincount(raw.train_targets[tr], minlength=K))
     return tr
+
+
+def _check_tail(limit: int, ratio: float, before: Tensor, after: Tensor) -> None:
+    """A warning when limit_train, which keeps one sample per class and shares the rest in proportion, leaves a much
+    milder long tail than imbalance_ratio asked for (100 became 23 at limit_train=64 on 10 classes)."""
+    asked, kept = float(before.max() / before.min()), float(after.max() / after.min())
+    if kept < asked / 1.2:
+        log.warning("dataset.limit_train=%d keeps a milder long tail than dataset.imbalance_ratio=%g asked for: "
+                    "n_max / n_min = %.3g (class counts %s); raise limit_train for the ratio", limit, ratio, kept,
+                    after.tolist())
 
 
 def _bundle(
@@ -219,5 +245,5 @@ def _bundle(
         train_x, test_x = _rows(raw.tensors[0], tr), _rows(raw.tensors[1], te)
     return DataBundle(
         train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name, clean, noisy,
-        tuple(str(c) for c in (raw.class_names or range(K))), raw.train is not None,
+        tuple(str(c) for c in (raw.class_names or range(K))), raw.train is not None, raw.files,
     )

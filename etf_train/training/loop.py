@@ -68,6 +68,8 @@ class Run:
             )
         seed_everything(cfg.seed, t.deterministic)
         self.bundle = build_data(cfg.dataset.name, **{k: v for k, v in OmegaConf.to_container(cfg.dataset).items() if k != "name"})
+        if self.bundle.files is not None:  # a folder's contents: restore() refuses a checkpoint made on other files
+            self.config["dataset"]["files"] = self.bundle.files
         self.loss = build_loss(head_name=cfg.head.name, **OmegaConf.to_container(cfg.loss))
         mix = build_mix(**OmegaConf.to_container(cfg.mix), num_classes=self.bundle.num_classes)
         self.train_loader, self.test_loader, self.eval_train_loader = build_loaders(
@@ -100,9 +102,7 @@ class Run:
         self.progress = show_progress(t.progress) and self.world.main
         self.stop_vote = StopVote(self.world)
         self.saved_at = time.monotonic()
-        # train samples per class for the many/medium/few-shot accuracies of a long-tailed train set
-        long_tail = cfg.dataset.imbalance_ratio > 1
-        self.class_counts = torch.bincount(self.bundle.train_targets, minlength=self.K) if long_tail else None
+        self.class_counts = self.bundle.shot_counts(cfg.dataset.imbalance_ratio)
 
     # -- checkpoints
 
