@@ -3,11 +3,9 @@
 Two passes over the data:
   pass 1  `update_stats(h, y)`        per-class counts n_c, per-class sums and per-class sums of ||h||^2.
   pass 2  `update_ncc(h, y, logits)`  with the pass-1 means: the within-class second moment
-                                      sum_i c_i c_i^T, c_i = h_i - mu_{y_i} (d x d, its upper block triangle:
-                                      symmetric, so 10 of 16 blocks of products; per-class ones would be
-                                      d x d x K), its trace, the squared projections of the c_i on the left
-                                      singular vectors of the centred means (for nc1, exact without the moment),
-                                      and the nearest-class-centre disagreement (logits optional).
+                                      sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (d x d, accumulated as its upper
+                                      block triangle, `panels`; per-class ones would be d x d x K) and the
+                                      nearest-class-centre disagreement (logits optional).
 The second moment is formed from centred features, so no cancellation can hide a collapsed S_W.
 Under torch.distributed call `all_reduce()` after each pass (every rank, same order), then `compute(W)`.
 
@@ -42,7 +40,6 @@ Nothing is specific to the train split: an accumulator fed the test loader gives
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -69,26 +66,22 @@ METRIC_KEYS = (
 )
 
 
-def nc1_from_projections(proj_sq: Tensor, S: Tensor) -> Tensor:
-    """N NC1 = N tr(S_W S_B^+) / K with S_B = Hc Hc^T / K, from the thin SVD Hc = U S V^T and the squared
-    projections proj_sq_j = sum_i (u_j . c_i)^2 = u_j^T (N S_W) u_j of the centred features c_i:
+def nc1_from_moments(S_W: Tensor, U: Tensor, S: Tensor) -> Tensor:
+    """NC1 = tr(S_W S_B^+) / K with S_B = Hc Hc^T / K, from the thin SVD Hc = U S V^T, without a d x d pseudo-inverse.
 
-        S_B^+ = K U S^-2 U^T,  so  N NC1 = sum_j proj_sq_j / s_j^2  over the kept singular values.
+    S_B^+ = K U S^-2 U^T, so NC1 = sum_i u_i^T S_W u_i / s_i^2 over the kept singular values: O(d^2 K) time
+    given the SVD, O(d K) extra memory.
 
-    O(N d r) for the projections, no d x d matrix. Rank tolerance (`nc1_directions`): the rank decision
-    torch.linalg.pinv(S_B) makes, so the result equals the dense definition.  proj_sq, S: (r,) -> scalar
-    """
-    return (proj_sq / S.square()).sum()
-
-
-def nc1_directions(U: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
-    """The singular pairs of Hc that S_B^+ inverts: s_i > sqrt(d * eps_float64) * s_max, the rank decision
-    torch.linalg.pinv(S_B) makes at its default rtol = d * eps on the eigenvalues s_i^2 / K of S_B. Hc always has
-    the null vector (n_c)_c, since sum_c n_c (mu_c - mu_G) = 0, hence rank(Hc) <= min(d, K-1) (K-1 when the class
-    means are in general position); that direction must be cut, not inverted.  U: (d, r), S: (r,) descending
+    Rank tolerance: singular values s_i <= sqrt(d * eps_float64) * s_max are dropped. That is the
+    rank decision torch.linalg.pinv(S_B) makes at its default rtol = d * eps on the eigenvalues
+    s_i^2 / K of S_B, so the result equals the dense definition. Hc always has the null vector
+    (n_c)_c, since sum_c n_c (mu_c - mu_G) = 0, hence rank(Hc) <= min(d, K-1) (K-1 when the class
+    means are in general position); that direction must be cut, not inverted.
+    S_W: (d, d), U: (d, r), S: (r,) descending -> scalar
     """
     keep = S > math.sqrt(U.shape[0] * torch.finfo(S.dtype).eps) * S[0]
-    return U[:, keep], S[keep]
+    U, S = U[:, keep], S[keep]
+    return ((U * (S_W @ U)).sum(dim=0) / S.square()).sum()
 
 
 def numerical_rank(S: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -98,26 +91,30 @@ def numerical_rank(S: Tensor, shape: tuple[int, int]) -> Tensor:
     return (S > max(shape) * torch.finfo(S.dtype).eps * S[0]).sum()
 
 
-def participation_ratio(trace: Tensor, sq_frobenius: Tensor, tol: float) -> Tensor:
+def participation_ratio(S: Tensor, tol: float) -> Tensor:
     """(tr S)^2 / ||S||_F^2 = (sum_i lambda_i)^2 / sum_i lambda_i^2 of a symmetric PSD S: between 1 and its rank, the
     number of equally strong directions it spreads over. 0 when tr S <= tol: the ratio is scale-free, so the
-    rounding left in a collapsed S would otherwise read as a spread.  trace, sq_frobenius: scalars -> scalar"""
-    return torch.where(trace > tol, trace.square() / sq_frobenius.clamp_min(torch.finfo(trace.dtype).tiny), 0.0)
+    rounding left in a collapsed S would otherwise read as a spread.  S: (d, d) -> scalar"""
+    trace = S.trace()
+    sq_frobenius = torch.linalg.vector_norm(S).square()  # one pass over S, no (d, d) temporary
+    return torch.where(trace > tol, trace.square() / sq_frobenius.clamp_min(torch.finfo(S.dtype).tiny), 0.0)
 
 
 def panels(d: int, count: int = 4) -> list[tuple[int, int]]:
-    """[start, end) of `count` near-equal column blocks of a d x d symmetric matrix: its upper block triangle
-    (block row i from column start_i on) holds count (count + 1) / 2 of the count^2 blocks."""
+    """[start, end) of `count` near-equal blocks of 0..d: a symmetric d x d matrix is its upper block triangle,
+    block row i from column start_i on, count (count + 1) / 2 of the count^2 blocks (10 of 16: the products that
+    form it cost 5/8 of a full one)."""
     edges = [round(i * d / count) for i in range(count + 1)]
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def upper_sq_frobenius(upper: Tensor) -> Tensor:
-    """||S||_F^2 of a symmetric S from its upper block triangle (`panels`): diagonal blocks once, the rest twice."""
-    total = upper.new_zeros(())
+def symmetric_from_upper(upper: Tensor) -> Tensor:
+    """The symmetric matrix whose upper block triangle (`panels`) `upper` holds; its lower blocks are ignored.
+    (d, d) -> (d, d)"""
+    full = upper.clone()
     for a, b in panels(upper.shape[-1]):
-        total = total + torch.linalg.vector_norm(upper[a:b, a:b]).square() + 2 * torch.linalg.vector_norm(upper[a:b, b:]).square()
-    return total
+        full[b:, a:b] = upper[a:b, b:].T
+    return full
 
 
 def cdnv(var: Tensor, G: Tensor) -> Tensor:
@@ -156,16 +153,6 @@ def equiangularity(G: Tensor) -> Tensor:
     return (cos[i, j] + 1.0 / (K - 1)).abs().mean()
 
 
-class _Centres(NamedTuple):
-    """What pass 2 needs from pass 1, fixed once it starts."""
-    mu: Tensor  # (K, d) class means (0 for absent classes)
-    offset: Tensor  # (K,) ||mu_c||^2, inf for absent classes: they can never be nearest
-    Hc: Tensor  # (d, K') centred means of the classes present
-    S: Tensor  # (r,) singular values of Hc
-    U_kept: Tensor  # (d, r') left singular vectors nc1 inverts (nc1_directions)
-    S_kept: Tensor  # (r',)
-
-
 class NCAccumulator:
     """Streaming accumulators for NC1-NC4 (see the module docstring); all state is float64 on `device`.
 
@@ -182,12 +169,11 @@ class NCAccumulator:
         self.counts = torch.zeros(num_classes, **f64)  # (K,)
         self.sums = torch.zeros(num_classes, dim, **f64)  # (K, d)
         self.sq_norms = torch.zeros(num_classes, **f64)  # (K,)  sum_{y_i = c} ||h_i||^2, for the class traces of cdnv
-        self.within = torch.zeros(dim, dim, **f64)  # (d, d)  sum_i c_i c_i^T, upper block triangle (`panels`), pass 2
-        self.ncc = torch.zeros(3, **f64)  # (disagreements, samples with logits, sum_i ||c_i||^2 = tr) of pass 2
-        self.proj_sq: Tensor | None = None  # (r,)  sum_i (u_j . c_i)^2 over nc1's directions u_j, pass 2
+        self.within = torch.zeros(dim, dim, **f64)  # (d, d)  sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, upper block triangle
+        self.ncc = torch.zeros(2, **f64)  # (disagreements, samples seen) of pass 2
         self._stats_reduced = False
         self._ncc_reduced = False
-        self._centres: _Centres | None = None
+        self._centres: tuple[Tensor, Tensor] | None = None  # pass-1 means, fixed once pass 2 starts
 
     def _distributed(self) -> bool:
         return self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -205,12 +191,6 @@ class NCAccumulator:
             raise EtfTrainError(f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}")
         return y
 
-    def _centred_means(self) -> Tensor:
-        """Hc = [mu_c - mu_G] over the classes present, from the pass-1 sums.  -> (d, K')"""
-        present = self.counts > 0
-        mu_G = self.sums.sum(dim=0) / self.counts.sum()  # (d,)
-        return (self.sums[present] / self.counts[present, None] - mu_G).T
-
     def update_stats(self, h: Tensor, y: Tensor) -> None:
         """Pass 1: add a batch of features h (B, d) with integer labels y (B,) in [0, K)."""
         if self._stats_reduced or self._centres is not None:
@@ -222,9 +202,8 @@ class NCAccumulator:
         self.sq_norms.index_add_(0, y, torch.linalg.vector_norm(h, dim=1).square())
 
     def update_ncc(self, h: Tensor, y: Tensor, logits: Tensor | None = None) -> None:
-        """Pass 2 (the same samples again): the within-class second moment around the pass-1 means, its trace and
-        its projections for nc1 and, given the logits, the samples whose nearest class centre differs from
-        logits.argmax."""
+        """Pass 2 (the same samples again): the within-class second moment around the pass-1 means and, given the
+        logits, the samples whose nearest class centre differs from logits.argmax."""
         if self._ncc_reduced:
             raise EtfTrainError("update_ncc called after pass 2 was all-reduced; use a new NCAccumulator")
         if self._distributed() and not self._stats_reduced:
@@ -238,18 +217,13 @@ class NCAccumulator:
             if not present.any():
                 raise EtfTrainError("update_ncc called before any update_stats: pass 1 must run first")
             mu = self.sums / self.counts.clamp(min=1)[:, None]  # (K, d)
-            # ||h - mu_c||^2 = ||h||^2 + (||mu_c||^2 - 2 h.mu_c)
+            # ||h - mu_c||^2 = ||h||^2 + (||mu_c||^2 - 2 h.mu_c); absent classes can never be nearest.
             offset = mu.square().sum(dim=1).masked_fill(~present, math.inf)  # (K,)
-            Hc = self._centred_means()  # (d, K')
-            U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
-            self._centres = _Centres(mu, offset, Hc, S, *nc1_directions(U, S))
-            self.proj_sq = torch.zeros(self._centres.S_kept.shape[0], dtype=torch.float64, device=mu.device)
-        mu, offset = self._centres.mu, self._centres.offset
+            self._centres = (mu, offset)
+        mu, offset = self._centres
         centred = h - mu[y]  # (B, d)
-        for a, b in panels(self.dim):  # the upper block triangle: the moment is symmetric
+        for a, b in panels(self.dim):  # symmetric: the upper block triangle is all of it
             self.within[a:b, a:].addmm_(centred[:, a:b].T, centred[:, a:])
-        self.proj_sq += (centred @ self._centres.U_kept).square().sum(dim=0)
-        self.ncc[2] += torch.linalg.vector_norm(centred).square()
         if logits is not None:
             nearest = torch.addmm(offset, h, mu.T, alpha=-2.0).argmin(dim=1)  # (B,), no (B, d) temporary 2 h
             predicted = logits.detach().to(self.counts.device).argmax(dim=1)
@@ -265,7 +239,7 @@ class NCAccumulator:
         if not self._stats_reduced:
             tensors, self._stats_reduced = (self.counts, self.sums, self.sq_norms), True
         elif not self._ncc_reduced:
-            tensors, self._ncc_reduced = (self.within, self.ncc, self.proj_sq), True
+            tensors, self._ncc_reduced = (self.within, self.ncc), True
         else:
             return
         if self.sync and dist.is_available() and dist.is_initialized():
@@ -289,21 +263,21 @@ class NCAccumulator:
         n = self.counts[present]  # (K',)
         mu = self.sums[present] / n[:, None]  # (K', d)
         mu_G = self.sums.sum(dim=0) / N  # (d,)
-        Hc, S = self._centres.Hc, self._centres.S  # (d, K'), (r,)
+        Hc = (mu - mu_G).T  # (d, K')
+        within = symmetric_from_upper(self.within)  # (d, d), N S_W: the metrics below are linear in it or scale-free
         G_h = Hc.T @ Hc  # (K', K')
+        U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
         # E||h - mu_c||^2 = E||h||^2 - ||mu_c||^2; the clamp removes rounding below 0 for collapsed classes.
         var = (self.sq_norms[present] / n - mu.square().sum(dim=1)).clamp_min(0)  # (K',)
-        # N S_W: nc1 is linear in it, erank_sw scale-free, so no division
         out = {
-            "nc1": nc1_from_projections(self.proj_sq, self._centres.S_kept) / N,
+            "nc1": nc1_from_moments(within, U, S) / N,
             "nc2_h": nc2(G_h),
             "equinorm_h": equinorm(G_h.diagonal().sqrt()),
             "equiangular_h": equiangularity(G_h),
             "cdnv": cdnv(var, G_h),
             "rank_h": numerical_rank(S, tuple(Hc.shape)),
             # centring h by means it helped form leaves ~d eps E||h||^2 of rounding in tr S_W
-            "erank_sw": participation_ratio(self.ncc[2], upper_sq_frobenius(self.within),
-                                            self.dim * torch.finfo(torch.float64).eps * float(self.sq_norms.sum())),
+            "erank_sw": participation_ratio(within, self.dim * torch.finfo(within.dtype).eps * float(self.sq_norms.sum())),
             "norm_ratio_h": norm_ratio(G_h.diagonal().sqrt()),
         }
         if W is not None:
