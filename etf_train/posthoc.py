@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 from . import rundir
@@ -46,6 +45,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
     from .training.checkpoint import load_checkpoint
     from .training.distributed import Dist
     from .training.evaluate import evaluate, nc_metrics
+    from .training.factories import build_autocast, resolve_precision
 
     config = rundir.read_record(run)
     if config is None:
@@ -58,14 +58,25 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
     meta = {"head": config["head"]["name"], "num_classes": bundle.num_classes, "feature_dim": model.head.dim,
             "backbone": config["backbone"]["arch"]}
     state = load_checkpoint(path, meta, given=checkpoint is not None)
+    if state.get("partial"):  # a stop signal's save: the weights of a step inside the epoch after state["epoch"]
+        where = state["partial"]
+        raise EtfTrainError(f"checkpoint {path} was saved by a stop signal in the middle of epoch {where['epoch']} "
+                            f"(step {where['step']}): its weights are no logged epoch's; resume the run first, or give "
+                            "--checkpoint an end-of-epoch checkpoint (checkpoints/epoch_NNN.pt)")
+    changes = rundir.changed_settings(state.get("config", config), config)
+    if changes:  # another run's weights, which this run's settings (tau, data options, ...) would misreport
+        raise EtfTrainError(f"checkpoint {path} is of a run with other settings than {run} ({', '.join(changes[:4])}"
+                            f"{' ...' if len(changes) > 4 else ''}); evaluate it with its own run folder")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise EtfTrainError(f"checkpoint {path} does not fit the run's model ({str(e).splitlines()[-1].strip()})") from None
-    K, world, autocast = bundle.num_classes, Dist(), nullcontext()
+    # as the run evaluated: in the precision it ran (bf16 on CUDA for `auto`), no test-split NC metrics for UFM
+    K, world = bundle.num_classes, Dist()
+    autocast = build_autocast(resolve_precision(config["trainer"]["precision"], device), device)
     counts = bundle.shot_counts(config["dataset"].get("imbalance_ratio", 1))
-    scalars, _ = evaluate(model, test_loader, device, autocast, world, K, nc=True, class_names=bundle.class_names,
-                          class_counts=counts)
+    scalars, _ = evaluate(model, test_loader, device, autocast, world, K, nc=bundle.held_out,
+                          class_names=bundle.class_names, class_counts=counts)
     scalars |= nc_metrics(model, eval_train_loader, device, autocast, K, world, bundle.noisy)
     return {"epoch": state["epoch"], "checkpoint": str(path), **scalars}, bundle, model, (test_loader, eval_train_loader)
 

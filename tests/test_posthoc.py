@@ -13,7 +13,7 @@ from etf_train.posthoc import main
 from etf_train.rundir import read_scalars
 from etf_train.training import train
 
-from .conftest import TINY, make_cfg, write_folder
+from .conftest import TINY, TINY_UFM, Crash, interrupted, make_cfg, write_folder
 
 # the scalars an evaluation recomputes (the training-time ones, loss, lr, timing, are not)
 EVALUATED = ("test/", "nc/", "nc_test/", "train/eval_acc")
@@ -74,6 +74,12 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=1"), other)
     assert main([str(run), "--checkpoint", str(other / "checkpoints" / "last.pt"), "--out", str(tmp_path)]) == 2
     assert "head: checkpoint 'learned' vs this run 'nearest_etf'" in capsys.readouterr().err
+    # the same model with another tau: its weights were scored under this run's tau (test/loss 0.16 for a logged 1.49)
+    tau = tmp_path / "tau"
+    train(make_cfg(*TINY, "head=nearest_etf", "head.tau=1", "trainer.max_epochs=1"), tau)
+    assert main([str(run), "--checkpoint", str(tau / "checkpoints" / "last.pt"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is of a run with other settings" in err and "head.tau: 1 -> 5.0" in err and len(err.strip().splitlines()) == 1
     folder = tmp_path / "images"
     write_folder(folder, "train", {"a": 4, "b": 4}, 8, np.random.default_rng(0))
     write_folder(folder, "test", {"a": 2, "b": 2}, 8, np.random.default_rng(1))
@@ -92,3 +98,31 @@ def test_the_real_etf_eval_command(run, tmp_path):
     proc = subprocess.run([str(exe), str(run), "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "test/acc=" in proc.stdout and (tmp_path / "eval.json").is_file()
+
+
+def test_a_checkpoint_from_the_middle_of_an_epoch_is_refused(tmp_path, monkeypatch, capsys):
+    """A stop signal saves the weights of a step inside epoch E under epoch E-1: eval.json said "epoch 1" for
+    figures the run never logged."""
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupted(m, at=(2, 2))
+        with pytest.raises(SystemExit):
+            train(make_cfg(*TINY, "trainer.max_epochs=3"), run)
+    capsys.readouterr()  # etf-train's own "stopped by SIGTERM" line
+    assert main([str(run), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "saved by a stop signal in the middle of epoch 2 (step 2)" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("setting", [[*TINY, "trainer.precision=bf16"], TINY_UFM], ids=["bf16", "ufm"])
+def test_eval_repeats_the_runs_own_evaluation(setting, tmp_path):
+    """etf-eval evaluated in float32 whatever the run's precision (a bf16 run's figures moved in the third digit),
+    and logged test-split NC metrics for UFM, whose test split is its train set (the run logs none)."""
+    run = tmp_path / "run"
+    train(make_cfg(*setting, "trainer.max_epochs=2"), run)
+    assert main([str(run), "--out", str(tmp_path)]) == 0
+    got = json.loads((tmp_path / "eval.json").read_text())
+    want = logged_at(run, 2)
+    assert {k for k in got if k.startswith(EVALUATED)} == set(want)
+    for tag, value in want.items():
+        assert got[tag] == pytest.approx(value, rel=1e-5, abs=1e-6), tag
