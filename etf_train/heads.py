@@ -95,11 +95,31 @@ class LearnedHead(Head):
 
 
 def _reference_point(dim: int, num_classes: int, basis: str, seed: int) -> torch.Tensor:
+    basis = opt.choice("head.basis", basis, ("identity", "random"))
+    seed = opt.integer("head.seed", seed, 0)
     if basis == "identity":
+        if seed != 0:  # a head.seed sweep would otherwise give identical heads, pooled as replicates
+            raise EtfTrainError(f"head.seed={seed} applies to head.basis=random only (the identity basis has no draw); "
+                                "set head.basis=random, or sweep the run's seed=...")
         return canonical_stiefel(dim, num_classes)
-    if basis == "random":
-        return random_stiefel(dim, num_classes, generator=torch.Generator().manual_seed(seed))
-    raise EtfTrainError(f"unknown ETF basis {basis!r}; choose identity or random")
+    return random_stiefel(dim, num_classes, generator=torch.Generator().manual_seed(seed))
+
+
+# The options each solver method reads, with their checks; null keeps the solver's default.
+SOLVER_OPTIONS = {
+    "riemannian": {"max_iters": lambda k, v: opt.integer(k, v, 1), "max_inner": lambda k, v: opt.integer(k, v, 1),
+                   "grad_tol": lambda k, v: opt.number(k, v, above=0)},
+}
+
+
+def _solver_options(method: str, given: Mapping) -> dict:
+    """head.solver's options for `method`, checked: max_iters=0 left the ETF at its reference point for a whole run
+    (and the polar backward then differentiated a point that solves nothing)."""
+    known = SOLVER_OPTIONS.get(method, {})
+    for key, value in given.items():
+        if key not in known and value is not None:
+            raise EtfTrainError(f"head.solver.{key} does not apply to solver={method}; drop it")
+    return {k: known[k](f"head.solver.{k}", v) for k, v in given.items() if v is not None}
 
 
 def _check_etf_dims(name: str, num_classes: int, dim: int) -> None:
@@ -168,7 +188,7 @@ class NearestETFHead(Head):
         solver = dict(solver or {"method": "svd"})
         self.method = opt.choice("solver", solver.pop("method", "svd"), METHODS)
         self.backward = backward
-        self.solver_opts = {k: v for k, v in solver.items() if v is not None}
+        self.solver_opts = _solver_options(self.method, solver)
         self.register_buffer("P", _reference_point(dim, num_classes, basis, seed))  # (d, K)
         self.register_buffer("means", torch.zeros(dim, num_classes))  # (d, K) running centred class means
         self.register_buffer("global_mean", torch.zeros(dim))  # (d,) running mu_G, for eval-mode bias
