@@ -43,9 +43,10 @@ PLUGINS = {
 }
 DIRNAME_EXCLUDES = "hydra.job.config.override_dirname.exclude_keys"
 
-# A short id of this process for the default run folder (configs/config.yaml): two runs started in the same
-# second get two folders. One value per process, so every reading of hydra.run.dir agrees.
-OmegaConf.register_new_resolver("etf_uid", lambda _uid=secrets.token_hex(2): _uid, replace=True)
+# A short id of this process for the default run and sweep folders (configs/config.yaml): two runs, or two sweeps,
+# started in the same second get two folders. One value per process, so every reading of the folder agrees.
+UID = secrets.token_hex(2)
+OmegaConf.register_new_resolver("etf_uid", lambda: UID, replace=True)
 
 
 class JobFailed(CompactHydraException):
@@ -126,14 +127,14 @@ def empty_output(args: Sequence[str]) -> str | None:
 
 
 def output_folder(args: Sequence[str]) -> str:
-    """hydra.run.dir (or hydra.sweep.dir for -m) as given or configured, with ${now:...} filled in as Hydra will;
-    other interpolations stay."""
+    """hydra.run.dir (or hydra.sweep.dir for -m) as given or configured, with ${now:...} and ${etf_uid:} filled in
+    as Hydra will; other interpolations stay."""
     key = _output_key(args)
     given = next((a.split("=", 1)[1] for a in _overrides(args) if a.split("=", 1)[0] == key), None)
     if given is None:
         given = OmegaConf.to_container(OmegaConf.load(config_dir() / "config.yaml"))["hydra"][key.split(".")[1]]["dir"]
     now = datetime.now()
-    return re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), given)
+    return re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), given).replace("${etf_uid:}", UID)
 
 
 def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
@@ -166,13 +167,24 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
         return None
     if given.get("trainer.resume", "auto") != "auto":
         return None
-    mine = sorted(o for o in overrides if not o.startswith("hydra."))
+    mine = task_overrides(overrides)
     for saved in sorted(cwd.glob(f"outputs/*/*/{rundir.OVERRIDES}"), reverse=True):  # newest first
         run = saved.parent.parent
         if rundir.state(run).status == "unfinished" and not rundir.RunLock(run).held_by_live_process():
             if sorted(str(o) for o in OmegaConf.load(saved)) == mine:
                 return run.relative_to(cwd)
     return None
+
+
+def task_overrides(overrides: list[str]) -> list[str]:
+    """The overrides Hydra files as the task's (hydra.overrides.task), sorted: all but Hydra's own, which include
+    group choices such as hydra/launcher=joblib besides hydra.* keys (the same joblib sweep run again used to start
+    over)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:  # Hydra will say what is wrong with them
+        return sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
+    return sorted(o.input_line for o in parsed if not o.is_hydra_override())
 
 
 def _sweep_size(overrides: list[str]) -> int | None:
@@ -199,7 +211,7 @@ def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
         return None
     if any(k.lstrip("+") in ("hparams_search", "hydra/sweeper") for k in given):
         return None
-    mine = sorted(o for o in overrides if not o.startswith("hydra."))
+    mine = task_overrides(overrides)
     for saved in sorted(cwd.glob("outputs/multirun/*/*/multirun.yaml"), reverse=True):  # newest first
         task = OmegaConf.select(OmegaConf.load(saved), "hydra.overrides.task", default=None)
         if task is None or sorted(str(o) for o in task) != mine:

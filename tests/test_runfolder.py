@@ -134,15 +134,34 @@ def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("attempt", [0, *(pytest.param(i, marks=pytest.mark.slow) for i in range(1, 5))])
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, attempt):
-    procs = [subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *QUICK, f"seed={s}"], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    # the folder names the head choice: head=learned_authors runs were named `learned` (name: learned), like learned's
+    heads = {1: "nearest_etf", 2: "learned_authors"}
+    procs = [subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *QUICK, f"seed={s}", f"head={heads[s]}"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"}) for s in (1, 2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     runs = sorted(p.parent.parent for p in tmp_path.glob("outputs/*/*/.hydra/config.yaml"))
     assert len(runs) == 2
     assert sorted(OmegaConf.load(r / ".hydra" / "config.yaml").seed for r in runs) == [1, 2]
     assert all(len(list(r.glob("events.out.tfevents.*"))) == 1 for r in runs)
-    assert [r.name.split("_")[1:3] for r in runs] == [["nearest", "etf"]] * 2  # <time>_nearest_etf_seedN_<id>
+    for r in runs:  # <time>_<head choice>_seedN_<id>
+        seed = OmegaConf.load(r / ".hydra" / "config.yaml").seed
+        assert r.name.split("_", 1)[1].rsplit("_", 1)[0] == f"{heads[seed]}_seed{seed}"
+
+
+@pytest.mark.parametrize("attempt", [0, *(pytest.param(i, marks=pytest.mark.slow) for i in range(1, 4))])
+def test_two_sweeps_started_in_the_same_second_get_two_folders(tmp_path, attempt):
+    """Sweep folders were named by the second alone: two sweeps started together shared one, each job refused in
+    the other's folder, and the folder held one head from each sweep, compared as one finished sweep."""
+    procs = [subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), "-m", *QUICK, "head=learned,fixed_etf",
+                               f"seed={s}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for s in (1, 2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
+    sweeps = sorted(tmp_path.glob("outputs/multirun/*/*"))
+    assert len(sweeps) == 2
+    for sweep in sweeps:
+        seeds = [OmegaConf.load(job / ".hydra" / "config.yaml").seed for job in sorted(sweep.glob("head=*"))]
+        assert len(seeds) == 2 and len(set(seeds)) == 1
 
 
 @pytest.mark.parametrize("attempt", [0, *(pytest.param(i, marks=pytest.mark.slow) for i in range(1, 4))])
@@ -170,9 +189,11 @@ def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_ta
     assert not (run / LOCK).exists()
 
 
-def test_the_same_sweep_command_continues_the_interrupted_sweep(tmp_path, monkeypatch, capfd):
-    """A re-run of an interrupted sweep used to start over in a new folder."""
-    sweep = ["-m", *QUICK, "head=learned,nearest_etf", "seed=1"]
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]], ids=["basic", "joblib"])
+def test_the_same_sweep_command_continues_the_interrupted_sweep(tmp_path, monkeypatch, capfd, launcher):
+    """A re-run of an interrupted sweep used to start over in a new folder; with a hydra/... choice (joblib, Slurm)
+    it still did: Hydra files those among its own overrides, not the task's."""
+    sweep = ["-m", *launcher, *QUICK, "head=learned,nearest_etf", "seed=1"]
 
     def etf_train(*args, cwd):
         return etf_train_here(*args, cwd=cwd, monkeypatch=monkeypatch, capfd=capfd)
