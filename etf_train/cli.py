@@ -92,6 +92,16 @@ def missing_plugin(args: Sequence[str]) -> str | None:
     return None
 
 
+def shared_study(args: Sequence[str]) -> str | None:
+    """The error line for an Optuna storage under the preset's study name: Optuna loads a stored study of that name,
+    so a second search (another experiment) would join the first, and its best trial could be the first's."""
+    given = dict(a.lstrip("+").split("=", 1) for a in _overrides(args))
+    if given.get("hydra.sweeper.storage", "null") not in ("null", "") and "hydra.sweeper.study_name" not in given:
+        return ("hydra.sweeper.storage keeps studies by name, and a search under the preset's name would join any "
+                "other search stored there: give this one its own hydra.sweeper.study_name=...")
+    return None
+
+
 def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[str] | None:
     """exclude_keys for hydra.job.override_dirname that name a sweep's job folders by the swept keys only.
 
@@ -309,7 +319,7 @@ def main() -> None:
         print(f"etf-train {version()}")
         return
     try:
-        problem = missing_plugin(args) or empty_output(args) or unwritable_output(args, Path.cwd())
+        problem = missing_plugin(args) or empty_output(args) or unwritable_output(args, Path.cwd()) or shared_study(args)
         if problem is not None:
             print(f"etf-train: error: {problem}", file=sys.stderr)
             sys.exit(2)

@@ -113,6 +113,21 @@ def test_optuna_search_returns_the_metric_and_writes_best_params(tmp_path):
     assert results["best_value"] == pytest.approx(max(finals))
 
 
+def test_an_optuna_storage_needs_its_own_study_name(tmp_path):
+    """Optuna loads a stored study by name: a second search under the preset's name joined the first, and its
+    best trial could be the other experiment's. The database storage itself failed with a traceback (optuna 2.x under
+    SQLAlchemy 2)."""
+    storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"
+    proc = etf_train("hparams_search=optuna", storage, *ONE_EPOCH, cwd=tmp_path)
+    assert proc.returncode == 2 and "give this one its own hydra.sweeper.study_name" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    sweep = tmp_path / "sweep"
+    proc = etf_train("hparams_search=optuna", storage, "hydra.sweeper.study_name=lr_tau", "hydra.sweeper.n_trials=1",
+                     *ONE_EPOCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"].keys() == {"optimizer.lr", "head.tau"}
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
