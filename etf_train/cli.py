@@ -99,7 +99,6 @@ def shared_study(args: Sequence[str]) -> str | None:
     if given.get("hydra.sweeper.storage", "null") not in ("null", "") and "hydra.sweeper.study_name" not in given:
         return ("hydra.sweeper.storage keeps studies by name, and a search under the preset's name would join any "
                 "other search stored there: give this one its own hydra.sweeper.study_name=...")
-    return None
 
 
 def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[str] | None:
@@ -187,14 +186,12 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
 
 
 def task_overrides(overrides: list[str]) -> list[str]:
-    """The overrides Hydra files as the task's (hydra.overrides.task), sorted: all but Hydra's own, which include
-    group choices such as hydra/launcher=joblib besides hydra.* keys (the same joblib sweep run again used to start
-    over)."""
+    """The overrides Hydra files as the task's (hydra.overrides.task), sorted: all but Hydra's own, hydra.* keys and
+    group choices such as hydra/launcher=joblib (a joblib sweep run again used to start over)."""
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        return sorted(o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_hydra_override())
     except HydraException:  # Hydra will say what is wrong with them
         return sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
-    return sorted(o.input_line for o in parsed if not o.is_hydra_override())
 
 
 def _sweep_size(overrides: list[str]) -> int | None:
