@@ -197,6 +197,61 @@ def test_nonfinite_steps_can_be_skipped(tmp_path, monkeypatch):
     assert last["train/acc"] > 0
 
 
+def test_a_skipped_step_changes_no_buffer(tmp_path, monkeypatch):
+    """A skipped step ran the training forward first: BatchNorm statistics, and nearest_etf's P, running means,
+    global mean and step counter, moved on the batch whose loss was not finite (learned and fixed heads did not)."""
+    from etf_train.training import Run
+
+    original, count = Classifier.forward, {"n": 0}
+
+    def forward(self, x, y=None):  # finite features, so the head updates; then logits whose loss is not finite
+        out = original(self, x, y)
+        if y is not None:
+            count["n"] += 1
+            if count["n"] == 2:
+                return out * float("nan")
+        return out
+
+    real_step, seen = Run._step, []
+
+    def step(self, epoch, step_no, x, y):
+        before = {k: v.clone() for k, v in self.model.named_buffers()}
+        out = real_step(self, epoch, step_no, x, y)
+        seen.append((out is None, sorted(k for k, v in self.model.named_buffers() if not torch.equal(before[k], v))))
+        return out
+
+    monkeypatch.setattr(Classifier, "forward", forward)
+    monkeypatch.setattr(Run, "_step", step)
+    train(make_cfg(*TINY, "head=nearest_etf", "backbone=small_cnn", "trainer.nonfinite=skip", "trainer.max_epochs=1"),
+          tmp_path)
+    assert seen[1] == (True, [])  # skipped, nothing moved
+    moved = seen[0][1]
+    assert {"head.P", "head.means", "head.global_mean", "head.step"} <= set(moved) and any("running_mean" in k for k in moved)
+    assert int(final_state(tmp_path)["model"]["head.step"]) == len(seen) - 1  # the skipped step is not counted
+
+
+@pytest.mark.parametrize("head", ["learned", "fixed_etf", "nearest_etf"])
+def test_under_bf16_autocast_every_head_classifies_in_float32(head):
+    """learned and fixed_etf took bf16 logits under autocast (fixed_etf even cast its ETF to bf16) while nearest_etf
+    computed float32 ones: a precision difference between the heads, on CUDA's default trainer.precision=auto."""
+    from etf_train.training import build_model
+
+    cfg = make_cfg(*TINY, f"head={head}")
+    model = build_model(cfg, 4, (3, 8, 8), 16).train()
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8) % 4
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, h = model(x, y, features=True)
+        f = model.backbone(x)  # the bf16 features the head was given (the backbone is deterministic here)
+    assert f.dtype == torch.bfloat16 and logits.dtype == h.dtype == torch.float32
+    want_h = 5.0 * f.float() / f.float().norm(dim=1, keepdim=True)  # tau = 5, in float32
+    assert torch.allclose(h, want_h, rtol=1e-6, atol=1e-6)
+    if head != "nearest_etf":  # its classifier moved with the step; the others' logits are h W^T (+ b) in float32
+        W, b = model.head.weight.float(), model.head.bias
+        want = h @ W.T + (0 if b is None else b)
+        assert torch.allclose(logits, want, rtol=1e-6, atol=1e-6)
+
+
 def test_bf16_autocast_solves_in_float32(tmp_path):
     last = train(make_cfg(*TINY, "head=nearest_etf", "trainer.precision=bf16", "trainer.max_epochs=1"), tmp_path)
     P = final_state(tmp_path)["model"]["head.P"]

@@ -98,12 +98,35 @@ def test_atomic_checkpoint_leaves_no_temporary(tmp_path):
         (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),
         (["optimizer.lr=-1"], "optimizer.lr must be a finite number > 0"),
         (["trainer.max_epochs=0"], "trainer.max_epochs must be a positive integer"),
+        # [100, 150] in a short run: a constant rate recorded as scheduler=step
+        (["scheduler=step", "trainer.max_epochs=3"], r"scheduler.milestones \[100, 150\]: \[100, 150\] lie at or past"),
     ],
 )
 def test_bad_inputs_stop_with_one_clear_line(tmp_path, overrides, message):
     with pytest.raises(EtfTrainError, match=message) as info:
         train(make_cfg(*TINY, *overrides), tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_what_torchrun_would_change_in_silence_is_refused():
+    """nonfinite=skip let one process skip while the others waited in the gradient all-reduce (a hang with no
+    message); head.center=batch centred by each process's share of the batch (train/loss 0.051 vs 0.067 at 1 vs 2)."""
+    from etf_train.training.factories import check_world
+
+    for overrides, line in ((["trainer.nonfinite=skip"], "trainer.nonfinite=skip is not supported under torchrun"),
+                            (["head=fixed_etf_authors"], "head.center=batch centres by each process's share"),
+                            (["trainer.batch_size=15"], "must divide evenly over 2 processes")):
+        cfg = make_cfg(*TINY, *overrides)
+        check_world(cfg, 1)  # one process: nothing to refuse
+        with pytest.raises(EtfTrainError, match=line):
+            check_world(cfg, 2)
+    check_world(make_cfg(*TINY, "head=fixed_etf"), 2)
+
+
+def test_step_schedule_drops_the_rate_at_its_milestones(tmp_path):
+    train(make_cfg(*TINY, "scheduler=step", "scheduler.milestones=[2]", "trainer.max_epochs=3", "optimizer.lr=0.2"),
+          tmp_path)
+    assert read_scalars(tmp_path)["lr"][1].tolist() == pytest.approx([0.2, 0.2, 0.02])
 
 
 def test_extreme_learning_rate_stops_with_a_clear_message(tmp_path):

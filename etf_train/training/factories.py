@@ -21,6 +21,7 @@ from .. import options as opt
 from ..backbones import create_backbone
 from ..errors import EtfTrainError
 from ..heads import Head, create_head
+from ..solver import autocast_off
 
 
 class Classifier(nn.Module):
@@ -31,9 +32,14 @@ class Classifier(nn.Module):
         self.backbone, self.head = backbone, head
 
     def forward(self, x, y=None, *, features: bool = False):
-        """Logits (B, K); with features, also the normalised features h (B, d) that some losses read."""
-        h = self.head.normalize(self.backbone(x))
-        logits = self.head.classify(h, y)
+        """Logits (B, K); with features, also the normalised features h (B, d) that some losses read.
+
+        Under autocast only the backbone runs in low precision: every head normalises and classifies in at least
+        float32, in training as in evaluation (learned and fixed_etf took bf16 logits, nearest_etf float32 ones)."""
+        f = self.backbone(x)
+        with autocast_off(f.device.type):
+            h = self.head.normalize(f if f.dtype in (torch.float32, torch.float64) else f.float())
+            logits = self.head.classify(h, y)
         return (logits, h) if features else logits
 
 
@@ -47,6 +53,23 @@ def check_config(cfg: DictConfig) -> None:
     opt.integer("seed", cfg.seed, 0)
     opt.choice("trainer.precision", t.precision, ("auto", "bf16", "fp32"))
     opt.choice("trainer.nonfinite", t.nonfinite, ("stop", "skip"))
+    late = [m for m in cfg.scheduler.get("milestones") or () if m >= t.max_epochs]
+    if late:  # scheduler=step's [100, 150] in a 10-epoch run: a constant rate recorded as a step schedule
+        raise EtfTrainError(f"scheduler.milestones {list(cfg.scheduler.milestones)}: {late} lie at or past "
+                            f"trainer.max_epochs={t.max_epochs}, where the rate never drops; give milestones within the run")
+
+
+def check_world(cfg: DictConfig, world_size: int) -> None:
+    """Refuse what would differ under torchrun from the same run in one process, silently."""
+    if world_size > 1 and cfg.trainer.nonfinite == "skip":  # each process would skip alone: unmatched all-reduces
+        raise EtfTrainError("trainer.nonfinite=skip is not supported under torchrun: a process that skips a step would "
+                            "leave the others waiting in the gradient all-reduce; use trainer.nonfinite=stop")
+    if world_size > 1 and cfg.head.get("center") == "batch":
+        raise EtfTrainError("head.center=batch centres by each process's share of a batch (and of the evaluation "
+                            "batches), so it would not be the run one process makes: run it without torchrun")
+    if world_size > 1 and cfg.trainer.batch_size % world_size:
+        raise EtfTrainError(f"trainer.batch_size={cfg.trainer.batch_size} (the global batch) must divide evenly over "
+                            f"{world_size} processes")
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:

@@ -27,7 +27,7 @@ from ..metrics import reliability_diagram
 from .checkpoint import Preempted, SignalGuard, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
-from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config,
+from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
                         resolve_precision, seed_everything)
 from .logbook import Logbook, log_to_file, show_progress, summary
 from .resume import RunFolder, refuse_changes
@@ -62,10 +62,7 @@ class Run:
 
     def _build(self, cfg: DictConfig) -> None:
         t = self.t
-        if t.batch_size % self.world.world_size:
-            raise EtfTrainError(
-                f"trainer.batch_size={t.batch_size} (the global batch) must divide evenly over {self.world.world_size} processes"
-            )
+        check_world(cfg, self.world.world_size)
         seed_everything(cfg.seed, t.deterministic)
         self.bundle = build_data(cfg.dataset.name, **{k: v for k, v in OmegaConf.to_container(cfg.dataset).items() if k != "name"})
         if self.bundle.files is not None:  # a folder's contents: restore() refuses a checkpoint made on other files
@@ -161,15 +158,21 @@ class Run:
 
     def _step(self, epoch: int, step: int, x, y):
         """One optimisation step: (loss, logits), or None for a skipped non-finite step (trainer.nonfinite=skip)."""
+        skip = self.t.nonfinite == "skip"
+        # the training forward moves buffers (BatchNorm statistics; nearest_etf's P, running means and step): a skipped
+        # step puts them back, so that it changes nothing
+        buffers = [(b, b.clone()) for b in self.model.buffers()] if skip else []
         try:
             with self.autocast:
                 logits, h = self.ddp(x, y, features=True) if self.loss.needs_features else (self.ddp(x, y), None)
             loss = self.loss(logits, y, head=self.model.head, h=h)
         except NonFiniteError as e:
-            if self.t.nonfinite != "skip":
+            if not skip:
                 raise NonFiniteError(f"epoch {epoch}, step {step}: {e}; or set trainer.nonfinite=skip") from None
-            return None
-        if self.t.nonfinite == "skip" and not torch.isfinite(loss):  # no update; the next step zeroes grads
+            loss = None
+        if skip and (loss is None or not torch.isfinite(loss)):  # no update; the next step zeroes grads
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
             return None
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
