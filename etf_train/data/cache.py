@@ -95,12 +95,22 @@ def folder_key(root: Path, splits: Sequence, size: int, ops: Sequence) -> str:
     import torchvision
 
     h = hashlib.sha256(repr((FORMAT, size, [repr(op) for op in ops], PIL.__version__, torchvision.__version__)).encode())
-    for ds in splits:
-        h.update(repr(ds.classes).encode())
-        for path, label in ds.samples:
-            st = os.stat(path)
-            h.update(f"{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n".encode())
+    for line in sample_lines(root, splits, stat=True):
+        h.update(line)
     return h.hexdigest()[:24]
+
+
+def sample_lines(root: Path, splits: Sequence, stat: bool = False):
+    """Per ImageFolder split, its classes, then a line per sample: path relative to root and label, with stat also
+    size, mtime and ctime (a stat of every file)."""
+    for ds in splits:
+        yield repr(ds.classes).encode()
+        for path, label in ds.samples:
+            line = f"{os.path.relpath(path, root)}\0{label}"
+            if stat:
+                st = os.stat(path)
+                line += f"\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+            yield (line + "\n").encode()
 
 
 def cache_dirs(root: Path) -> list[Path]:

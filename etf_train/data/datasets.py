@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, TensorDataset
 from .. import options as opt
 from ..errors import EtfTrainError
 from .augment import Augment
-from .cache import cache_mode, decoded
+from .cache import cache_mode, decoded, sample_lines
 from .registry import Splits, register_dataset
 from .subsets import stratified_subset
 
@@ -199,10 +199,8 @@ def _file_list(root: Path, train, test) -> str:
     """Which files the splits hold: counts and a hash of each file's path (relative to root) and label. Content
     edited in place is not seen (that would take a stat of every file; the cache's key has one for image_folder)."""
     h = hashlib.sha256()
-    for split in (train, test):
-        h.update(repr(split.classes).encode())
-        for path, label in split.samples:
-            h.update(f"{os.path.relpath(path, root)}\0{label}\n".encode())
+    for line in sample_lines(root, (train, test)):
+        h.update(line)
     return f"{len(train.samples)} train + {len(test.samples)} test files, sha256 {h.hexdigest()[:16]}"
 
 

@@ -61,13 +61,15 @@ def check_config(cfg: DictConfig) -> None:
 
 def check_world(cfg: DictConfig, world_size: int) -> None:
     """Refuse what would differ under torchrun from the same run in one process, silently."""
-    if world_size > 1 and cfg.trainer.nonfinite == "skip":  # each process would skip alone: unmatched all-reduces
+    if world_size == 1:
+        return
+    if cfg.trainer.nonfinite == "skip":  # each process would skip alone: unmatched all-reduces
         raise EtfTrainError("trainer.nonfinite=skip is not supported under torchrun: a process that skips a step would "
                             "leave the others waiting in the gradient all-reduce; use trainer.nonfinite=stop")
-    if world_size > 1 and cfg.head.get("center") == "batch":
+    if cfg.head.get("center") == "batch":
         raise EtfTrainError("head.center=batch centres by each process's share of a batch (and of the evaluation "
                             "batches), so it would not be the run one process makes: run it without torchrun")
-    if world_size > 1 and cfg.trainer.batch_size % world_size:
+    if cfg.trainer.batch_size % world_size:
         raise EtfTrainError(f"trainer.batch_size={cfg.trainer.batch_size} (the global batch) must divide evenly over "
                             f"{world_size} processes")
 
