@@ -266,8 +266,9 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
     return out
 
 
-# Keys the record gains once the data is built (a folder's file list): unknown before, so unset is no change.
-BUILT = ("dataset.files",)
+# Keys the record gains when a run starts (a folder's file list, the process count): older records lack them, and
+# the config a command composes does not have them yet, so unset is no change.
+BUILT = ("dataset.files", "trainer.processes")
 
 # The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
 IDENTITY = ("name", "arch", "_target_")

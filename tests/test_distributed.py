@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from etf_train.rundir import read_scalars
+from etf_train import EtfTrainError
+from etf_train.rundir import read_record, read_scalars
+from etf_train.training import train
 
-from .conftest import TINY
+from .conftest import TINY, make_cfg
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # LayerNorm, not BatchNorm: per-rank batch statistics would make 2 processes differ from 1 by design.
@@ -88,8 +90,15 @@ SIGTERM_SETTINGS = [*DDP, "trainer.max_epochs=20", "trainer.deterministic=true",
 
 def test_sigterm_under_torchrun_saves_at_a_step_boundary_on_every_rank(tmp_path):
     """Ranks used to agree on a stop only every 20 steps: with 3 steps an epoch a signal was ignored until torchrun
-    killed the job, with no checkpoint and no line."""
-    _torchrun_stopped_by_sigterm(tmp_path / "run", SIGTERM_SETTINGS)
+    killed the job, with no checkpoint and no line. Then: the record did not name the process count, and BatchNorm
+    statistics are per process (batch_size / processes samples), so a 2-process run continued on 1 process changed
+    its training mid-run in silence (and etf-compare pooled 1- with 2-process runs unflagged)."""
+    run = tmp_path / "run"
+    _torchrun_stopped_by_sigterm(run, SIGTERM_SETTINGS)
+    assert read_record(run)["trainer"]["processes"] == 2
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["config"]["trainer"]["processes"] == 2
+    with pytest.raises(EtfTrainError, match=r"trainer.processes: 2 -> 1"):
+        train(make_cfg(*SIGTERM_SETTINGS), run)
 
 
 @pytest.mark.slow

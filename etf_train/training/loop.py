@@ -51,6 +51,8 @@ class Run:
         self.world, self.device = setup_distributed(t.device)
         # the record names the precision that ran, so a resume or a comparison across devices cannot mix them unseen
         self.config["trainer"]["precision"] = resolve_precision(t.precision, self.device)
+        # BatchNorm statistics are per process (batch_size / processes samples): another count is another run
+        self.config["trainer"]["processes"] = self.world.world_size
         self.run_dir = shared_run_dir(run_dir, self.world)
         self.folder = RunFolder(self.run_dir, self.world.main)
         self.resume_from = agreed(self.world, lambda: self.folder.claim(str(t.resume), self.config))
