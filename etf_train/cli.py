@@ -119,7 +119,10 @@ def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[s
 
 
 def _is_multirun(args: Sequence[str]) -> bool:
-    return any(a in ("-m", "--multirun") for a in args)
+    """-m, or a config that sets hydra.mode=MULTIRUN itself (every hparams_search file: an Optuna search)."""
+    given = dict(o.split("=", 1) for o in _overrides(args))
+    return (any(a in ("-m", "--multirun") for a in args) or given.get("hydra.mode") == "MULTIRUN"
+            or given.get("hparams_search", given.get("+hparams_search", "null")) != "null")
 
 
 def _output_key(args: Sequence[str]) -> str:

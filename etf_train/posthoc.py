@@ -52,7 +52,8 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
         raise EtfTrainError(f"{run} is not a run folder: it has no {rundir.CONFIG}")
     path = checkpoint or rundir.checkpoint(run)
     if not path.is_file():
-        raise EtfTrainError(f"no checkpoint {path}: the run never finished an epoch (or give --checkpoint PATH)")
+        raise EtfTrainError(f"no checkpoint {path}" if checkpoint else f"no checkpoint {path}: the run has not saved one "
+                            "yet (or give --checkpoint PATH)")
     device = torch.device(device)
     bundle, (_, test_loader, eval_train_loader), model = _build(config, device)
     meta = {"head": config["head"]["name"], "num_classes": bundle.num_classes, "feature_dim": model.head.dim,

@@ -104,6 +104,8 @@ def test_optuna_search_returns_the_metric_and_writes_best_params(tmp_path):
     proc = etf_train("hparams_search=optuna", "hydra.sweeper.n_trials=2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}",
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    # a multirun without -m: it used to end without naming its folder, as a sweep does
+    assert f"etf-compare {sweep}" in proc.stdout
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"optimizer.lr", "head.tau"}
     assert 0.005 <= results["best_params"]["optimizer.lr"] <= 0.5 and 1 <= results["best_params"]["head.tau"] <= 20

@@ -4,7 +4,7 @@ Contract with the trainer (what this module reads; the trainer's tests pin the w
 --------------------------------------------------------------------------------------------
 - A run is a directory holding Hydra's saved composed config `.hydra/config.yaml` and
   TensorBoard event files `events.out.tfevents.*` directly in it. A sweep is
-  `outputs/multirun/<date>/<time>/<job dir>/`, one run per job dir. `etf-compare` takes
+  `outputs/multirun/<date>/<time>_<id>/<job dir>/`, one run per job dir. `etf-compare` takes
   sweep or run folders and finds runs recursively (directories holding both).
 - Scalars, step = epoch number (1-based); accuracies in percent (0..100):
   every epoch `train/loss`, `train/acc` (measured during training), `test/loss`, `test/acc`, `lr`,
