@@ -266,17 +266,18 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
     return out
 
 
-# Keys the record gains when a run starts (a folder's file list, the process count): older records lack them, and
-# the config a command composes does not have them yet, so unset is no change.
-BUILT = ("dataset.files", "trainer.processes")
+# Keys the record gains when a run starts (a folder's file list, the process count, AGD's depth as resolved for the
+# model): older records lack them, and the config a command composes does not have them yet, so unset is no change.
+BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth")
 
 # The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
 IDENTITY = ("name", "arch", "_target_")
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
-    """`key: old -> new` for every key that differs and could change the results (a changed choice of a group,
-    e.g. head.name, stands for the keys of that group), on resume or between two compared runs."""
+    """`key: old -> new` for every key that differs and could change the results, on resume or between two compared
+    runs. A changed choice of a group (e.g. head.name) stands for the options only one of the two choices has; the
+    options both have (head.tau, dataset.label_noise) are listed when they differ."""
     a, b = flatten(saved), flatten(now)
     missing = "(unset)"
     neutral = neutral_keys(saved, now)
@@ -284,4 +285,4 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
                and not k.startswith(neutral) and not (k in BUILT and missing in (a.get(k, missing), b.get(k, missing)))]
     swapped = tuple(k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY)
     return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in changed
-            if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY]
+            if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY or (k in a and k in b)]

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from etf_train.errors import EtfTrainError
@@ -187,6 +188,11 @@ def test_agd_trains_through_the_config(tmp_path, setting):
     """Catches optimizer=agd not composing or building (config, factory, names), or AGD not decreasing the loss."""
     cfg = make_cfg(*setting, "optimizer=agd", "scheduler=none")
     train(cfg, tmp_path)
+    # depth=null is each model's own count of weight tensors (1 for the ETF heads on UFM, 2 with a learned
+    # classifier: the step-size confound of docs/results.md); the record names it, so etf-compare can tell
+    tensors = len(torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["optimizer"]["param_groups"][0]["params"])
+    assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml").optimizer.effective_depth == tensors
+    assert tensors == 1 if setting[0] == UFM[0] else tensors > 1
     curves = read_scalars(tmp_path)
     loss = curves["train/loss"][1]
     assert list(curves["train/loss"][0]) == [1, 2]

@@ -748,3 +748,79 @@ def test_two_optimiser_classes_of_one_name_never_share_a_group():
     labels = sorted(group_runs(runs, ["head"]))
     assert labels == ["head=learned, optimizer=sgd", "head=learned, optimizer=timm.optim.AdamW",
                       "head=learned, optimizer=torch.optim.AdamW"]
+
+
+def test_what_the_labels_do_not_show_is_named_in_the_files_too(tmp_path, capsys, monkeypatch):
+    """A review found four silent misreadings: a head option both heads have (tau 20 against 5) hidden once the head
+    names differed; the authors' preset labelled as the plain head it is built on; one learning rate split into two
+    groups (5 from the command line, 5.0 from the yaml); and every warning on stderr only, none in comparison.md or
+    the figure, which are what gets kept."""
+    for seed in (1, 2):
+        _set(make_run(tmp_path / f"learned{seed}", "learned", seed, tau=20.0), metrics__every_n_epochs=1,
+             optimizer__lr=5.0)
+        _set(make_run(tmp_path / f"nearest{seed}", "nearest_etf", seed, tau=5.0), optimizer__lr=5.0)
+    drawn = []
+    monkeypatch.setattr(compare, "figure", lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    expected = "groups 'head=learned' and 'head=nearest_etf' differ in more than their labels"
+    assert expected in capsys.readouterr().err
+    md = (tmp_path / "comparison.md").read_text()
+    assert expected in md and "head.tau: 20.0 -> 5.0" in md.split("**Warnings**")[1]
+    assert drawn[-1]._suptitle.get_text().endswith("1 warning: see comparison.md")
+
+    for seed in (1, 2):  # the same tau: nothing to say, in either place
+        _set(tmp_path / f"learned{seed}", head__tau=5.0, optimizer__lr=5.0 if seed == 1 else 5)
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert "Warnings" not in (tmp_path / "comparison.md").read_text()
+    assert "\n" not in drawn[-1]._suptitle.get_text()
+    rows = {r["group"]: r for r in csv.DictReader((tmp_path / "comparison.csv").open())}
+    assert rows["head=learned"]["runs"] == "2"  # lr 5 and 5.0: one setting, one group
+    assert set(group_runs(load_runs([tmp_path]), ["optimizer.lr"])) == {"optimizer.lr=5"}
+
+    for seed in (1, 2):  # what etf-train records of a preset: Hydra's choice of the head group
+        _set(tmp_path / f"learned{seed}", head__bias=False, head__renorm=True)
+        OmegaConf.save({"hydra": {"runtime": {"choices": {"head": "learned_authors"}}}},
+                       tmp_path / f"learned{seed}" / ".hydra" / "hydra.yaml")
+    assert set(group_runs(load_runs([tmp_path]), ["head"])) == {"head=learned_authors", "head=nearest_etf"}
+    _set(make_run(tmp_path / "plain", "learned", 1, bias=True, renorm=False, tau=5), optimizer__lr=5.0)
+    assert set(group_runs(load_runs([tmp_path]), ["head"])) == {
+        "head=learned, head.bias=True, head.renorm=False", "head=learned_authors, head.bias=False, head.renorm=True",
+        "head=nearest_etf"}
+
+
+def test_the_figure_says_how_many_runs_of_a_group_it_leaves_out(tmp_path, monkeypatch):
+    """A group whose runs all failed vanished from the figure, and one with 2 of 3 finished read n=2; with
+    --include-unfinished a failed run that logged nothing was listed under "counted"."""
+    for seed in (1, 2):
+        make_run(tmp_path / f"learned-{seed}", "learned", seed)
+    killed = tmp_path / "learned-3"
+    write_config(killed, {"seed": 3, "head": {"name": "learned"}, "dataset": {"name": "cifar10"},
+                          "trainer": {"max_epochs": 12}}, state="unfinished")
+    write_events(killed, {"train/acc": {e: 99.9 for e in (1, 2, 3)}, "test/acc": {e: 99.9 for e in (1, 2, 3)},
+                          "train/eval_acc": {2: 99.9}, "nc/nc1": {2: 0.001}})
+    failed = tmp_path / "nearest-1"
+    write_config(failed, {"seed": 1, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}}, state="failed")
+    drawn = []
+    monkeypatch.setattr(compare, "figure", lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    (legend,) = drawn[-1].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=2 of 3)", "head=nearest_etf (n=0 of 1, not drawn)"]
+    assert main([str(tmp_path), "--metrics", "train/acc", "--include-unfinished"]) == 0
+    (legend,) = drawn[-1].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=3, 1 unfinished)",
+                                                          "head=nearest_etf (n=0 of 1, not drawn)"]
+    md = (tmp_path / "comparison.md").read_text()
+    counted, left_out = md.split("Unfinished or failed runs, counted up to their last logged epoch:")[1].split(
+        "Not counted (no epoch logged):")
+    assert str(killed) in counted and str(failed) not in counted and str(failed) in left_out
+
+
+def test_every_accuracy_tag_is_linear_and_labelled_as_one(tmp_path):
+    """Only tags ending in `acc` were accuracies: test/acc_top5 (1 % to 90 %) got a log axis labelled `acc_top5`."""
+    rising = {e: 1.0 * 90 ** ((e - 1) / 5) for e in range(1, 7)}
+    run = fake_run("r", {"head": {"name": "learned"}}, {"test/acc_top5": rising, "test/acc_class/cat": rising,
+                                                         "train/loss": rising})
+    axes = figure({"head=learned": [run]}, ["test/acc_top5", "test/acc_class/cat", "train/loss"]).axes
+    assert [ax.get_yscale() for ax in axes[:3]] == ["linear", "linear", "log"]
+    assert [ax.get_ylabel() for ax in axes[:2]] == ["accuracy (%)", "accuracy (%)"]

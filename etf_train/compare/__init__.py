@@ -145,9 +145,10 @@ def compare(args: argparse.Namespace) -> str:
         raise EtfTrainError(f"no finished runs under {', '.join(map(str, args.folders))} ({len(runs)} unfinished or "
                             "failed); --include-unfinished compares them up to their last epoch")
     groups = group_runs(runs, args.group_by)  # labelled over all runs: the table and the legend name groups alike
-    counted = {label: kept for label, rs in groups.items()
-               if (kept := [r for r in rs if r.included(args.include_unfinished)])}
-    for message in pooled_settings(counted) + unlike_groups(counted, args.group_by) + late_starts(counted):
+    drawn = {label: [r for r in rs if r.included(args.include_unfinished)] for label, rs in groups.items()}
+    counted = {label: rs for label, rs in drawn.items() if rs}
+    warnings = pooled_settings(counted) + unlike_groups(counted, args.group_by) + late_starts(counted)
+    for message in warnings:
         warn(message)
     limits = thresholds(args.acc_tag, args.acc_thresholds, test_acc, args.nc1_thresholds)
     summaries = [summarize(label, rs, limits, args.acc_tag, args.include_unfinished) for label, rs in groups.items()]
@@ -155,11 +156,11 @@ def compare(args: argparse.Namespace) -> str:
     out = args.out if args.out is not None else args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(*table(summaries), [r for r in runs if not r.counted], args.include_unfinished,
-                    notes(args.acc_tag))
+                    notes(args.acc_tag), warnings)
     (out / "comparison.md").write_text(text)
     write_csv(out / "comparison.csv", summaries)
     fig_path = out / f"comparison.{args.format}"
-    figure(counted, metrics).savefig(fig_path, dpi=args.dpi)
+    figure(drawn, metrics, {label: len(rs) for label, rs in groups.items()}, len(warnings)).savefig(fig_path, dpi=args.dpi)
     return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {fig_path}\n{how_to_look(args.folders)}\n"
 
 

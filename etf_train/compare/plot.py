@@ -7,6 +7,7 @@ titles, labels and line styles from the object rather than from pixels.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -98,10 +99,15 @@ def title(groups: dict[str, list[Run]]) -> str:
     ])
 
 
+def is_accuracy(tag: str) -> bool:
+    """test/acc, train/eval_acc, test/acc_top5, test/acc_few, test/acc_class/<name>: percentages, on a linear axis."""
+    return re.search(r"(^|/|_)acc(_|/|$)", tag) is not None
+
+
 def ylabel(tag: str, loss: str) -> str:
     if tag in YLABELS:
         return YLABELS[tag]
-    if tag.endswith("acc"):
+    if is_accuracy(tag):
         return "accuracy (%)"
     return loss if tag.endswith("loss") else tag.rsplit("/", 1)[-1]
 
@@ -127,7 +133,7 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str) -> None:
                 markersize=4, lw=1.5)
         ax.fill_between(st.epochs, st.min, st.max, color=s.color, alpha=0.15, lw=0)
         seen += [st.min, st.max]
-    if not tag.endswith("acc") and spans_decades(np.concatenate(seen)):  # accuracies (%) stay linear
+    if not is_accuracy(tag) and seen and spans_decades(np.concatenate(seen)):  # accuracies (%) stay linear
         ax.set_yscale("log")
     ax.set_title(tag_label(tag))
     ax.set_xlabel("epoch")
@@ -136,9 +142,12 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def figure(groups: dict[str, list[Run]], metrics: Sequence[str]) -> Figure:
+def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[str, int] | None = None,
+           warnings: int = 0) -> Figure:
     """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
-    `<group> (n=<runs>)` below the panels (`n=3, 1 unfinished` when unfinished runs are drawn)."""
+    `<group> (n=<runs>)` below the panels: `n=3, 1 unfinished` when unfinished runs are drawn, `n=2 of 5` when
+    `totals` (runs per group, drawn or not) says some were left out, `n=0 of 2, not drawn` for a group with none;
+    with warnings, the title points to them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -155,11 +164,14 @@ def figure(groups: dict[str, list[Run]], metrics: Sequence[str]) -> Figure:
         ax.set_visible(False)
     handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker, markersize=4, lw=1.5)
                for s in map(style, range(len(groups)))]
-    def label(name: str, runs: Sequence[Run]) -> str:  # --include-unfinished: curves that stop early say so
-        unfinished = sum(not r.counted for r in runs)
-        return f"{name} (n={len(runs)}" + (f", {unfinished} unfinished)" if unfinished else ")")
+    def label(name: str, runs: Sequence[Run]) -> str:
+        total = (totals or {}).get(name, len(runs))
+        unfinished = sum(not r.counted for r in runs)  # --include-unfinished: curves that stop early say so
+        return (f"{name} (n={len(runs)}" + (f" of {total}" if total != len(runs) else "")
+                + (f", {unfinished} unfinished" if unfinished else "") + (", not drawn" if not runs else "") + ")")
 
     labels = [label(name, runs) for name, runs in groups.items()]
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(groups)), fontsize="small", frameon=False)
-    fig.suptitle(title(groups), fontsize="medium")
+    warned = f"\n{warnings} warning{'s' * (warnings > 1)}: see comparison.md" if warnings else ""
+    fig.suptitle(title({k: rs for k, rs in groups.items() if rs}) + warned, fontsize="medium")
     return fig

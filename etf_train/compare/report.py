@@ -11,7 +11,7 @@ from .stats import EVAL_ACC, TRAIN_ACC, GroupSummary, Spread, tag_label, tag_slu
 
 
 def _runs_cell(s: GroupSummary) -> str:
-    """`3/5`, or `3/5 (+2 unfinished counted)` with --include-unfinished."""
+    """`3/5`, or `3/5 (+2 unfinished counted)` with --include-unfinished (unfinished or failed)."""
     extra = s.n_runs - s.n_finished
     return f"{s.n_finished}/{s.n_total}" + (f" (+{extra} unfinished counted)" if extra else "")
 
@@ -49,12 +49,15 @@ def notes(acc_tag: str) -> list[str]:
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Sequence[Run] = (),
-             include_unfinished: bool = False, notes: Sequence[str] = ()) -> str:
-    """The table, its legend (the cell notation, then `notes`), and the runs the cells leave out (with
-    include_unfinished: count though unfinished)."""
+             include_unfinished: bool = False, notes: Sequence[str] = (), warnings: Sequence[str] = ()) -> str:
+    """The table, the warnings (what the table cannot show: pooled or unlike settings; also on stderr, but the file
+    is what gets kept), its legend (the cell notation, then `notes`), and the runs that are not finished: counted up
+    to their last epoch with include_unfinished, or left out."""
     cell = lambda c: c.replace("|", r"\|")  # noqa: E731
     lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    if warnings:
+        lines += ["", "**Warnings** (read the table with them):", *(f"- {w}" for w in warnings)]
     counted = "all runs that logged an epoch, unfinished ones too" if include_unfinished else "its finished runs"
     lines += [
         "",
@@ -63,10 +66,15 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Seque
          "(ranked after every epoch); a bare `never` = no run did."),
         *notes,
     ]
-    if others:
-        title = "Unfinished or failed runs, counted" if include_unfinished else \
-            "Not counted (unfinished or failed; --include-unfinished adds the unfinished epochs)"
-        lines += ["", f"{title}:", *(f"- {r.describe()}" for r in others)]
+    counted_too = [r for r in others if r.included(include_unfinished)]
+    left_out = [r for r in others if not r.included(include_unfinished)]
+    if counted_too:
+        lines += ["", "Unfinished or failed runs, counted up to their last logged epoch:",
+                  *(f"- {r.describe()}" for r in counted_too)]
+    if left_out:
+        title = "Not counted (no epoch logged)" if include_unfinished else \
+            "Not counted (unfinished or failed; --include-unfinished adds the epochs they logged)"
+        lines += ["", f"{title}:", *(f"- {r.describe()}" for r in left_out)]
     return "\n".join(lines) + "\n"
 
 

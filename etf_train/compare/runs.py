@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .. import rundir
@@ -14,6 +16,7 @@ from ..errors import EtfTrainError
 from ..rundir import Curve
 
 GROUP_ALIASES = {"head": "head.name"}
+LABEL_KEY = re.compile(r"(?:^|, )([\w./]+)=")  # the keys a group label `head=learned, head.bias=False` shows
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class Run:
     config: DictConfig
     scalars: dict[str, Curve]
     state: rundir.RunState
+    head_choice: str | None = None  # the head config that made it (learned_authors); None: not in the record
 
     @property
     def epochs(self) -> int:
@@ -84,7 +88,18 @@ def load_run(run_dir: Path) -> Run:
         raise EtfTrainError(f"cannot read {config_path}: {str(e).splitlines()[0]}") from e
     if not isinstance(config, DictConfig):
         raise EtfTrainError(f"{config_path} is not a mapping")
-    return Run(run_dir, config, rundir.read_scalars(run_dir), rundir.state(run_dir))
+    return Run(run_dir, config, rundir.read_scalars(run_dir), rundir.state(run_dir), _head_choice(run_dir))
+
+
+def _head_choice(run_dir: Path) -> str | None:
+    """Hydra's choice of the head group (`head=learned_authors`), from the record's hydra.yaml: a preset's runs
+    have the plain head.name of the head it is built on."""
+    try:
+        hydra = yaml.safe_load((run_dir / rundir.HYDRA).read_text())
+        choice = hydra["hydra"]["runtime"]["choices"]["head"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return choice if isinstance(choice, str) else None
 
 
 def load_runs(folders: Sequence[Path]) -> list[Run]:
@@ -111,6 +126,13 @@ def config_value(run: Run, key: str) -> object:
     return value
 
 
+def plain(value: object) -> object:
+    """A number as one spelling: 5 and 5.0 (a yaml default against a command-line override) are one setting."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    return value
+
+
 def config_text(run: Run, key: str) -> str:
     """The value at a dotted config key as text, `-` where the run lacks it."""
     value = config_value(run, key)
@@ -130,9 +152,10 @@ def _variants(runs: Sequence[Run], node: str, identity: str, exclude: Sequence[s
     out = {}
     for name, same in by_identity.items():
         keys = sorted({k for r in same for k in options[id(r)] if k != identity and not k.startswith("_")})
-        differ = [k for k in keys if len({repr(options[id(r)].get(k)) for r in same}) > 1 and f"{node}.{k}" not in exclude]
+        differ = [k for k in keys if len({repr(plain(options[id(r)].get(k))) for r in same}) > 1
+                  and f"{node}.{k}" not in exclude]
         for r in same:
-            out[id(r)] = (name, [(f"{node}.{k}", options[id(r)].get(k)) for k in differ])
+            out[id(r)] = (name, [(f"{node}.{k}", plain(options[id(r)].get(k))) for k in differ])
     return out
 
 
@@ -170,8 +193,9 @@ def _sort_key(values: Sequence[object]) -> tuple:
 def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
     """Runs by their values of `keys`, labelled `key=value, ...` ('-' where a run lacks a key; the same spelling in
     the table, CSV and legend) in sorted value order. `head` stands for head.name, followed by the head options that
-    tell runs of one head apart (head_variants): `head=learned, head.bias=False`; runs of different optimisers or
-    optimiser options are always told apart (optimizer_variants): `head=learned, optimizer=agd`."""
+    tell runs of one head apart (head_variants): `head=learned, head.bias=False`, a preset by its name
+    (`head=learned_authors`); runs of different optimisers or optimiser options are always told apart
+    (optimizer_variants): `head=learned, optimizer=agd`. Numbers are grouped by value (5 with 5.0)."""
     for key in keys:
         if all(config_value(run, GROUP_ALIASES.get(key, key)) is _MISSING for run in runs):
             raise EtfTrainError(f"no run has config key '{GROUP_ALIASES.get(key, key)}' (from --group-by)")
@@ -181,8 +205,11 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]
     def pairs(run: Run) -> list[tuple[str, object]]:
         out = []
         for key in keys:
-            value = config_value(run, GROUP_ALIASES.get(key, key))
-            out += [(key, value)] + (variants[id(run)] if key == "head" and value is not _MISSING else [])
+            value = plain(config_value(run, GROUP_ALIASES.get(key, key)))
+            if key == "head" and value is not _MISSING:  # a preset by its own name: head=learned_authors
+                out += [(key, run.head_choice or value)] + variants[id(run)]
+            else:
+                out.append((key, value))
         return out + optimizers[id(run)]
 
     by_run = {id(run): pairs(run) for run in runs}
@@ -231,10 +258,11 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
     grouped by head; the optimiser), e.g. K = 10 against K = 100, 20 epochs against 100, or metrics every epoch
     against every 5 (threshold epochs as coarse)."""
     exact = {GROUP_ALIASES.get(k, k) for k in keys}  # a key groups by itself, not by its whole section
-    nodes = {"optimizer", "seed"} | ({"head"} if "head" in keys else set())  # labels name their differing options
+    nodes = {"optimizer", "seed"}  # the labels name the optimiser and its differing options
 
-    def labelled(key: str) -> bool:
-        return key in exact or key.split(".")[0] in nodes
+    def labelled(key: str, shown: set[str]) -> bool:
+        # head options the labels do not show (tau of one head against another's) are differences like any other
+        return key in exact or key.split(".")[0] in nodes or key in shown
 
     firsts = [(label, rs[0]) for label, rs in groups.items() if rs]
     if not firsts:
@@ -243,7 +271,8 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
     base_config = OmegaConf.to_container(base.config, resolve=False)
     for label, run in firsts[1:]:
         config = OmegaConf.to_container(run.config, resolve=False)
-        diff = [c for c in rundir.changed_settings(base_config, config) if not labelled(c.split(":", 1)[0])]
+        shown = set(LABEL_KEY.findall(base_label)) | set(LABEL_KEY.findall(label))
+        diff = [c for c in rundir.changed_settings(base_config, config) if not labelled(c.split(":", 1)[0], shown)]
         if diff:
             messages.append(f"groups '{base_label}' and '{label}' differ in more than their labels ({base.path} vs "
                             f"{run.path}: {_shown(diff)}); compare runs of one setting, or add such keys to --group-by")

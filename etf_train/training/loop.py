@@ -93,6 +93,8 @@ class Run:
         # DDP averages gradients; the nearest-ETF head all-reduces its class sums itself.
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
         self.optimizer = build_optimizer(cfg.optimizer, model)
+        if getattr(self.optimizer, "depth", None) is not None:  # AGD's L: depth=null is each model's own tensor count
+            self.config["optimizer"]["effective_depth"] = self.optimizer.depth
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
         self.autocast = build_autocast(self.config["trainer"]["precision"], self.device)
         self.meta = {"head": cfg.head.name, "num_classes": self.K, "feature_dim": model.head.dim,
