@@ -655,8 +655,10 @@ def test_final_accuracy_is_the_last_epoch_not_the_best(tmp_path, capsys):
     assert "61.50 [61.50, 61.50] | 55.25 [55.25, 55.25]" in (out / "comparison.md").read_text()
 
 
-def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys):
-    """Catches a killed run (epoch 3 of 12) or a failed job (no scalars) entering or stopping the comparison."""
+def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys, monkeypatch):
+    """Catches a killed run (epoch 3 of 12) or a failed job (no scalars) entering or stopping the comparison. Also:
+    the figure dropped a group whose runs all failed and drew 2 of 3 finished runs as n=2, and with
+    --include-unfinished a failed run that logged nothing was listed as counted."""
     for seed in (1, 2):
         make_run(tmp_path / f"learned-{seed}", "learned", seed)
     killed = tmp_path / "learned-3"
@@ -666,7 +668,11 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys):
                           "train/eval_acc": {2: 99.9}, "nc/nc1": {2: 0.001}})
     failed = tmp_path / "nearest-1"
     write_config(failed, {"seed": 1, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}}, state="failed")
+    drawn = []
+    monkeypatch.setattr(compare, "figure", lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
     assert main([str(tmp_path), "--metrics", "train/acc", "--out", str(tmp_path / "a")]) == 0
+    (legend,) = drawn[-1].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=2 of 3)", "head=nearest_etf (n=0 of 1, not drawn)"]
     md = (tmp_path / "a" / "comparison.md").read_text()
     rows = {r["group"]: r for r in csv.DictReader((tmp_path / "a" / "comparison.csv").open())}
     learned, nearest = rows["head=learned"], rows["head=nearest_etf"]
@@ -683,10 +689,14 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys):
     learned = rows["head=learned"]
     assert learned["runs"] == "3" and float(learned["final_test_acc_max"]) == pytest.approx(99.9)
     assert float(learned["epochs_min"]) == 3  # the killed run's last epoch, though eval_acc stops at 2
-    assert "2/3 (+1 unfinished counted)" in (tmp_path / "b" / "comparison.md").read_text()
-    learned_runs = [r for r in load_runs([tmp_path]) if r.config.head.name == "learned"]
-    (legend,) = figure({"head=learned": learned_runs}, ["train/acc"]).legends
-    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=3, 1 unfinished)"]  # the figure says so too
+    md = (tmp_path / "b" / "comparison.md").read_text()
+    assert "2/3 (+1 unfinished counted)" in md
+    counted, left_out = md.split("Unfinished or failed runs, counted up to their last logged epoch:")[1].split(
+        "Not counted (no epoch logged):")
+    assert str(killed) in counted and str(failed) not in counted and str(failed) in left_out
+    (legend,) = drawn[-1].legends  # the figure says so too
+    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=3, 1 unfinished)",
+                                                          "head=nearest_etf (n=0 of 1, not drawn)"]
 
 
 def test_grouping_by_one_key_still_names_the_other_keys_of_its_section(tmp_path, capsys):
@@ -787,33 +797,6 @@ def test_what_the_labels_do_not_show_is_named_in_the_files_too(tmp_path, capsys,
     assert set(group_runs(load_runs([tmp_path]), ["head"])) == {
         "head=learned, head.bias=True, head.renorm=False", "head=learned_authors, head.bias=False, head.renorm=True",
         "head=nearest_etf"}
-
-
-def test_the_figure_says_how_many_runs_of_a_group_it_leaves_out(tmp_path, monkeypatch):
-    """A group whose runs all failed vanished from the figure, and one with 2 of 3 finished read n=2; with
-    --include-unfinished a failed run that logged nothing was listed under "counted"."""
-    for seed in (1, 2):
-        make_run(tmp_path / f"learned-{seed}", "learned", seed)
-    killed = tmp_path / "learned-3"
-    write_config(killed, {"seed": 3, "head": {"name": "learned"}, "dataset": {"name": "cifar10"},
-                          "trainer": {"max_epochs": 12}}, state="unfinished")
-    write_events(killed, {"train/acc": {e: 99.9 for e in (1, 2, 3)}, "test/acc": {e: 99.9 for e in (1, 2, 3)},
-                          "train/eval_acc": {2: 99.9}, "nc/nc1": {2: 0.001}})
-    failed = tmp_path / "nearest-1"
-    write_config(failed, {"seed": 1, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}}, state="failed")
-    drawn = []
-    monkeypatch.setattr(compare, "figure", lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
-    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
-    (legend,) = drawn[-1].legends
-    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=2 of 3)", "head=nearest_etf (n=0 of 1, not drawn)"]
-    assert main([str(tmp_path), "--metrics", "train/acc", "--include-unfinished"]) == 0
-    (legend,) = drawn[-1].legends
-    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=3, 1 unfinished)",
-                                                          "head=nearest_etf (n=0 of 1, not drawn)"]
-    md = (tmp_path / "comparison.md").read_text()
-    counted, left_out = md.split("Unfinished or failed runs, counted up to their last logged epoch:")[1].split(
-        "Not counted (no epoch logged):")
-    assert str(killed) in counted and str(failed) not in counted and str(failed) in left_out
 
 
 def test_every_accuracy_tag_is_linear_and_labelled_as_one(tmp_path):
