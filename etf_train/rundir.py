@@ -19,6 +19,7 @@ import json
 import math
 import os
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,31 @@ def write_record(run: Path, config: dict, overrides: list[str] | None = None, hy
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(content)))
             os.replace(tmp, path)
+
+
+def code_version() -> str:
+    """etf-train's version, with the commit of a git checkout (`0.1.0+g1a2b3c4d5e`, `.dirty` when etf_train/ or
+    configs/ have uncommitted changes): each record holds it, so that etf-compare can say when it pools runs made
+    before and after a fix (docs/reliability.md lists what fixes changed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("etf-train")
+    except PackageNotFoundError:
+        found = "unknown"
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():  # an installed package, not a checkout
+        return found
+    git = ["git", "-C", str(root)]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=30)
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "etf_train", "configs"],
+                                 capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):  # no git here
+        return found
+    if commit.returncode != 0:
+        return found
+    return f"{found}+g{commit.stdout.strip()}" + (".dirty" if changed.stdout.strip() else "")
 
 
 def read_record(run: Path) -> dict | None:
@@ -234,12 +260,13 @@ def read_scalars(run: Path) -> dict[str, Curve]:
 
 # Keys that cannot change what a run computes (display, speed, where files are), or only which random draws the
 # on-device augmentation takes (trainer.device): they may differ on resume, and between runs etf-compare
-# pools (see neutral_keys for the exceptions). metrics.every_n_epochs is not one: it sets how fine threshold epochs
+# pools (see neutral_keys for the exceptions). code_version may differ on resume (a fix pulled in between); etf-compare
+# names mixed versions in a warning of their own. metrics.every_n_epochs is not one: it sets how fine threshold epochs
 # are, and a resume that changed it would leave a run logged at two intervals under a record naming one.
 NEUTRAL = (
     "trainer.progress", "trainer.resume", "trainer.device", "trainer.compile", "trainer.channels_last",
     "trainer.eval_batch_size", "trainer.save_every_n_epochs", "trainer.checkpoint_every_s", "loader.num_workers",
-    "dataset.root", "dataset.download", "optimized_metric",
+    "dataset.root", "dataset.download", "optimized_metric", "code_version",
 )
 
 

@@ -799,6 +799,20 @@ def test_what_the_labels_do_not_show_is_named_in_the_files_too(tmp_path, capsys,
         "head=nearest_etf"}
 
 
+def test_runs_of_several_code_versions_are_named(tmp_path, capsys):
+    """Runs made before and after a fix (the replicate seeding of reliability row 63, nearest_etf's eval bias of
+    row 85) pooled in silence: the record now holds the code version, and a comparison of several says so."""
+    for seed in (1, 2):
+        for head in ("learned", "nearest_etf"):
+            _set(make_run(tmp_path / f"{head}{seed}", head, seed), metrics__every_n_epochs=1, code_version="0.1.0+gaaaa")
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    _set(tmp_path / "nearest_etf2", code_version="0.1.0+gbbbb")
+    assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
+    expected = "the runs come from 2 versions of etf-train (0.1.0+gaaaa: 3 runs, 0.1.0+gbbbb: 1 run)"
+    assert expected in capsys.readouterr().err and expected in (tmp_path / "comparison.md").read_text()
+
+
 def test_every_accuracy_tag_is_linear_and_labelled_as_one(tmp_path):
     """Only tags ending in `acc` were accuracies: test/acc_top5 (1 % to 90 %) got a log axis labelled `acc_top5`."""
     rising = {e: 1.0 * 90 ** ((e - 1) / 5) for e in range(1, 7)}

@@ -87,6 +87,11 @@ def test_the_record_names_the_precision_that_ran_so_auto_cannot_hide_a_switch(tm
     run = tmp_path / "run"
     crash_after_epoch_1(monkeypatch, make_cfg(*QUICK), run)  # trainer.precision=auto, on this CPU
     assert OmegaConf.load(run / ".hydra" / "config.yaml").trainer.precision == "fp32"
+    # and the code that ran: the commit of this checkout (etf-compare names mixed versions)
+    repo = Path(__file__).resolve().parents[1]
+    git = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    recorded = OmegaConf.load(run / ".hydra" / "config.yaml").code_version
+    assert recorded.startswith("0.1.0") and (git.returncode != 0 or f"+g{git.stdout.strip()[:10]}" in recorded)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["config"]["trainer"]["precision"] == "fp32"
     with pytest.raises(EtfTrainError, match="trainer.precision: fp32 -> bf16"):
         train(make_cfg(*QUICK, "trainer.precision=bf16"), run)

@@ -62,7 +62,8 @@ from ..view import how_to_look
 from ..rundir import read_scalars
 from .plot import FORMATS, check_metrics, figure, spans_decades
 from .report import markdown, notes, table, write_csv
-from .runs import Run, check_datasets, group_runs, late_starts, load_runs, pooled_settings, unlike_groups, warn
+from .runs import (Run, check_datasets, code_versions, group_runs, late_starts, load_runs, pooled_settings, unlike_groups,
+                   warn)
 from .stats import (
     ACC_TAGS,
     EVAL_ACC,
@@ -147,7 +148,8 @@ def compare(args: argparse.Namespace) -> str:
     groups = group_runs(runs, args.group_by)  # labelled over all runs: the table and the legend name groups alike
     drawn = {label: [r for r in rs if r.included(args.include_unfinished)] for label, rs in groups.items()}
     counted = {label: rs for label, rs in drawn.items() if rs}
-    warnings = pooled_settings(counted) + unlike_groups(counted, args.group_by) + late_starts(counted)
+    warnings = (pooled_settings(counted) + unlike_groups(counted, args.group_by) + late_starts(counted)
+                + code_versions(counted))
     for message in warnings:
         warn(message)
     limits = thresholds(args.acc_tag, args.acc_thresholds, test_acc, args.nc1_thresholds)

@@ -279,6 +279,19 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
     return messages
 
 
+def code_versions(groups: dict[str, list[Run]]) -> list[str]:
+    """A message when the runs come from several versions of etf-train: a fix between them can move their numbers."""
+    by_version: dict[str, int] = {}
+    for run in (r for rs in groups.values() for r in rs):
+        version = config_text(run, "code_version")
+        by_version[version] = by_version.get(version, 0) + 1
+    if len(by_version) < 2:
+        return []
+    parts = ", ".join(f"{'not recorded' if v == '-' else v}: {n} run{'s' * (n != 1)}" for v, n in sorted(by_version.items()))
+    return [f"the runs come from {len(by_version)} versions of etf-train ({parts}); a fix between them can move "
+            "their numbers (docs/reliability.md lists what each fix changed)"]
+
+
 def late_starts(groups: dict[str, list[Run]]) -> list[str]:
     """Messages for runs whose events begin after epoch 1 (continued from another run's checkpoint into a new
     folder): a threshold they met before their first logged epoch reads as that epoch or later."""

@@ -53,6 +53,7 @@ class Run:
         self.config["trainer"]["precision"] = resolve_precision(t.precision, self.device)
         # BatchNorm statistics are per process (batch_size / processes samples): another count is another run
         self.config["trainer"]["processes"] = self.world.world_size
+        self.config["code_version"] = rundir.code_version()
         self.run_dir = shared_run_dir(run_dir, self.world)
         self.folder = RunFolder(self.run_dir, self.world.main)
         self.resume_from = agreed(self.world, lambda: self.folder.claim(str(t.resume), self.config))
