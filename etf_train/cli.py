@@ -217,9 +217,8 @@ def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
     """
     overrides = _overrides(args)
     given = dict(o.split("=", 1) for o in overrides)
-    if not _is_multirun(args) or "hydra.sweep.dir" in given or given.get("trainer.resume", "auto") != "auto":
-        return None
-    if any(k.lstrip("+") in ("hparams_search", "hydra/sweeper") for k in given):
+    if (not _is_multirun(args) or "hydra.sweep.dir" in given or given.get("trainer.resume", "auto") != "auto"
+            or any(k.lstrip("+") in ("hparams_search", "hydra/sweeper") for k in given)):
         return None
     mine = task_overrides(overrides)
     for saved in sorted(cwd.glob("outputs/multirun/*/*/multirun.yaml"), reverse=True):  # newest first
@@ -257,9 +256,8 @@ def objective(scalars: dict[str, float], metric: str | None) -> float | None:
     if metric is None:
         return None
     if metric not in scalars:
-        raise EtfTrainError(
-            f"optimized_metric={metric} is not a scalar of this run; choose one of {', '.join(sorted(scalars))}"
-        )
+        raise EtfTrainError(f"optimized_metric={metric} is not a scalar of this run; choose one of "
+                            f"{', '.join(sorted(scalars))}")
     return float(scalars[metric])
 
 

@@ -49,10 +49,9 @@ class Run:
         self.cfg, self.record = cfg, record
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.world, self.device = setup_distributed(t.device)
-        # the record names the precision that ran, so a resume or a comparison across devices cannot mix them unseen
-        self.config["trainer"]["precision"] = resolve_precision(t.precision, self.device)
-        # BatchNorm statistics are per process (batch_size / processes samples): another count is another run
-        self.config["trainer"]["processes"] = self.world.world_size
+        # the record names what ran: the precision (auto differs by device), the process count (BatchNorm statistics
+        # are per process) and the code, so a resume or a comparison cannot mix them unseen
+        self.config["trainer"] |= {"precision": resolve_precision(t.precision, self.device), "processes": self.world.world_size}
         self.config["code_version"] = rundir.code_version()
         self.run_dir = shared_run_dir(run_dir, self.world)
         self.folder = RunFolder(self.run_dir, self.world.main)
@@ -94,7 +93,7 @@ class Run:
         # DDP averages gradients; the nearest-ETF head all-reduces its class sums itself.
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
         self.optimizer = build_optimizer(cfg.optimizer, model)
-        if getattr(self.optimizer, "depth", None) is not None:  # AGD's L: depth=null is each model's own tensor count
+        if hasattr(self.optimizer, "depth"):  # AGD's L: depth=null is each model's own count of weight tensors
             self.config["optimizer"]["effective_depth"] = self.optimizer.depth
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
         self.autocast = build_autocast(self.config["trainer"]["precision"], self.device)
@@ -304,9 +303,8 @@ class Run:
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
             log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %s head, device %s, %d process(es)",
-                     self.cfg.backbone.arch, self.cfg.dataset.name, self.K, self.model.head.dim,
-                     len(self.bundle.train), len(self.bundle.test), self.cfg.head.name, self.device,
-                     self.world.world_size)
+                     self.cfg.backbone.arch, self.cfg.dataset.name, self.K, self.model.head.dim, len(self.bundle.train),
+                     len(self.bundle.test), self.cfg.head.name, self.device, self.world.world_size)
         scalars: dict[str, float] = {}
         finished = False
         try:
@@ -321,8 +319,7 @@ class Run:
                     if self.world.main:
                         log.info("epoch %d/%d  %s", epoch, self.t.max_epochs, summary(scalars))
             if book is not None:
-                book.figure("test/reliability", reliability_diagram(self.calibration, "test split, last epoch"),
-                            self.t.max_epochs)
+                book.figure("test/reliability", reliability_diagram(self.calibration, "test split"), self.t.max_epochs)
             if self.world.main:  # tells `etf-train` (cli.interrupted_run) that this run needs no resuming
                 rundir.mark_finished(self.run_dir)
             finished = True
