@@ -164,7 +164,9 @@ class NearestETFHead(Head):
     Gradient reaches the backbone through h and, unless backward="none", through P(H).
     In eval mode the head uses the last P and the last training batch's mu_G, as the authors' model keeps W and b
     from its last training step (a running average of mu_G lagged the moving features: early eval accuracies read
-    far below the trained head's, 55 % instead of 92 % after one 3-step digits epoch).
+    far below the trained head's, 55 % instead of 92 % after one 3-step digits epoch); a batch smaller than the
+    largest seen (an epoch's leftover, possibly of one sample, whose mean is that sample: its classes' logits would
+    all tie) moves it only by its share n / n_max, mu_eval <- mu_eval + (n / n_max) (mu_G - mu_eval).
     y: hard labels (B,), or soft labels Y (B, K) (a mixed batch): the class sums and counts are label-weighted,
     Y^T h and 1^T Y, so a class mean is the Y-weighted mean of the features (one_hot(y) gives the same bits as y).
     solver: {"method": svd | gram | riemannian, **options of the method} (configs/solver/).
@@ -194,6 +196,7 @@ class NearestETFHead(Head):
         self.register_buffer("P", _reference_point(dim, num_classes, basis, seed))  # (d, K)
         self.register_buffer("means", torch.zeros(dim, num_classes))  # (d, K) running centred class means
         self.register_buffer("global_mean", torch.zeros(dim))  # (d,) the last training batch's mu_G: eval-mode bias
+        self.register_buffer("global_count", torch.zeros(()))  # () n_max, the most samples a training batch held
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._stats: list[tuple] = []
         self._checked = False
@@ -247,9 +250,15 @@ class NearestETFHead(Head):
         with torch.no_grad():
             self.means.copy_(means.T)
             self.P.copy_(P)
-            self.global_mean.copy_(mu_G)
+            self.global_count.copy_(torch.maximum(self.global_count, total))
+            self.global_mean.add_((mu_G - self.global_mean) * (total / self.global_count))  # = mu_G for a full batch
             self.step += 1
         return logits
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before global_count: 0, so the next batch sets the mean as it did then
+        state_dict.setdefault(prefix + "global_count", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def pop_solver_stats(self):
         if not self._stats:

@@ -283,3 +283,14 @@ def test_the_end_of_epoch_finiteness_check_sees_every_nan_and_inf_and_nothing_el
         for dtype in (torch.float32, torch.float64, torch.bfloat16):
             assert not all_finite([*ok, table(bad, dtype)]), (bad, dtype)
             assert all_finite([table(1.0, dtype)]) == bool(torch.isfinite(table(1.0, dtype)).all())
+
+
+def test_a_tiny_leftover_batch_is_named_for_nearest_etf(tmp_path, caplog):
+    """64 UFM samples in batches of 21 end every epoch in a batch of one sample: nearest_etf centres a batch by its
+    own mean, so that step's logits cancel (the other heads train on it as on any batch). Said once, at the start."""
+    for head, said in (("nearest_etf", True), ("learned", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="etf_train"):
+            run = Run(make_cfg(*TINY_UFM, f"head={head}", "trainer.batch_size=21"), tmp_path / head)
+        run.folder.end()
+        assert ("each epoch ends in a batch of 1 sample(s) (64 train samples, trainer.batch_size=21)" in caplog.text) == said

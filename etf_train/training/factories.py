@@ -6,6 +6,7 @@ hydra.utils.instantiate from their `_target_`, with `_partial_` since the parame
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from contextlib import nullcontext
@@ -74,6 +75,19 @@ def check_world(cfg: DictConfig, world_size: int) -> None:
                             f"{world_size} processes")
 
 
+def warn_small_leftover(cfg: DictConfig, num_train: int, num_classes: int) -> None:
+    """One line when each epoch ends in a batch too small to hold every class (N mod batch_size of a few samples):
+    nearest_etf centres a batch by its own mean, so on such a batch its logits nearly cancel and its running class
+    means are pulled by a handful of samples, which the other heads do not suffer. The authors' stratified batches
+    spread the remainder instead."""
+    left = num_train % cfg.trainer.batch_size
+    if cfg.head.name == "nearest_etf" and 0 < left < min(num_classes, cfg.trainer.batch_size / 4):
+        logging.getLogger("etf_train").warning(
+            "each epoch ends in a batch of %d sample(s) (%d train samples, trainer.batch_size=%d): nearest_etf centres a "
+            "batch by its own mean, so that step is nearly degenerate; a batch size that divides the train set, or "
+            "leaves more over, avoids it", left, num_train, cfg.trainer.batch_size)
+
+
 def resolve_precision(setting: str, device: torch.device) -> str:
     """trainer.precision as it runs: auto is bf16 autocast on CUDA and fp32 elsewhere."""
     return "bf16" if setting == "bf16" or (setting == "auto" and device.type == "cuda") else "fp32"
@@ -89,7 +103,10 @@ def _options(node: DictConfig, *drop: str) -> dict:
 
 def build_model(cfg: DictConfig, num_classes: int, in_shape, num_samples: int) -> Classifier:
     backbone = create_backbone(**_options(cfg.backbone), in_shape=in_shape, num_samples=num_samples)
-    head = create_head(cfg.head.name, num_classes, backbone.feature_dim, **_options(cfg.head, "name"))
+    # the head's own draws (a learned classifier's init) must not move the global stream: whatever draws from it
+    # next (AGD's re-initialisation of every weight, dropout) then draws the same numbers for every head of a seed
+    with torch.random.fork_rng(devices=[]):
+        head = create_head(cfg.head.name, num_classes, backbone.feature_dim, **_options(cfg.head, "name"))
     return Classifier(backbone, head)
 
 

@@ -28,7 +28,7 @@ from .checkpoint import Preempted, SignalGuard, load_checkpoint, rng_state, save
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
 from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
-                        resolve_precision, seed_everything)
+                        resolve_precision, seed_everything, warn_small_leftover)
 from .logbook import Logbook, log_to_file, show_progress, summary
 from .resume import RunFolder, refuse_changes
 from .tally import EpochTally
@@ -84,6 +84,7 @@ class Run:
             mix=mix,
         )
         self.K = self.bundle.num_classes
+        warn_small_leftover(cfg, len(self.bundle.train), self.K)
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -120,8 +121,7 @@ class Run:
         if not self.world.main:
             return
         state = {"epoch": epoch, "partial": partial, "meta": self.meta, "config": self.config,
-                 "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
         save_checkpoint(self.ckpt_path, state)
         every = self.t.save_every_n_epochs
