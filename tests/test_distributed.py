@@ -48,6 +48,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path, head):
     assert list(read_scalars(run)["train/loss"][0]) == [1, 2]
 
 
+@pytest.mark.slow  # a torchrun launch of its own (~14 s); the default run keeps one DDP parity test
 def test_class_balanced_batches_and_uneven_test_shards_under_ddp(tmp_path):
     # 17 test samples: rank 0 evaluates 2 batches of 8, rank 1 one batch; evaluation must not wait on DDP.
     two = torchrun(2, tmp_path / "two", *DDP, "loader.class_balanced=true", "dataset.limit_test=17",
@@ -56,6 +57,7 @@ def test_class_balanced_batches_and_uneven_test_shards_under_ddp(tmp_path):
         assert torch.equal(v, two[1]["model"][k])
 
 
+@pytest.mark.slow  # a torchrun launch of its own (~14 s); the default run keeps one DDP parity test
 def test_soft_labels_and_another_loss_keep_the_ranks_identical(tmp_path):
     """Mixup's soft labels reach the nearest-ETF head as label-weighted class sums: if those sums (or the counts)
     were not all-reduced, each rank would build its own ETF and the heads' buffers would drift apart."""

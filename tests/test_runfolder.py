@@ -194,7 +194,8 @@ def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_ta
     assert not (run / LOCK).exists()
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]], ids=["basic", "joblib"])
+@pytest.mark.parametrize("launcher", [[], pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"],
+                                                        marks=pytest.mark.slow)], ids=["basic", "joblib"])
 def test_the_same_sweep_command_continues_the_interrupted_sweep(tmp_path, monkeypatch, capfd, launcher):
     """A re-run of an interrupted sweep used to start over in a new folder; with a hydra/... choice (joblib, Slurm)
     it still did: Hydra files those among its own overrides, not the task's."""
