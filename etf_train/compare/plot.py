@@ -171,7 +171,10 @@ def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[st
                 + (f", {unfinished} unfinished" if unfinished else "") + (", not drawn" if not runs else "") + ")")
 
     labels = [label(name, runs) for name, runs in groups.items()]
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(groups)), fontsize="small", frameon=False)
+    # as many legend columns as the longest label leaves room for (about 0.075 in per character, small font)
+    fit = int(fig.get_figwidth() // (0.075 * max(map(len, labels)) + 0.6))
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(3, len(groups), fit)), fontsize="small",
+               frameon=False)
     warned = f"\n{warnings} warning{'s' * (warnings > 1)}: see comparison.md" if warnings else ""
     fig.suptitle(title({k: rs for k, rs in groups.items() if rs}) + warned, fontsize="medium")
     return fig
