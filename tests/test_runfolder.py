@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from etf_train import EtfTrainError
+from etf_train import rundir
 from etf_train.rundir import LOCK, read_scalars
 from etf_train.training import train
 from etf_train.training.checkpoint import SAVE_DELAY_ENV
@@ -95,8 +96,13 @@ def test_the_record_names_the_precision_that_ran_so_auto_cannot_hide_a_switch(tm
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["config"]["trainer"]["precision"] == "fp32"
     with pytest.raises(EtfTrainError, match="trainer.precision: fp32 -> bf16"):
         train(make_cfg(*QUICK, "trainer.precision=bf16"), run)
+    # continued under other code (a fix pulled in between): allowed, and the record says so
+    monkeypatch.setattr(rundir, "code_version", lambda: "0.2.0+gnew")
     train(make_cfg(*QUICK, "trainer.precision=fp32"), run)  # what auto resolved to: the same run
     assert (run / "checkpoints" / "finished").exists()
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").code_version == f"{recorded} then 0.2.0+gnew"
+    train(make_cfg(*QUICK), run)  # the same code again: said once
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").code_version == f"{recorded} then 0.2.0+gnew"
 
 
 def test_a_finished_run_that_starts_over_is_no_longer_marked_finished(tmp_path, monkeypatch):

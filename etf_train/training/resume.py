@@ -74,8 +74,13 @@ class RunFolder:
         trains again (a finished run whose checkpoint is gone starts over) is no longer finished until it ends."""
         self.started = True
         if self.main:
-            if rundir.read_record(self.run_dir) is None:
+            saved = rundir.read_record(self.run_dir)
+            if saved is None:
                 rundir.write_record(self.run_dir, config, *(record or ()))
+            elif not str(saved.get("code_version", "")).endswith(now := str(config.get("code_version", ""))):
+                # continued under other code: the record says so, and etf-compare then counts it as its own version
+                saved["code_version"] = f"{saved.get('code_version', 'not recorded')} then {now}"
+                rundir.write_record(self.run_dir, saved)
             (self.run_dir / rundir.FAILED).unlink(missing_ok=True)
             (self.run_dir / rundir.FINISHED).unlink(missing_ok=True)
 
