@@ -15,6 +15,7 @@ before deciding anything.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -99,6 +100,7 @@ def write_record(run: Path, config: dict, overrides: list[str] | None = None, hy
             os.replace(tmp, path)
 
 
+@functools.cache  # one answer per process: a sweep's jobs would otherwise run git twice each
 def code_version() -> str:
     """etf-train's version, with the commit of a git checkout (`0.1.0+g1a2b3c4d5e`, `.dirty` when etf_train/ or
     configs/ have uncommitted changes): each record holds it, so that etf-compare can say when it pools runs made

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,10 +282,7 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
 
 def code_versions(groups: dict[str, list[Run]]) -> list[str]:
     """A message when the runs come from several versions of etf-train: a fix between them can move their numbers."""
-    by_version: dict[str, int] = {}
-    for run in (r for rs in groups.values() for r in rs):
-        version = config_text(run, "code_version")
-        by_version[version] = by_version.get(version, 0) + 1
+    by_version = Counter(config_text(run, "code_version") for rs in groups.values() for run in rs)
     if len(by_version) < 2:
         return []
     parts = ", ".join(f"{'not recorded' if v == '-' else v}: {n} run{'s' * (n != 1)}" for v, n in sorted(by_version.items()))
