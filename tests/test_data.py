@@ -931,6 +931,7 @@ def test_loader_option_auto_picks_the_path_and_device_refuses_image_files(tmp_pa
         assert "\n" not in str(info.value)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_path_on_cuda_matches_cpu(tmp_path, cifar_files_without_md5):
     b = build_data(**_mini_cifar(tmp_path))

@@ -118,6 +118,23 @@ def test_nearest_etf_backward_none_stops_gradient_through_p():
     assert not torch.allclose(grads["polar"], grads["none"])
 
 
+def test_nearest_etf_ddn_backward_trains_through_the_head_like_polar():
+    """Catches the ddn node saving the head's P buffer as prev, which the head overwrites before backward
+    ("modified by an inplace operation"): three steps through the head, gradients equal to the polar backward's."""
+    g = torch.Generator().manual_seed(3)
+    heads = {m: NearestETFHead(4, 16, backward=m).double() for m in ("polar", "ddn")}
+    for _ in range(3):
+        f = torch.randn(24, 16, generator=g, dtype=torch.float64)
+        y = torch.arange(24) % 4
+        grads = {}
+        for mode, head in heads.items():
+            x = f.clone().requires_grad_()
+            F.cross_entropy(head(x, y), y).backward()
+            grads[mode] = x.grad
+        assert torch.allclose(grads["ddn"], grads["polar"], rtol=1e-7, atol=1e-10)
+        assert torch.equal(heads["ddn"].P, heads["polar"].P)
+
+
 def test_eval_mode_uses_last_solution():
     head = NearestETFHead(4, 16)
     f, y = batch()

@@ -212,6 +212,7 @@ def test_dtype_is_preserved(dtype):
     assert (P.double() - nearest_etf(H, prev)).abs().max() < 3e-2
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("method", ["svd", "gram", "riemannian"])
 def test_cuda_matches_cpu(method):

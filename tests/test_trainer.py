@@ -53,6 +53,13 @@ def test_a_finished_run_is_not_trained_again_nor_extended(tmp_path):
     assert list(read_scalars(tmp_path)["train/loss"][0]) == [1, 2]
 
 
+def test_a_compiled_backbone_keeps_the_checkpoint_keys(tmp_path):
+    """trainer.compile compiles in place: the state dict has the same keys as without it (torch.compile's wrapper
+    saved `backbone._orig_mod.*`, so a resume across the option and etf-eval of a compiled run failed)."""
+    keys = {c: set(Run(make_cfg(*TINY, f"trainer.compile={c}"), tmp_path / str(c)).model.state_dict()) for c in (False, True)}
+    assert keys[True] == keys[False] and any(k.startswith("backbone.") for k in keys[True])
+
+
 def test_checkpoint_for_another_model_is_refused(tmp_path):
     """A checkpoint of another head, K or train-set size is refused in one line, before anything is written."""
     train(make_cfg(*TINY, "head=learned", "trainer.max_epochs=1"), tmp_path / "a")

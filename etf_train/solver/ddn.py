@@ -41,7 +41,7 @@ def ddn_vjp(G, H, prev, P, delta):
         for (i, j), l in zip(pairs, lam):
             Lam[i, j] += l
             Lam[j, i] += l  # the diagonal gets 2 lambda_ii: D^2 (p_i^T p_i) = 2 I
-        Hs = torch.kron(Id, (2.0 / (K - 1)) * M + delta * torch.eye(K, dtype=torch.float64) - Lam)
+        Hs = torch.kron(Id, (2.0 / (K - 1)) * M + delta * torch.eye(K, dtype=torch.float64, device=G.device) - Lam)
         r = torch.linalg.solve(Hs, g.reshape(-1))
         HinvAt = torch.linalg.solve(Hs, Ah.T)  # (m, p)
         t = HinvAt @ torch.linalg.solve(Ah @ HinvAt, Ah @ r)

@@ -58,8 +58,8 @@ class _NearestETFNode(torch.autograd.Function):
         if backward == "polar":
             U, S, Vh = factors if factors is not None else factors_from_solution(P, A)
             ctx.save_for_backward(U, S, Vh)
-        else:
-            ctx.save_for_backward(H, prev, P)
+        else:  # prev is a copy: a head writes the new P into the very buffer it passed as prev
+            ctx.save_for_backward(H, prev.clone(), P)
         ctx.delta, ctx.backward = delta, backward
         return P
 

@@ -88,8 +88,8 @@ class Run:
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if t.compile:
-            model.backbone = torch.compile(model.backbone)
+        if t.compile:  # in place: the state dict keeps its keys (no `_orig_mod.`), so checkpoints load either way
+            model.backbone.compile()
         self.model = model
         # DDP averages gradients; the nearest-ETF head all-reduces its class sums itself.
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
