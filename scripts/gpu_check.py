@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     deadline = started + args.budget_s
     work = args.work.resolve()
-    (work / "logs").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a scratch folder: nothing of an earlier check may pass for this one's
+    (work / "logs").mkdir(parents=True)
     args.out.mkdir(parents=True, exist_ok=True)
     decoder = start_decode(args, work) if "cifar" in args.steps else None
     results: dict[str, dict] = {}
