@@ -109,6 +109,7 @@ def _reference_point(dim: int, num_classes: int, basis: str, seed: int) -> torch
 SOLVER_OPTIONS = {
     "riemannian": {"max_iters": lambda k, v: opt.integer(k, v, 1), "max_inner": lambda k, v: opt.integer(k, v, 1),
                    "grad_tol": lambda k, v: opt.number(k, v, above=0)},
+    "newton": {"iters": lambda k, v: opt.integer(k, v, 1)},
 }
 
 
@@ -169,7 +170,7 @@ class NearestETFHead(Head):
     all tie) moves it only by its share n / n_max, mu_eval <- mu_eval + (n / n_max) (mu_G - mu_eval).
     y: hard labels (B,), or soft labels Y (B, K) (a mixed batch): the class sums and counts are label-weighted,
     Y^T h and 1^T Y, so a class mean is the Y-weighted mean of the features (one_hot(y) gives the same bits as y).
-    solver: {"method": svd | gram | riemannian, **options of the method} (configs/solver/).
+    solver: {"method": svd | gram | riemannian | newton, **options of the method} (configs/solver/).
     """
 
     def __init__(

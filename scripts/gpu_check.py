@@ -59,12 +59,14 @@ def tail(path: Path, lines: int = 15) -> list[str]:
 
 def write_outputs(out: Path, work: Path, results: dict, started: float) -> None:
     """summary.md, results.json and the tarball of the work folder (logs, run folders, comparison)."""
-    lines = ["# etf-train GPU check", "", f"wall time so far: {time.monotonic() - started:.0f} s", "",
+    dry = " (dry run: the CPU at toy sizes; its goals measure nothing)" if "--dry-run" in sys.argv else ""
+    lines = [f"# etf-train GPU check{dry}", "", f"wall time so far: {time.monotonic() - started:.0f} s", "",
              "| step | status | seconds (limit) |", "|---|---|---:|"]
     lines += [f"| {n} | {r['status']} | {r['seconds']} ({r['timeout_s']}) |" for n, r in results.items()]
     for name, r in results.items():
         lines += ["", f"## {name}", ""]
         lines += r.get("summary", [])
+        lines += [f"- goal {'met' if g['met'] else 'NOT met'}: {g['name']}: {g['detail']}" for g in r.get("goals", [])]
         bad = [c for c in r.get("checks", []) if not c["ok"]]
         lines += [f"- FAILED {c['name']}: {c['detail']}" for c in bad]
         if r["status"] != "ok":

@@ -32,7 +32,7 @@ def test_each_head_trains_on_cuda(tmp_path, head, precision):
 
 
 @pytest.mark.parametrize(("d", "K"), [(512, 10), (512, 100)])
-@pytest.mark.parametrize("method", ["svd", "gram"])
+@pytest.mark.parametrize("method", ["svd", "gram", "newton"])
 def test_head_in_float32_on_cuda_follows_float64_on_the_cpu(d, K, method):
     """Two training steps of the nearest-ETF head at training sizes: P and the features' gradient in float32 on the
     device against float64 on the CPU (catches a solver or backward that loses accuracy on cuSOLVER)."""
@@ -44,7 +44,7 @@ def test_head_in_float32_on_cuda_follows_float64_on_the_cpu(d, K, method):
         f = torch.randn(4 * K, d, generator=g, dtype=torch.float64)
         grads = {}
         for where, head in heads.items():
-            x = (f if where == "cpu" else f.float().cuda()).requires_grad_()
+            x = (f.clone() if where == "cpu" else f.float().cuda()).requires_grad_()
             F.cross_entropy(head(x, y.to(x.device)), y.to(x.device)).backward()
             grads[where] = x.grad.cpu().double()
         assert (heads["cuda"].P.cpu().double() - heads["cpu"].P).abs().max() < 1e-4

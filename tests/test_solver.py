@@ -393,3 +393,65 @@ def test_first_call_under_inference_mode_leaves_a_usable_cache():
     assert torch.allclose(P, P0, atol=1e-12)
     (g,) = torch.autograd.grad(procrustes_target(h, prev, 1e-3).sum(), h)  # saves the cached matrix for backward
     assert torch.isfinite(g).all()
+
+
+# --- solver=newton: the polar factor without a host synchronisation -------------------------------
+
+
+def _closed_form(H, prev, delta=1e-3):
+    """polar(A) of A = (2/sqrt(K-1)) H M + delta prev by numpy's SVD in float64, written out here."""
+    K = H.shape[-1]
+    M = np.eye(K) - np.ones((K, K)) / K
+    A = 2 / math.sqrt(K - 1) * H.double().numpy() @ M + delta * prev.double().numpy()
+    U, _, Vt = np.linalg.svd(A, full_matrices=False)
+    return torch.from_numpy(U @ Vt)
+
+
+@pytest.mark.parametrize(("d", "K"), [(64, 10), (512, 100)])
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_newton_reaches_the_closed_form_in_its_default_iterations(d, K, dtype, tol):
+    """Catches a wrong scaling or update (no convergence within the default count) and a float32 Gram matrix."""
+    H, prev = problem(d, K, seed=2)
+    P = nearest_etf(H.to(dtype), prev.to(dtype), method="newton", check=False)
+    assert P.dtype == dtype
+    assert (P.double() - _closed_form(H, prev)).abs().max() < tol
+
+
+def test_newton_gradients_equal_the_closed_form_polar_backward():
+    """Autograd through the iterations against the closed-form VJP (the svd route), into H and prev, batched."""
+    H, prev = problem(40, 6, batch=(3,), seed=4)
+    G = torch.randn(3, 40, 6, generator=torch.Generator().manual_seed(1), dtype=f64)
+    grads = {}
+    for method in ("svd", "newton"):
+        Hg, pg = H.clone().requires_grad_(), prev.clone().requires_grad_()
+        (nearest_etf(Hg, pg, method=method, check=False) * G).sum().backward()
+        grads[method] = (Hg.grad, pg.grad)
+    for new, ref in zip(grads["newton"], grads["svd"]):
+        assert (new - ref).abs().max() < 1e-10 * ref.abs().max()
+
+
+SYNCING_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::_linalg_svd",
+               "aten::_linalg_eigh", "aten::_linalg_check_errors", "aten::linalg_cholesky", "aten::cholesky_inverse")
+
+
+@pytest.mark.parametrize("method", ["svd", "newton"])
+def test_only_newton_is_free_of_operations_that_wait_for_the_host(method):
+    """The profiler's list of operations in forward + backward: the ones that read a value on the host on a GPU
+    (item, nonzero, the error-checking SVD, eigh and Cholesky) appear for svd, never for newton."""
+    H, prev = problem(32, 5)
+    Hg = H.clone().requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        nearest_etf(Hg, prev, method=method, check=False).sum().backward()
+    found = {e.name for e in prof.events()} & set(SYNCING_OPS)
+    assert bool(found) == (method == "svd"), found
+
+
+def test_newton_options_are_checked():
+    H, prev = problem(16, 4)
+    assert (nearest_etf(H, prev, method="newton", iters=2) - _closed_form(H, prev)).abs().max() > 1e-6  # too few
+    from etf_train import NearestETFHead
+
+    with pytest.raises(EtfTrainError, match="head.solver.iters"):
+        NearestETFHead(4, 16, solver={"method": "newton", "iters": 0})
+    with pytest.raises(EtfTrainError, match="head.solver.max_iters does not apply to solver=newton"):
+        NearestETFHead(4, 16, solver={"method": "newton", "max_iters": 3})

@@ -41,6 +41,15 @@ def test_riemannian_solver_logs_iterations(tmp_path):
     assert curves["solver/iters"][1][0] >= 1
 
 
+def test_newton_solver_trains_as_the_svd_solver_does(tmp_path):
+    """solver=newton through the config: the same losses as the closed form (svd) to float32 round-off."""
+    losses = {}
+    for solver in ("svd", "newton"):
+        train(make_cfg(*TINY, "head=nearest_etf", f"solver={solver}", "trainer.max_epochs=2"), tmp_path / solver)
+        losses[solver] = read_scalars(tmp_path / solver)["train/loss"][1]
+    assert losses["newton"] == pytest.approx(losses["svd"], rel=1e-4)
+
+
 def test_a_finished_run_is_not_trained_again_nor_extended(tmp_path):
     """Running a finished run's folder again trains nothing and returns its last scalars; more epochs is a new run."""
     first = train(make_cfg(*TINY, "trainer.max_epochs=2"), tmp_path)

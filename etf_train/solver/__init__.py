@@ -1,7 +1,9 @@
 """The nearest simplex ETF and its gradient: the node (node.py), the closed form and its backward (polar.py),
-a Riemannian solver (riemannian.py) and the dense declarative-node gradient used as a cross-check (ddn.py)."""
+a Riemannian solver (riemannian.py), a Newton polar iteration that never synchronises with the host (newton.py)
+and the dense declarative-node gradient used as a cross-check (ddn.py)."""
 
 from .ddn import ddn_vjp
+from .newton import polar_newton
 from .node import BACKWARDS, METHODS, autocast_off, nearest_etf
 from .polar import (
     centre,
@@ -27,6 +29,7 @@ __all__ = [
     "objective",
     "polar_factors",
     "polar_from_factors",
+    "polar_newton",
     "polar_vjp",
     "procrustes_target",
     "riemannian_trust_region",

@@ -9,9 +9,12 @@ orthogonal polar factor of A (orthogonal Procrustes). Three exact forward routes
 - ``gram``: the same P from the K x K Gram matrix A^T A = V S^2 V^T factorised in float64
   (cheaper than an SVD of the d x K matrix when d >> K, and GPU friendly);
 - ``riemannian``: a batched Riemannian trust-region solver on St(d, K) (truncated CG on the
-  exact Riemannian Hessian), the general tool should the objective gain terms without a closed form.
+  exact Riemannian Hessian), the general tool should the objective gain terms without a closed form;
+- ``newton``: the scaled Newton iteration for the polar factor, a fixed number of matrix products and Cholesky
+  factorisations (newton.py): the one route that never synchronises a GPU with the host.
 
-Three backward routes: ``polar`` (closed-form VJP of the polar factor, O(d K^2)), ``ddn`` (the generic
+Three backward routes: ``polar`` (closed-form VJP of the polar factor, O(d K^2); with ``newton``, autograd through
+its iterations, which needs no eigendecomposition and equals the closed form at convergence), ``ddn`` (the generic
 equality-constrained implicit differentiation of Gould et al., dense, slow, a cross-check) and
 ``none`` (P treated as a constant, the paper's ablation).
 """
@@ -32,9 +35,10 @@ from .polar import (
     polar_vjp,
     procrustes_target,
 )
+from .newton import polar_newton
 from .riemannian import SolveInfo, riemannian_trust_region
 
-METHODS = ("svd", "gram", "riemannian")
+METHODS = ("svd", "gram", "riemannian", "newton")
 BACKWARDS = ("polar", "ddn", "none")
 
 
@@ -45,6 +49,8 @@ def _solve(H, prev, delta, method, opts):
         init = opts.pop("init", None)
         P, info = riemannian_trust_region(A, prev if init is None else init.to(A), **opts)
         return P, A, None, info
+    if method == "newton":
+        return polar_newton(A, **opts), A, None, SolveInfo()
     U, S, Vh = polar_factors(A, method)
     return polar_from_factors(U, Vh), A, (U, S, Vh), SolveInfo()
 
@@ -136,7 +142,7 @@ def nearest_etf(
     H: (..., d, K) class means (centred here with M), prev: (..., d, K) previous solution on St(d, K)
     (on the first step, a fixed reference point such as ``canonical_stiefel``). Returns P: (..., d, K),
     in H's dtype and device; half precision inputs are solved in float32, autocast is disabled inside.
-    ``method``: svd | gram | riemannian (solver_opts: max_iters, grad_tol, max_inner, init);
+    ``method``: svd | gram | riemannian (solver_opts: max_iters, grad_tol, max_inner, init) | newton (iters);
     ``backward``: polar | ddn | none.  ``check`` validates prev and H (costs a host sync).
     With ``return_info`` returns (P, SolveInfo).
     """
@@ -151,6 +157,9 @@ def nearest_etf(
             with torch.no_grad():
                 P, _, _, info = _solve(Hw, pw, delta, method, dict(solver_opts))
             info_out.append(info)
+        elif method == "newton" and backward == "polar":  # autograd through the iterations: no eigh, no host sync
+            P = polar_newton(procrustes_target(Hw, pw, delta), **solver_opts)
+            info_out.append(SolveInfo())
         else:
             P = _NearestETFNode.apply(Hw, pw, (delta, method, backward, solver_opts, info_out))
     P = _cast(P, out_dtype)
