@@ -10,17 +10,15 @@ back-to-back calls after warm-up calls. Accuracy: P and dL/dH in float32 on the 
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_solver import Case, make_inputs  # noqa: E402
-from gpu_steps import Step, error_line  # noqa: E402
+from gpu_steps import Step  # noqa: E402
 
 from etf_train.solver import nearest_etf, procrustes_target  # noqa: E402
 
@@ -97,39 +95,37 @@ def accuracy(H, prev, G, method: str) -> tuple[float, float]:
 def solver(step: Step) -> None:
     rows = ["| (d, K) | contender | ms | calls | / bare svd (default) |", "|---|---|---:|---:|---:|"]
     acc_rows = ["| (d, K) | method | max abs err P (float32 vs float64) | rel. err dL/dH |", "|---|---|---:|---:|"]
+    tables = lambda: rows + [""] + acc_rows  # noqa: E731
     for d, K in DRY_SIZES if step.dry else SIZES:
         H, prev, G = make_inputs(Case(None, d, K), torch.device(step.device))
         A = procrustes_target(H, prev, DELTA).contiguous()
         base = None
         for name, fn in contenders(H, prev, G, A, step.device).items():
-            try:
+
+            def case(name=name, fn=fn):
+                nonlocal base
                 ms, n = time_ms(fn, step.device)
                 base = ms if base is None else base
                 rows.append(f"| ({d}, {K}) | {name} | {ms:.3f} | {n} | {ms / base:.2f} |")
                 step.data[f"({d}, {K}) {name}"] = ms
                 if K >= 100 and name.startswith("nearest_etf") and "riemannian" not in name:
                     step.goal(f"({d}, {K}) {name} <= 3x one bare svd", ms <= 3 * base, f"{ms / base:.2f}x")
-                ok, detail = True, f"{ms:.3f} ms"
-            except Exception as e:  # noqa: BLE001 - a driver refusing a size is a result
-                traceback.print_exc()
-                rows.append(f"| ({d}, {K}) | {name} | failed: {error_line(e)} | | |")
-                ok, detail = name.startswith("bare svd (") and "default" not in name, error_line(e)
-            step.summary = rows + [""] + acc_rows
-            step.check(f"({d}, {K}) {name}", ok, detail)
+                return True, f"{ms:.3f} ms"
+
+            if not step.attempt(f"({d}, {K}) {name}", case, tables):
+                rows.append(f"| ({d}, {K}) | {name} | failed: {step.checks[-1]['detail']} | | |")
         if d * K > DDN_MAX_DK:
             dk = d * K
             rows.append(f"| ({d}, {K}) | authors' layer analogue | not run: its dense system needs (dK)^2 x 8 B = "
                         f"{dk * dk * 8 / 1e9:,.0f} GB (the authors' K(K+1)/2 x K^2 constraint matrix: "
                         f"{K * (K + 1) / 2 * K * K * 4 / 1e9:,.1f} GB in float32) | | |")
-            step.summary = rows + [""] + acc_rows
         if K <= 100:
             for method in ("svd", "gram", "newton"):
-                try:
+
+                def case(method=method):
                     errP, errG = accuracy(H, prev, G, method)
                     acc_rows.append(f"| ({d}, {K}) | {method} | {errP:.2e} | {errG:.2e} |")
-                    ok, detail = errP < 1e-3 and errG < 1e-2, f"P {errP:.1e}, grad {errG:.1e}"
-                except Exception as e:  # noqa: BLE001
-                    traceback.print_exc()
-                    ok, detail = False, error_line(e)
-                step.summary = rows + [""] + acc_rows
-                step.check(f"({d}, {K}) {method} float32 vs float64", ok and not math.isnan(errP), detail)
+                    return errP < 1e-3 and errG < 1e-2, f"P {errP:.1e}, grad {errG:.1e}"
+
+                step.attempt(f"({d}, {K}) {method} float32 vs float64", case, tables)
+    step.summary = tables()

@@ -74,6 +74,17 @@ class Step:
         record = {"checks": self.checks, "goals": self.goals, "summary": self.summary, "data": self.data}
         (self.work / f"{self.name}.json").write_text(json.dumps(record, indent=1, default=str))
 
+    def attempt(self, name: str, case, rows) -> bool:
+        """Run one case, case() -> (ok, detail), as a check; an exception fails it with its last line. The summary
+        becomes `rows` (a list the case may extend, or a function giving the lines)."""
+        try:
+            ok, detail = case()
+        except Exception as e:  # noqa: BLE001 - every case is reported, whatever it raises
+            traceback.print_exc()
+            ok, detail = False, error_line(e)
+        self.summary = rows() if callable(rows) else rows
+        return self.check(name, ok, detail)
+
     def sync(self) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
@@ -126,8 +137,9 @@ def tests(step: Step) -> None:
     """The suite's CUDA tests; a dry run only collects them (they skip without CUDA)."""
     junit = step.dir / "junit.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={junit}", "tests"]
-    if step.dry:
-        cmd.insert(4, "--collect-only")
+    if step.dry:  # collecting tests/test_cuda.py is enough to show the command works; the whole suite takes 10 s
+        cmd[4:4] = ["--collect-only"]
+        cmd[-1] = "tests/test_cuda.py"
     proc = subprocess.run(cmd, capture_output=True, text=True)
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr.strip()[-200:]
@@ -169,39 +181,36 @@ def smoke(step: Step) -> None:
     rows = ["| case | result | seconds | last train/loss | solver ms |", "|---|---|---:|---:|---:|"]
     runs = {}
     for name, overrides in smoke_cases(step.dry):
-        run_dir = step.dir / name.replace(" ", "_")
-        start = time.perf_counter()
-        try:
+
+        def case(name=name, overrides=overrides):
+            run_dir = step.dir / name.replace(" ", "_")
+            start = time.perf_counter()
             train(config(*base, *overrides, n=n), run_dir)
             curves = rundir.read_scalars(run_dir)
             losses = [float(v) for v in curves["train/loss"][1]]
             solver = [float(v) for v in curves.get("solver/ms", ((), ()))[1]]
             precision = rundir.read_record(run_dir)["trainer"]["precision"]
-            want = next((o.split("=")[1] for o in overrides if o.startswith("trainer.precision=")), None)
-            ok = all(map(math.isfinite, losses)) and (not name.startswith("nearest") or (solver and all(s > 0 for s in solver)))
-            ok = ok and (want is None or precision == want)
-            detail = f"losses {losses}, solver/ms {solver}, precision {precision}"
+            want = next((o.split("=")[1] for o in overrides if o.startswith("trainer.precision=")), precision)
+            ok = all(map(math.isfinite, losses)) and precision == want
+            ok = ok and (not name.startswith("nearest") or bool(solver) and all(s > 0 for s in solver))
             runs[name] = run_dir
-        except Exception as e:  # noqa: BLE001 - every case is reported, whatever it raises
-            traceback.print_exc()
-            ok, detail, losses, solver = False, error_line(e), [math.nan], []
-        seconds = time.perf_counter() - start
-        rows.append(f"| {name} | {'ok' if ok else 'FAILED'} | {seconds:.1f} | {losses[-1]:.4g} | "
-                    f"{(sum(solver) / len(solver)) if solver else float('nan'):.3g} |")
-        step.summary = rows
-        step.check(name, ok, detail)
+            rows.append(f"| {name} | {'ok' if ok else 'FAILED'} | {time.perf_counter() - start:.1f} | {losses[-1]:.4g} | "
+                        f"{sum(solver) / len(solver) if solver else math.nan:.3g} |")
+            return ok, f"losses {losses}, solver/ms {solver}, precision {precision}"
+
+        step.attempt(name, case, rows)
     from etf_train.posthoc import main as etf_eval
 
     for name in ("nearest_etf svd bf16 device", "nearest_etf compile channels_last"):
         if name in runs:
-            try:
+
+            def case(name=name):
                 rc = etf_eval([str(runs[name]), "--device", step.device])
                 logged = float(rundir.read_scalars(runs[name])["test/acc"][1][-1])
                 again = json.loads((runs[name] / "eval.json").read_text())["test/acc"] if rc == 0 else math.nan
-                step.check(f"etf-eval --device {step.device}: {name}", rc == 0 and abs(again - logged) <= 0.5,
-                           f"exit {rc}, test/acc {again} vs logged {logged}")
-            except Exception as e:  # noqa: BLE001
-                step.check(f"etf-eval --device {step.device}: {name}", False, error_line(e))
+                return rc == 0 and abs(again - logged) <= 0.5, f"exit {rc}, test/acc {again} vs logged {logged}"
+
+            step.attempt(f"etf-eval --device {step.device}: {name}", case, rows)
 
 
 # -- syncs
@@ -241,7 +250,8 @@ def syncs(step: Step) -> None:
             "|---|---:|---|---:|---:|---|"]
     cases = [(h, [f"head={h}"]) for h in HEADS[:2]] + [(f"nearest_etf {s}", ["head=nearest_etf", f"solver={s}"]) for s in SOLVERS]
     for name, overrides in cases:
-        try:
+
+        def case(name=name, overrides=overrides):
             cfg = config("backbone=fast_cnn" if step.dry else "backbone=resnet18", *overrides, f"trainer.device={step.device}",
                          f"trainer.batch_size={batch}", "trainer.channels_last=true", n=batch * (steps + 25))
             run = Run(cfg, step.dir / name.replace(" ", "_"))
@@ -265,12 +275,9 @@ def syncs(step: Step) -> None:
                         f"{sum(epoch_sites.values())} over {len(run.train_loader)} steps | {top(epoch_sites)} |")
             step.data[name] = {"steps": steps, "sites": dict(sites), "profiler_20": prof, "epoch_sites": dict(epoch_sites)}
             step.goal(f"no host synchronisation in a training step: {name}", per_step == 0, f"{per_step:.2f} per step")
-            ok, detail = True, f"{per_step:.2f} per step"
-        except Exception as e:  # noqa: BLE001
-            traceback.print_exc()
-            ok, detail = False, error_line(e)
-        step.summary = rows
-        step.check(f"sync audit {name}", ok, detail)
+            return True, f"{per_step:.2f} per step"
+
+        step.attempt(f"sync audit {name}", case, rows)
 
 
 # -- step
@@ -287,7 +294,9 @@ def step_time(step: Step) -> None:
     for compiled in (False,) if step.dry else (False, True):
         learned = None
         for name, solver in heads if not compiled else [heads[0], heads[2], heads[4]]:
-            try:
+
+            def case(name=name, solver=solver, compiled=compiled):
+                nonlocal learned
                 cfg = config("backbone=fast_cnn" if step.dry else "backbone=resnet18", f"head={name.split()[0]}", *solver,
                              f"trainer.device={step.device}", f"trainer.batch_size={batch}", "trainer.precision=bf16",
                              "trainer.channels_last=true", f"trainer.compile={compiled}", n=batch * steps)
@@ -302,14 +311,11 @@ def step_time(step: Step) -> None:
                 rows.append(f"| {compiled} | {name} | {ms:.2f} | {batch * steps / best['time/epoch_s']:,.0f} | "
                             f"{best.get('solver/ms', math.nan):.3f} | {ratio:.3f} |")
                 step.data[f"{name} compile={compiled}"] = {"ms": ms, "ratio": ratio, "solver_ms": best.get("solver/ms")}
-                ok, detail = True, f"{ms:.2f} ms/step"
-            except Exception as e:  # noqa: BLE001
-                traceback.print_exc()
-                ok, detail = False, error_line(e)
-            step.summary = rows
-            step.check(f"train step {name} compile={compiled}", ok, detail)
-            if ok and name.startswith("nearest_etf"):
-                step.goal(f"{name} step <= 1.10x learned's, compile={compiled}", ratio <= 1.10, f"{ratio:.3f}x")
+                if name.startswith("nearest_etf"):
+                    step.goal(f"{name} step <= 1.10x learned's, compile={compiled}", ratio <= 1.10, f"{ratio:.3f}x")
+                return True, f"{ms:.2f} ms/step"
+
+            step.attempt(f"train step {name} compile={compiled}", case, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -239,7 +239,7 @@ def test_bad_inputs():
     with pytest.raises(EtfTrainError, match="non-finite"):
         nearest_etf(bad, prev)
     with pytest.raises(EtfTrainError, match="unknown method"):
-        nearest_etf(H, prev, method="newton")
+        nearest_etf(H, prev, method="lanczos")
     with pytest.raises(EtfTrainError, match="unknown backward"):
         nearest_etf(H, prev, backward="autograd")
     assert issubclass(EtfTrainError, ValueError)
