@@ -297,7 +297,8 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
 
 # Keys the record gains when a run starts (a folder's file list, the process count, AGD's depth as resolved for the
 # model): older records lack them, and the config a command composes does not have them yet, so unset is no change.
-BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth")
+BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth", "sizes.num_classes", "sizes.train_samples",
+         "sizes.test_samples", "sizes.feature_dim")
 
 # The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
 IDENTITY = ("name", "arch", "_target_")

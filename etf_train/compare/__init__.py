@@ -61,22 +61,29 @@ from ..errors import EtfTrainError
 from ..view import how_to_look
 from ..rundir import read_scalars
 from .plot import FORMATS, check_metrics, figure, spans_decades
-from .report import markdown, notes, table, write_csv
+from .answer import answer, threshold_words
+from .curves import curve_rows, curves, write_curves
+from .report import compact, markdown, notes, speedup_table, table, write_csv
+from .setting import readable, reproduce, setting
+from .speedup import Speedup, choose_baseline, crossings, describe_crossings, nc1_thresholds, speedup
 from .runs import (Run, check_datasets, code_versions, group_runs, late_starts, load_runs, pooled_settings, unlike_groups,
                    warn)
 from .stats import (
     ACC_TAGS,
     EVAL_ACC,
+    NC1,
     TEST_ACC,
     Spread,
     epoch_stats,
     first_epoch,
     summarize,
+    tag_label,
     thresholds,
 )
 
-__all__ = ["Run", "Spread", "epoch_stats", "figure", "first_epoch", "group_runs", "load_runs", "main", "read_scalars",
-           "spans_decades", "summarize", "thresholds"]
+__all__ = ["Run", "Speedup", "Spread", "choose_baseline", "crossings", "curves", "epoch_stats", "figure", "first_epoch",
+           "group_runs", "load_runs", "main", "nc1_thresholds", "read_scalars", "spans_decades", "speedup", "summarize",
+           "thresholds"]
 
 OTHER_METRICS = (TEST_ACC, "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h")  # after the --acc-tag panel
 
@@ -107,9 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         help="test/acc thresholds in percent; default: the --acc-thresholds values; give none to skip",
     )
     p.add_argument(
-        "--nc1-thresholds", nargs="*", type=float, default=[1.0, 0.1, 0.01], metavar="X",
-        help="NC1 thresholds; default: 1 0.1 0.01; give none to skip NC1",
+        "--nc1-thresholds", nargs="*", type=float, default=None, metavar="X",
+        help="NC1 thresholds; default: 1 0.1 0.01 and every further decade that every group's median reaches; "
+        "give none to skip NC1",
     )
+    p.add_argument("--baseline", default=None, metavar="GROUP",
+                   help="the group the speed-ups are against (its label, or a part of one label, e.g. learned_authors); "
+                   "default: the one learned-head group when there is exactly one")
     p.add_argument("--metrics", nargs="+", default=None, metavar="TAG",
                    help=f"scalar tags to plot; default: the --acc-tag, {' '.join(OTHER_METRICS)}")
     p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: png")
@@ -127,7 +138,7 @@ def _check_thresholds(acc: Sequence[float], test_acc: Sequence[float], nc1: Sequ
             if not 1.0 < t <= 100.0:
                 hint = f" (accuracies are in percent: {t * 100:g}?)" if 0 < t <= 1 else ""
                 raise EtfTrainError(f"{option} must lie in (1, 100], got {t:g}{hint}")
-    for t in nc1:
+    for t in nc1 or ():
         if not t > 0:
             raise EtfTrainError(f"--nc1-thresholds must be positive, got {t:g}")
     if dpi <= 0:
@@ -152,18 +163,46 @@ def compare(args: argparse.Namespace) -> str:
                 + code_versions(counted))
     for message in warnings:
         warn(message)
-    limits = thresholds(args.acc_tag, args.acc_thresholds, test_acc, args.nc1_thresholds)
-    summaries = [summarize(label, rs, limits, args.acc_tag, args.include_unfinished) for label, rs in groups.items()]
+    baseline = choose_baseline(counted, args.baseline)
+    nc1 = nc1_thresholds(counted) if args.nc1_thresholds is None else args.nc1_thresholds
+    limits = thresholds(args.acc_tag, args.acc_thresholds, test_acc, nc1)
+    summaries = {label: summarize(label, rs, limits, args.acc_tag, args.include_unfinished) for label, rs in groups.items()}
+    speed = {label: {t: speedup(s, summaries[baseline], t) for t in limits} for label, s in summaries.items()
+             if baseline is not None and label != baseline}
     check_metrics([r for rs in counted.values() for r in rs], metrics)
+    crossed = _crossings(counted, baseline, nc1)
+    all_counted = [r for rs in counted.values() for r in rs]
+    command = reproduce(all_counted)
+    intro = [*answer(summaries, baseline, limits, speed, crossed), "", f"Setting: {setting(all_counted)}.",
+             threshold_words(limits, args.nc1_thresholds is None)] + ([f"Reproduce: `{command}`"] if command else [])
     out = args.out if args.out is not None else args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(*table(summaries), [r for r in runs if not r.counted], args.include_unfinished,
-                    notes(args.acc_tag), warnings)
+    after = speedup_table(summaries, baseline, limits, speed) if baseline is not None else []
+    text = markdown(*table(list(summaries.values())), [r for r in runs if not r.counted], args.include_unfinished,
+                    notes(args.acc_tag), warnings, intro, after)
     (out / "comparison.md").write_text(text)
-    write_csv(out / "comparison.csv", summaries)
+    write_csv(out / "comparison.csv", list(summaries.values()))
+    write_curves(out / "curves.csv", curve_rows(drawn))
     fig_path = out / f"comparison.{args.format}"
     figure(drawn, metrics, {label: len(rs) for label, rs in groups.items()}, len(warnings)).savefig(fig_path, dpi=args.dpi)
-    return text + f"\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {fig_path}\n{how_to_look(args.folders)}\n"
+    terminal = [*intro, "", *compact(summaries, baseline, limits, speed)]
+    return ("\n".join(terminal) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'curves.csv'}, "
+            f"{fig_path}\n{how_to_look(args.folders)}\n")
+
+
+def _crossings(groups: dict[str, list[Run]], baseline: str | None, nc1: Sequence[float]) -> dict[str, str]:
+    """Per group, where its median NC1 curve and the baseline's change order after the first NC1 threshold."""
+    if baseline is None or not nc1:
+        return {}
+    base = (readable(baseline), epoch_stats(groups[baseline], NC1))
+    out = {}
+    for label, runs in groups.items():
+        if label != baseline:
+            mine = (readable(label), epoch_stats(runs, NC1))
+            sentence = describe_crossings(crossings(mine, base, max(nc1)), (mine[0], base[0]), tag_label(NC1))
+            if sentence:
+                out[label] = sentence
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .runs import Run
-from .stats import EVAL_ACC, TRAIN_ACC, GroupSummary, Spread, tag_label, tag_slug
+from .setting import readable
+from .speedup import Speedup
+from .stats import EVAL_ACC, NC1, TEST_ACC, TRAIN_ACC, GroupSummary, Spread, Threshold, tag_label, tag_slug
 
 
 def _runs_cell(s: GroupSummary) -> str:
@@ -48,14 +51,74 @@ def notes(acc_tag: str) -> list[str]:
     ]
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Sequence[Run] = (),
-             include_unfinished: bool = False, notes: Sequence[str] = (), warnings: Sequence[str] = ()) -> str:
-    """The table, the warnings (what the table cannot show: pooled or unlike settings; also on stderr, but the file
-    is what gets kept), its legend (the cell notation, then `notes`), and the runs that are not finished: counted up
-    to their last epoch with include_unfinished, or left out."""
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     cell = lambda c: c.replace("|", r"\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return ["| " + " | ".join(map(cell, header)) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(cell, row)) + " |" for row in rows)]
+
+
+def speedup_table(summaries: dict[str, GroupSummary], baseline: str, limits: Sequence[Threshold],
+                  speed: dict[str, dict[Threshold, Speedup]]) -> list[str]:
+    """Per group and threshold, the speed-up over the baseline, with how it was paired."""
+    header = ["group", "paired by seed"] + [t.header for t in limits]
+    rows = []
+    for label, s in summaries.items():
+        if label == baseline or not s.n_runs:
+            continue
+        first = speed[label][limits[0]] if limits else None
+        pairing = "-" if first is None else f"{first.of} seeds" if first.paired else "no: ratio of medians"
+        rows.append([label, pairing] + [speed[label][t].format() for t in limits])
+    return [f"Speed-up over `{baseline}`: its epochs / the group's epochs at each threshold (> 1: sooner), median "
+            "[min, max] over the seeds both ran and both got there with (etf-train starts every head of a seed from "
+            "the same backbone); groups without a seed in common: the ratio of median epochs, with the range of "
+            "min / max run pairs; `-`: no pair got there.", "", *md_table(header, rows)]
+
+
+def compact(summaries: dict[str, GroupSummary], baseline: str | None, limits: Sequence[Threshold],
+            speed: dict[str, dict[Threshold, Speedup]], width: int = 120) -> list[str]:
+    """The terminal's table: readable group, runs, a few threshold columns (median epoch, and the speed-up over the
+    baseline), the final test accuracy; columns are dropped from the end of the list until it fits `width`."""
+    def deepest(ts: list[Threshold]) -> list[Threshold]:  # the last threshold some group's median reaches
+        reached = [t for t in ts if any(math.isfinite(s.reached[t].median) for s in summaries.values() if s.n_runs)]
+        return reached[-1:] or ts[:1]
+
+    nc1 = [t for t in limits if t.tag == NC1]
+    train = [t for t in limits if t.tag not in (NC1, TEST_ACC)]
+    test = [t for t in limits if t.tag == TEST_ACC]
+    chosen = list(dict.fromkeys(nc1[:1] + deepest(nc1) + deepest(train) + deepest(test) + nc1[len(nc1) // 2:][:1]))
+    order = [t for t in limits if t in chosen]
+
+    def cell(label: str, t: Threshold) -> str:
+        epoch = summaries[label].reached[t]
+        text = "-" if not epoch.values else "never" if math.isinf(epoch.median) else f"{epoch.median:g}"
+        ratio = speed.get(label, {}).get(t)
+        return text + (f" ({ratio.median:.2f}x)" if ratio is not None and ratio.n else "")
+
+    labels = [label for label, s in summaries.items() if s.n_runs]
+    for n_cols in range(len(order), -1, -1):
+        cols = [t for t in order if t in chosen[:n_cols]]
+        header = ["group", "runs"] + [t.header.replace("(measured during training)", "(training)") for t in cols] \
+            + ["final test/acc %"]
+        rows = [[readable(label)[:40], _runs_cell(summaries[label])] + [cell(label, t) for t in cols]
+                + [summaries[label].finals[TEST_ACC].format(".2f").split(" [")[0]] for label in labels]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        if sum(widths) + 2 * (len(widths) - 1) <= width or n_cols == 0:
+            break
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    note = "median epoch; (x): speed-up over the baseline" if baseline else "median epoch"
+    return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows), f"({note}; full table in comparison.md)"]
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Sequence[Run] = (),
+             include_unfinished: bool = False, notes: Sequence[str] = (), warnings: Sequence[str] = (),
+             intro: Sequence[str] = (), after: Sequence[str] = ()) -> str:
+    """`intro` (the answer and the setting), the table, `after` it (the speed-ups), the warnings (what the table
+    cannot show: pooled or unlike settings; also on stderr, but the file is what gets kept), its legend (the cell
+    notation, then `notes`), and the runs that are not finished: counted up to their last epoch with
+    include_unfinished, or left out."""
+    lines = [*intro, *([""] if intro else []), *md_table(header, rows)]
+    if after:
+        lines += ["", *after]
     if warnings:
         lines += ["", "**Warnings** (read the table with them):", *(f"- {w}" for w in warnings)]
     counted = "all runs that logged an epoch, unfinished ones too" if include_unfinished else "its finished runs"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from ..errors import EtfTrainError
 from ..rundir import Curve
@@ -110,6 +111,7 @@ class GroupSummary:
     reached: dict[Threshold, Spread]  # epochs to each threshold
     finals: dict[str, Spread]  # tag -> its value at each run's last logged epoch
     solver_ms: Spread  # each run's mean solver/ms after its first (warm-up) epoch; no values: no solver
+    seeds: tuple = ()  # each run's seed (None where the record has none), in the order of the spreads' values
 
 
 def first_epoch(curve: Curve, threshold: float, above: bool) -> float:
@@ -171,4 +173,5 @@ def summarize(label: str, group: Sequence[Run], limits: Sequence[Threshold], acc
         reached={t: Spread(tuple(first_epoch(r.scalars[t.tag], t.value, t.above) for r in runs)) for t in limits},
         finals={tag: Spread(tuple(float(r.scalars[tag][1][-1]) for r in runs)) for tag in (acc_tag, TEST_ACC)},
         solver_ms=Spread(tuple(solver_ms(r.scalars[SOLVER_MS]) for r in with_solver)),
+        seeds=tuple(OmegaConf.select(r.config, "seed", default=None) for r in runs),
     )

@@ -86,6 +86,8 @@ class Run:
         self.K = self.bundle.num_classes
         warn_small_leftover(cfg, len(self.bundle.train), self.K)
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)
+        self.config["sizes"] = {"num_classes": self.K, "train_samples": len(self.bundle.train),  # for etf-compare's header
+                                "test_samples": len(self.bundle.test), "feature_dim": model.head.dim}
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if t.compile:  # in place: the state dict keeps its keys (no `_orig_mod.`), so checkpoints load either way

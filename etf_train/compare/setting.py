@@ -1,0 +1,113 @@
+"""What was compared, in words: the setting the runs share (for the report's header and the figure's title), the
+command that reproduces them, and group labels a reader can read."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+import yaml
+
+from .. import rundir
+from .runs import Run, config_text
+
+# how the labels' optimiser names and option keys read
+OPTIMIZERS = {"sgd": "SGD", "agd": "AGD", "adamw": "AdamW", "adam": "Adam"}
+OPTION_WORDS = {"effective_depth": "depth", "depth": "depth", "lr": "lr", "gain": "gain", "tau": "tau"}
+DATASETS = {"ufm": "UFM"}
+
+
+def readable(label: str) -> str:
+    """`head=nearest_etf, optimizer=agd, optimizer.effective_depth=2` -> `nearest_etf, AGD, depth 2`;
+    `head=learned, head.tau=20` -> `learned, tau 20`; other keys as `key value`."""
+    parts = []
+    for pair in label.split(", "):
+        key, _, value = pair.partition("=")
+        if key == "head":
+            parts.append(value)
+        elif key == "optimizer":
+            parts.append(OPTIMIZERS.get(value, value))
+        elif key.startswith(("head.", "optimizer.")):
+            option = key.split(".", 1)[1]
+            parts.append(f"{OPTION_WORDS.get(option, option)} {value}")
+        else:
+            parts.append(f"{key} {value}")
+    return ", ".join(parts)
+
+
+def _values(runs: Sequence[Run], key: str) -> list[str]:
+    """The distinct values of a config key over the runs, in order of first appearance (`-` for a missing key)."""
+    return list(dict.fromkeys(config_text(r, key) for r in runs))
+
+
+def _one(runs: Sequence[Run], key: str) -> str:
+    """The runs' value of a key, or `a / b` where they differ (the group labels then say which is which)."""
+    return " / ".join(_values(runs, key))
+
+
+def _seeds(runs: Sequence[Run]) -> str:
+    seeds = sorted({int(s) for s in _values(runs, "seed") if s.lstrip("-").isdigit()})
+    if not seeds:
+        return "seed not recorded"
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
+def _optimiser(runs: Sequence[Run]) -> str:
+    names = [OPTIMIZERS.get(v.rsplit(".", 1)[-1].lower(), v.rsplit(".", 1)[-1]) for v in _values(runs, "optimizer._target_")]
+    parts = []
+    for key, word in (("optimizer.lr", "lr"), ("optimizer.gain", "gain"), ("optimizer.effective_depth", "depth")):
+        if any(v != "-" for v in _values(runs, key)):
+            parts.append(f"{word} {_one(runs, key)}")
+    return " / ".join(names) + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _schedule(runs: Sequence[Run]) -> str:
+    names = [v.rsplit(".", 1)[-1] if v != "-" else "none" for v in _values(runs, "scheduler._target_")]
+    return "schedule " + " / ".join(dict.fromkeys(n.replace("AnnealingLR", "").replace("LR", "").lower() for n in names))
+
+
+def setting(runs: Sequence[Run]) -> str:
+    """One line: `UFM (ufm), K=10, 1,000 train samples · backbone ufm, d=512 · loss ce · AGD (gain 10, depth 2) ·
+    schedule none · 200 epochs, batch 256 · seeds 1-3 · etf-train 0.1.0+g1234abc`; `a / b` where runs differ."""
+    dataset = _one(runs, "dataset.name")
+    sizes = [f"K={_one(runs, 'sizes.num_classes')}"] if _values(runs, "sizes.num_classes") != ["-"] else []
+    if _values(runs, "sizes.train_samples") != ["-"]:
+        sizes.append(f"{' / '.join(f'{int(v):,}' if v.isdigit() else v for v in _values(runs, 'sizes.train_samples'))} "
+                     "train samples")
+    backbone = f"backbone {_one(runs, 'backbone.arch')}"
+    if _values(runs, "sizes.feature_dim") != ["-"]:
+        backbone += f", d={_one(runs, 'sizes.feature_dim')}"
+    epochs = f"{_one(runs, 'trainer.max_epochs')} epochs" if _values(runs, "trainer.max_epochs") != ["-"] else \
+        f"{'/'.join(map(str, sorted({r.epochs for r in runs})))} epochs"
+    if _values(runs, "trainer.batch_size") != ["-"]:
+        epochs += f", batch {_one(runs, 'trainer.batch_size')}"
+    return " · ".join([
+        ", ".join([DATASETS.get(dataset, dataset)] + sizes), backbone, f"loss {_one(runs, 'loss.name')}",
+        _optimiser(runs), _schedule(runs), epochs, _seeds(runs),
+        "etf-train version not recorded" if _values(runs, "code_version") == ["-"] else f"etf-train {_one(runs, 'code_version')}",
+    ])
+
+
+def reproduce(runs: Sequence[Run]) -> str | None:
+    """`etf-train -m head=learned,nearest_etf seed=1,2,3 experiment=ufm10_authors`: every run's command-line
+    overrides (.hydra/overrides.yaml), each key with the values the runs took; None when no run recorded them."""
+    values: dict[str, list[str]] = {}
+    found = False
+    for run in runs:
+        try:
+            overrides = yaml.safe_load((run.path / rundir.OVERRIDES).read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        found = True
+        for item in overrides or []:
+            key, _, value = str(item).partition("=")
+            if not key.lstrip("+~").startswith("hydra."):
+                values.setdefault(key, [])
+                if value not in values[key]:
+                    values[key].append(value)
+    if not found:
+        return None
+    tokens = [shlex.quote(f"{key}={','.join(v)}") for key, v in values.items()]
+    return " ".join(["etf-train", "-m", *tokens])
