@@ -304,11 +304,15 @@ BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth", "siz
 IDENTITY = ("name", "arch", "_target_")
 
 
+# Options added after runs were recorded without them: a record lacking one ran with this value.
+ADDED = {"dataset.flip": True}
+
+
 def changed_settings(saved: dict, now: dict) -> list[str]:
     """`key: old -> new` for every key that differs and could change the results, on resume or between two compared
     runs. A changed choice of a group (e.g. head.name) stands for the options only one of the two choices has; the
     options both have (head.tau, dataset.label_noise) are listed when they differ."""
-    a, b = flatten(saved), flatten(now)
+    a, b = ({**ADDED, **flatten(config)} for config in (saved, now))
     missing = "(unset)"
     neutral = neutral_keys(saved, now)
     changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)

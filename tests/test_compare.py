@@ -201,7 +201,7 @@ def test_train_acc_only_when_asked_and_labelled(groups, sweep, tmp_path, capsys)
     assert cells(s["learned"], "train/acc") == ["4 [3, 5]", "7 [6, 8]", "11 [10, never]"]
     assert s["learned"].finals["train/acc"].format(".2f") == "99.10 [96.00, 99.20]"
     assert all("train/acc" not in t.tag for t in summaries(groups)["learned"].reached)
-    assert figure(groups, ["train/acc"]).axes[0].get_title() == "train/acc (measured during training)"
+    assert figure(groups, ["train/acc"]).axes[0].get_title() == "train accuracy (during training)"
 
     assert main([str(sweep), "--out", str(tmp_path), "--acc-tag", "train/acc", "--metrics", "train/acc"]) == 0
     capsys.readouterr()
@@ -320,17 +320,19 @@ def test_figure_title_labels_legend_styles_markers(groups):
     """Catches an untitled figure, unlabelled axes, bare legend labels, colour-only styles, unmarked sparse points."""
     metrics = ["train/eval_acc", "test/acc", "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h", "solver/ms"]
     fig = figure(groups, metrics)
-    assert fig._suptitle.get_text() == ("cifar10 · resnet18 · sgd · 10-12 epochs · n = 3 per group · "
+    assert fig._suptitle.get_text() == ("cifar10 · backbone resnet18 · SGD · 10/12 epochs · 3 seeds per group · "
                                         "line = median, band = min-max over seeds")
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in axes] == [m if m != "nc/nc1" else "NC1" for m in metrics]
+    assert [ax.get_title() for ax in axes] == [
+        "train accuracy (eval mode)", "test accuracy", "train loss", "NC1: within-class variability",
+        "NC3: classifier vs class means", "class-mean norms (std / mean)", "ETF solve time"]
     assert [ax.get_ylabel() for ax in axes] == [
         "accuracy (%)", "accuracy (%)", "cross-entropy", "tr(S_W S_B⁺) / K", "distance of W to the class means",
         "std / mean of the class-mean norms", "ms per step"]
     assert [ax.get_yscale() for ax in axes[:5]] == ["linear", "linear", "linear", "log", "log"]  # loss: 1.1 decades
     (legend,) = fig.legends
-    assert [t.get_text() for t in legend.get_texts()] == ["head=fixed_etf (n=3)", "head=learned (n=3)",
-                                                          "head=nearest_etf (n=3)"]
+    assert [t.get_text() for t in legend.get_texts()] == ["fixed_etf (n=3)", "learned (n=3)", "nearest_etf (n=3)"]
+    assert [h.get_marker() for h in legend.legend_handles] == ["o", "s", "^"]  # each group has sparse curves (NC)
     lines = axes[0].get_lines()
     assert len({(ln.get_color(), str(ln.get_linestyle())) for ln in lines}) == 3
     assert {ln.get_color() for ln in lines} <= set(COLORS)
@@ -352,8 +354,7 @@ def test_figure_title_says_mixed_loss_name_and_marks_sparse_tails():
                              for p in ("b", "c")],
     }
     fig = figure(runs, ["train/loss", "nc/nc1"])
-    assert fig._suptitle.get_text().startswith(
-        "ufm · ufm · mixed optimizer (agd, sgd) · 3 epochs · n = 1-2 per group")
+    assert fig._suptitle.get_text().startswith("UFM · backbone ufm · SGD / AGD · 3 epochs · 1-2 seeds per group")
     assert fig.axes[0].get_ylabel() == "mse loss"
     assert [ln.get_marker() for ln in fig.axes[0].get_lines()] == ["None", "None"]
     assert [ln.get_marker() for ln in fig.axes[1].get_lines()] == ["o", "s"]
@@ -673,7 +674,7 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys, m
     monkeypatch.setattr(compare, "figure", lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
     assert main([str(tmp_path), "--metrics", "train/acc", "--out", str(tmp_path / "a")]) == 0
     (legend,) = drawn[-1].legends
-    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=2 of 3)", "head=nearest_etf (n=0 of 1, not drawn)"]
+    assert [t.get_text() for t in legend.get_texts()] == ["learned (n=2 of 3)", "nearest_etf (n=0 of 1, not drawn)"]
     md = (tmp_path / "a" / "comparison.md").read_text()
     rows = {r["group"]: r for r in csv.DictReader((tmp_path / "a" / "comparison.csv").open())}
     learned, nearest = rows["head=learned"], rows["head=nearest_etf"]
@@ -696,8 +697,7 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys, m
         "Not counted (no epoch logged):")
     assert str(killed) in counted and str(failed) not in counted and str(failed) in left_out
     (legend,) = drawn[-1].legends  # the figure says so too
-    assert [t.get_text() for t in legend.get_texts()] == ["head=learned (n=3, 1 unfinished)",
-                                                          "head=nearest_etf (n=0 of 1, not drawn)"]
+    assert [t.get_text() for t in legend.get_texts()] == ["learned (n=3, 1 unfinished)", "nearest_etf (n=0 of 1, not drawn)"]
 
 
 def test_grouping_by_one_key_still_names_the_other_keys_of_its_section(tmp_path, capsys):

@@ -156,3 +156,16 @@ def test_setting_and_reproduce_name_what_ran(tmp_path):
     assert reproduce(runs) == "etf-train -m experiment=ufm10_authors head=learned,nearest_etf seed=1,2,3"
     assert readable("head=nearest_etf, optimizer=agd, optimizer.effective_depth=2") == "nearest_etf, AGD, depth 2"
     assert readable("head=learned, head.tau=20, loss.name=mse") == "learned, tau 20, loss.name mse"
+
+
+def test_figure_marks_nc1_thresholds_and_draws_each_seed_when_asked(groups):  # noqa: F811
+    from etf_train.compare import figure
+
+    fig = figure(groups, ["test/acc", "nc/nc1"], nc1_lines=[1.0, 0.1, 0.01], per_seed=True)
+    acc, nc1 = fig.axes[:2]
+    dotted = sorted(ln.get_ydata()[0] for ln in nc1.get_lines() if ln.get_linestyle() == ":" and ln.get_color() == "0.5")
+    assert dotted == [0.01, 0.1, 1.0]
+    assert len(acc.get_lines()) == 3 + 9  # a median per group and a thin line per run
+    lowest = min(min(r.scalars["test/acc"][1]) for rs in groups.values() for r in rs)
+    assert acc.get_ylim()[0] > 0 and acc.get_ylim()[0] <= lowest  # the medians' range, not 0-100
+    assert len(figure(groups, ["test/acc"]).axes[0].get_lines()) == 3

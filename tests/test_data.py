@@ -846,7 +846,7 @@ def _one_image_folder(root: Path, pixels: np.ndarray, per_class: dict[str, int])
                 Image.fromarray(pixels).save(root / split / name / f"{i:02d}.png")
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "mnist", "image_folder"])
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist", "image_folder", "image_folder flip=false"])
 def test_both_paths_augment_with_the_same_statistics(dataset, tmp_path, cifar_files_without_md5):
     # one fixed image repeated over the train split: every augmented draw is one of its crops, so the offsets show
     rng = np.random.default_rng(8)
@@ -854,12 +854,13 @@ def test_both_paths_augment_with_the_same_statistics(dataset, tmp_path, cifar_fi
         pixels = write_cifar(tmp_path, 10, per_file=10, rng=rng, same=True)[0][0]  # (32, 32, 3)
         b = build_data("cifar10", root=str(tmp_path), download=False)
         p, flips, stats = 4, True, (CIFAR10_MEAN, CIFAR10_STD)
-    elif dataset == "image_folder":  # device path: the decoded cache; DataLoader path: the PNG files
+    elif dataset.startswith("image_folder"):  # device path: the decoded cache; DataLoader path: the PNG files
         pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
         _one_image_folder(tmp_path, pixels, {"train": 25, "test": 1})
-        b = build_data("image_folder", root=str(tmp_path), image_size=32)
+        flips = not dataset.endswith("flip=false")  # dataset.flip=false: the crop stays, the mirror goes (digits)
+        b = build_data("image_folder", root=str(tmp_path), image_size=32, flip=flips)
         assert b.train_x is not None
-        p, flips, stats = 4, True, (IMAGENET_MEAN, IMAGENET_STD)
+        p, stats = 4, (IMAGENET_MEAN, IMAGENET_STD)
     else:
         one = rng.integers(0, 256, size=(1, 28, 28), dtype=np.uint8)
         write_mnist(tmp_path / "MNIST", one.repeat(50, 0), one.repeat(10, 0))

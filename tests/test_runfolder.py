@@ -342,3 +342,22 @@ def test_a_run_on_an_image_folder_resumes_only_on_the_files_it_trained_on(tmp_pa
     train(cfg, run)
     assert (run / "checkpoints" / "finished").exists()
     assert evaluate_run(run)[0]["test/acc"] >= 0
+
+
+def test_keys_a_record_gained_later_never_refuse_an_older_run():
+    """A record from before `dataset.flip` ran with the flip (so only flip=false differs), and one from before
+    `sizes` (K, sample counts, d: what etf-compare's header reads) has no sizes to differ in; sizes that differ do."""
+    old = {"dataset": {"name": "cifar10"}, "seed": 1}
+    changed = rundir.changed_settings
+    assert changed(old, {"dataset": {"name": "cifar10", "flip": True}, "seed": 1}) == []
+    assert changed(old, {"dataset": {"name": "cifar10", "flip": False}, "seed": 1}) == ["dataset.flip: True -> False"]
+    sized = {**old, "sizes": {"num_classes": 10, "train_samples": 500}}
+    assert changed(old, sized) == []
+    assert changed(sized, {**old, "sizes": {"num_classes": 10, "train_samples": 400}}) == [
+        "sizes.train_samples: 500 -> 400"]
+
+
+def test_the_record_names_the_sizes_a_report_needs(tmp_path, cfg_factory):
+    """K, train and test sample counts and the feature dimension, as TINY sets them (4 classes x 24 + 8, d = 16)."""
+    train(cfg_factory(*TINY, "trainer.max_epochs=1", "dataset.limit_train=40"), tmp_path)
+    assert rundir.read_record(tmp_path)["sizes"] == {"num_classes": 4, "train_samples": 40, "test_samples": 32, "feature_dim": 16}

@@ -123,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
                    "default: the one learned-head group when there is exactly one")
     p.add_argument("--metrics", nargs="+", default=None, metavar="TAG",
                    help=f"scalar tags to plot; default: the --acc-tag, {' '.join(OTHER_METRICS)}")
+    p.add_argument("--per-seed", action="store_true", help="draw each run as a thin line beside its group's median")
     p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: png")
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (png); default: 150")
     p.add_argument("--out", type=Path, default=None, help="output folder; default: the first folder given")
@@ -184,7 +185,8 @@ def compare(args: argparse.Namespace) -> str:
     write_csv(out / "comparison.csv", list(summaries.values()))
     write_curves(out / "curves.csv", curve_rows(drawn))
     fig_path = out / f"comparison.{args.format}"
-    figure(drawn, metrics, {label: len(rs) for label, rs in groups.items()}, len(warnings)).savefig(fig_path, dpi=args.dpi)
+    figure(drawn, metrics, {label: len(rs) for label, rs in groups.items()}, len(warnings), nc1,
+           args.per_seed).savefig(fig_path, dpi=args.dpi)
     terminal = [*intro, "", *compact(summaries, baseline, limits, speed)]
     return ("\n".join(terminal) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'curves.csv'}, "
             f"{fig_path}\n{how_to_look(args.folders)}\n")

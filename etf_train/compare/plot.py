@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import EtfTrainError
 from .runs import Run, config_text
-from .stats import epoch_stats, tag_label
+from .setting import headline, readable
+from .stats import NC1, epoch_stats, tag_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -49,6 +50,26 @@ YLABELS = {
 }
 
 
+# Panel titles a reader understands (any other tag is its own title).
+TITLES = {
+    "train/eval_acc": "train accuracy (eval mode)",
+    "train/acc": "train accuracy (during training)",
+    "test/acc": "test accuracy",
+    "train/loss": "train loss",
+    "test/loss": "test loss (cross-entropy)",
+    "nc/nc1": "NC1: within-class variability",
+    "nc/nc2_w": "NC2: classifier's distance from an ETF",
+    "nc/nc2_h": "NC2: class means' distance from an ETF",
+    "nc/nc3": "NC3: classifier vs class means",
+    "nc/nc4": "NC4: disagreement with nearest class mean",
+    "nc/equinorm_w": "classifier row norms (std / mean)",
+    "nc/equinorm_h": "class-mean norms (std / mean)",
+    "nc/equiangular_w": "classifier angles off the ETF's",
+    "nc/equiangular_h": "class-mean angles off the ETF's",
+    "solver/ms": "ETF solve time",
+}
+
+
 class Style(NamedTuple):
     color: str
     linestyle: str | tuple
@@ -73,30 +94,9 @@ def spans_decades(values: np.ndarray, decades: float = LOG_SCALE_DECADES) -> boo
     return v.size > 0 and bool(np.all(v > 0)) and math.log10(v.max() / v.min()) > decades
 
 
-def _one_or_mixed(what: str, values: Sequence[str]) -> str:
-    """`sgd`, or `mixed optimizer (agd, sgd)` when the runs differ."""
-    distinct = sorted(set(values))
-    return distinct[0] if len(distinct) == 1 else f"mixed {what} ({', '.join(distinct)})"
-
-
-def _span(values: Sequence[int]) -> str:
-    """`12`, or `10-12` when the runs differ."""
-    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
-
-
 def title(groups: dict[str, list[Run]]) -> str:
-    """What the runs share (or `mixed ...`): dataset, backbone, optimiser, epochs, runs per group, and the band."""
-    runs = [r for rs in groups.values() for r in rs]
-    # torch.optim.SGD -> sgd, etf_train.training.agd.AGD -> agd
-    optimizer = [config_text(r, "optimizer._target_").rsplit(".", 1)[-1].lower() for r in runs]
-    return " · ".join([
-        _one_or_mixed("dataset", [config_text(r, "dataset.name") for r in runs]),
-        _one_or_mixed("backbone", [config_text(r, "backbone.arch") for r in runs]),
-        _one_or_mixed("optimizer", optimizer),
-        f"{_span([r.epochs for r in runs])} epochs",
-        f"n = {_span([len(rs) for rs in groups.values()])} per group",
-        "line = median, band = min-max over seeds",
-    ])
+    """What the runs share (setting.headline: dataset, K, d, backbone, optimiser, epochs, seeds), and the band."""
+    return f"{headline(groups)} · line = median, band = min-max over seeds"
 
 
 def is_accuracy(tag: str) -> bool:
@@ -118,24 +118,39 @@ def _loss_name(runs: Sequence[Run]) -> str:
     return " / ".join(dict.fromkeys(LOSS_NAMES.get(n, f"{n} loss") for n in names))
 
 
-def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str) -> None:
+def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str, lines_at: Sequence[float],
+           per_seed: bool, marked: set[int]) -> None:
+    """One metric: per group the median and min-max band (and each run thinly with per_seed); dotted horizontal
+    lines at `lines_at` (the NC1 thresholds of the table); the groups whose curves carry markers go into `marked`."""
     from matplotlib.ticker import MaxNLocator
 
-    seen = []
+    seen, medians = [], []
     for i, runs in enumerate(groups.values()):
         st = epoch_stats(runs, tag)
         if st.epochs.size == 0:
             continue  # e.g. solver/ms for a head without a solver
         s = style(i)
         # logged at fewer epochs than trained (every few epochs, and the last), or one point, which a line cannot show
-        marked = st.epochs.size < max(r.epochs for r in runs) or st.epochs.size == 1
-        ax.plot(st.epochs, st.median, color=s.color, linestyle=s.linestyle, marker=s.marker if marked else "None",
+        sparse = st.epochs.size < max(r.epochs for r in runs) or st.epochs.size == 1
+        marked.update([i] if sparse else [])
+        ax.plot(st.epochs, st.median, color=s.color, linestyle=s.linestyle, marker=s.marker if sparse else "None",
                 markersize=4, lw=1.5)
         ax.fill_between(st.epochs, st.min, st.max, color=s.color, alpha=0.15, lw=0)
+        if per_seed:
+            for run in runs:
+                if tag in run.scalars:
+                    ax.plot(*run.scalars[tag], color=s.color, lw=0.5, alpha=0.45)
         seen += [st.min, st.max]
+        medians.append(st.median)
     if not is_accuracy(tag) and seen and spans_decades(np.concatenate(seen)):  # accuracies (%) stay linear
         ax.set_yscale("log")
-    ax.set_title(tag_label(tag))
+    for value in lines_at:
+        ax.axhline(value, color="0.5", lw=0.7, ls=":", zorder=0)
+    if is_accuracy(tag) and medians:  # the range the medians span, not 0-100 % (UFM's curves sit at 100 %)
+        lo, hi = float(np.nanmin(np.concatenate(medians))), float(np.nanmax(np.concatenate(seen)))
+        pad = max(0.5, 0.05 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(100.0, hi) + pad)
+    ax.set_title(TITLES.get(tag, tag_label(tag)))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel(tag, loss))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -143,11 +158,12 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str) -> None:
 
 
 def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[str, int] | None = None,
-           warnings: int = 0) -> Figure:
+           warnings: int = 0, nc1_lines: Sequence[float] = (), per_seed: bool = False) -> Figure:
     """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
-    `<group> (n=<runs>)` below the panels: `n=3, 1 unfinished` when unfinished runs are drawn, `n=2 of 5` when
-    `totals` (runs per group, drawn or not) says some were left out, `n=0 of 2, not drawn` for a group with none;
-    with warnings, the title points to them."""
+    `<group> (n=<runs>)` below the panels, groups named readably: `n=3, 1 unfinished` when unfinished runs are
+    drawn, `n=2 of 5` when `totals` (runs per group, drawn or not) says some were left out, `n=0 of 2, not drawn`
+    for a group with none; with warnings, the title points to them. nc1_lines: thresholds marked on the NC1 panel;
+    per_seed: each run as a thin line too. Legend entries carry a marker only where that group's curves do."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -158,16 +174,17 @@ def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[st
     FigureCanvasAgg(fig)  # Agg explicitly, no pyplot global state
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     loss = _loss_name([r for rs in groups.values() for r in rs])
+    marked: set[int] = set()
     for ax, tag in zip(axes, metrics):
-        _panel(ax, tag, groups, loss)
+        _panel(ax, tag, groups, loss, nc1_lines if tag == NC1 else (), per_seed, marked)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker, markersize=4, lw=1.5)
-               for s in map(style, range(len(groups)))]
+    handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker if i in marked else "None",
+                      markersize=4, lw=1.5) for i, s in enumerate(map(style, range(len(groups))))]
     def label(name: str, runs: Sequence[Run]) -> str:
         total = (totals or {}).get(name, len(runs))
         unfinished = sum(not r.counted for r in runs)  # --include-unfinished: curves that stop early say so
-        return (f"{name} (n={len(runs)}" + (f" of {total}" if total != len(runs) else "")
+        return (f"{readable(name)} (n={len(runs)}" + (f" of {total}" if total != len(runs) else "")
                 + (f", {unfinished} unfinished" if unfinished else "") + (", not drawn" if not runs else "") + ")")
 
     labels = [label(name, runs) for name, runs in groups.items()]

@@ -68,23 +68,43 @@ def _schedule(runs: Sequence[Run]) -> str:
     return "schedule " + " / ".join(dict.fromkeys(n.replace("AnnealingLR", "").replace("LR", "").lower() for n in names))
 
 
+def _dataset(runs: Sequence[Run], with_train_size: bool = True) -> str:
+    """`UFM, K=10, 1,000 train samples` (the sizes where the record holds them)."""
+    dataset = _one(runs, "dataset.name")
+    sizes = [f"K={_one(runs, 'sizes.num_classes')}"] if _values(runs, "sizes.num_classes") != ["-"] else []
+    if with_train_size and _values(runs, "sizes.train_samples") != ["-"]:
+        sizes.append(f"{' / '.join(f'{int(v):,}' if v.isdigit() else v for v in _values(runs, 'sizes.train_samples'))} "
+                     "train samples")
+    return ", ".join([DATASETS.get(dataset, dataset)] + sizes)
+
+
+def _epochs(runs: Sequence[Run]) -> str:
+    if _values(runs, "trainer.max_epochs") != ["-"]:
+        return f"{_one(runs, 'trainer.max_epochs')} epochs"
+    return f"{'/'.join(map(str, sorted({r.epochs for r in runs})))} epochs"
+
+
+def headline(groups: dict[str, list[Run]]) -> str:
+    """The figure's title: `UFM, K=10, d=512 · AGD (gain 10, depth 2) · 200 epochs · 3 seeds per group`."""
+    runs = [r for rs in groups.values() for r in rs]
+    d = f", d={_one(runs, 'sizes.feature_dim')}" if _values(runs, "sizes.feature_dim") != ["-"] else ""
+    counts = sorted({len(rs) for rs in groups.values()})
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return " · ".join([f"{_dataset(runs, False)}{d}", f"backbone {_one(runs, 'backbone.arch')}", _optimiser(runs),
+                       _epochs(runs), f"{n} seed{'s' * (n != '1')} per group"])
+
+
 def setting(runs: Sequence[Run]) -> str:
     """One line: `UFM (ufm), K=10, 1,000 train samples · backbone ufm, d=512 · loss ce · AGD (gain 10, depth 2) ·
     schedule none · 200 epochs, batch 256 · seeds 1-3 · etf-train 0.1.0+g1234abc`; `a / b` where runs differ."""
-    dataset = _one(runs, "dataset.name")
-    sizes = [f"K={_one(runs, 'sizes.num_classes')}"] if _values(runs, "sizes.num_classes") != ["-"] else []
-    if _values(runs, "sizes.train_samples") != ["-"]:
-        sizes.append(f"{' / '.join(f'{int(v):,}' if v.isdigit() else v for v in _values(runs, 'sizes.train_samples'))} "
-                     "train samples")
     backbone = f"backbone {_one(runs, 'backbone.arch')}"
     if _values(runs, "sizes.feature_dim") != ["-"]:
         backbone += f", d={_one(runs, 'sizes.feature_dim')}"
-    epochs = f"{_one(runs, 'trainer.max_epochs')} epochs" if _values(runs, "trainer.max_epochs") != ["-"] else \
-        f"{'/'.join(map(str, sorted({r.epochs for r in runs})))} epochs"
+    epochs = _epochs(runs)
     if _values(runs, "trainer.batch_size") != ["-"]:
         epochs += f", batch {_one(runs, 'trainer.batch_size')}"
     return " · ".join([
-        ", ".join([DATASETS.get(dataset, dataset)] + sizes), backbone, f"loss {_one(runs, 'loss.name')}",
+        _dataset(runs), backbone, f"loss {_one(runs, 'loss.name')}",
         _optimiser(runs), _schedule(runs), epochs, _seeds(runs),
         "etf-train version not recorded" if _values(runs, "code_version") == ["-"] else f"etf-train {_one(runs, 'code_version')}",
     ])

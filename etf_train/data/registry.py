@@ -21,7 +21,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -40,6 +40,7 @@ log = logging.getLogger("etf_train")
 # The options of every dataset, with their defaults (configs/config.yaml's `dataset:` node mirrors them).
 COMMON_OPTIONS: dict[str, Any] = {
     "augment": True,
+    "flip": True,
     "imbalance_ratio": 1.0,
     "limit_train": None,
     "limit_test": None,
@@ -205,6 +206,7 @@ def _bundle(
     raw: Splits,
     *,
     augment: Any,
+    flip: Any,
     imbalance_ratio: Any,
     limit_train: Any,
     limit_test: Any,
@@ -221,6 +223,8 @@ def _bundle(
     train_targets, noisy = flip_labels(clean, noise, K, split_seed) if noise > 0 else (clean, None)
 
     spec, plain = (raw.augment if augment else raw.augment.plain()), raw.augment.plain()
+    if not opt.boolean("dataset.flip", flip):  # digits, text: a mirror image is another shape; keep the crop
+        spec = replace(spec, flip=False)
     if raw.train is None:
         train = eval_train = TensorDataset(torch.arange(len(tr)), train_targets)
         test_base, test_targets, eval_tf = eval_train, clean, None  # the train samples, with their clean labels
