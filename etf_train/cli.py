@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import interrupt, rundir
+from .compare import sweep_end
 from .view import how_to_look
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,9 @@ def _main(cfg: DictConfig) -> float | None:
     except EtfTrainError as e:
         rundir.remove_if_empty(run_dir)  # the folder Hydra made for a start that was refused
         message = one_line(e)
-        if multirun:  # fail this job only; the launcher runs the others and Hydra reports it at the end
+        if multirun:  # fail this job only; the launcher runs the others, Hydra and the sweep's summary report it
+            if not run_dir.exists():  # refused before it started: no run folder tells of it
+                rundir.note_refused(Path(hc.sweep.dir), hc.overrides.task, message)
             print(f"etf-train: error: {message}", file=sys.stderr)
             raise JobFailed(f"etf-train: error: {message}") from e
         print(f"etf-train: error: {message}", file=sys.stderr)
@@ -338,9 +341,17 @@ def main() -> None:
             excludes = swept_dirname_excludes(args, always)
             if excludes:
                 sys.argv[1:] = with_override(args, f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
-        _main()
-        if sweep_dir is not None and "${" not in sweep_dir:
-            print(f"etf-train: {how_to_look(sweep_dir)}\netf-train: table and plots: etf-compare {sweep_dir}")
+        named = sweep_dir is not None and "${" not in sweep_dir
+        if named:  # a continued sweep retries the jobs refused before
+            (Path(sweep_dir) / rundir.REFUSED).unlink(missing_ok=True)
+        try:
+            _main()
+        except SystemExit as e:  # how Hydra ends a sweep in which a job failed, after running the others
+            if named and e.code:
+                print(sweep_end(Path(sweep_dir)))
+            raise
+        if named:
+            print(sweep_end(Path(sweep_dir)))
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it, a checkpoint is saved first)
         print("etf-train: interrupted (Ctrl-C) outside training; no training step was lost", file=sys.stderr)
         sys.exit(130)

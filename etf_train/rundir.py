@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,21 @@ def remove_if_empty(run: Path) -> None:
         for p in entries:
             p.unlink()
         run.rmdir()
+
+
+REFUSED = ".refused_jobs"  # in a sweep folder: a line per job refused before it started (it leaves no run folder)
+
+
+def note_refused(sweep: Path, overrides: Sequence[str], message: str) -> None:
+    """Record a sweep job refused at its start, so that the sweep's end can name it (lines appended: joblib's
+    workers write at once)."""
+    with (sweep / REFUSED).open("a") as f:
+        f.write(f"{' '.join(overrides)}: {message}\n")
+
+
+def refused_jobs(sweep: Path) -> list[str]:
+    path = sweep / REFUSED
+    return path.read_text().splitlines() if path.is_file() else []
 
 
 def write_record(run: Path, config: dict, overrides: list[str] | None = None, hydra: dict | None = None) -> None:

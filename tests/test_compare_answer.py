@@ -169,3 +169,33 @@ def test_figure_marks_nc1_thresholds_and_draws_each_seed_when_asked(groups):  # 
     lowest = min(min(r.scalars["test/acc"][1]) for rs in groups.values() for r in rs)
     assert acc.get_ylim()[0] > 0 and acc.get_ylim()[0] <= lowest  # the medians' range, not 0-100
     assert len(figure(groups, ["test/acc"]).axes[0].get_lines()) == 3
+
+
+def test_a_sweep_ends_with_its_answer_and_names_the_jobs_that_failed(tmp_path):
+    """The real `etf-train -m`: a job refused at its start (solver=gram for the learned head) leaves no run folder,
+    yet the end of the sweep names it with its reason, beside the summary of the runs that finished; exit 1."""
+    from .conftest import TINY, etf_train
+
+    proc = etf_train("-m", *TINY, "head=learned,nearest_etf", "solver=gram", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "etf-train: No baseline group" in out and "etf-train: - NC1 <= 1: nearest_etf first" in out
+    assert "etf-train: 1 job refused before starting:" in out
+    assert "head=learned solver=gram" in out and "the solver group applies to head=nearest_etf only" in out
+    assert "etf-train: table, plots and curves.csv: etf-compare sweep" in out
+
+
+def test_the_end_of_a_sweep_lists_runs_that_failed_after_starting(sweep, tmp_path):  # noqa: F811
+    import shutil
+
+    from etf_train.compare import sweep_end
+
+    from .test_compare import write_config
+
+    shutil.copytree(sweep, tmp_path / "s")
+    write_config(tmp_path / "s" / "diverged", {"seed": 4, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}},
+                 state="failed")
+    text = sweep_end(tmp_path / "s")
+    assert "etf-train: 1 of 10 runs not counted:" in text
+    assert f"etf-train: - {tmp_path / 's' / 'diverged'}: failed at epoch 0 (diverged at epoch 1, step 2)" in text
+    assert "etf-train: Against the baseline learned" in text and "refused" not in text

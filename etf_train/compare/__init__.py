@@ -54,38 +54,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import EtfTrainError
-from ..view import how_to_look
+from .. import rundir
 from ..rundir import read_scalars
-from .plot import FORMATS, check_metrics, figure, spans_decades
-from .answer import answer, threshold_words
+from ..view import how_to_look
+from .analysis import OTHER_METRICS, analyse
 from .curves import curve_rows, curves, write_curves
-from .report import compact, markdown, notes, speedup_table, table, write_csv
-from .setting import readable, reproduce, setting
-from .speedup import Speedup, choose_baseline, crossings, describe_crossings, nc1_thresholds, speedup
-from .runs import (Run, check_datasets, code_versions, group_runs, late_starts, load_runs, pooled_settings, unlike_groups,
-                   warn)
-from .stats import (
-    ACC_TAGS,
-    EVAL_ACC,
-    NC1,
-    TEST_ACC,
-    Spread,
-    epoch_stats,
-    first_epoch,
-    summarize,
-    tag_label,
-    thresholds,
-)
+from .plot import FORMATS, figure, spans_decades
+from .report import markdown, notes, speedup_table, table, write_csv
+from .runs import Run, group_runs, load_runs
+from .speedup import Speedup, choose_baseline, crossings, nc1_thresholds, speedup
+from .stats import ACC_TAGS, EVAL_ACC, Spread, epoch_stats, first_epoch, summarize, thresholds
 
 __all__ = ["Run", "Speedup", "Spread", "choose_baseline", "crossings", "curves", "epoch_stats", "figure", "first_epoch",
            "group_runs", "load_runs", "main", "nc1_thresholds", "read_scalars", "spans_decades", "speedup", "summarize",
-           "thresholds"]
-
-OTHER_METRICS = (TEST_ACC, "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h")  # after the --acc-tag panel
+           "sweep_end", "thresholds"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,78 +118,44 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_thresholds(acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float], dpi: int) -> None:
-    for option, values in (("--acc-thresholds", acc), ("--test-acc-thresholds", test_acc)):
-        for t in values:
-            if not 1.0 < t <= 100.0:
-                hint = f" (accuracies are in percent: {t * 100:g}?)" if 0 < t <= 1 else ""
-                raise EtfTrainError(f"{option} must lie in (1, 100], got {t:g}{hint}")
-    for t in nc1 or ():
-        if not t > 0:
-            raise EtfTrainError(f"--nc1-thresholds must be positive, got {t:g}")
-    if dpi <= 0:
-        raise EtfTrainError(f"--dpi must be positive, got {dpi}")
-
-
 def compare(args: argparse.Namespace) -> str:
     """Load, group, summarise and write the outputs; returns the text for stdout."""
-    test_acc = args.acc_thresholds if args.test_acc_thresholds is None else args.test_acc_thresholds
-    metrics = args.metrics or [args.acc_tag, *OTHER_METRICS]
-    _check_thresholds(args.acc_thresholds, test_acc, args.nc1_thresholds, args.dpi)
-    runs = load_runs(args.folders)
-    if not args.allow_mixed:
-        check_datasets(runs)
-    if not any(r.included(args.include_unfinished) for r in runs):
-        raise EtfTrainError(f"no finished runs under {', '.join(map(str, args.folders))} ({len(runs)} unfinished or "
-                            "failed); --include-unfinished compares them up to their last epoch")
-    groups = group_runs(runs, args.group_by)  # labelled over all runs: the table and the legend name groups alike
-    drawn = {label: [r for r in rs if r.included(args.include_unfinished)] for label, rs in groups.items()}
-    counted = {label: rs for label, rs in drawn.items() if rs}
-    warnings = (pooled_settings(counted) + unlike_groups(counted, args.group_by) + late_starts(counted)
-                + code_versions(counted))
-    for message in warnings:
-        warn(message)
-    baseline = choose_baseline(counted, args.baseline)
-    nc1 = nc1_thresholds(counted) if args.nc1_thresholds is None else args.nc1_thresholds
-    limits = thresholds(args.acc_tag, args.acc_thresholds, test_acc, nc1)
-    summaries = {label: summarize(label, rs, limits, args.acc_tag, args.include_unfinished) for label, rs in groups.items()}
-    speed = {label: {t: speedup(s, summaries[baseline], t) for t in limits} for label, s in summaries.items()
-             if baseline is not None and label != baseline}
-    check_metrics([r for rs in counted.values() for r in rs], metrics)
-    crossed = _crossings(counted, baseline, nc1)
-    all_counted = [r for rs in counted.values() for r in rs]
-    command = reproduce(all_counted)
-    intro = [*answer(summaries, baseline, limits, speed, crossed), "", f"Setting: {setting(all_counted)}.",
-             threshold_words(limits, args.nc1_thresholds is None)] + ([f"Reproduce: `{command}`"] if command else [])
+    a = analyse(args)
     out = args.out if args.out is not None else args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
-    after = speedup_table(summaries, baseline, limits, speed) if baseline is not None else []
-    text = markdown(*table(list(summaries.values())), [r for r in runs if not r.counted], args.include_unfinished,
-                    notes(args.acc_tag), warnings, intro, after)
+    after = speedup_table(a.summaries, a.baseline, a.limits, a.speed) if a.baseline is not None else []
+    text = markdown(*table(list(a.summaries.values())), [r for r in a.runs if not r.counted], args.include_unfinished,
+                    notes(args.acc_tag), a.warnings, a.intro, after)
     (out / "comparison.md").write_text(text)
-    write_csv(out / "comparison.csv", list(summaries.values()))
-    write_curves(out / "curves.csv", curve_rows(drawn))
+    write_csv(out / "comparison.csv", list(a.summaries.values()))
+    write_curves(out / "curves.csv", curve_rows(a.drawn))
     fig_path = out / f"comparison.{args.format}"
-    figure(drawn, metrics, {label: len(rs) for label, rs in groups.items()}, len(warnings), nc1,
+    figure(a.drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,
            args.per_seed).savefig(fig_path, dpi=args.dpi)
-    terminal = [*intro, "", *compact(summaries, baseline, limits, speed)]
-    return ("\n".join(terminal) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'curves.csv'}, "
-            f"{fig_path}\n{how_to_look(args.folders)}\n")
+    return ("\n".join(a.terminal()) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, "
+            f"{out / 'curves.csv'}, {fig_path}\n{how_to_look(args.folders)}\n")
 
 
-def _crossings(groups: dict[str, list[Run]], baseline: str | None, nc1: Sequence[float]) -> dict[str, str]:
-    """Per group, where its median NC1 curve and the baseline's change order after the first NC1 threshold."""
-    if baseline is None or not nc1:
-        return {}
-    base = (readable(baseline), epoch_stats(groups[baseline], NC1))
-    out = {}
-    for label, runs in groups.items():
-        if label != baseline:
-            mine = (readable(label), epoch_stats(runs, NC1))
-            sentence = describe_crossings(crossings(mine, base, max(nc1)), (mine[0], base[0]), tag_label(NC1))
-            if sentence:
-                out[label] = sentence
-    return out
+def sweep_end(folder: Path) -> str:
+    """What `etf-train -m` prints when a sweep ends, failed jobs or not: the answer and the compact table of its
+    finished runs (etf-compare's defaults, no files written), the runs that failed or did not finish with their
+    one-line reasons, and where to look next."""
+    lines = []
+    try:
+        a = analyse(_parser().parse_args([str(folder)]))
+        lines += [*a.terminal(full=f"etf-compare {folder}"), ""]
+        others = [r for r in a.runs if not r.counted]
+    except EtfTrainError as e:
+        lines += [f"no comparison: {e}", ""]
+        others = []
+    if others:
+        lines += [f"{len(others)} of {len(others) + sum(r.counted for r in a.runs)} runs not counted:",
+                  *(f"- {r.describe()}" for r in others), ""]
+    refused = rundir.refused_jobs(folder)
+    if refused:
+        lines += [f"{len(refused)} job{'s' * (len(refused) > 1)} refused before starting:", *(f"- {j}" for j in refused), ""]
+    lines += [how_to_look(folder), f"table, plots and curves.csv: etf-compare {folder}"]
+    return "\n".join(f"etf-train: {line}" if line else "" for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,7 @@ def speedup_table(summaries: dict[str, GroupSummary], baseline: str, limits: Seq
 
 
 def compact(summaries: dict[str, GroupSummary], baseline: str | None, limits: Sequence[Threshold],
-            speed: dict[str, dict[Threshold, Speedup]], width: int = 120) -> list[str]:
+            speed: dict[str, dict[Threshold, Speedup]], full: str = "comparison.md", width: int = 120) -> list[str]:
     """The terminal's table: readable group, runs, a few threshold columns (median epoch, and the speed-up over the
     baseline), the final test accuracy; columns are dropped from the end of the list until it fits `width`."""
     def deepest(ts: list[Threshold]) -> list[Threshold]:  # the last threshold some group's median reaches
@@ -106,7 +106,7 @@ def compact(summaries: dict[str, GroupSummary], baseline: str | None, limits: Se
             break
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     note = "median epoch; (x): speed-up over the baseline" if baseline else "median epoch"
-    return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows), f"({note}; full table in comparison.md)"]
+    return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows), f"({note}; full table: {full})"]
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Sequence[Run] = (),
