@@ -82,9 +82,12 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
     return {"epoch": state["epoch"], "checkpoint": str(path), **scalars}, bundle, model, (test_loader, eval_train_loader)
 
 
-def export(path: Path, model, loaders, device: str = "cpu") -> None:
-    """Penultimate features h (normalised, as the head sees them) and labels of train and test, the train class
-    means, the classifier W, its bias b and, for nearest_etf, its Stiefel point P, into one .npz."""
+def export(path: Path, model, loaders, device: str = "cpu", about: dict | None = None) -> None:
+    """Into one .npz: the features of train and test as the head classifies them (`features_*`: h = tau f / ||f||, or
+    f with head.normalize=false) and as the backbone gives them (`raw_features_*`: f), the labels, the train class
+    means of h, the classifier W, its bias b and Stiefel point P where the head has them, and `meta`: a JSON string
+    naming the head, tau, K, d, what each array is, the run, checkpoint and code version (`about`), and why b or P
+    is absent."""
     import numpy as np
     import torch
 
@@ -92,21 +95,39 @@ def export(path: Path, model, loaders, device: str = "cpu") -> None:
     arrays = {}
     with torch.no_grad():
         for split, loader in zip(("test", "train"), loaders):
-            feats, labels = [], []
+            raw, feats, labels = [], [], []
             for x, y in loader:
-                feats.append(model.head.normalize(model.backbone(x.to(device)).float()).cpu())
+                f = model.backbone(x.to(device)).float()
+                raw.append(f.cpu())
+                feats.append(model.head.normalize(f).cpu())
                 labels.append(y)
             arrays[f"features_{split}"], arrays[f"labels_{split}"] = torch.cat(feats).numpy(), torch.cat(labels).numpy()
+            arrays[f"raw_features_{split}"] = torch.cat(raw).numpy()
     h, y = arrays["features_train"], arrays["labels_train"]
+    head = model.head
     arrays["class_means"] = np.stack([h[y == c].mean(0) if (y == c).any() else np.full(h.shape[1], np.nan)
-                                      for c in range(model.head.num_classes)])
-    arrays["W"] = model.head.weight.detach().float().cpu().numpy()
-    if model.head.bias is not None:
-        arrays["b"] = model.head.bias.detach().float().cpu().numpy()
-    if hasattr(model.head, "P"):
-        arrays["P"] = model.head.P.detach().cpu().numpy()
+                                      for c in range(head.num_classes)])
+    arrays["W"] = head.weight.detach().float().cpu().numpy()
+    absent = {}
+    if getattr(head, "center", None) == "batch":
+        absent["b"] = "head.center=batch: b = -W mean(h) of each batch at hand, no fixed bias"
+    elif head.bias is None:
+        absent["b"] = "the head has no bias (head.bias=false)"
+    else:
+        arrays["b"] = head.bias.detach().float().cpu().numpy()
+    if hasattr(head, "P"):
+        arrays["P"] = head.P.detach().cpu().numpy()
+    else:
+        absent["P"] = "only nearest_etf keeps a Stiefel point P; W is the classifier" + (
+            " (fixed_etf: W = sqrt(K/(K-1)) M P0^T for its head.basis)" if hasattr(head, "center") else "")
+    normalised = getattr(head, "normalize_features", True)
+    meta = {**(about or {}), "num_classes": head.num_classes, "feature_dim": head.dim, "tau": float(head.tau),
+            "features": ("h = tau f / ||f||, what the head classifies" if normalised else
+                         "f itself (head.normalize=false), what the head classifies"),
+            "raw_features": "f, the backbone's output", "class_means": "train class means of features_train",
+            "W": "classifier rows (K, d)", "absent": absent}
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    np.savez(path, **arrays, meta=np.array(json.dumps(meta)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(scalars, indent=1) + "\n")
         if args.export is not None:
-            export(args.export, model, loaders, args.device)
+            record = rundir.read_record(args.run)
+            about = {"run": str(args.run), "checkpoint": scalars["checkpoint"], "epoch": scalars["epoch"],
+                     "head": record["head"], "code_version": record.get("code_version")}
+            export(args.export, model, loaders, args.device, about)
     except EtfTrainError as e:
         print(f"etf-eval: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

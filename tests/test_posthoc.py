@@ -64,6 +64,24 @@ def test_export_holds_features_labels_means_and_the_classifier(run, tmp_path):
     np.testing.assert_allclose(z["class_means"], np.stack([h[y == c].mean(0) for c in range(4)]), rtol=1e-5)
     acc = 100 * np.mean((h @ W.T + b).argmax(1) == y)
     assert acc == pytest.approx(logged_at(run, 3)["train/eval_acc"], abs=1e-4)
+    # the raw backbone features, which h normalises, and the metadata that says so
+    f = z["raw_features_train"]
+    np.testing.assert_allclose(h, 5.0 * f / np.linalg.norm(f, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    meta = json.loads(str(z["meta"]))
+    assert (meta["num_classes"], meta["feature_dim"], meta["tau"], meta["epoch"]) == (4, 16, 5.0, 3)
+    assert meta["head"]["name"] == "nearest_etf" and meta["features"].startswith("h = tau f / ||f||")
+    assert meta["code_version"] and meta["absent"] == {}
+
+
+def test_export_says_why_b_or_p_is_absent(tmp_path):
+    """The authors' learned baseline has no bias and no P: the npz says so instead of leaving the reader to guess."""
+    run = tmp_path / "run"
+    train(make_cfg(*TINY, "head=learned_authors", "trainer.max_epochs=1"), run)
+    assert main([str(run), "--export", str(tmp_path / "f.npz"), "--out", str(tmp_path)]) == 0
+    z = np.load(tmp_path / "f.npz")
+    assert "b" not in z and "P" not in z and "W" in z
+    absent = json.loads(str(z["meta"]))["absent"]
+    assert absent["b"] == "the head has no bias (head.bias=false)" and absent["P"].startswith("only nearest_etf")
 
 
 def test_bad_input_is_one_line(run, tmp_path, capsys):
