@@ -24,7 +24,7 @@ from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import interrupt, rundir
+from . import interrupt, rundir, search
 from .compare import sweep_end
 from .view import how_to_look
 
@@ -48,6 +48,7 @@ DIRNAME_EXCLUDES = "hydra.job.config.override_dirname.exclude_keys"
 # started in the same second get two folders. One value per process, so every reading of the folder agrees.
 UID = secrets.token_hex(2)
 OmegaConf.register_new_resolver("etf_uid", lambda: UID, replace=True)
+OmegaConf.register_new_resolver("etf_round", lambda name: search.round_dirname(str(name)), replace=True)
 
 
 class JobFailed(CompactHydraException):
@@ -91,15 +92,6 @@ def missing_plugin(args: Sequence[str]) -> str | None:
         except ImportError:
             return f'{arg.lstrip("+")} needs the {package} plugin: pip install -e ".[sweep]" (or pip install {package})'
     return None
-
-
-def shared_study(args: Sequence[str]) -> str | None:
-    """The error line for an Optuna storage under the preset's study name: Optuna loads a stored study of that name,
-    so a second search (another experiment) would join the first, and its best trial could be the first's."""
-    given = dict(a.lstrip("+").split("=", 1) for a in _overrides(args))
-    if given.get("hydra.sweeper.storage", "null") not in ("null", "") and "hydra.sweeper.study_name" not in given:
-        return ("hydra.sweeper.storage keeps studies by name, and a search under the preset's name would join any "
-                "other search stored there: give this one its own hydra.sweeper.study_name=...")
 
 
 def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[str] | None:
@@ -320,7 +312,11 @@ def main() -> None:
         print(f"etf-train {version()}")
         return
     try:
-        problem = missing_plugin(args) or empty_output(args) or unwritable_output(args, Path.cwd()) or shared_study(args)
+        given = _overrides(args)
+        problem = (missing_plugin(args) or empty_output(args) or unwritable_output(args, Path.cwd())
+                   or (search.check(given) if search.is_search(given) else None))
+        if problem is None and search.is_search(given):  # its space follows the optimiser
+            args = sys.argv[1:] = [*args, *search.search_overrides(given)]
         if problem is not None:
             print(f"etf-train: error: {problem}", file=sys.stderr)
             sys.exit(2)

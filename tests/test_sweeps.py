@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,9 +111,45 @@ def test_optuna_search_returns_the_metric_and_writes_best_params(tmp_path):
     assert set(results["best_params"]) == {"optimizer.lr", "head.tau"}
     assert 0.005 <= results["best_params"]["optimizer.lr"] <= 0.5 and 1 <= results["best_params"]["head.tau"] <= 20
     trials = job_dirs(sweep)
-    assert len(trials) == 2 and all(name.startswith("head.tau=") for name in trials)  # named by the searched keys
+    # named by number and the searched keys, at 4 significant digits (Optuna samples e.g. 14.686165375401004)
+    assert len(trials) == 2 and all(re.fullmatch(r"\d_head\.tau=\d+(\.\d+)?,optimizer\.lr=[\d.e-]+", n) for n in trials)
+    for name in trials:
+        assert all(len(re.sub(r"[^\d]", "", v.split("e")[0]).lstrip("0")) <= 4 for v in re.findall(r"=([\d.e-]+)", name))
     finals = [read_scalars(run)["test/acc"][1][-1] for run in trials.values()]
     assert results["best_value"] == pytest.approx(max(finals))
+
+
+def test_the_search_space_follows_the_optimiser_and_its_configured_step():
+    from etf_train.search import round_dirname, search_overrides
+
+    assert search_overrides(["hparams_search=optuna"]) == ["optimizer.lr=tag(log, interval(0.005, 0.5))",
+                                                           "head.tau=interval(1.0, 20.0)"]
+    assert search_overrides(["hparams_search=optuna", "experiment=ufm10"])[0] == "optimizer.lr=tag(log, interval(0.5, 50))"
+    assert search_overrides(["hparams_search=optuna", "optimizer=agd"])[0] == "optimizer.gain=tag(log, interval(1, 100))"
+    assert search_overrides(["hparams_search=optuna", "seed=choice(1, 2)"]) == []  # the user's own space
+    assert round_dirname("head.tau=14.686165375401004,optimizer.lr=0.012345678,seed=1,x=0.5") == (
+        "head.tau=14.69,optimizer.lr=0.01235,seed=1,x=0.5")
+
+
+def test_optuna_searches_agds_gain_and_one_key_when_asked(tmp_path):
+    """The preset searched optimizer.lr whatever the optimiser: under AGD (no lr) every trial failed with Hydra's
+    advice to append `+optimizer.lr`. Its space now follows the optimiser; a search override names the only key
+    searched; a key the config lacks is one line before anything runs."""
+    ufm = ["experiment=ufm10_authors", "dataset.per_class=8", "trainer.max_epochs=1", "trainer.progress=false"]
+    sweep = tmp_path / "agd"
+    proc = etf_train("hparams_search=optuna", "hydra.sweeper.n_trials=2", *ufm, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"]
+    assert best.keys() == {"optimizer.gain", "head.tau"} and 1 <= best["optimizer.gain"] <= 100
+    sweep = tmp_path / "tau"
+    proc = etf_train("hparams_search=optuna", "hydra.sweeper.n_trials=1", "head.tau=interval(1, 20)", *ufm,
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"].keys() == {"head.tau"}
+    proc = etf_train("hparams_search=optuna", "optimizer.lr=tag(log, interval(0.01, 1))", *ufm, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "etf-train: error: the search names optimizer.lr, which this config has no key for (optimizer=agd steps by "
+        "optimizer.gain): search a key it has, or add one with '+optimizer.lr=tag(log, interval(0.01, 1))'"]
 
 
 def test_an_optuna_storage_needs_its_own_study_name(tmp_path):

@@ -65,9 +65,11 @@ def answer(summaries: dict[str, GroupSummary], baseline: str | None, limits: Seq
         lines = ["No baseline group (one learned head, or --baseline GROUP): the fastest group per threshold."]
         for t in (nc1[:1] + nc1[-1:] if len(nc1) > 1 else nc1) + acc[-1:]:
             reached = {label: s.reached[t].median for label, s in summaries.items() if s.n_runs}
-            best = min(reached, key=reached.get) if reached else None
-            if best is not None and math.isfinite(reached[best]):
-                lines.append(f"- {t.header}: {readable(best)} first (median epoch {_epochs(reached[best])})")
+            best = min(reached.values(), default=math.inf)
+            if math.isfinite(best):
+                first = [readable(label) for label, e in reached.items() if e == best]
+                who = f"{first[0]} first" if len(first) == 1 else f"{', '.join(first)} tie"
+                lines.append(f"- {t.header}: {who} (median epoch {_epochs(best)})")
         return lines
     base = summaries[baseline]
     lines = [f"Against the baseline {readable(baseline)} (baseline epochs / group epochs):"]

@@ -17,12 +17,21 @@ OPTION_WORDS = {"effective_depth": "depth", "depth": "depth", "lr": "lr", "gain"
 DATASETS = {"ufm": "UFM"}
 
 
+def rounded(value: str) -> str:
+    """`14.686165375401004` -> `14.69`: a sampled value at 4 significant digits; anything else as it is."""
+    try:
+        return f"{float(value):.4g}" if "." in value and len(value) > 6 else value
+    except ValueError:
+        return value
+
+
 def readable(label: str) -> str:
     """`head=nearest_etf, optimizer=agd, optimizer.effective_depth=2` -> `nearest_etf, AGD, depth 2`;
     `head=learned, head.tau=20` -> `learned, tau 20`; other keys as `key value`."""
     parts = []
     for pair in label.split(", "):
         key, _, value = pair.partition("=")
+        value = rounded(value)
         if key == "head":
             parts.append(value)
         elif key == "optimizer":
@@ -42,7 +51,7 @@ def _values(runs: Sequence[Run], key: str) -> list[str]:
 
 def _one(runs: Sequence[Run], key: str) -> str:
     """The runs' value of a key, or `a / b` where they differ (the group labels then say which is which)."""
-    return " / ".join(_values(runs, key))
+    return " / ".join(dict.fromkeys(map(rounded, _values(runs, key))))
 
 
 def _seeds(runs: Sequence[Run]) -> str:
@@ -111,19 +120,29 @@ def setting(runs: Sequence[Run]) -> str:
 
 
 def reproduce(runs: Sequence[Run]) -> str | None:
-    """`etf-train -m head=learned,nearest_etf seed=1,2,3 experiment=ufm10_authors`: every run's command-line
-    overrides (.hydra/overrides.yaml), each key with the values the runs took; None when no run recorded them."""
+    """The command that makes these runs again: a sweep's own command line (its multirun.yaml), else every run's
+    overrides (.hydra/overrides.yaml), each key with the values the runs took, less an Optuna search's sampled keys
+    (its optimization_results.yaml names them); None when no run recorded its overrides."""
+    sweeps = {r.path.parent for r in runs}
+    sweep = next(iter(sweeps)) if len(sweeps) == 1 else None
+    sampled: set[str] = set()
+    if sweep is not None:
+        saved = _yaml(sweep / "multirun.yaml")
+        task = ((saved or {}).get("hydra") or {}).get("overrides", {}).get("task") if isinstance(saved, dict) else None
+        if task:
+            return " ".join(["etf-train", "-m", *(shlex.quote(str(t)) for t in task if not str(t).startswith("hydra."))])
+        results = _yaml(sweep / "optimization_results.yaml")
+        sampled = set((results or {}).get("best_params") or {}) if isinstance(results, dict) else set()
     values: dict[str, list[str]] = {}
     found = False
     for run in runs:
-        try:
-            overrides = yaml.safe_load((run.path / rundir.OVERRIDES).read_text())
-        except (OSError, yaml.YAMLError):
+        overrides = _yaml(run.path / rundir.OVERRIDES)
+        if overrides is None:
             continue
         found = True
         for item in overrides or []:
             key, _, value = str(item).partition("=")
-            if not key.lstrip("+~").startswith("hydra."):
+            if not key.lstrip("+~").startswith("hydra.") and key not in sampled:
                 values.setdefault(key, [])
                 if value not in values[key]:
                     values[key].append(value)
@@ -131,3 +150,10 @@ def reproduce(runs: Sequence[Run]) -> str | None:
         return None
     tokens = [shlex.quote(f"{key}={','.join(v)}") for key, v in values.items()]
     return " ".join(["etf-train", "-m", *tokens])
+
+
+def _yaml(path):
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
