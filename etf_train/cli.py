@@ -25,7 +25,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import interrupt, rundir, search
-from .compare import sweep_end
 from .view import how_to_look
 
 log = logging.getLogger(__name__)
@@ -337,6 +336,8 @@ def main() -> None:
             excludes = swept_dirname_excludes(args, always)
             if excludes:
                 sys.argv[1:] = with_override(args, f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
+        from .compare import sweep_end  # here, not at import: a Ctrl-C during start-up must find the handler set
+
         named = sweep_dir is not None and "${" not in sweep_dir
         if named:  # a continued sweep retries the jobs refused before
             (Path(sweep_dir) / rundir.REFUSED).unlink(missing_ok=True)
