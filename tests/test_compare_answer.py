@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +201,50 @@ def test_the_end_of_a_sweep_lists_runs_that_failed_after_starting(sweep, tmp_pat
     assert "etf-train: 1 of 10 runs not counted:" in text
     assert f"etf-train: - {tmp_path / 's' / 'diverged'}: failed at epoch 0 (diverged at epoch 1, step 2)" in text
     assert "etf-train: Against the baseline learned" in text and "refused" not in text
+
+
+def test_serve_starts_tensorboard_on_exactly_the_compared_runs_and_stops_on_ctrl_c(sweep, tmp_path):  # noqa: F811
+    """--serve: TensorBoard answers on the port the printed link names, lists the runs as group/seed (the link colours
+    by the first path part), and Ctrl-C ends it with status 0, its copies of the runs removed."""
+    import json
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "etf_train.compare", str(sweep), "--out", str(tmp_path), "--serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = next(line for line in proc.stdout if "TensorBoard on" in line)
+        url = re.search(r"(http://\S+)", line).group(1)
+        assert "runColorGroup=regex%3A%5E%28%5B%5E%2F%5D%2B%29%2F" in url and "nc_log10%2Fnc1" in url
+        port = int(re.search(r"localhost:(\d+)/", url).group(1))
+        runs = []
+        for _ in range(120):
+            try:
+                runs = json.load(urllib.request.urlopen(f"http://localhost:{port}/data/runs", timeout=5))
+                if len(runs) == 9:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert sorted(runs) == sorted(f"{h}/seed{s}" for h in SWEEP for s in (1, 2, 3))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert not list(Path(tempfile.gettempdir()).glob("etf-compare-view-*"))
+
+
+def test_the_printed_link_takes_a_host_and_port(monkeypatch):
+    from etf_train.view import how_to_look
+
+    assert "localhost:6006/?smoothing=0&forceSVG=true" in how_to_look("runs")
+    monkeypatch.setenv("ETF_TENSORBOARD", "gpu7:7007")
+    text = how_to_look("runs")
+    assert text.startswith("compare: tensorboard --logdir runs --host gpu7 --port 7007    then open http://gpu7:7007/?")
+    assert "http://node:9000/" in how_to_look("runs", "node", 9000)
+    monkeypatch.setenv("ETF_TENSORBOARD", "gpu7:x")
+    with pytest.raises(EtfTrainError, match="ETF_TENSORBOARD='gpu7:x': give host:port"):
+        how_to_look("runs")

@@ -262,8 +262,37 @@ def test_the_run_folder_holds_hparams_a_convergence_layout_the_config_and_a_reli
     # every epoch's scalars, as TensorBoard's own reader sees them (they are written as one event per epoch)
     logged = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     assert {"train/loss", "train/acc", "test/acc", "nc/nc1", "lr", "time/epoch_s"} <= set(logged)
-    assert all([step for step, _ in values] == [1, 2] for values in logged.values())
+    assert all([step for step, _ in values] == [1, 2] for tag, values in logged.items() if not tag.startswith("epochs_to/"))
     assert logged["lr"][0][1] == pytest.approx(0.05)
+    # NC1's log10 (a log axis on TensorBoard's linear one), and how soon each threshold was met, logged once
+    assert [v for _, v in logged["nc_log10/nc1"]] == pytest.approx([math.log10(v) for _, v in logged["nc/nc1"]], rel=1e-5)
+    first = next((step for step, v in logged["nc/nc1"] if v <= 1.0), None)
+    assert logged.get("epochs_to/nc1_le_1") == ([(first, float(first))] if first else None)
+    assert [m for m in metrics if m.startswith("epochs_to/")] == [
+        "epochs_to/nc1_le_1", "epochs_to/nc1_le_0.1", "epochs_to/nc1_le_0.01", "epochs_to/nc1_le_0.001",
+        "epochs_to/train_eval_acc_ge_99", "epochs_to/test_acc_ge_90"]
+    infos = [i.name for i in hp["_hparams_/experiment"].experiment.hparam_infos]  # the HParams tab's column order
+    assert infos[:2] == ["head.name", "seed"] and len(infos) == len(start) <= 12  # what tells runs apart, not all
+
+
+def test_hparams_list_a_sweeps_keys_first_and_thresholds_once_across_a_resume(tmp_path):
+    from etf_train.training.logbook import Logbook, swept_keys
+
+    config = {"head": {"name": "learned", "tau": 5.0}, "seed": 2, "trainer": {"max_epochs": 3}, "dataset": {"name": "x"}}
+    record = (["head=learned", "seed=2", "trainer.max_epochs=3"],
+              {"job": {"config": {"override_dirname": {"exclude_keys": ["trainer.max_epochs", "trainer.resume"]}}}})
+    assert swept_keys(record, config) == ["head.name", "seed"]
+    assert swept_keys(None, config) == []
+    book = Logbook(tmp_path, config, 1, ["seed"])
+    for epoch, nc1 in ((1, 2.0), (2, 0.5)):
+        book.scalars(epoch, {"nc/nc1": nc1})
+    book.close(False)
+    book = Logbook(tmp_path, config, 3)  # a resume: NC1 <= 1 was met at epoch 2 and is not met "again" at 3
+    book.scalars(3, {"nc/nc1": 0.05})
+    book.close(True)
+    curves = read_scalars(tmp_path)
+    assert curves["epochs_to/nc1_le_1"][0].tolist() == [2] and curves["epochs_to/nc1_le_1"][1].tolist() == [2.0]
+    assert curves["epochs_to/nc1_le_0.1"][0].tolist() == [3]
 
 
 def test_optimisers_step_fused_where_torch_can_and_fall_back_elsewhere(monkeypatch):

@@ -59,12 +59,13 @@ from pathlib import Path
 from ..errors import EtfTrainError
 from .. import rundir
 from ..rundir import read_scalars
-from ..view import how_to_look
-from .analysis import OTHER_METRICS, analyse
+from ..view import ADDRESS_ENV, address, how_to_look
+from .analysis import OTHER_METRICS, Analysis, analyse
 from .curves import curve_rows, curves, write_curves
 from .plot import FORMATS, figure, spans_decades
 from .report import markdown, notes, speedup_table, table, write_csv
 from .runs import Run, group_runs, load_runs
+from .serve import serve
 from .speedup import Speedup, choose_baseline, crossings, nc1_thresholds, speedup
 from .stats import ACC_TAGS, EVAL_ACC, Spread, epoch_stats, first_epoch, summarize, thresholds
 
@@ -109,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", default=None, metavar="TAG",
                    help=f"scalar tags to plot; default: the --acc-tag, {' '.join(OTHER_METRICS)}")
     p.add_argument("--per-seed", action="store_true", help="draw each run as a thin line beside its group's median")
+    p.add_argument("--serve", action="store_true",
+                   help="then start TensorBoard on exactly these runs, coloured by group, until Ctrl-C")
+    p.add_argument("--host", default=None, help=f"TensorBoard's host in the link and for --serve (default: "
+                   f"${ADDRESS_ENV} or localhost)")
+    p.add_argument("--port", type=int, default=None, help=f"TensorBoard's port (default: ${ADDRESS_ENV} or 6006; "
+                   "--serve: a free one)")
     p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: png")
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (png); default: 150")
     p.add_argument("--out", type=Path, default=None, help="output folder; default: the first folder given")
@@ -118,9 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def compare(args: argparse.Namespace) -> str:
-    """Load, group, summarise and write the outputs; returns the text for stdout."""
-    a = analyse(args)
+def compare(args: argparse.Namespace, a: Analysis) -> str:
+    """Write the outputs of an analysis; returns the text for stdout."""
     out = args.out if args.out is not None else args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
     after = speedup_table(a.summaries, a.baseline, a.limits, a.speed) if a.baseline is not None else []
@@ -133,7 +139,7 @@ def compare(args: argparse.Namespace) -> str:
     figure(a.drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,
            args.per_seed).savefig(fig_path, dpi=args.dpi)
     return ("\n".join(a.terminal()) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, "
-            f"{out / 'curves.csv'}, {fig_path}\n{how_to_look(args.folders)}\n")
+            f"{out / 'curves.csv'}, {fig_path}\n{how_to_look(args.folders, args.host, args.port)}\n")
 
 
 def sweep_end(folder: Path) -> str:
@@ -161,9 +167,11 @@ def sweep_end(folder: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        text = compare(args)
+        a = analyse(args)
+        print(compare(args, a), end="", flush=True)
+        if args.serve:
+            return serve({label: rs for label, rs in a.drawn.items() if rs}, *address(args.host, args.port if args.port else 0))
     except EtfTrainError as e:
         print(f"etf-compare: error: {e}", file=sys.stderr)
         return 2
-    print(text, end="")
     return 0

@@ -6,6 +6,7 @@ layout; at the end the HParams session's status and a figure or two."""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -15,12 +16,44 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams, scalar
 
 from ..view import KEY_CARDS
-from ..rundir import flatten
+from ..rundir import flatten, read_scalars
 
-# The HParams tab's metric columns: the final values of these scalars (they are logged every epoch or metrics epoch).
-HPARAM_METRICS = (*KEY_CARDS, "test/loss", "train/acc")
+# How fast a run converged, as scalars the HParams tab can show beside the finals: `epochs_to/<what>` is logged once,
+# at the first (metrics) epoch that reaches the threshold, with that epoch as its value (blank: never reached).
+CONVERGENCE = (("nc/nc1", 1.0, False), ("nc/nc1", 0.1, False), ("nc/nc1", 0.01, False), ("nc/nc1", 1e-3, False),
+               ("train/eval_acc", 99.0, True), ("test/acc", 90.0, True))
+# Settings the HParams tab shows after the swept keys (the full config is in the `config` text and .hydra/).
+KEY_PARAMS = ("head.name", "seed", "optimizer._target_", "optimizer.lr", "optimizer.gain", "optimizer.effective_depth",
+              "head.tau", "loss.name", "dataset.name", "sizes.num_classes", "backbone.arch", "trainer.max_epochs")
+IDENTITY = ("name", "arch", "_target_")  # a config group's choice, as its node records it
+
+
+def convergence_tag(tag: str, value: float, above: bool) -> str:
+    """`epochs_to/nc1_le_0.01`, `epochs_to/train_eval_acc_ge_99`."""
+    return f"epochs_to/{tag.split('/', 1)[1] if tag.startswith('nc/') else tag.replace('/', '_')}_{'ge' if above else 'le'}_{value:g}"
+
+
+# The HParams tab's metric columns: the final values of these scalars, then how soon the run converged.
+HPARAM_METRICS = (*KEY_CARDS, "test/loss", "train/acc", *(convergence_tag(*c) for c in CONVERGENCE))
 log = logging.getLogger("etf_train")
 LAYOUT = {"convergence": {tag: ["Multiline", [f"^{tag}$"]] for tag in KEY_CARDS}}
+
+
+def swept_keys(record: tuple | None, config: dict) -> list[str]:
+    """The config keys a sweep varies for this job, from its command line less the constant overrides etf-train
+    keeps out of the folder name (hydra.job.config.override_dirname.exclude_keys); a group (`head=learned`) as its
+    node's identity key (`head.name`)."""
+    if not record or not record[1]:
+        return []
+    excluded = set(((record[1].get("job") or {}).get("config") or {}).get("override_dirname", {}).get("exclude_keys") or [])
+    flat, out = flatten(config), []
+    for override in record[0]:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in excluded or key.startswith("hydra"):
+            continue
+        key = key.replace("/", ".")
+        out.append(key if key in flat else next((f"{key}.{i}" for i in IDENTITY if f"{key}.{i}" in flat), key))
+    return [k for k in dict.fromkeys(out) if k in flat]
 
 
 def _hparam_value(value):
@@ -29,13 +62,19 @@ def _hparam_value(value):
 
 
 class Logbook:
-    def __init__(self, run_dir: Path, config: dict, first_epoch: int):
+    def __init__(self, run_dir: Path, config: dict, first_epoch: int, swept: list[str] = ()):
         # purge_step: events of epochs after the checkpoint (written before a crash) give way to the new ones
         self.writer = SummaryWriter(str(run_dir), purge_step=first_epoch)
         self.ended = None
+        # thresholds met before a resume were logged then (the events of those epochs stay)
+        earlier = read_scalars(run_dir) if first_epoch > 1 else {}
+        self.pending = [c for c in CONVERGENCE if not _reached(earlier.get(c[0]), *c[1:], before=first_epoch)]
         if first_epoch == 1:
             self.writer.add_text("config", f"```yaml\n{OmegaConf.to_yaml(OmegaConf.create(config))}```", 0)
-            params = {k: _hparam_value(v) for k, v in flatten(config).items()}
+            flat = flatten(config)
+            # the swept keys first, then the settings that tell runs apart; not every constant of the config
+            keys = dict.fromkeys([*swept, *(k for k in KEY_PARAMS if k in flat)])
+            params = {k: _hparam_value(flat[k]) for k in keys}
             experiment, start, self.ended = hparams(params, dict.fromkeys(HPARAM_METRICS, 0.0))
             for summary in (experiment, start):
                 self.writer.file_writer.add_summary(summary)
@@ -47,6 +86,14 @@ class Logbook:
         """One event per epoch holding every scalar (as TensorBoard reads any summary with several values): a third
         of the cost of an event per tag, which was a UFM epoch's largest cost after the NC metrics; flushed, so a
         crash loses no finished epoch."""
+        values = dict(values)
+        if values.get("nc/nc1", 0) > 0:  # NC1 spans decades: its log10 reads on TensorBoard's linear axis
+            values["nc_log10/nc1"] = math.log10(values["nc/nc1"])
+        for c in list(self.pending):
+            value = values.get(c[0])
+            if value is not None and (value >= c[1] if c[2] else value <= c[1]):
+                values[convergence_tag(*c)] = float(epoch)
+                self.pending.remove(c)
         summary = Summary(value=[scalar(tag, value).value[0] for tag, value in values.items()])
         self.writer.file_writer.add_summary(summary, epoch)
         self.writer.flush()
@@ -58,6 +105,14 @@ class Logbook:
         if finished:  # the HParams session ends (status success); an interrupted run's session stays open
             self.writer.file_writer.add_summary(self.ended)
         self.writer.close()
+
+
+def _reached(curve, value: float, above: bool, before: int) -> bool:
+    if curve is None:
+        return False
+    steps, values = curve
+    hit = (values >= value) if above else (values <= value)
+    return bool((hit & (steps < before)).any())
 
 
 def show_progress(setting) -> bool:

@@ -29,7 +29,7 @@ from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
 from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
                         resolve_precision, seed_everything, warn_small_leftover)
-from .logbook import Logbook, log_to_file, show_progress, summary
+from .logbook import Logbook, log_to_file, show_progress, summary, swept_keys
 from .resume import RunFolder, refuse_changes
 from .tally import EpochTally
 
@@ -301,7 +301,7 @@ class Run:
                 rundir.mark_finished(self.run_dir)
             return {tag: float(values[-1]) for tag, (steps, values) in rundir.read_scalars(self.run_dir).items()
                     if steps[-1] == completed}
-        book = Logbook(self.run_dir, self.config, completed + 1) if self.world.main else None
+        book = Logbook(self.run_dir, self.config, completed + 1, swept_keys(self.record, self.config)) if self.world.main else None
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
             log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %s head, device %s, %d process(es)",
