@@ -41,8 +41,18 @@ summarises one number per run:
   one-epoch run keeps it); `-` where the group logs no solver time (heads without a solver).
 Medians of an even number of runs are the mean of the middle two (e.g. `4.5`).
 Default thresholds: accuracies 90, 95, 99 % (`--test-acc-thresholds` defaults to the
-`--acc-thresholds` values); NC1 1, 0.1, 0.01 (NC1 = tr(S_W S_B^+)/K starts around 1-10 on
-random features and reaches ~1e-2 or below near collapse).
+`--acc-thresholds` values); NC1 1, 0.1, 0.01 and every further decade that every group's median
+curve reaches (NC1 = tr(S_W S_B^+)/K starts around 1-10 on random features and goes down to 1e-7
+on UFM): where the curves cross is where a lead can turn.
+
+The answer comes first (answer.py): against a baseline group (--baseline; by default the one
+learned-head group), each group's speed-up at the first NC1 threshold where they differ and at the
+deepest one both reach, and at the highest train-accuracy threshold both reach: baseline epochs /
+group epochs, the median over the seeds both ran (paired: every head of a seed starts from the same
+backbone), where the median curves cross (speedup.py), and the setting and the command that
+reproduce the runs (setting.py). comparison.md holds it above the full table and a speed-up table;
+the terminal shows it above a table that fits 120 columns; curves.csv holds every logged value
+(curves.py; `etf_train.compare.curves(folder)` returns the same rows).
 
 Figure: `comparison.<--format>`, one panel per `--metrics` tag, per group the per-epoch median
 over runs with a min-max band (runs of unequal length: statistics over the runs having that

@@ -26,7 +26,8 @@ def _against(group: GroupSummary, base: GroupSummary, shared: Sequence[Threshold
              first_part: bool) -> str:
     """`reaches NC1 <= 1 3.50x sooner than learned (4 vs 14 epochs, median; 3 of 3 seeds paired); at NC1 <= 1e-06,
     1.14x sooner (164 vs 187)` over the thresholds both groups' medians reach (the first and the last of them)."""
-    first, last = shared[0], shared[-1]
+    # the first threshold where the groups differ (NC1 <= 1 is often met by every head in epoch 1), and the deepest
+    first, last = next((t for t in shared if speed[t].median != 1), shared[0]), shared[-1]
     s = speed[first]
     verb = "reaches " if first_part else ""
     text = (f"{verb}{first.header} {_sooner(s.median)} {readable(base.label)} "
