@@ -241,18 +241,6 @@ def job_device(spec: str, multirun: bool, job_num: int, cuda_count: int) -> str:
     return spec
 
 
-def objective(scalars: dict[str, float], metric: str | None) -> float | None:
-    """What the task returns to the sweeper: the last epoch's value of `optimized_metric` (None when unset)."""
-    from .errors import EtfTrainError
-
-    if metric is None:
-        return None
-    if metric not in scalars:
-        raise EtfTrainError(f"optimized_metric={metric} is not a scalar of this run; choose one of "
-                            f"{', '.join(sorted(scalars))}")
-    return float(scalars[metric])
-
-
 @hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> float | None:
     import torch
@@ -274,7 +262,7 @@ def _main(cfg: DictConfig) -> float | None:
         scalars = train(cfg, run_dir, record)
         if not multirun:  # the folder beside other runs to compare with (a sweep names its own at the end)
             print(f"etf-train: {how_to_look(run_dir.parent)}")
-        return objective(scalars, cfg.get("optimized_metric"))
+        return search.objective(scalars, cfg.get("optimized_metric"))
     except EtfTrainError as e:
         rundir.remove_if_empty(run_dir)  # the folder Hydra made for a start that was refused
         message = one_line(e)
@@ -313,9 +301,9 @@ def main() -> None:
     try:
         given = _overrides(args)
         problem = (missing_plugin(args) or empty_output(args) or unwritable_output(args, Path.cwd())
-                   or (search.check(given) if search.is_search(given) else None))
+                   or (search.check(given, config_dir()) if search.is_search(given) else None))
         if problem is None and search.is_search(given):  # its space follows the optimiser
-            args = sys.argv[1:] = [*args, *search.search_overrides(given)]
+            args = sys.argv[1:] = [*args, *search.search_overrides(given, config_dir())]
         if problem is not None:
             print(f"etf-train: error: {problem}", file=sys.stderr)
             sys.exit(2)

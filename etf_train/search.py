@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -26,7 +27,7 @@ def is_search(overrides: Sequence[str]) -> bool:
     return given.get("hparams_search", given.get("+hparams_search", "null")) not in ("null", "")
 
 
-def check(overrides: Sequence[str]) -> str | None:
+def check(overrides: Sequence[str], configs: Path) -> str | None:
     """The error line for a search that cannot run as asked, or None: an Optuna storage under the preset's study
     name (Optuna loads a stored study by name, so a second search, of another experiment, would join the first and
     its best trial could be the first's), or a searched key the config lacks (Hydra's own message advises `+key`)."""
@@ -35,28 +36,26 @@ def check(overrides: Sequence[str]) -> str | None:
         return ("hydra.sweeper.storage keeps studies by name, and a search under the preset's name would join any "
                 "other search stored there: give this one its own hydra.sweeper.study_name=...")
     try:
-        search_overrides(overrides)
+        search_overrides(overrides, configs)
     except EtfTrainError as e:
         return str(e)
     return None
 
 
-def search_overrides(overrides: Sequence[str]) -> list[str]:
+def search_overrides(overrides: Sequence[str], configs: Path) -> list[str]:
     """The search overrides to add to a search's command line (none when it names its own); an EtfTrainError for a
-    searched key that the composed config does not have."""
-    return list(_space(tuple(overrides)))
+    searched key that the config composed from `configs` (etf-train's config folder) does not have."""
+    return list(_space(tuple(overrides), configs))
 
 
 @functools.cache
-def _space(overrides: tuple[str, ...]) -> tuple[str, ...]:
+def _space(overrides: tuple[str, ...], configs: Path) -> tuple[str, ...]:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from .cli import config_dir
-
     parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_hydra_override()]
     searched = [o for o in parsed if o.is_sweep_override()]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[o.input_line for o in parsed if not o.is_sweep_override()])
     optimizer = cfg.get("optimizer") or {}
     step = next((k for k in STEP_KEYS if k in optimizer), None)
@@ -79,6 +78,16 @@ def _space(overrides: tuple[str, ...]) -> tuple[str, ...]:
 def _groups(cfg) -> set[str]:
     """Config groups a search may choose among (`optimizer=choice(sgd, adamw)`): the config's top-level nodes."""
     return set(cfg.keys())
+
+
+def objective(scalars: dict[str, float], metric: str | None) -> float | None:
+    """What a trial returns to the sweeper: the last epoch's value of `optimized_metric` (None when unset)."""
+    if metric is None:
+        return None
+    if metric not in scalars:
+        raise EtfTrainError(f"optimized_metric={metric} is not a scalar of this run; choose one of "
+                            f"{', '.join(sorted(scalars))}")
+    return float(scalars[metric])
 
 
 def round_dirname(name: str) -> str:

@@ -18,12 +18,13 @@ PACKAGE = Path(__file__).parents[1] / "etf_train"
 # Lower layers never import higher ones; within a layer, only a package's own modules import each other.
 LAYERS = [
     {"errors"},
-    {"interrupt", "options", "registry", "rundir", "view"},
+    {"interrupt", "options", "registry", "rundir", "search", "view"},
     {"etf", "metrics", "sphere"},
     {"solver"},
     {"heads", "backbones", "data", "losses"},
     {"training"},
-    {"compare", "cli", "posthoc"},
+    {"compare", "posthoc"},
+    {"cli"},  # it ends a sweep with etf-compare's summary
     {"__main__"},
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

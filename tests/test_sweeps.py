@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from etf_train import cli
+from etf_train import cli, search
 from etf_train.compare import main as compare_main
 from etf_train.errors import EtfTrainError
 from etf_train.rundir import read_scalars
@@ -120,8 +120,10 @@ def test_optuna_search_returns_the_metric_and_writes_best_params(tmp_path):
 
 
 def test_the_search_space_follows_the_optimiser_and_its_configured_step():
-    from etf_train.search import round_dirname, search_overrides
+    from etf_train.search import round_dirname
+    from etf_train.search import search_overrides as space
 
+    search_overrides = lambda given: space(given, cli.config_dir())  # noqa: E731
     assert search_overrides(["hparams_search=optuna"]) == ["optimizer.lr=tag(log, interval(0.005, 0.5))",
                                                            "head.tau=interval(1.0, 20.0)"]
     assert search_overrides(["hparams_search=optuna", "experiment=ufm10"])[0] == "optimizer.lr=tag(log, interval(0.5, 50))"
@@ -306,11 +308,11 @@ def test_with_override_keeps_the_overrides_together():
 
 def test_objective_is_the_last_epochs_metric():
     scalars = {"train/acc": 90.0, "test/acc": 80.5}
-    assert cli.objective(scalars, "test/acc") == 80.5
-    assert cli.objective(scalars, None) is None
+    assert search.objective(scalars, "test/acc") == 80.5
+    assert search.objective(scalars, None) is None
     with pytest.raises(EtfTrainError, match="optimized_metric=nc/nc1 is not a scalar of this run; choose one of "
                                             "test/acc, train/acc"):
-        cli.objective(scalars, "nc/nc1")
+        search.objective(scalars, "nc/nc1")
 
 
 @pytest.mark.parametrize(

@@ -283,7 +283,7 @@ def test_hparams_list_a_sweeps_keys_first_and_thresholds_once_across_a_resume(tm
               {"job": {"config": {"override_dirname": {"exclude_keys": ["trainer.max_epochs", "trainer.resume"]}}}})
     assert swept_keys(record, config) == ["head.name", "seed"]
     assert swept_keys(None, config) == []
-    book = Logbook(tmp_path, config, 1, ["seed"])
+    book = Logbook(tmp_path, config, 1, record)
     for epoch, nc1 in ((1, 2.0), (2, 0.5)):
         book.scalars(epoch, {"nc/nc1": nc1})
     book.close(False)

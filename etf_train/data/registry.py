@@ -70,6 +70,10 @@ class DataBundle:
     held_out: bool = True  # False: the test split is the train samples themselves (UFM)
     files: str | None = None  # image folders: which files the splits hold (Splits.files); None: fixed by the config
 
+    def sizes(self) -> dict[str, int]:
+        """K and the sample counts of the splits as served (after limits and the long tail): for reports."""
+        return {"num_classes": self.num_classes, "train_samples": len(self.train), "test_samples": len(self.test)}
+
     def shot_counts(self, imbalance_ratio: float) -> Tensor | None:
         """Train samples per class, for the many/medium/few accuracies of a long-tailed train set (None otherwise),
         from the clean labels: label noise moves about p N labels across classes, so a tail class of 5 images

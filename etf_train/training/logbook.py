@@ -62,7 +62,8 @@ def _hparam_value(value):
 
 
 class Logbook:
-    def __init__(self, run_dir: Path, config: dict, first_epoch: int, swept: list[str] = ()):
+    def __init__(self, run_dir: Path, config: dict, first_epoch: int, record: tuple | None = None):
+        """record: the CLI's (overrides, Hydra's settings), which name the keys a sweep varies (swept_keys)."""
         # purge_step: events of epochs after the checkpoint (written before a crash) give way to the new ones
         self.writer = SummaryWriter(str(run_dir), purge_step=first_epoch)
         self.ended = None
@@ -73,7 +74,7 @@ class Logbook:
             self.writer.add_text("config", f"```yaml\n{OmegaConf.to_yaml(OmegaConf.create(config))}```", 0)
             flat = flatten(config)
             # the swept keys first, then the settings that tell runs apart; not every constant of the config
-            keys = dict.fromkeys([*swept, *(k for k in KEY_PARAMS if k in flat)])
+            keys = dict.fromkeys([*swept_keys(record, config), *(k for k in KEY_PARAMS if k in flat)])
             params = {k: _hparam_value(flat[k]) for k in keys}
             experiment, start, self.ended = hparams(params, dict.fromkeys(HPARAM_METRICS, 0.0))
             for summary in (experiment, start):

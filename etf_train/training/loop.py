@@ -29,7 +29,7 @@ from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
 from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
                         resolve_precision, seed_everything, warn_small_leftover)
-from .logbook import Logbook, log_to_file, show_progress, summary, swept_keys
+from .logbook import Logbook, log_to_file, show_progress, summary
 from .resume import RunFolder, refuse_changes
 from .tally import EpochTally
 
@@ -86,8 +86,7 @@ class Run:
         self.K = self.bundle.num_classes
         warn_small_leftover(cfg, len(self.bundle.train), self.K)
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)
-        self.config["sizes"] = {"num_classes": self.K, "train_samples": len(self.bundle.train),  # for etf-compare's header
-                                "test_samples": len(self.bundle.test), "feature_dim": model.head.dim}
+        self.config["sizes"] = {**self.bundle.sizes(), "feature_dim": model.head.dim}  # for etf-compare's header
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if t.compile:  # in place: the state dict keeps its keys (no `_orig_mod.`), so checkpoints load either way
@@ -165,8 +164,7 @@ class Run:
     def _step(self, epoch: int, step: int, x, y):
         """One optimisation step: (loss, logits), or None for a skipped non-finite step (trainer.nonfinite=skip)."""
         skip = self.t.nonfinite == "skip"
-        # the training forward moves buffers (BatchNorm statistics; nearest_etf's P, running means and step): a skipped
-        # step puts them back, so that it changes nothing
+        # a skipped step puts back the buffers the training forward moves (BatchNorm statistics, nearest_etf's P)
         buffers = [(b, b.clone()) for b in self.model.buffers()] if skip else []
         try:
             with self.autocast:
@@ -301,7 +299,7 @@ class Run:
                 rundir.mark_finished(self.run_dir)
             return {tag: float(values[-1]) for tag, (steps, values) in rundir.read_scalars(self.run_dir).items()
                     if steps[-1] == completed}
-        book = Logbook(self.run_dir, self.config, completed + 1, swept_keys(self.record, self.config)) if self.world.main else None
+        book = Logbook(self.run_dir, self.config, completed + 1, self.record) if self.world.main else None
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
             log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %s head, device %s, %d process(es)",
