@@ -252,6 +252,10 @@ CSV_HEADER = (
        for t in ts for stat in ("median", "min", "max", "reached")]
     + [f"{name}_{stat}" for name in ("final_train_eval_acc", "final_test_acc", "solver_ms_per_step")
        for stat in ("median", "min", "max")]
+    + [f"speedup_{tag}_{op}_{t}_{stat}" for tag, op, ts in (("train_eval_acc", "ge", (90, 95, 99)),
+                                                           ("test_acc", "ge", (90, 95, 99)),
+                                                           ("nc1", "le", (1, 0.1, 0.01)))
+       for t in ts for stat in ("median", "min", "max", "pairs")]  # over the baseline, head=learned
 )
 
 

@@ -110,6 +110,10 @@ def test_the_answer_comes_first_with_numbers_from_the_tables(sweep, tmp_path, ca
     assert "Only nearest_etf's median run reaches NC1 <= 0.01" in md
     assert "NC1 thresholds: 1, 0.1, 0.01 (the default" in md
     assert "Setting: cifar10 · backbone resnet18 · loss ce · SGD" in out
+    with (tmp_path / "comparison.csv").open() as f:
+        rows = {r["group"]: r for r in csv.DictReader(f)}
+    assert float(rows["head=nearest_etf"]["speedup_nc1_le_1_median"]) == pytest.approx(ratio)
+    assert rows["head=nearest_etf"]["speedup_nc1_le_1_pairs"] == "3" and rows["head=learned"]["speedup_nc1_le_1_median"] == ""
 
 
 def test_the_terminal_table_fits_120_columns(tmp_path, capsys):

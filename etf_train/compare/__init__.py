@@ -143,7 +143,7 @@ def compare(args: argparse.Namespace, a: Analysis) -> str:
     text = markdown(*table(list(a.summaries.values())), [r for r in a.runs if not r.counted], args.include_unfinished,
                     notes(args.acc_tag), a.warnings, a.intro, after)
     (out / "comparison.md").write_text(text)
-    write_csv(out / "comparison.csv", list(a.summaries.values()))
+    write_csv(out / "comparison.csv", list(a.summaries.values()), a.speed)
     write_curves(out / "curves.csv", curve_rows(a.drawn))
     fig_path = out / f"comparison.{args.format}"
     figure(a.drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,

@@ -141,9 +141,11 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Seque
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, summaries: Sequence[GroupSummary]) -> None:
+def write_csv(path: Path, summaries: Sequence[GroupSummary], speed: dict[str, dict[Threshold, Speedup]] | None = None,
+              ) -> None:
     """Numbers unformatted: median/min/max columns per cell (empty where no run has the number), `inf` = never,
-    `_reached` = runs that got there."""
+    `_reached` = runs that got there; with `speed`, `speedup_<threshold>_median/_min/_max/_pairs` over the baseline
+    (empty for the baseline itself and where no pair got there)."""
     first = summaries[0]
     spread_cols: list[tuple[str, Callable[[GroupSummary], Spread]]] = (
         [("epochs", lambda s: s.epochs)]
@@ -155,6 +157,10 @@ def write_csv(path: Path, summaries: Sequence[GroupSummary]) -> None:
     header = ["group", "runs", "runs_finished", "runs_total"]
     for name, _ in spread_cols:
         header += [f"{name}_median", f"{name}_min", f"{name}_max"] + ([f"{name}_reached"] if name in reached else [])
+    limits = list(first.reached) if speed else []
+    for t in limits:
+        name = t.column.replace("epochs_to_", "speedup_", 1)
+        header += [f"{name}_median", f"{name}_min", f"{name}_max", f"{name}_pairs"]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -164,4 +170,7 @@ def write_csv(path: Path, summaries: Sequence[GroupSummary]) -> None:
                 sp = get(s)
                 row += [sp.median, sp.min, sp.max] if sp.values else ["", "", ""]
                 row += [sp.reached] if name in reached else []
+            for t in limits:
+                x = (speed or {}).get(s.label, {}).get(t)
+                row += [x.median, x.low, x.high, x.n] if x is not None and x.n else ["", "", "", ""]
             writer.writerow(row)
