@@ -175,7 +175,8 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     for saved in sorted(cwd.glob(f"outputs/*/*/{rundir.OVERRIDES}"), reverse=True):  # newest first
         run = saved.parent.parent
         if rundir.state(run).status == "unfinished" and not rundir.RunLock(run).held_by_live_process():
-            if sorted(str(o) for o in OmegaConf.load(saved)) == mine:
+            scanned = rundir.scanned_yaml(saved)
+            if isinstance(scanned, list) and sorted(str(o) for o in scanned) == mine:
                 return run.relative_to(cwd)
     return None
 
@@ -214,7 +215,9 @@ def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
         return None
     mine = task_overrides(overrides)
     for saved in sorted(cwd.glob("outputs/multirun/*/*/multirun.yaml"), reverse=True):  # newest first
-        task = OmegaConf.select(OmegaConf.load(saved), "hydra.overrides.task", default=None)
+        scanned = rundir.scanned_yaml(saved)
+        task = (OmegaConf.select(OmegaConf.create(scanned), "hydra.overrides.task", default=None)
+                if isinstance(scanned, dict) else None)
         if task is None or sorted(str(o) for o in task) != mine:
             continue
         finished = sum(rundir.is_finished(job.parent.parent) for job in saved.parent.glob(f"**/{rundir.CONFIG}"))

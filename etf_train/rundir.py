@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -142,9 +143,31 @@ def code_version() -> str:
     return f"{found}+g{commit.stdout.strip()}" + (".dirty" if changed.stdout.strip() else "")
 
 
+def scanned_yaml(path: Path) -> object | None:
+    """A YAML file found while scanning outputs/ (a run's overrides, a sweep's multirun.yaml), safely loaded; one
+    that cannot be read is skipped with a warning naming it, so that it never blocks a new run or sweep."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"etf-train: warning: skipping {path}, which cannot be read ({first})", file=sys.stderr)
+        return None
+
+
 def read_record(run: Path) -> dict | None:
+    """The run's resolved config, read with YAML's safe loader (a `!!python/...` tag is refused, never constructed);
+    None where there is none; a record that does not parse, or is no mapping, is one line naming the file."""
     path = run / CONFIG
-    return yaml.safe_load(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EtfTrainError(f"cannot read the run record {path} ({first}): it is damaged or not etf-train's") from None
+    if not isinstance(record, dict) or not isinstance(record.get("trainer", {}), dict):
+        raise EtfTrainError(f"the run record {path} is not an etf-train config (a mapping with its sections)")
+    return record
 
 
 # ----------------------------------------------------------------------------- ownership

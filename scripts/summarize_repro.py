@@ -86,10 +86,44 @@ def main() -> None:
             runs = load_runs(folders)
             epochs = sorted({int(r.config.trainer.max_epochs) for r in runs})
             out += [f"## {setting} ({', '.join(map(str, epochs))} epochs)", "", *table(runs, accs, seeds, nc1), ""]
+    speed = speedup_table(root)
+    if speed:
+        out += ["## Speed-ups over the authors' learned baseline (etf-compare --baseline learned_authors)", "", *speed, ""]
     loss_runs = root / "loss_study"
     if loss_runs.is_dir():
         out += ["## Losses (UFM-10, SGD)", "", *loss_table(load_runs([loss_runs])), ""]
     print("\n".join(out))
+
+
+def speedup_table(root: Path) -> list[str]:
+    """Per UFM setting, optimiser and head, etf-compare's speed-ups over learned_authors (its comparison.csv in
+    <setting>/compare/, which reproduce.sh's `figure` writes): at NC1 <= 0.1 and 0.01, at the deepest NC1 decade
+    both reach (etf-compare's thresholds follow the data), and at 99 % eval accuracy; median [min, max] over the
+    5 seeds, paired."""
+    import csv
+
+    lines = []
+    for k in (10, 100):
+        for opt, name in (("sgd", "SGD"), ("agd", "AGD"), ("agd_depth2", "AGD, depth 2")):
+            path = root / f"ufm{k}_{opt}" / "compare" / "comparison.csv"
+            if not path.is_file():
+                continue
+            with path.open() as f:
+                rows = list(csv.DictReader(f))
+            nc1 = sorted({float(c.split("_le_")[1].rsplit("_", 1)[0]) for c in rows[0] if c.startswith("speedup_nc1_le_")},
+                         reverse=True)
+            for row in rows:
+                if not row[f"speedup_nc1_le_{nc1[0]:g}_pairs"] and not row["speedup_train_eval_acc_ge_99_pairs"]:
+                    continue  # the baseline itself
+                cell = lambda col: "-" if not row[f"{col}_median"] else (  # noqa: E731
+                    f"{float(row[f'{col}_median']):.2f}x [{float(row[f'{col}_min']):.2f}, {float(row[f'{col}_max']):.2f}]")
+                deep = next((t for t in reversed(nc1) if row[f"speedup_nc1_le_{t:g}_median"]), None)
+                lines.append(f"| UFM-{k} | {name} | {row['group']} | {cell('speedup_nc1_le_0.1')} | {cell('speedup_nc1_le_0.01')} | "
+                             + (f"{deep:g}: {cell(f'speedup_nc1_le_{deep:g}')}" if deep else "-")
+                             + f" | {cell('speedup_train_eval_acc_ge_99')} |")
+    header = ["setting", "optimiser", "group", "NC1 <= 0.1", "NC1 <= 0.01", "deepest NC1 decade both reach",
+              "eval acc >= 99 %"]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines] if lines else []
 
 
 def loss_table(runs: list[Run]) -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import threading
@@ -19,7 +22,11 @@ from ..interrupt import startup_sigint
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state in plain types and tensors (numpy's key as a tensor), which a checkpoint loaded with
+    weights_only=True can hold."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos),
+                                                    int(has_gauss), float(gauss)), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -27,7 +34,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, *rest = state["numpy"]  # checkpoints from before weights_only hold key as a numpy array
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -67,8 +75,14 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
 
     given: the path came from trainer.resume=PATH (a file the run did not write), which changes the advice.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors and plain types; a pickled object (code a received run folder could carry) is refused
+        with _numpy_arrays_allowed():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise EtfTrainError(f"checkpoint {path} holds {'a pickled ' + found.group(1) if found else 'pickled objects'}, "
+                            "not only tensors and plain values: etf-train does not run code from a checkpoint; use "
+                            "checkpoints that etf-train wrote") from None
     except Exception as e:  # truncated, corrupt, or not a torch file
         advice = "point trainer.resume at a run's checkpoints/last.pt" if given else \
             "this run's own checkpoint is damaged: start the run again in a new folder"
@@ -80,6 +94,17 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
         what = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
         raise EtfTrainError(f"checkpoint {path} does not match this run ({what}); use another output folder or trainer.resume=never")
     return state
+
+
+def _numpy_arrays_allowed():
+    """Checkpoints written before the numpy RNG key was stored as a tensor hold one numpy array: allow numpy's array
+    reconstruction (data, not code) in weights_only loads, where this torch can (2.5+)."""
+    safe = getattr(torch.serialization, "safe_globals", None)
+    if safe is None:
+        return contextlib.nullcontext()
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in ("uint32", "int64")]
+    return safe([core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes])
 
 
 class Preempted(Exception):

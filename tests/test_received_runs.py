@@ -1,0 +1,101 @@
+"""A run folder from elsewhere (a colleague's sweep, a downloaded checkpoint) runs no code: every checkpoint is read
+with torch.load(weights_only=True), every record with YAML's safe loader, and what they refuse is one line. Each
+payload below would create a marker file if it ran."""
+
+from __future__ import annotations
+
+import builtins
+
+import pytest
+import torch
+
+from etf_train import EtfTrainError
+from etf_train.posthoc import main as etf_eval
+from etf_train.training import train
+from etf_train.training.checkpoint import load_checkpoint, rng_state, set_rng_state
+
+from .conftest import TINY, etf_train, make_cfg
+
+
+class Payload:
+    """Unpickling it calls open(marker, "w"): creates the marker."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.open, (self.marker, "w")
+
+
+def _plant(run, marker):
+    ckpt = run / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["extra"] = Payload(marker)
+    torch.save(state, ckpt)
+    return ckpt
+
+
+@pytest.fixture
+def received(tmp_path):
+    run = tmp_path / "received"
+    train(make_cfg(*TINY, "trainer.max_epochs=1"), run)
+    return run
+
+
+def test_a_checkpoint_carrying_code_is_refused_by_every_entry_point(received, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    ckpt = _plant(received, marker)
+    with pytest.raises(EtfTrainError, match=r"holds a pickled (builtins|io)\.open.*does not run code from a checkpoint"):
+        load_checkpoint(ckpt, {})
+    assert etf_eval([str(received), "--out", str(tmp_path)]) == 2  # etf-eval RUN
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "does not run code from a checkpoint" in err
+    # trainer.resume=PATH into a new folder, and the same command again in the run's own folder (auto resume)
+    for args in ([f"trainer.resume={ckpt}", f"hydra.run.dir={tmp_path / 'new'}"], [f"hydra.run.dir={received}"]):
+        proc = etf_train(*TINY, "trainer.max_epochs=1", *args, cwd=tmp_path)
+        assert proc.returncode == 2 and "does not run code from a checkpoint" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_a_record_with_a_python_tag_is_one_line_and_constructs_nothing(received, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    config = received / ".hydra" / "config.yaml"
+    config.write_text(f"!!python/object/apply:builtins.open ['{marker}', 'w']\n")
+    assert etf_eval([str(received), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"cannot read the run record {config}" in err
+    proc = etf_train(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={received}", cwd=tmp_path)
+    assert proc.returncode == 2 and f"cannot read the run record {config}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_an_unreadable_file_under_outputs_never_blocks_a_new_run(tmp_path):
+    """A damaged overrides.yaml of another run is skipped with a warning naming it (it made every new run a
+    traceback)."""
+    bad = tmp_path / "outputs" / "2026-01-01" / "00-00-00_x" / ".hydra" / "overrides.yaml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("- head=learned\n  : [unbalanced")
+    proc = etf_train(*TINY, "trainer.max_epochs=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"etf-train: warning: skipping {bad}, which cannot be read" in proc.stderr
+
+
+def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    """The numpy generator's key is stored as a tensor (a numpy array needs more than weights_only allows), and
+    checkpoints from before, which hold the array, still load."""
+    import random
+
+    import numpy as np
+
+    random.seed(3)
+    np.random.seed(3)
+    torch.manual_seed(3)
+    state = rng_state()
+    torch.save({"rng": state}, tmp_path / "a.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(torch.load(tmp_path / "a.pt", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    old = {**state, "numpy": np.random.get_state()}  # the layout checkpoints had before
+    torch.save({"meta": {}, "rng": old}, tmp_path / "old.pt")
+    assert isinstance(load_checkpoint(tmp_path / "old.pt", {})["rng"]["numpy"][1], np.ndarray)
