@@ -308,6 +308,7 @@ NEUTRAL = (
     "trainer.progress", "trainer.resume", "trainer.device", "trainer.compile", "trainer.channels_last",
     "trainer.eval_batch_size", "trainer.save_every_n_epochs", "trainer.checkpoint_every_s", "loader.num_workers",
     "dataset.root", "dataset.download", "optimized_metric", "code_version",
+    "sizes",  # K, sample counts and d, as built: they follow from the settings, which are compared themselves
 )
 
 
@@ -336,8 +337,7 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
 
 # Keys the record gains when a run starts (a folder's file list, the process count, AGD's depth as resolved for the
 # model): older records lack them, and the config a command composes does not have them yet, so unset is no change.
-BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth", "sizes.num_classes", "sizes.train_samples",
-         "sizes.test_samples", "sizes.feature_dim")
+BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth")
 
 # The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
 IDENTITY = ("name", "arch", "_target_")

@@ -80,13 +80,13 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        raise EtfTrainError(f"checkpoint {path} holds {'a pickled ' + found.group(1) if found else 'pickled objects'}, "
+        if found is None:  # not a refused object: damaged, or not a torch file
+            _unreadable(path, e, given)
+        raise EtfTrainError(f"checkpoint {path} holds a pickled {found.group(1).rstrip('.,')}, "
                             "not only tensors and plain values: etf-train does not run code from a checkpoint; use "
                             "checkpoints that etf-train wrote") from None
     except Exception as e:  # truncated, corrupt, or not a torch file
-        advice = "point trainer.resume at a run's checkpoints/last.pt" if given else \
-            "this run's own checkpoint is damaged: start the run again in a new folder"
-        raise EtfTrainError(f"cannot read checkpoint {path} ({type(e).__name__}); {advice}") from None
+        _unreadable(path, e, given)
     if not isinstance(state, dict) or "meta" not in state:
         raise EtfTrainError(f"{path} is not an etf-train checkpoint; point trainer.resume at a run's checkpoints/last.pt")
     diff = {k: (state["meta"].get(k), v) for k, v in meta.items() if state["meta"].get(k) != v}
@@ -94,6 +94,12 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
         what = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
         raise EtfTrainError(f"checkpoint {path} does not match this run ({what}); use another output folder or trainer.resume=never")
     return state
+
+
+def _unreadable(path: Path, error: Exception, given: bool):
+    advice = "point trainer.resume at a run's checkpoints/last.pt" if given else \
+        "this run's own checkpoint is damaged: start the run again in a new folder"
+    raise EtfTrainError(f"cannot read checkpoint {path} ({type(error).__name__}); {advice}") from None
 
 
 def _numpy_arrays_allowed():
