@@ -64,7 +64,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
         raise EtfTrainError(f"checkpoint {path} was saved by a stop signal in the middle of epoch {where['epoch']} "
                             f"(step {where['step']}): its weights are no logged epoch's; resume the run first, or give "
                             "--checkpoint an end-of-epoch checkpoint (checkpoints/epoch_NNN.pt)")
-    changes = rundir.changed_settings(state.get("config", config), config)
+    changes = rundir.changed_settings(state["config"], config)
     if changes:  # another run's weights, which this run's settings (tau, data options, ...) would misreport
         raise EtfTrainError(f"checkpoint {path} is of a run with other settings than {run} ({', '.join(changes[:4])}"
                             f"{' ...' if len(changes) > 4 else ''}); evaluate it with its own run folder")

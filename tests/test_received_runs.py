@@ -97,5 +97,18 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     set_rng_state(torch.load(tmp_path / "a.pt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     old = {**state, "numpy": np.random.get_state()}  # the layout checkpoints had before
-    torch.save({"meta": {}, "rng": old}, tmp_path / "old.pt")
+    torch.save({"meta": {}, "config": {}, "rng": old}, tmp_path / "old.pt")
     assert isinstance(load_checkpoint(tmp_path / "old.pt", {})["rng"]["numpy"][1], np.ndarray)
+
+
+def test_a_checkpoint_without_its_settings_record_is_refused(received, tmp_path, capsys):
+    """Without `config` the settings comparison was skipped: a tau-1 checkpoint evaluated under a tau-5 run gave
+    test/loss 0.19 where the run logged 1.50."""
+    ckpt = received / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]
+    torch.save(state, ckpt)
+    assert etf_eval([str(received), "--out", str(tmp_path)]) == 2
+    assert "holds no record of the settings it was trained with" in capsys.readouterr().err
+    with pytest.raises(EtfTrainError, match="holds no record of the settings"):
+        train(make_cfg(*TINY, "trainer.max_epochs=1", f"trainer.resume={ckpt}"), tmp_path / "new")

@@ -84,12 +84,13 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
     with pytest.raises(EtfTrainError, match=r"was started with other settings \(dataset.per_class: 16 -> 8\)"):
         train(make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=1",
                        f"trainer.resume={ufm_ckpt}"), tmp_path / "ufm8")
-    state = torch.load(ufm_ckpt, weights_only=False)
-    del state["config"]  # a checkpoint that carries no settings: the tensors themselves must fit
-    torch.save(state, tmp_path / "bare.pt")
+    state = torch.load(ufm_ckpt, weights_only=True)
+    features = next(k for k in state["model"] if k.startswith("backbone."))
+    state["model"][features] = state["model"][features][:-1]  # settings that match, tensors that do not
+    torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(EtfTrainError, match="does not fit this model .*size mismatch") as info:
-        train(make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=1",
-                       f"trainer.resume={tmp_path / 'bare.pt'}"), tmp_path / "ufm8")
+        train(make_cfg(*ufm, "head=learned", "dataset.per_class=16", "trainer.max_epochs=1",
+                       f"trainer.resume={tmp_path / 'bad.pt'}"), tmp_path / "ufm16")
     assert "\n" not in str(info.value)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EtfTrainError, match="cannot read checkpoint .*junk.pt .*point trainer.resume at a run's") as info:
@@ -101,7 +102,7 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
 
 def test_atomic_checkpoint_leaves_no_temporary(tmp_path):
     path = tmp_path / "checkpoints" / "last.pt"
-    save_checkpoint(path, {"meta": {"head": "learned"}, "epoch": 1})
+    save_checkpoint(path, {"meta": {"head": "learned"}, "config": {}, "epoch": 1})
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
     assert load_checkpoint(path, {"head": "learned"})["epoch"] == 1
 

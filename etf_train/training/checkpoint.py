@@ -89,6 +89,9 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
         _unreadable(path, e, given)
     if not isinstance(state, dict) or "meta" not in state:
         raise EtfTrainError(f"{path} is not an etf-train checkpoint; point trainer.resume at a run's checkpoints/last.pt")
+    if not isinstance(state.get("config"), dict):  # without it, a checkpoint of other settings (tau 1 for 5) passes
+        raise EtfTrainError(f"checkpoint {path} holds no record of the settings it was trained with (an older "
+                            "etf-train wrote it, or it was stripped): they cannot be checked against this run's")
     diff = {k: (state["meta"].get(k), v) for k, v in meta.items() if state["meta"].get(k) != v}
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())

@@ -140,8 +140,7 @@ class Run:
         if path is None:
             return 0, None, None
         state = load_checkpoint(path, self.meta, given=str(self.t.resume) not in ("auto", "never"))
-        if "config" in state:
-            refuse_changes(state["config"], self.config, f"checkpoint {path}")
+        refuse_changes(state["config"], self.config, f"checkpoint {path}")
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
