@@ -24,7 +24,7 @@ from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import interrupt, rundir, search
+from . import interrupt, rundir, search, sweepdir
 from .view import how_to_look
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     for saved in sorted(cwd.glob(f"outputs/*/*/{rundir.OVERRIDES}"), reverse=True):  # newest first
         run = saved.parent.parent
         if rundir.state(run).status == "unfinished" and not rundir.RunLock(run).held_by_live_process():
-            scanned = rundir.scanned_yaml(saved)
+            scanned = sweepdir.scanned_yaml(saved)
             if isinstance(scanned, list) and sorted(str(o) for o in scanned) == mine:
                 return run.relative_to(cwd)
     return None
@@ -215,7 +215,7 @@ def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
         return None
     mine = task_overrides(overrides)
     for saved in sorted(cwd.glob("outputs/multirun/*/*/multirun.yaml"), reverse=True):  # newest first
-        scanned = rundir.scanned_yaml(saved)
+        scanned = sweepdir.scanned_yaml(saved)
         task = (OmegaConf.select(OmegaConf.create(scanned), "hydra.overrides.task", default=None)
                 if isinstance(scanned, dict) else None)
         if task is None or sorted(str(o) for o in task) != mine:
@@ -271,7 +271,7 @@ def _main(cfg: DictConfig) -> float | None:
         message = one_line(e)
         if multirun:  # fail this job only; the launcher runs the others, Hydra and the sweep's summary report it
             if not run_dir.exists():  # refused before it started: no run folder tells of it
-                rundir.note_refused(Path(hc.sweep.dir), hc.overrides.task, message)
+                sweepdir.note_refused(Path(hc.sweep.dir), hc.overrides.task, message)
             print(f"etf-train: error: {message}", file=sys.stderr)
             raise JobFailed(f"etf-train: error: {message}") from e
         print(f"etf-train: error: {message}", file=sys.stderr)
@@ -331,7 +331,7 @@ def main() -> None:
 
         named = sweep_dir is not None and "${" not in sweep_dir
         if named:  # a continued sweep retries the jobs refused before
-            (Path(sweep_dir) / rundir.REFUSED).unlink(missing_ok=True)
+            (Path(sweep_dir) / sweepdir.REFUSED).unlink(missing_ok=True)
         try:
             _main()
         except SystemExit as e:  # how Hydra ends a sweep in which a job failed, after running the others

@@ -21,9 +21,7 @@ import math
 import os
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,21 +88,6 @@ def remove_if_empty(run: Path) -> None:
         run.rmdir()
 
 
-REFUSED = ".refused_jobs"  # in a sweep folder: a line per job refused before it started (it leaves no run folder)
-
-
-def note_refused(sweep: Path, overrides: Sequence[str], message: str) -> None:
-    """Record a sweep job refused at its start, so that the sweep's end can name it (lines appended: joblib's
-    workers write at once)."""
-    with (sweep / REFUSED).open("a") as f:
-        f.write(f"{' '.join(overrides)}: {message}\n")
-
-
-def refused_jobs(sweep: Path) -> list[str]:
-    path = sweep / REFUSED
-    return path.read_text().splitlines() if path.is_file() else []
-
-
 def write_record(run: Path, config: dict, overrides: list[str] | None = None, hydra: dict | None = None) -> None:
     """`.hydra/config.yaml` (the resolved config), and Hydra's overrides and own settings when run by the CLI."""
     files = {OVERRIDES: overrides, HYDRA: None if hydra is None else {"hydra": hydra}, CONFIG: config}
@@ -141,17 +124,6 @@ def code_version() -> str:
     if commit.returncode != 0:
         return found
     return f"{found}+g{commit.stdout.strip()}" + (".dirty" if changed.stdout.strip() else "")
-
-
-def scanned_yaml(path: Path) -> object | None:
-    """A YAML file found while scanning outputs/ (a run's overrides, a sweep's multirun.yaml), safely loaded; one
-    that cannot be read is skipped with a warning naming it, so that it never blocks a new run or sweep."""
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"etf-train: warning: skipping {path}, which cannot be read ({first})", file=sys.stderr)
-        return None
 
 
 def read_record(run: Path) -> dict | None:

@@ -67,7 +67,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EtfTrainError
-from .. import rundir
+from .. import sweepdir
 from ..rundir import read_scalars
 from ..view import ADDRESS_ENV, address, how_to_look
 from .analysis import OTHER_METRICS, Analysis, analyse
@@ -167,7 +167,7 @@ def sweep_end(folder: Path) -> str:
     if others:
         lines += [f"{len(others)} of {len(others) + sum(r.counted for r in a.runs)} runs not counted:",
                   *(f"- {r.describe()}" for r in others), ""]
-    refused = rundir.refused_jobs(folder)
+    refused = sweepdir.refused_jobs(folder)
     if refused:
         lines += [f"{len(refused)} job{'s' * (len(refused) > 1)} refused before starting:", *(f"- {j}" for j in refused), ""]
     lines += [how_to_look(folder), f"table, plots and curves.csv: etf-compare {folder}"]
