@@ -12,8 +12,11 @@ from hydra import compose, initialize_config_dir
 
 from etf_train.cli import config_dir
 
-# Tiny, fast settings shared by the compose-API tests: a few seconds per run on 2 CPU cores.
+# Tiny, fast settings shared by the compose-API tests: a few seconds per run on 2 CPU cores. On the CPU on any host
+# (auto would pick CUDA and bf16 on a GPU machine, where these tests mean the CPU path; tests/test_cuda.py asks for
+# the device itself, later in its overrides).
 TINY = [
+    "trainer.device=cpu",
     "dataset=synthetic",
     "dataset.num_classes=4",
     "dataset.image_size=8",
@@ -29,6 +32,7 @@ TINY = [
     "trainer.checkpoint_every_s=0",  # a checkpoint every epoch, which the resume tests count on
 ]
 TINY_UFM = [
+    "trainer.device=cpu",
     "dataset=ufm",
     "dataset.num_classes=4",
     "dataset.per_class=16",
