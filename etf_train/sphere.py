@@ -18,9 +18,11 @@ EPS = 1e-12  # F.normalize's default
 
 
 def _scale(f: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(||f||, r = tau / max(||f||, eps)) per row.  f: (..., d) -> (..., 1), (..., 1)"""
+    """(||f||, r = tau / max(||f||, eps)) per row; r is NaN where ||f|| overflows (features of a diverged run, whose
+    h would otherwise read as 0: perfect collapse), so the loss is NaN and the run stops there.
+    f: (..., d) -> (..., 1), (..., 1)"""
     norm = torch.linalg.vector_norm(f, dim=-1, keepdim=True)
-    return norm, tau / norm.clamp_min(EPS)
+    return norm, torch.where(torch.isfinite(norm), tau / norm.clamp_min(EPS), torch.nan)
 
 
 class _Sphere(torch.autograd.Function):

@@ -81,7 +81,8 @@ def nc1_from_moments(S_W: Tensor, U: Tensor, S: Tensor) -> Tensor:
     """
     keep = S > math.sqrt(U.shape[0] * torch.finfo(S.dtype).eps) * S[0]
     U, S = U[:, keep], S[keep]
-    return ((U * (S_W @ U)).sum(dim=0) / S.square()).sum()
+    # no between-class spread at all (every class mean equal: e.g. features collapsed to 0): undefined, not 0
+    return torch.where(keep.any(), ((U * (S_W @ U)).sum(dim=0) / S.square()).sum(), torch.nan)
 
 
 def numerical_rank(S: Tensor, shape: tuple[int, int]) -> Tensor:
