@@ -71,8 +71,8 @@ def test_cli_bad_input_matrix(tmp_path, monkeypatch, capfd):
         ([*TINY, "head.tau=abc"], 2, "etf-train: error: head.tau must be a finite number > 0, got 'abc'"),
         ([*TINY, "seed=abc"], 2, "etf-train: error: seed must be an integer >= 0, got 'abc'"),
         ([*TINY, "optimizer.momentum=-1"], 2, "etf-train: error: optimizer=sgd refused its options: Invalid momentum"),
-        ([*TINY, "trainer.nonfinite=skip", "optimizer.lr=1e6"], 2,
-         "etf-train: error: the weights are no longer finite after epoch"),
+        ([*TINY, "trainer.nonfinite=skip", "optimizer.lr=1e6"], 2,  # steps skipped, the features still diverge
+         "etf-train: error: the features are no longer finite in the NC metrics' pass: training diverged"),
         ([*TINY, "head=learned", "solver=riemannian"], 2,
          "etf-train: error: the solver group applies to head=nearest_etf only; head=learned has no solver"),
     ]

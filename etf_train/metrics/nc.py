@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from etf_train.errors import EtfTrainError
+from etf_train.errors import EtfTrainError, NonFiniteError
 
 METRIC_KEYS = (
     "nc1",
@@ -265,6 +265,9 @@ class NCAccumulator:
         mu = self.sums[present] / n[:, None]  # (K', d)
         mu_G = self.sums.sum(dim=0) / N  # (d,)
         Hc = (mu - mu_G).T  # (d, K')
+        if not bool(torch.isfinite(Hc).all()):  # a diverged run's features (NaN where their norm overflowed)
+            raise NonFiniteError("the features are no longer finite in the NC metrics' pass: training diverged; "
+                                 "lower optimizer.lr (the last good checkpoint is kept)")
         within = symmetric_from_upper(self.within)  # (d, d), N S_W: the metrics below are linear in it or scale-free
         G_h = Hc.T @ Hc  # (K', K')
         U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
