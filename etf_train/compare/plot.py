@@ -144,8 +144,11 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str, lines_at
         medians.append(st.median)
     if not is_accuracy(tag) and seen and spans_decades(np.concatenate(seen)):  # accuracies (%) stay linear
         ax.set_yscale("log")
-    for value in lines_at:
-        ax.axhline(value, color="0.5", lw=0.7, ls=":", zorder=0)
+    span = np.concatenate(seen) if seen else np.array([])
+    span = span[np.isfinite(span)]
+    for value in lines_at:  # within the curves' range only: a line far below them would squash them
+        if span.size and span.min() <= value <= span.max():
+            ax.axhline(value, color="0.5", lw=0.7, ls=":", zorder=0)
     if is_accuracy(tag) and medians:  # the range the medians span, not 0-100 % (UFM's curves sit at 100 %)
         lo, hi = float(np.nanmin(np.concatenate(medians))), float(np.nanmax(np.concatenate(seen)))
         pad = max(0.5, 0.05 * (hi - lo))
