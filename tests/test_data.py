@@ -988,3 +988,25 @@ def test_random_crop_pads_with_zeros_and_draws_offsets_per_sample():
     assert set(offsets) == set(crops)  # all (2p+1)^2 offsets occur (each has probability 1/25; 400 draws)
     assert len({i for i, _ in offsets}) > 1 and len({j for _, j in offsets}) > 1
     assert any(i != j for i, j in offsets)
+
+
+@pytest.mark.parametrize("class_balanced", [False, True])
+@pytest.mark.parametrize(("n", "sizes"), [(129, [129]), (130, [128, 2]), (257, [128, 129])])
+def test_a_last_batch_of_one_sample_joins_the_batch_before(n, sizes, class_balanced):
+    """BatchNorm cannot normalise one sample in training: N mod B = 1 (dataset.limit_train=129 at batch 128) crashed
+    every BatchNorm backbone at the end of epoch 1. Every sample is still served once per epoch."""
+    bundle = build_data("synthetic", num_classes=4, image_size=4, channels=1, train_per_class=n, test_per_class=1,
+                        limit_train=n)
+    for mode in ("device", "dataloader"):
+        train = build_loaders(bundle, 128, mode=mode, class_balanced=class_balanced)[0]
+        set_epoch(train, 2)
+        batches = [len(y) for _, y in train]
+        assert batches == sizes and len(train) == len(sizes), (mode, batches)
+
+
+def test_the_default_run_trains_on_a_train_set_of_129(tmp_path):
+    from etf_train.training import train
+
+    last = train(make_cfg("dataset.limit_train=129", "trainer.max_epochs=1", "trainer.progress=false",
+                          "trainer.device=cpu"), tmp_path)
+    assert math.isfinite(last["train/loss"])

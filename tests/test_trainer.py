@@ -332,11 +332,12 @@ def test_the_end_of_epoch_finiteness_check_sees_every_nan_and_inf_and_nothing_el
 
 
 def test_a_tiny_leftover_batch_is_named_for_nearest_etf(tmp_path, caplog):
-    """64 UFM samples in batches of 21 end every epoch in a batch of one sample: nearest_etf centres a batch by its
-    own mean, so that step's logits cancel (the other heads train on it as on any batch). Said once, at the start."""
+    """64 UFM samples in batches of 31 end every epoch in a batch of two samples: nearest_etf centres a batch by its
+    own mean, so that step's logits nearly cancel (the other heads train on it as on any batch). Said once, at the
+    start. (A single leftover sample joins the batch before: tests/test_data.py.)"""
     for head, said in (("nearest_etf", True), ("learned", False)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="etf_train"):
-            run = Run(make_cfg(*TINY_UFM, f"head={head}", "trainer.batch_size=21"), tmp_path / head)
+            run = Run(make_cfg(*TINY_UFM, f"head={head}", "trainer.batch_size=31"), tmp_path / head)
         run.folder.end()
-        assert ("each epoch ends in a batch of 1 sample(s) (64 train samples, trainer.batch_size=21)" in caplog.text) == said
+        assert ("each epoch ends in a batch of 2 sample(s) (64 train samples, trainer.batch_size=31)" in caplog.text) == said

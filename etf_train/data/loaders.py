@@ -22,7 +22,7 @@ from .. import options as opt
 from ..errors import EtfTrainError
 from .mix import NO_MIX, Mix, NoMix
 from .registry import DataBundle
-from .samplers import ClassBalancedBatchSampler, ShardSampler, ShuffleSampler, check_shard, epoch_seed
+from .samplers import ClassBalancedBatchSampler, MergedSingleton, ShardSampler, ShuffleSampler, check_shard, epoch_seed
 
 MODES = ("auto", "device", "dataloader")
 
@@ -189,6 +189,7 @@ def build_loaders(
     else:
         batches = BatchSampler(ShuffleSampler(bundle.train, seed=seed, rank=rank, world_size=world_size), batch_size,
                                drop_last=False)
+    batches = MergedSingleton(batches)  # a last batch of one sample joins the one before (BatchNorm cannot take it)
 
     def in_order(n: int) -> BatchSampler:
         return BatchSampler(ShardSampler(n, rank, world_size), eval_batch_size, drop_last=False)

@@ -105,3 +105,25 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._bounds())
+
+
+class MergedSingleton(Sampler[list[int]]):
+    """The batches of `batches`, with a last batch of one sample merged into the batch before it: BatchNorm cannot
+    normalise a single sample in training ("Expected more than 1 value per channel"), so N mod B = 1 (e.g.
+    dataset.limit_train=129 at batch 128) crashed every BatchNorm backbone at the end of epoch 1. Every rank of a
+    shard has the same batch sizes, so ranks stay in step. `sampler` is what set_epoch reaches."""
+
+    def __init__(self, batches: Sampler[list[int]]):
+        self.batches = batches
+        self.sampler = batches if hasattr(batches, "set_epoch") else getattr(batches, "sampler", None)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        found = list(self.batches)
+        if len(found) > 1 and len(found[-1]) == 1:
+            found[-2:] = [list(found[-2]) + list(found[-1])]
+        yield from found
+
+    def __len__(self) -> int:
+        n = len(self.batches)
+        return n - 1 if n > 1 and len(list(self.batches)[-1]) == 1 else n
+

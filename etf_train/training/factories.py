@@ -80,8 +80,8 @@ def warn_small_leftover(cfg: DictConfig, num_train: int, num_classes: int) -> No
     nearest_etf centres a batch by its own mean, so on such a batch its logits nearly cancel and its running class
     means are pulled by a handful of samples, which the other heads do not suffer. The authors' stratified batches
     spread the remainder instead."""
-    left = num_train % cfg.trainer.batch_size
-    if cfg.head.name == "nearest_etf" and 0 < left < min(num_classes, cfg.trainer.batch_size / 4):
+    left = num_train % cfg.trainer.batch_size  # a single sample joins the batch before (data/samplers.py)
+    if cfg.head.name == "nearest_etf" and 1 < left < min(num_classes, cfg.trainer.batch_size / 4):
         logging.getLogger("etf_train").warning(
             "each epoch ends in a batch of %d sample(s) (%d train samples, trainer.batch_size=%d): nearest_etf centres a "
             "batch by its own mean, so that step is nearly degenerate; a batch size that divides the train set, or "
