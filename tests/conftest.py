@@ -115,7 +115,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 # ----------------------------------------------------------------------------- interrupting a run in-process
 
 
-class Crash(Exception):
+class Crash(BaseException):  # nothing in the program handles a kill -9: no failure marker
     """Stands for a kill -9 right after a checkpoint was written."""
 
 

@@ -131,3 +131,26 @@ def test_a_diverged_run_never_reads_as_collapse():
     Hc = torch.randn(6, 3, dtype=torch.float64)
     U, S, _ = torch.linalg.svd(Hc, full_matrices=False)
     assert torch.isfinite(nc1_from_moments(torch.eye(6, dtype=torch.float64), U, S))
+
+
+def test_any_failure_after_the_start_leaves_its_marker_and_one_line(tmp_path, monkeypatch, capfd):
+    """An error that is not etf-train's own (out of memory, a library's) left no `failed` marker and a traceback on
+    the terminal: now the marker holds its one line, the terminal shows that line, the run's log the traceback."""
+    from etf_train import rundir
+    from etf_train.training.loop import Run
+
+    from .conftest import etf_train_here
+
+    def boom(self, *args):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(Run, "_step", boom)
+    proc = etf_train_here(*TINY, "trainer.max_epochs=1", "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch,
+                          capfd=capfd)
+    run = tmp_path / "run"
+    line = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"etf-train: error: {line} (the traceback is in {tmp_path / 'run' / 'cli.log'})"]
+    assert rundir.failure(run).startswith(line)
+    log = (run / "cli.log").read_text()
+    assert "Traceback (most recent call last)" in log and "in boom" in log

@@ -315,7 +315,7 @@ def test_optimisers_step_fused_where_torch_can_and_fall_back_elsewhere(monkeypat
 def test_the_end_of_epoch_finiteness_check_sees_every_nan_and_inf_and_nothing_else():
     """The check reads each tensor's min and max instead of isfinite per value: catches a NaN that min/max would skip,
     an inf of either sign, a float64 value that a float32 comparison would overflow, and a refusal of empty tensors."""
-    from etf_train.training.loop import all_finite
+    from etf_train.training.tally import all_finite
 
     def table(value=None, dtype=torch.float32):
         t = torch.randn(50, 7, dtype=dtype)

@@ -120,9 +120,10 @@ def show_progress(setting) -> bool:
     return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
-def log_to_file(message: str) -> None:
-    """Write an error line into the run's log file (Hydra's job log) only: the console shows it once, on stderr."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+def log_to_file(message: str, exc_info: bool = False) -> None:
+    """Write an error line (and with exc_info the traceback being handled) into the run's log file (Hydra's job log)
+    only: the console shows it once, on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, sys.exc_info() if exc_info else None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
