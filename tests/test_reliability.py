@@ -28,15 +28,17 @@ COMPARED = ("train/loss", "train/acc", "test/loss", "test/acc", "nc/nc1", "nc/nc
 
 
 def start_cli(run_dir, *overrides, cwd=None):
-    """`etf-train OVERRIDES` into run_dir (None: Hydra's time-stamped folder under cwd/outputs)."""
+    """`etf-train OVERRIDES` into run_dir (None: Hydra's time-stamped folder under cwd/outputs), in a process group
+    of its own (so that a test can signal the group, as Slurm does)."""
     exe = Path(sys.executable).with_name("etf-train")
     args = [str(exe), *overrides, "trainer.progress=true", *([f"hydra.run.dir={run_dir}"] if run_dir else [])]
     return subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            cwd=cwd or run_dir.parent)
+                            cwd=cwd or run_dir.parent, start_new_session=True)
 
 
-def interrupt_mid_epoch(proc, sig, epoch=2):
-    """Send `sig` once the progress bar shows `epoch` between 10 % and 80 % done; returns stderr."""
+def interrupt_mid_epoch(proc, sig, epoch=2, group=False):
+    """Send `sig` (to the whole process group with `group`, DataLoader workers included, as Slurm's scancel and
+    time limit do) once the progress bar shows `epoch` between 10 % and 80 % done; returns stderr."""
     seen, sent = [], threading.Event()
     pattern = re.compile(rf"epoch {epoch}/\d+:\s+(\d+)%")
 
@@ -47,7 +49,7 @@ def interrupt_mid_epoch(proc, sig, epoch=2):
             if ch in "\r\n":
                 m = pattern.search(buf)
                 if m and 5 <= int(m.group(1)) <= 90 and not sent.is_set():
-                    proc.send_signal(sig)
+                    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
                     sent.set()
                 seen.append(buf)
                 buf = ""
@@ -122,6 +124,21 @@ def test_preemption_signal_saves_at_step_boundary_and_resumes_there(tmp_path, re
     proc = start_cli(run, *overrides)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert_same_run(run, reference("nearest_etf"))
+
+
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGTERM, True), (signal.SIGHUP, False)])
+def test_a_signal_to_the_process_group_or_a_hangup_saves_too(tmp_path, sig, group):
+    """SIGTERM to the whole group (Slurm, systemd) with DataLoader workers: the workers died first and the main
+    process failed without a checkpoint; SIGHUP (a closed terminal) was not handled at all (exit 129, the epoch
+    lost). Both now save at the next step boundary."""
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = start_cli(run, *LONG, "head=learned", "loader.mode=dataloader", "loader.num_workers=2")
+    err = interrupt_mid_epoch(proc, sig, group=group)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert f"stopped by {signal.Signals(sig).name} at epoch 2, step" in err and "Traceback" not in err
+    state = final_state(run)
+    assert state["epoch"] == 1 and state["partial"]["epoch"] == 2
 
 
 def test_same_command_resumes_the_interrupted_time_stamped_run(tmp_path, reference):

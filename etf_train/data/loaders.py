@@ -12,6 +12,7 @@ the epoch), whichever worker serves it: loader.num_workers cannot change a draw,
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import torch
@@ -127,6 +128,16 @@ class _SeededCollate:
         return _seeded(epoch_seed(samples[0][1], -1), self.collate, [sample for sample, _ in samples])
 
 
+def ignore_stop_signals(_worker: int) -> None:
+    """In a DataLoader worker: leave stop signals to the main process. Slurm's scancel and time limit, and systemd,
+    signal the whole process group: workers that died of SIGTERM first made the main process fail ("DataLoader
+    worker ... killed by signal") before it could save; it saves at its next step boundary and the workers end
+    with it."""
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class TrainDataLoader(DataLoader):
     """A DataLoader whose every draw follows from (seed, rank, epoch, position) (see the module docstring)."""
 
@@ -206,7 +217,7 @@ def build_loaders(
             DeviceLoader(x_train, y_train, in_order(len(y_train)), plain),
         )
 
-    common = dict(num_workers=num_workers, pin_memory=pin_memory)
+    common = dict(num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals)
     train = TrainDataLoader(bundle.train, batches, seed=seed, rank=rank, collate_fn=mix.collate, **common)
     test, eval_train = (  # own generators: a base seed drawn from the global RNG per pass would move dropout's draws
         DataLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0, generator=torch.Generator(),

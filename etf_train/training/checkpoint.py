@@ -125,14 +125,15 @@ class Preempted(Exception):
 
 
 class SignalGuard:
-    """SIGTERM, SIGUSR1 (SLURM pre-emption), SIGUSR2 (submitit's pre-emption signal) and SIGINT set a flag
-    that the loop reads at step boundaries.
+    """SIGTERM, SIGUSR1 (SLURM pre-emption), SIGUSR2 (submitit's pre-emption signal), SIGINT and SIGHUP (a closed
+    terminal, a dropped ssh session) set a flag that the loop reads at step boundaries.
 
     After the checkpoint is written, ``chain`` hands the signal to whatever handler was installed before
     (e.g. submitit's requeue handler), so cluster tools keep working.
     """
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT") if hasattr(signal, name))
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+                    if hasattr(signal, name))
 
     def __init__(self):
         self.received: int | None = None
