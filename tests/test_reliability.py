@@ -371,3 +371,37 @@ def test_checkpoints_by_time_replay_the_epochs_since_the_last_one(tmp_path, monk
     assert list(read_scalars(tmp_path / "run")["train/loss"][0]) == [1, 2]
     train(cfg, tmp_path / "run")
     assert_bit_identical(tmp_path / "ref", tmp_path / "run", 3)
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_a_signal_during_evaluation_stops_at_that_epochs_end(tmp_path, monkeypatch, capsys, caplog, last):
+    """A stop signal during the evaluation or NC pass was honoured only after them and one more step of the next
+    epoch, without a word, and in the last epoch not at all. It is said at once; mid-run the run stops at the end of
+    that epoch with an end-of-epoch checkpoint; in the last epoch the run finishes and says there is nothing to
+    resume."""
+    from etf_train.training import loop
+
+    original, calls = loop.evaluate, []
+
+    def evaluate(*args, **kwargs):  # called once per epoch: the signal arrives during epoch 1's (or the last's)
+        calls.append(1)
+        if len(calls) == (2 if last else 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    cfg = make_cfg(*TINY, "trainer.max_epochs=2")
+    if last:
+        with caplog.at_level("WARNING", logger="etf_train"):
+            train(cfg, tmp_path)
+        assert (tmp_path / "checkpoints" / "finished").exists()
+        assert "SIGTERM arrived during the last epoch's evaluation: the run finished, nothing to resume" in caplog.text
+    else:
+        with pytest.raises(SystemExit) as info:
+            train(cfg, tmp_path)
+        assert info.value.code == 128 + signal.SIGTERM
+        state = final_state(tmp_path)
+        assert state["epoch"] == 1 and state["partial"] is None  # the end of epoch 1: no step of epoch 2 taken
+        assert list(read_scalars(tmp_path)["train/loss"][0]) == [1]
+    err = capsys.readouterr().err
+    assert "etf-train: SIGTERM received: saving at the next step or epoch boundary, then stopping" in err

@@ -10,6 +10,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -151,6 +152,9 @@ class SignalGuard:
         self.previous = {}
 
     def _handle(self, signum, frame):
+        if self.received is None:  # said at once: an evaluation pass can take a while before the next boundary
+            print(f"etf-train: {signal.Signals(signum).name} received: saving at the next step or epoch boundary, "
+                  "then stopping", file=sys.stderr, flush=True)
         self.received = signum
 
     def chain(self) -> None:

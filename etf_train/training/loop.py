@@ -21,16 +21,16 @@ from tqdm import tqdm
 
 from .. import rundir
 from ..data import build_data, build_loaders, build_mix, set_epoch
-from ..errors import EtfTrainError, NonFiniteError, as_etf_error
+from ..errors import NonFiniteError, as_etf_error
 from ..losses import build_loss, hard_labels
 from ..metrics import reliability_diagram
-from .checkpoint import Preempted, SignalGuard, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import Preempted, SignalGuard, rng_state, save_checkpoint, set_rng_state
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
 from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
                         resolve_precision, seed_everything, warn_small_leftover)
 from .logbook import Logbook, log_to_file, show_progress, summary
-from .resume import RunFolder, refuse_changes
+from .resume import RunFolder, restore
 from .tally import EpochTally, all_finite
 
 log = logging.getLogger("etf_train")
@@ -135,28 +135,9 @@ class Run:
                 shutil.copyfile(self.ckpt_path, numbered)
 
     def restore(self) -> tuple[int, dict | None, dict | None]:
-        """Load the checkpoint the claim chose: (completed epochs, partial-epoch state, RNG state)."""
-        path = self.resume_from
-        if path is None:
-            return 0, None, None
-        state = load_checkpoint(path, self.meta, given=str(self.t.resume) not in ("auto", "never"))
-        refuse_changes(state["config"], self.config, f"checkpoint {path}")
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:  # e.g. another train-set size for the UFM features
-            first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
-            raise EtfTrainError(
-                f"checkpoint {path} does not fit this model ({first}); use another output folder or trainer.resume=never"
-            ) from None
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        partial = state.get("partial")
-        where = f"epoch {partial['epoch']}, step {partial['step']}" if partial else f"the end of epoch {state['epoch']}"
-        log.info("resumed from %s at %s", path, where)
-        if partial is None:
-            set_rng_state(state["rng"])
-        return state["epoch"], partial, state["rng"]
+        """Load the checkpoint the claim chose (resume.restore): (completed epochs, partial-epoch state, RNG state)."""
+        return restore(self.resume_from, self.meta, self.config, self.t.resume, self.model, self.optimizer,
+                       self.scheduler)
 
     # -- one epoch
 
@@ -185,9 +166,13 @@ class Run:
 
     def _preempt(self, guard: SignalGuard, tally: EpochTally, epoch: int, step: int):
         self.save(epoch - 1, tally.partial(epoch, step))
+        raise self._stop(guard, epoch, step)
+
+    @staticmethod
+    def _stop(guard: SignalGuard, epoch: int, step: int) -> Preempted:
         signum = guard.received or signal.SIGTERM  # another rank's signal, under torchrun
         guard.chain()
-        raise Preempted(signum, epoch, step)
+        return Preempted(signum, epoch, step)
 
     def train_epoch(self, epoch: int, guard: SignalGuard, partial: dict | None, rng: dict | None) -> dict[str, float]:
         self.model.train()
@@ -320,6 +305,14 @@ class Run:
                         self.save(epoch)
                     if self.world.main:
                         log.info("epoch %d/%d  %s", epoch, self.t.max_epochs, summary(scalars))
+                    # a signal during the evaluation or NC pass: stop at this epoch's end, not a step into the next
+                    stop = self.stop_vote(guard.received is not None) | self.stop_vote.settle()  # every rank votes
+                    if stop and epoch < self.t.max_epochs:
+                        self.save(epoch)
+                        raise self._stop(guard, epoch, len(self.train_loader))
+            if guard.received is not None and self.world.main:
+                log.warning("%s arrived during the last epoch's evaluation: the run finished, nothing to resume",
+                            signal.Signals(guard.received).name)
             if book is not None:
                 book.figure("test/reliability", reliability_diagram(self.calibration, "test split"), self.t.max_epochs)
             if self.world.main:  # tells `etf-train` (cli.interrupted_run) that this run needs no resuming

@@ -7,11 +7,13 @@ other start into a folder that holds a run is refused in one line before anythin
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from .. import rundir
 from ..errors import EtfTrainError
 from ..rundir import changed_settings
+from .checkpoint import load_checkpoint, set_rng_state
 
 
 def refuse_changes(saved: dict, now: dict, where: str) -> None:
@@ -90,3 +92,29 @@ class RunFolder:
         self.lock.release()
         if self.main and not self.started:
             rundir.remove_if_empty(self.run_dir)
+
+
+def restore(path: Path | None, meta: dict, config: dict, spec, model, optimizer,
+            scheduler) -> tuple[int, dict | None, dict | None]:
+    """Load the checkpoint the claim chose into the model, optimiser and schedule: (completed epochs, partial-epoch
+    state, RNG state); (0, None, None) for a fresh start. spec: trainer.resume, which words the advice."""
+    if path is None:
+        return 0, None, None
+    state = load_checkpoint(path, meta, given=str(spec) not in ("auto", "never"))
+    refuse_changes(state["config"], config, f"checkpoint {path}")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:  # e.g. another train-set size for the UFM features
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise EtfTrainError(
+            f"checkpoint {path} does not fit this model ({first}); use another output folder or trainer.resume=never"
+        ) from None
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    partial = state.get("partial")
+    where = f"epoch {partial['epoch']}, step {partial['step']}" if partial else f"the end of epoch {state['epoch']}"
+    logging.getLogger("etf_train").info("resumed from %s at %s", path, where)
+    if partial is None:
+        set_rng_state(state["rng"])
+    return state["epoch"], partial, state["rng"]
