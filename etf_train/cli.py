@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import interrupt, rundir, search, sweepdir
+from .errors import FULL_MB, EtfTrainError, free_mb, one_line
 from .view import how_to_look
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a folder" if not existing.is_dir() else "is not writable"
         return f"cannot write the output folder {target}: {existing} {what}; set {key}=... to a writable place"
+    if free_mb(existing) < FULL_MB:  # Hydra's first write of the record would fail with a traceback
+        return f"cannot write the output folder {target}: the disk is full ({free_mb(existing)} MB free there)"
     return None
 
 
@@ -226,16 +229,6 @@ def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
     return None
 
 
-def one_line(error: BaseException) -> str:
-    """The message of an error, reduced to its last line when it comes wrapped in a DataLoader worker's traceback."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else type(error).__name__
-    last = lines[-1]
-    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
-
-
 def job_device(spec: str, multirun: bool, job_num: int, cuda_count: int) -> str:
     """One GPU per job: with trainer.device=auto in a multirun on a machine with several GPUs, job n runs on
     cuda:(n mod count), so parallel jobs (hydra/launcher=joblib, n_jobs = count) spread over the GPUs."""
@@ -248,7 +241,6 @@ def job_device(spec: str, multirun: bool, job_num: int, cuda_count: int) -> str:
 def _main(cfg: DictConfig) -> float | None:
     import torch
 
-    from .errors import EtfTrainError
     from .training import train
 
     hc = HydraConfig.get()

@@ -15,6 +15,7 @@ before deciding anything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -58,8 +59,13 @@ def mark_finished(run: Path) -> None:
 
 
 def mark_failed(run: Path, reason: str) -> None:
-    (run / FAILED).parent.mkdir(parents=True, exist_ok=True)
-    (run / FAILED).write_text(reason + "\n")
+    """Best effort: on a full disk the marker may not fit, and the run's one line says why anyway (the same command
+    then resumes it, which is what a user wants once there is room)."""
+    try:
+        (run / FAILED).parent.mkdir(parents=True, exist_ok=True)
+        (run / FAILED).write_text(reason + "\n")
+    except OSError:
+        (run / FAILED).unlink(missing_ok=True)  # an empty marker would hide the reason
 
 
 def failure(run: Path) -> str | None:
@@ -207,7 +213,8 @@ class RunLock:
 
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder: the next start finds the lock stale and takes it
+                self.path.unlink(missing_ok=True)
             self.held = False
 
 

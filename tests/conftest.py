@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -102,7 +103,8 @@ def etf_train_here(*args, cwd, monkeypatch, capfd):
         for lg in [logging.getLogger(), *(logging.getLogger(n) for n in logging.Logger.manager.loggerDict)]:
             for handler in [h for h in lg.handlers if h not in before.get(id(lg), [])]:
                 lg.removeHandler(handler)
-                handler.close()
+                with contextlib.suppress(OSError, ValueError):  # as logging.shutdown does at a real exit
+                    handler.close()
     out, err = capfd.readouterr()
     return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 

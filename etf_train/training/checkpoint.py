@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import pickle
 import random
 import re
-import shutil
 import signal
 import sys
 import threading
@@ -18,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import EtfTrainError
+from ..errors import EtfTrainError, first_line, write_failure
 from ..interrupt import startup_sigint
 
 
@@ -64,11 +62,9 @@ def save_checkpoint(path: Path, state: dict) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as RuntimeError
         tmp.unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free
-        why = "the disk is full" if free < (1 << 20) or getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) \
-            else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        why = write_failure(e, path) or f"{type(e).__name__}: {first_line(e)}"
         kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
-        raise EtfTrainError(f"cannot write checkpoint {path}: {why} ({free >> 20} MB free there); {kept}") from None
+        raise EtfTrainError(f"cannot write checkpoint {path}: {why}; {kept}") from None
 
 
 def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:

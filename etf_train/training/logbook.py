@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -15,6 +16,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams, scalar
 
+from ..errors import first_line, write_failure
 from ..view import KEY_CARDS
 from ..rundir import flatten, read_scalars
 
@@ -64,6 +66,9 @@ def _hparam_value(value):
 class Logbook:
     def __init__(self, run_dir: Path, config: dict, first_epoch: int, record: tuple | None = None):
         """record: the CLI's (overrides, Hydra's settings), which name the keys a sweep varies (swept_keys)."""
+        if threading.excepthook is not _quiet_writer_thread:
+            _quiet_writer_thread.previous = threading.excepthook
+            threading.excepthook = _quiet_writer_thread
         # purge_step: events of epochs after the checkpoint (written before a crash) give way to the new ones
         self.writer = SummaryWriter(str(run_dir), purge_step=first_epoch)
         self.ended = None
@@ -103,9 +108,40 @@ class Logbook:
         self.writer.add_figure(tag, figure, epoch, close=False)
 
     def close(self, finished: bool) -> None:
-        if finished:  # the HParams session ends (status success); an interrupted run's session stays open
-            self.writer.file_writer.add_summary(self.ended)
-        self.writer.close()
+        try:
+            if finished:  # the HParams session ends (status success); an interrupted run's session stays open
+                self.writer.file_writer.add_summary(self.ended)
+            self.writer.close()
+        except OSError:  # a full disk: a run that did not finish already reports why, in one line
+            if finished:
+                raise
+
+
+def _quiet_writer_thread(args) -> None:
+    """TensorBoard's writer thread raises a failed write again in the main thread at the next flush, where the run
+    reports it in one line; the thread's own traceback would only repeat it on the terminal."""
+    if not (issubclass(args.exc_type, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+        _quiet_writer_thread.previous(args)
+
+
+def quiet_log_files() -> None:
+    """A log file that cannot be written (a full disk) is said once on stderr; Python's logging would print a
+    traceback for every line logged."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handleError = _say_once(handler)
+
+
+def _say_once(handler: logging.FileHandler):
+    said = []
+
+    def handle_error(record: logging.LogRecord) -> None:
+        if not said:
+            said.append(True)
+            error, path = sys.exc_info()[1], Path(handler.baseFilename)
+            print(f"etf-train: warning: cannot write the log {path}: {write_failure(error, path) or first_line(error)}",
+                  file=sys.stderr)
+    return handle_error
 
 
 def _reached(curve, value: float, above: bool, before: int) -> bool:

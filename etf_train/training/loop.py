@@ -29,7 +29,7 @@ from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, nc_metrics, to_device
 from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
                         resolve_precision, seed_everything, warn_small_leftover)
-from .logbook import Logbook, log_to_file, show_progress, summary
+from .logbook import Logbook, log_to_file, quiet_log_files, show_progress, summary
 from .resume import RunFolder, restore
 from .tally import EpochTally, all_finite
 
@@ -45,6 +45,7 @@ class Run:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, record: tuple | None = None):
         check_config(cfg)
+        quiet_log_files()
         t = self.t = cfg.trainer
         self.cfg, self.record = cfg, record
         self.config = OmegaConf.to_container(cfg, resolve=True)
