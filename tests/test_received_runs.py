@@ -14,7 +14,7 @@ from etf_train.posthoc import main as etf_eval
 from etf_train.training import train
 from etf_train.training.checkpoint import load_checkpoint, rng_state, set_rng_state
 
-from .conftest import TINY, etf_train, make_cfg
+from .conftest import TINY, etf_train, etf_train_here, make_cfg
 
 
 class Payload:
@@ -154,3 +154,20 @@ def test_any_failure_after_the_start_leaves_its_marker_and_one_line(tmp_path, mo
     assert rundir.failure(run).startswith(line)
     log = (run / "cli.log").read_text()
     assert "Traceback (most recent call last)" in log and "in boom" in log
+
+
+def test_a_finished_checkpoint_into_a_new_folder_is_one_line_and_leaves_no_folder(received, tmp_path, monkeypatch,
+                                                                                 capfd):
+    """It crashed ('No such file or directory: .../checkpoints/finished') and left a folder holding only `.hydra/`."""
+    new = tmp_path / "new"
+    ckpt = received / "checkpoints" / "last.pt"
+    proc = etf_train_here(*TINY, "trainer.max_epochs=1", f"trainer.resume={ckpt}", f"hydra.run.dir={new}",
+                          cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"etf-train: error: checkpoint {ckpt} is of a run that finished all its 1 epochs: "
+                                   "nothing to train; `etf-eval` evaluates it, and training longer is a new run")
+    assert not new.exists()
+    # the run's own checkpoint, named explicitly, is the run itself: finished, nothing to do
+    again = etf_train_here(*TINY, "trainer.max_epochs=1", f"trainer.resume={ckpt}", f"hydra.run.dir={received}",
+                           cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    assert again.returncode == 0, again.stderr

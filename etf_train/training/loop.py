@@ -137,8 +137,8 @@ class Run:
 
     def restore(self) -> tuple[int, dict | None, dict | None]:
         """Load the checkpoint the claim chose (resume.restore): (completed epochs, partial-epoch state, RNG state)."""
-        return restore(self.resume_from, self.meta, self.config, self.t.resume, self.model, self.optimizer,
-                       self.scheduler)
+        given = self.resume_from is not None and self.resume_from.resolve() != self.ckpt_path.resolve()
+        return restore(self.resume_from, self.meta, self.config, given, self.model, self.optimizer, self.scheduler)
 
     # -- one epoch
 

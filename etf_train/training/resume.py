@@ -94,14 +94,18 @@ class RunFolder:
             rundir.remove_if_empty(self.run_dir)
 
 
-def restore(path: Path | None, meta: dict, config: dict, spec, model, optimizer,
+def restore(path: Path | None, meta: dict, config: dict, given: bool, model, optimizer,
             scheduler) -> tuple[int, dict | None, dict | None]:
     """Load the checkpoint the claim chose into the model, optimiser and schedule: (completed epochs, partial-epoch
-    state, RNG state); (0, None, None) for a fresh start. spec: trainer.resume, which words the advice."""
+    state, RNG state); (0, None, None) for a fresh start. given: the checkpoint is another folder's
+    (trainer.resume=PATH), which words the advice and must leave something to train."""
     if path is None:
         return 0, None, None
-    state = load_checkpoint(path, meta, given=str(spec) not in ("auto", "never"))
+    state = load_checkpoint(path, meta, given=given)
     refuse_changes(state["config"], config, f"checkpoint {path}")
+    if given and state["epoch"] >= config["trainer"]["max_epochs"]:  # the new folder would hold a run of no epochs
+        raise EtfTrainError(f"checkpoint {path} is of a run that finished all its {state['epoch']} epochs: nothing "
+                            "to train; `etf-eval` evaluates it, and training longer is a new run")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
