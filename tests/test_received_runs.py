@@ -5,6 +5,8 @@ payload below would create a marker file if it ran."""
 from __future__ import annotations
 
 import builtins
+import struct
+import zipfile
 
 import pytest
 import torch
@@ -171,3 +173,30 @@ def test_a_finished_checkpoint_into_a_new_folder_is_one_line_and_leaves_no_folde
     again = etf_train_here(*TINY, "trainer.max_epochs=1", f"trainer.resume={ckpt}", f"hydra.run.dir={received}",
                            cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert again.returncode == 0, again.stderr
+
+
+def _flip_a_weight_bit(ckpt):
+    """Flip one bit inside the largest tensor's stored bytes, as a bad disk or transfer would (the zip's CRC for that
+    member stays as written)."""
+    with zipfile.ZipFile(ckpt) as archive:
+        member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(ckpt.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    data[member.header_offset + 30 + name_len + extra_len + member.file_size // 2] ^= 0x04
+    ckpt.write_bytes(bytes(data))
+    return member.filename
+
+
+def test_a_checkpoint_with_a_flipped_bit_is_refused_in_one_line(received, tmp_path, capsys):
+    """torch.load does not check the zip's CRCs: the damaged weight loaded, and etf-eval reported its numbers."""
+    ckpt = received / "checkpoints" / "last.pt"
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1
+    member = _flip_a_weight_bit(ckpt)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 1  # torch alone does not notice
+    assert etf_eval([str(received), "--out", str(tmp_path)]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert f"cannot read checkpoint {ckpt} ({member} fails its CRC check: the file is damaged)" in line
+    proc = etf_train(*TINY, "trainer.max_epochs=2", f"trainer.resume={ckpt}", f"hydra.run.dir={tmp_path / 'new'}",
+                     cwd=tmp_path)
+    assert proc.returncode == 2 and "fails its CRC check" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "new").exists()

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -72,18 +73,19 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
 
     given: the path came from trainer.resume=PATH (a file the run did not write), which changes the advice.
     """
+    _check_crc(path, given)
     try:  # weights_only: tensors and plain types; a pickled object (code a received run folder could carry) is refused
         with _numpy_arrays_allowed():
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found is None:  # not a refused object: damaged, or not a torch file
-            _unreadable(path, e, given)
+            _unreadable(path, type(e).__name__, given)
         raise EtfTrainError(f"checkpoint {path} holds a pickled {found.group(1).rstrip('.,')}, "
                             "not only tensors and plain values: etf-train does not run code from a checkpoint; use "
                             "checkpoints that etf-train wrote") from None
     except Exception as e:  # truncated, corrupt, or not a torch file
-        _unreadable(path, e, given)
+        _unreadable(path, type(e).__name__, given)
     if not isinstance(state, dict) or "meta" not in state:
         raise EtfTrainError(f"{path} is not an etf-train checkpoint; point trainer.resume at a run's checkpoints/last.pt")
     if not isinstance(state.get("config"), dict):  # without it, a checkpoint of other settings (tau 1 for 5) passes
@@ -96,10 +98,21 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
     return state
 
 
-def _unreadable(path: Path, error: Exception, given: bool):
+def _check_crc(path: Path, given: bool) -> None:
+    """torch.load reads a checkpoint's zip without checking its CRCs, so flipped bits in a weight loaded unseen."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):  # not a zip, or truncated: torch.load says what it cannot read
+        return
+    if bad is not None:
+        _unreadable(path, f"{bad} fails its CRC check: the file is damaged", given)
+
+
+def _unreadable(path: Path, why: str, given: bool):
     advice = "point trainer.resume at a run's checkpoints/last.pt" if given else \
         "this run's own checkpoint is damaged: start the run again in a new folder"
-    raise EtfTrainError(f"cannot read checkpoint {path} ({type(error).__name__}); {advice}") from None
+    raise EtfTrainError(f"cannot read checkpoint {path} ({why}); {advice}") from None
 
 
 def _numpy_arrays_allowed():
