@@ -68,20 +68,26 @@ def test_soft_labels_and_another_loss_keep_the_ranks_identical(tmp_path):
 
 
 def _torchrun_cli(run, *overrides, env=None):
+    """torchrun with 2 processes, in a process group of its own (a test can signal the group, as Slurm does)."""
     exe = Path(sys.executable).with_name("torchrun")
     args = [str(exe), "--standalone", "--nproc_per_node=2", "-m", "etf_train", *overrides, f"hydra.run.dir={run}"]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=run.parent)
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=run.parent,
+                            start_new_session=True)
 
 
-def _torchrun_stopped_by_sigterm(run: Path, settings: list[str]) -> None:
+def _torchrun_stopped_by_sigterm(run: Path, settings: list[str], sig=signal.SIGTERM, group=False) -> None:
+    """Stop a torchrun job once its first checkpoint exists: `sig` to torchrun, or with `group` to every process of
+    the job (torchrun, both ranks and their DataLoader workers), as Slurm's scancel and time limit send it."""
     proc = _torchrun_cli(run, *settings)
     deadline = time.time() + 300
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     err = proc.communicate(timeout=120)[1]
-    assert proc.returncode != 0 and err.count("etf-train: stopped by SIGTERM at epoch") >= 1, err[-3000:]
+    name = signal.Signals(sig).name
+    assert proc.returncode != 0 and err.count(f"etf-train: stopped by {name} at epoch") >= 1, err[-3000:]
+    assert "killed by signal" not in err, err[-3000:]  # (torchrun itself prints a traceback when signalled)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert state["partial"] is not None and 0 < state["epoch"] < 20, state["epoch"]
     assert not (run / "checkpoints" / "finished").exists() and not (run / ".etf-train.lock").exists()
@@ -101,6 +107,15 @@ def test_sigterm_under_torchrun_saves_at_a_step_boundary_on_every_rank(tmp_path)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["config"]["trainer"]["processes"] == 2
     with pytest.raises(EtfTrainError, match=r"trainer.processes: 2 -> 1"):
         train(make_cfg(*SIGTERM_SETTINGS), run)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
+def test_a_signal_to_the_whole_torchrun_job_with_dataloader_workers_saves(tmp_path, sig):
+    """Slurm signals every process of the job: the DataLoader workers used to die first and take the rank with them
+    ('DataLoader worker ... killed by signal'), leaving no checkpoint of the interrupted epoch."""
+    run = tmp_path / "run"
+    _torchrun_stopped_by_sigterm(run, [*SIGTERM_SETTINGS, "loader.mode=dataloader", "loader.num_workers=1"], sig,
+                                 group=True)
 
 
 @pytest.mark.slow
