@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import rundir
 from .errors import EtfTrainError
+from .options import error_line, output_file, output_folder, writing
 
 
 def _build(config: dict, device):
@@ -126,8 +127,8 @@ def export(path: Path, model, loaders, device: str = "cpu", about: dict | None =
                          "f itself (head.normalize=false), what the head classifies"),
             "raw_features": "f, the backbone's output", "class_means": "train class means of features_train",
             "W": "classifier rows (K, d)", "absent": absent}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays, meta=np.array(json.dumps(meta)))
+    with writing(path), path.open("wb") as f:  # to the name given: savez given a name would add `.npz` to it
+        np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,24 +142,50 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _device(spec: str):
+    """--device as a torch device this machine has: a name torch does not know, or a device not here, is one line."""
+    import torch
+
+    try:
+        found = torch.device(spec)
+    except RuntimeError:
+        raise EtfTrainError(f"--device {spec!r} is not a device; use cpu, cuda or cuda:N") from None
+    if found.type not in ("cpu", "cuda"):
+        raise EtfTrainError(f"--device {spec}: etf-eval runs on cpu or cuda (cuda:N)")
+    if found.type == "cuda" and (found.index or 0) >= (count := torch.cuda.device_count()):
+        raise EtfTrainError(f"--device {spec}: this machine shows {count} CUDA device{'s' * (count != 1)}; use "
+                            + ("--device cpu" if count == 0 else f"cuda:0 to cuda:{count - 1} or cpu"))
+    return found
+
+
+def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """Where eval.json and the export go, tried before the evaluation (minutes on a large run). The default
+    folder, the run's own, is never made here: only a folder that exists is tried (a received run may be read-only)."""
+    out = args.out if args.out is not None else args.run
+    if args.out is not None or out.is_dir():
+        output_folder("--out", out, given=args.out is not None)
+    return out / "eval.json", None if args.export is None else output_file("--export", args.export)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        scalars, _, model, loaders = evaluate_run(args.run, args.checkpoint, args.device)
-        out = (args.out or args.run) / "eval.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(scalars, indent=1) + "\n")
-        if args.export is not None:
+        where = _device(args.device)
+        out, export_to = _outputs(args)
+        scalars, _, model, loaders = evaluate_run(args.run, args.checkpoint, where)
+        with writing(out):
+            out.write_text(json.dumps(scalars, indent=1) + "\n")
+        if export_to is not None:
             record = rundir.read_record(args.run)
             about = {"run": str(args.run), "checkpoint": scalars["checkpoint"], "epoch": scalars["epoch"],
                      "head": record["head"], "code_version": record.get("code_version")}
-            export(args.export, model, loaders, args.device, about)
-    except EtfTrainError as e:
-        print(f"etf-eval: error: {str(e).splitlines()[0]}", file=sys.stderr)
+            export(export_to, model, loaders, where, about)
+    except (EtfTrainError, OSError) as e:  # OSError: a path the file system refuses to read (too long, say)
+        print(f"etf-eval: error: {error_line(e)}", file=sys.stderr)
         return 2
     keys = ("test/acc", "test/loss", "train/eval_acc", "nc/nc1", "nc/nc3", "nc_test/nc1", "test/ece")
     print("  ".join(f"{k}={scalars[k]:.4g}" for k in keys if k in scalars))
-    print(f"wrote {out}" + (f" and {args.export}" if args.export else ""))
+    print(f"wrote {out}" + (f" and {export_to}" if export_to else ""))
     return 0
 
 

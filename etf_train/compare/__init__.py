@@ -68,6 +68,7 @@ from pathlib import Path
 
 from ..errors import EtfTrainError
 from .. import sweepdir
+from ..options import error_line, output_folder, writing
 from ..rundir import read_scalars
 from ..view import ADDRESS_ENV, address, how_to_look
 from .analysis import OTHER_METRICS, Analysis, analyse
@@ -137,17 +138,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def compare(args: argparse.Namespace, a: Analysis) -> str:
     """Write the outputs of an analysis; returns the text for stdout."""
-    out = args.out if args.out is not None else args.folders[0]
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder("--out", args.folders[0] if args.out is None else args.out, given=args.out is not None)
     after = speedup_table(a.summaries, a.baseline, a.limits, a.speed) if a.baseline is not None else []
     text = markdown(*table(list(a.summaries.values())), [r for r in a.runs if not r.counted], args.include_unfinished,
                     notes(args.acc_tag), a.warnings, a.intro, after)
-    (out / "comparison.md").write_text(text)
-    write_csv(out / "comparison.csv", list(a.summaries.values()), a.speed)
-    write_curves(out / "curves.csv", curve_rows(a.drawn))
-    fig_path = out / f"comparison.{args.format}"
-    figure(a.drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,
-           args.per_seed).savefig(fig_path, dpi=args.dpi)
+    fig = figure(a.drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,
+                 args.per_seed)
+    with writing(out / "comparison.md") as path:
+        path.write_text(text)
+    with writing(out / "comparison.csv") as path:
+        write_csv(path, list(a.summaries.values()), a.speed)
+    with writing(out / "curves.csv") as path:
+        write_curves(path, curve_rows(a.drawn))
+    with writing(out / f"comparison.{args.format}") as fig_path:
+        fig.savefig(fig_path, dpi=args.dpi)
     return ("\n".join(a.terminal()) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, "
             f"{out / 'curves.csv'}, {fig_path}\n{how_to_look(args.folders, args.host, args.port)}\n")
 
@@ -161,8 +165,8 @@ def sweep_end(folder: Path) -> str:
         a = analyse(_parser().parse_args([str(folder)]))
         lines += [*a.terminal(full=f"etf-compare {folder}"), ""]
         others = [r for r in a.runs if not r.counted]
-    except EtfTrainError as e:
-        lines += [f"no comparison: {e}", ""]
+    except (EtfTrainError, OSError) as e:  # the sweep's own runs stay listed below either way
+        lines += [f"no comparison: {error_line(e)}", ""]
         others = []
     if others:
         lines += [f"{len(others)} of {len(others) + sum(r.counted for r in a.runs)} runs not counted:",
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(compare(args, a), end="", flush=True)
         if args.serve:
             return serve({label: rs for label, rs in a.drawn.items() if rs}, *address(args.host, args.port if args.port else 0))
-    except EtfTrainError as e:
-        print(f"etf-compare: error: {e}", file=sys.stderr)
+    except (EtfTrainError, OSError) as e:  # OSError: a path the file system refuses to read (too long, say)
+        print(f"etf-compare: error: {error_line(e)}", file=sys.stderr)
         return 2
     return 0

@@ -39,7 +39,11 @@ class Analysis:
         return [*self.intro, "", *compact(self.summaries, self.baseline, self.limits, self.speed, full)]
 
 
-def check_thresholds(acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float] | None, dpi: int) -> None:
+MAX_DPI = 1200  # six panels at 1200 dpi take 0.6 GB to draw; at 100000 drawing ran out of memory
+
+
+def check_options(acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float] | None, dpi: int,
+                  port: int | None) -> None:
     for option, values in (("--acc-thresholds", acc), ("--test-acc-thresholds", test_acc)):
         for t in values:
             if not 1.0 < t <= 100.0:
@@ -48,14 +52,16 @@ def check_thresholds(acc: Sequence[float], test_acc: Sequence[float], nc1: Seque
     for t in nc1 or ():
         if not t > 0:
             raise EtfTrainError(f"--nc1-thresholds must be positive, got {t:g}")
-    if dpi <= 0:
-        raise EtfTrainError(f"--dpi must be positive, got {dpi}")
+    if not 1 <= dpi <= MAX_DPI:
+        raise EtfTrainError(f"--dpi must lie in 1..{MAX_DPI}, got {dpi}")
+    if port is not None and not 0 <= port <= 65535:
+        raise EtfTrainError(f"--port must lie in 0..65535, got {port}")
 
 
 def analyse(args: argparse.Namespace) -> Analysis:
     test_acc = args.acc_thresholds if args.test_acc_thresholds is None else args.test_acc_thresholds
     metrics = args.metrics or [args.acc_tag, *OTHER_METRICS]
-    check_thresholds(args.acc_thresholds, test_acc, args.nc1_thresholds, args.dpi)
+    check_options(args.acc_thresholds, test_acc, args.nc1_thresholds, args.dpi, args.port)
     runs = load_runs(args.folders)
     if not args.allow_mixed:
         check_datasets(runs)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .. import rundir
 from ..errors import EtfTrainError
 from ..rundir import Curve
+from .events import listed, own_events, read_own
 
 GROUP_ALIASES = {"head": "head.name"}
 LABEL_KEY = re.compile(r"(?:^|, )([\w./]+)=")  # the keys a group label `head=learned, head.bias=False` shows
@@ -27,6 +28,7 @@ class Run:
     scalars: dict[str, Curve]
     state: rundir.RunState
     head_choice: str | None = None  # the head config that made it (learned_authors); None: not in the record
+    events: tuple[Path, ...] = ()  # the event files its scalars come from (another run's file left out)
 
     @property
     def epochs(self) -> int:
@@ -89,7 +91,10 @@ def load_run(run_dir: Path) -> Run:
         raise EtfTrainError(f"cannot read {config_path}: {str(e).splitlines()[0]}") from e
     if not isinstance(config, DictConfig):
         raise EtfTrainError(f"{config_path} is not a mapping")
-    return Run(run_dir, config, rundir.read_scalars(run_dir), rundir.state(run_dir), _head_choice(run_dir))
+    own, others = own_events(run_dir, OmegaConf.to_container(config, resolve=False))
+    for events, why in others.items():
+        warn(f"{events}: an event file of another run ({why}); left out of the curves of {run_dir}")
+    return Run(run_dir, config, read_own(run_dir, own), rundir.state(run_dir), _head_choice(run_dir), tuple(own))
 
 
 def _head_choice(run_dir: Path) -> str | None:
@@ -241,7 +246,7 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
             diff = [c for c in rundir.changed_settings(configs[0], config) if not c.startswith("seed:")]
             if diff:
                 messages.append(f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
-                                f"{run.path}: {_shown(diff)}); add such keys to --group-by")
+                                f"{run.path}: {listed(diff)}); add such keys to --group-by")
                 break
         seen: dict[object, Run] = {}
         for run in runs:
@@ -276,7 +281,7 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
         diff = [c for c in rundir.changed_settings(base_config, config) if not labelled(c.split(":", 1)[0], shown)]
         if diff:
             messages.append(f"groups '{base_label}' and '{label}' differ in more than their labels ({base.path} vs "
-                            f"{run.path}: {_shown(diff)}); compare runs of one setting, or add such keys to --group-by")
+                            f"{run.path}: {listed(diff)}); compare runs of one setting, or add such keys to --group-by")
     return messages
 
 
@@ -296,7 +301,3 @@ def late_starts(groups: dict[str, list[Run]]) -> list[str]:
     return [f"{run.path} logged epochs {run.first_epoch}-{run.epochs} only (continued from another run's checkpoint?): "
             f"a threshold it met before epoch {run.first_epoch} reads as epoch {run.first_epoch} or later"
             for runs in groups.values() for run in runs if run.first_epoch > 1]
-
-
-def _shown(diff: list[str]) -> str:
-    return ", ".join(diff[:4]) + (" ..." if len(diff) > 4 else "")

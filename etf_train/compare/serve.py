@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .. import rundir
+from ..errors import EtfTrainError
 from ..view import tensorboard_url
 from .runs import Run, config_text
 from .setting import readable
@@ -32,16 +32,19 @@ def view_folder(groups: dict[str, list[Run]], root: Path) -> list[str]:
                 k += 1
                 name = f"{group}/seed{seed} ({k})"
             (root / name).mkdir(parents=True)
-            for events in rundir.event_files(run.path):
+            for events in run.events:
                 shutil.copy2(events, root / name / events.name)
             names.append(name)
     return names
 
 
 def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    try:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return s.getsockname()[1]
+    except OSError as e:  # a name that does not resolve, an address of another machine
+        raise EtfTrainError(f"--host {host}: cannot listen there ({e.strerror or e})") from None
 
 
 def serve(groups: dict[str, list[Run]], host: str, port: int | None) -> int:
