@@ -49,6 +49,7 @@ DIRNAME_EXCLUDES = "hydra.job.config.override_dirname.exclude_keys"
 UID = secrets.token_hex(2)
 OmegaConf.register_new_resolver("etf_uid", lambda: UID, replace=True)
 OmegaConf.register_new_resolver("etf_round", lambda name: search.round_dirname(str(name)), replace=True)
+OmegaConf.register_new_resolver("etf_eq", lambda a, b: a == b, replace=True)  # e.g. a setting that follows head.name
 
 
 class JobFailed(CompactHydraException):

@@ -323,7 +323,7 @@ IDENTITY = ("name", "arch", "_target_")
 
 
 # Options added after runs were recorded without them: a record lacking one ran with this value.
-ADDED = {"dataset.flip": True}
+ADDED = {"dataset.flip": True, "loader.stratified_folds": False}
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:

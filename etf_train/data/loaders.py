@@ -23,7 +23,8 @@ from .. import options as opt
 from ..errors import EtfTrainError
 from .mix import NO_MIX, Mix, NoMix
 from .registry import DataBundle
-from .samplers import ClassBalancedBatchSampler, MergedSingleton, ShardSampler, ShuffleSampler, check_shard, epoch_seed
+from .samplers import (ClassBalancedBatchSampler, MergedSingleton, ShardSampler, ShuffleSampler, StratifiedFoldsSampler,
+                       check_shard, epoch_seed)
 
 MODES = ("auto", "device", "dataloader")
 
@@ -168,6 +169,7 @@ def build_loaders(
     *,
     eval_batch_size: int | None = None,
     class_balanced: bool = False,
+    stratified_folds: bool = False,
     num_workers: int = 0,
     seed: int = 0,
     rank: int = 0,
@@ -183,7 +185,8 @@ def build_loaders(
     (num_workers and pin_memory do not apply); "dataloader" uses torch DataLoaders with num_workers workers;
     "auto" picks device when the bundle holds its splits as tensors. Both give the same batches of indices:
     train: shuffled from epoch_seed(seed, epoch) (`set_epoch(loader, epoch)`), sharded as DistributedSampler does (padding by
-    wrapping, so ranks get equal sample and batch counts); class_balanced: ClassBalancedBatchSampler.
+    wrapping, so ranks get equal sample and batch counts); class_balanced: ClassBalancedBatchSampler; stratified_folds:
+    the authors' floor(N / B) stratified folds per epoch (StratifiedFoldsSampler).
     test / eval_train: in order, batches of eval_batch_size (default batch_size), each rank a disjoint unpadded
     shard (ShardSampler): sum statistics across ranks.
     mix (build_mix): how the train loader mixes its batches, which then carry soft labels (B, K); never test / eval_train.
@@ -192,11 +195,15 @@ def build_loaders(
     eval_batch_size = opt.integer("eval_batch_size", batch_size if eval_batch_size is None else eval_batch_size)
     opt.integer("loader.num_workers", num_workers, 0)
     opt.boolean("loader.class_balanced", class_balanced)
+    opt.boolean("loader.stratified_folds", stratified_folds)
+    if class_balanced and stratified_folds:
+        raise EtfTrainError("loader.class_balanced and loader.stratified_folds are two ways to form batches: choose one")
     check_shard(rank, world_size)
     if not isinstance(mix, NoMix) and len(bundle.in_shape) != 3:
         raise EtfTrainError(f"mixup and cutmix mix images, and dataset {bundle.name} has no image inputs: use mix=none")
-    if class_balanced:
-        batches = ClassBalancedBatchSampler(bundle.train_targets, batch_size, seed=seed, rank=rank, world_size=world_size)
+    if class_balanced or stratified_folds:
+        kind = ClassBalancedBatchSampler if class_balanced else StratifiedFoldsSampler
+        batches = kind(bundle.train_targets, batch_size, seed=seed, rank=rank, world_size=world_size)
     else:
         batches = BatchSampler(ShuffleSampler(bundle.train, seed=seed, rank=rank, world_size=world_size), batch_size,
                                drop_last=False)

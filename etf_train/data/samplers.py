@@ -7,6 +7,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler, Sampler
@@ -105,6 +106,43 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._bounds())
+
+
+class StratifiedFoldsSampler(Sampler[list[int]]):
+    """The authors' stratified batches (their nc/datasets.py; their nearest-ETF scripts only): each epoch splits the
+    train set into F = floor(N / B) stratified folds (scikit-learn's StratifiedKFold, shuffled), and each fold is one
+    batch, so a batch holds N/F >= B samples: on UFM-10 (N = 1000, B = 256) 3 batches of 333-334, against 4 for
+    batch_size batches. Folds are seeded by epoch_seed(seed, epoch); under torchrun each rank takes every
+    world_size-th sample of each fold."""
+
+    def __init__(self, targets: Tensor, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise EtfTrainError(f"batch_size={batch_size!r} must be an integer >= 1")
+        check_shard(rank, world_size)
+        self.targets = torch.as_tensor(targets, dtype=torch.long).numpy()
+        self.folds = max(1, len(self.targets) // batch_size)
+        smallest = int(np.bincount(self.targets).min())
+        if self.folds > 1 and smallest < self.folds:
+            raise EtfTrainError(f"loader.stratified_folds: {self.folds} folds need at least {self.folds} samples of "
+                                f"every class, and one class has {smallest}; raise trainer.batch_size")
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.folds == 1:
+            order = np.random.default_rng(epoch_seed(self.seed, self.epoch)).permutation(len(self.targets))
+            yield order[self.rank::self.world_size].tolist()
+            return
+        from sklearn.model_selection import StratifiedKFold  # here: scikit-learn takes a second to import
+
+        folds = StratifiedKFold(self.folds, shuffle=True, random_state=epoch_seed(self.seed, self.epoch) % 2**32)
+        for _, fold in folds.split(np.zeros(len(self.targets)), self.targets):
+            yield fold[self.rank::self.world_size].tolist()
+
+    def __len__(self) -> int:
+        return self.folds
 
 
 class MergedSingleton(Sampler[list[int]]):

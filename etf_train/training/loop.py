@@ -67,16 +67,16 @@ class Run:
         t = self.t
         check_world(cfg, self.world.world_size)
         seed_everything(cfg.seed, t.deterministic)
-        self.bundle = build_data(cfg.dataset.name, **{k: v for k, v in OmegaConf.to_container(cfg.dataset).items() if k != "name"})
+        self.bundle = build_data(**self.config["dataset"])
         if self.bundle.files is not None:  # a folder's contents: restore() refuses a checkpoint made on other files
             self.config["dataset"]["files"] = self.bundle.files
-        self.loss = build_loss(head_name=cfg.head.name, **OmegaConf.to_container(cfg.loss))
-        mix = build_mix(**OmegaConf.to_container(cfg.mix), num_classes=self.bundle.num_classes)
+        self.loss = build_loss(head_name=cfg.head.name, **self.config["loss"])
+        mix = build_mix(**self.config["mix"], num_classes=self.bundle.num_classes)
         self.train_loader, self.test_loader, self.eval_train_loader = build_loaders(
             self.bundle,
             t.batch_size // self.world.world_size,
             eval_batch_size=t.eval_batch_size,
-            **OmegaConf.to_container(cfg.loader),
+            **self.config["loader"],
             seed=cfg.seed,
             rank=self.world.rank,
             world_size=self.world.world_size,
@@ -87,7 +87,8 @@ class Run:
         self.K = self.bundle.num_classes
         warn_small_leftover(cfg, len(self.bundle.train), self.K)
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)
-        self.config["sizes"] = {**self.bundle.sizes(), "feature_dim": model.head.dim}  # for etf-compare's header
+        self.config["sizes"] = {**self.bundle.sizes(), "feature_dim": model.head.dim,  # for etf-compare's header
+                                "steps_per_epoch": len(self.train_loader)}
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if t.compile:  # in place: the state dict keeps its keys (no `_orig_mod.`), so checkpoints load either way
@@ -290,9 +291,10 @@ class Run:
         book = Logbook(self.run_dir, self.config, completed + 1, self.record) if self.world.main else None
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
-            log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %s head, device %s, %d process(es)",
-                     self.cfg.backbone.arch, self.cfg.dataset.name, self.K, self.model.head.dim, len(self.bundle.train),
-                     len(self.bundle.test), self.cfg.head.name, self.device, self.world.world_size)
+            log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %d steps an epoch, %s head, device %s, "
+                     "%d process(es)", self.cfg.backbone.arch, self.cfg.dataset.name, self.K, self.model.head.dim,
+                     len(self.bundle.train), len(self.bundle.test), len(self.train_loader), self.cfg.head.name,
+                     self.device, self.world.world_size)
         scalars: dict[str, float] = {}
         finished = False
         try:

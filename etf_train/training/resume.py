@@ -103,9 +103,6 @@ def restore(path: Path | None, meta: dict, config: dict, given: bool, model, opt
         return 0, None, None
     state = load_checkpoint(path, meta, given=given)
     refuse_changes(state["config"], config, f"checkpoint {path}")
-    if given and state["epoch"] >= config["trainer"]["max_epochs"]:  # the new folder would hold a run of no epochs
-        raise EtfTrainError(f"checkpoint {path} is of a run that finished all its {state['epoch']} epochs: nothing "
-                            "to train; `etf-eval` evaluates it, and training longer is a new run")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -116,6 +113,9 @@ def restore(path: Path | None, meta: dict, config: dict, given: bool, model, opt
         ) from None
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
+    if given and state["epoch"] >= config["trainer"]["max_epochs"]:  # the new folder would hold a run of no epochs
+        raise EtfTrainError(f"checkpoint {path} is of a run that finished all its {state['epoch']} epochs: nothing "
+                            "to train; `etf-eval` evaluates it, and training longer is a new run")
     partial = state.get("partial")
     where = f"epoch {partial['epoch']}, step {partial['step']}" if partial else f"the end of epoch {state['epoch']}"
     logging.getLogger("etf_train").info("resumed from %s at %s", path, where)
