@@ -5,6 +5,7 @@ payload below would create a marker file if it ran."""
 from __future__ import annotations
 
 import builtins
+import math
 import struct
 import zipfile
 
@@ -200,3 +201,28 @@ def test_a_checkpoint_with_a_flipped_bit_is_refused_in_one_line(received, tmp_pa
                      cwd=tmp_path)
     assert proc.returncode == 2 and "fails its CRC check" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_a_run_whose_features_lost_their_spread_reads_degenerate_not_collapsed(tmp_path, capsys):
+    """An NC1 of NaN (features without between-class spread) must never count as a crossing, and a cell of it reads
+    `degenerate`, not `nan`."""
+    from etf_train.compare import main as etf_compare
+
+    from etf_train.compare.stats import Spread
+
+    from .test_compare import write_config, write_events
+
+    for seed, last in ((1, 0.05), (2, math.nan)):
+        run = tmp_path / "sweep" / str(seed)
+        write_config(run, {"seed": seed, "head": {"name": "learned"}, "dataset": {"name": "ufm"},
+                           "trainer": {"max_epochs": 3}})
+        write_events(run, {"nc/nc1": {1: 2.0, 2: 0.5, 3: last}, "test/acc": {1: 50.0, 2: 60.0, 3: 70.0},
+                           "train/eval_acc": {1: 50.0, 2: 60.0, 3: 70.0}, "train/loss": {1: 2.0, 2: 1.0, 3: 0.5}})
+    assert etf_compare([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--nc1", "1", "0.1",
+                        "--metrics", "test/acc", "nc/nc1"]) == 0
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    [row] = [line for line in table.splitlines() if line.startswith("| head=learned")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert "2 [2, 2]" in cells  # NC1 <= 1: both runs at epoch 2
+    assert "never [3, never]" in cells  # NC1 <= 0.1: seed 1 at epoch 3; seed 2's NaN is not a crossing
+    assert Spread((0.05, math.nan)).format(".2f") == "degenerate"  # NaN propagates

@@ -81,11 +81,15 @@ class Spread:
         return sum(math.isfinite(v) for v in self.values)
 
     def format(self, spec: str) -> str:
-        """`median [min, max]`, with `never` for inf and a bare `never` when no run got there; `-` for no runs."""
+        """`median [min, max]`, with `never` for inf and a bare `never` when no run got there; `-` for no runs;
+        `degenerate` when a run's value is NaN (an NC metric of features without between-class spread is undefined,
+        never 0)."""
         if not self.values:
             return "-"
         if all(v == math.inf for v in self.values):
             return "never"
+        if any(math.isnan(v) for v in self.values):  # NaN propagates to the median, min and max alike
+            return "degenerate"
         f = lambda x: "never" if math.isinf(x) else format(x, spec)  # noqa: E731
         return f"{f(self.median)} [{f(self.min)}, {f(self.max)}]"
 
