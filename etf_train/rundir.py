@@ -23,6 +23,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,17 +236,17 @@ def state(run: Path) -> RunState:
 
 
 
-def read_scalars(run: Path) -> dict[str, Curve]:
-    """All scalars of the event files directly in `run`, as TensorBoard shows them: files in the order they were
-    started, and a file that starts with a purge step (a resumed run: SummaryWriter(purge_step=epoch)) discards
-    the earlier files' events at that step and after (epochs a crashed attempt logged past its checkpoint);
-    otherwise, per (tag, step), the latest event wins."""
+def read_scalars(run: Path, files: Sequence[Path] | None = None) -> dict[str, Curve]:
+    """All scalars of the event files directly in `run` (or of `files` only), as TensorBoard shows them: files in the
+    order they were started, and a file that starts with a purge step (a resumed run:
+    SummaryWriter(purge_step=epoch)) discards the earlier files' events at that step and after (epochs a crashed
+    attempt logged past its checkpoint); otherwise, per (tag, step), the latest event wins."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.compat.proto.event_pb2 import SessionLog
 
     started = []  # (wall time of the first summary, else of the first event; purge step or None; path)
-    for events in event_files(run):
+    for events in event_files(run) if files is None else files:
         first, purge = None, None
         for ev in EventFileLoader(str(events)).Load():  # the purge step comes before any summary
             if ev.HasField("session_log") and ev.session_log.status == SessionLog.START:

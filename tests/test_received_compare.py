@@ -66,8 +66,22 @@ def test_an_event_file_of_another_run_is_named_and_left_out(runs, tmp_path, caps
     assert [p.name for p in _events(tmp_path / "view" / "learned" / "seed1")] == [p.name for p in _events(runs[0])]
 
 
+def test_a_resumed_attempts_event_file_of_another_run_is_left_out_too(runs, tmp_path, monkeypatch, capsys):
+    """A resumed attempt logged no config, so its file passed for any run's: every attempt now logs it."""
+    other = tmp_path / "other"
+    run_interrupted_then_resumed(monkeypatch, make_cfg(*TINY, "seed=2"), other, after_epoch=1)
+    resumed = _events(other)[-1]
+    run = shutil.copytree(runs[0], tmp_path / "run")
+    shutil.copy2(resumed, run / resumed.name)
+    capsys.readouterr()
+    (loaded,) = load_runs([run])
+    (line,) = _warnings(capsys.readouterr().err)
+    assert f"{run / resumed.name}: an event file of another run" in line and "seed: 2 -> 1" in line
+    assert _same(loaded.scalars, read_scalars(runs[0]))
+
+
 def test_a_resumed_runs_files_and_files_without_a_config_are_kept(tmp_path, monkeypatch, capsys):
-    """Guards the check above: a resumed run's later files log no config, its record may name two code versions
+    """Guards the check above: a resumed run has several files, its record may name two code versions
     (`X then Y`), and an older etf-train logged no config at all; every such file is the run's own."""
     run = tmp_path / "run"
     run_interrupted_then_resumed(monkeypatch, make_cfg(*TINY), run, after_epoch=1)

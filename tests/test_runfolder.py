@@ -358,6 +358,8 @@ def test_keys_a_record_gained_later_never_refuse_an_older_run():
 
 
 def test_the_record_names_the_sizes_a_report_needs(tmp_path, cfg_factory):
-    """K, train and test sample counts and the feature dimension, as TINY sets them (4 classes x 24 + 8, d = 16)."""
+    """K, train and test sample counts, the feature dimension and the optimiser steps an epoch, as TINY sets them
+    (4 classes x 24 + 8, d = 16, batch 32: 40 samples in 2 steps)."""
     train(cfg_factory(*TINY, "trainer.max_epochs=1", "dataset.limit_train=40"), tmp_path)
-    assert rundir.read_record(tmp_path)["sizes"] == {"num_classes": 4, "train_samples": 40, "test_samples": 32, "feature_dim": 16}
+    assert rundir.read_record(tmp_path)["sizes"] == {"num_classes": 4, "train_samples": 40, "test_samples": 32,
+                                                     "feature_dim": 16, "steps_per_epoch": 2}

@@ -1,12 +1,10 @@
-"""Which event files in a run folder are the run's own. A fresh start logs its config as text before its first epoch
-(training/logbook.py); a file whose config names other settings than the folder's record (`.hydra/config.yaml`) is
-another run's, copied in or left by a reused folder, and would stand for this run's numbers. A file without a config
-(a resumed attempt's, an older etf-train's) cannot be told apart and is kept."""
+"""Which event files in a run folder are the run's own. Every start, fresh or resumed, logs its config as text before
+its first epoch (training/logbook.py); a file whose config names other settings than the folder's record
+(`.hydra/config.yaml`) is another run's, copied in or left by a reused folder, and would stand for this run's numbers.
+A file without a config (an older etf-train's) cannot be told apart and is kept."""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -63,14 +61,3 @@ def own_events(run_dir: Path, record: dict) -> tuple[list[Path], dict[Path, str]
         else:
             others[events] = why
     return own, others
-
-
-def read_own(run_dir: Path, own: Sequence[Path]) -> dict[str, rundir.Curve]:
-    """rundir.read_scalars of the files in `own` only. It reads a folder, so when a file is left out the others are
-    linked into a temporary one: how attempts' files merge (purge steps, later events) stays in one place."""
-    if list(own) == rundir.event_files(run_dir):
-        return rundir.read_scalars(run_dir)
-    with tempfile.TemporaryDirectory(prefix="etf-compare-events-") as folder:
-        for events in own:
-            (Path(folder) / events.name).symlink_to(events.resolve())
-        return rundir.read_scalars(Path(folder))

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from .. import rundir
 from ..errors import EtfTrainError
 from ..rundir import Curve
-from .events import listed, own_events, read_own
+from .events import listed, own_events
 
 GROUP_ALIASES = {"head": "head.name"}
 LABEL_KEY = re.compile(r"(?:^|, )([\w./]+)=")  # the keys a group label `head=learned, head.bias=False` shows
@@ -94,7 +94,7 @@ def load_run(run_dir: Path) -> Run:
     own, others = own_events(run_dir, OmegaConf.to_container(config, resolve=False))
     for events, why in others.items():
         warn(f"{events}: an event file of another run ({why}); left out of the curves of {run_dir}")
-    return Run(run_dir, config, read_own(run_dir, own), rundir.state(run_dir), _head_choice(run_dir), tuple(own))
+    return Run(run_dir, config, rundir.read_scalars(run_dir, own), rundir.state(run_dir), _head_choice(run_dir), tuple(own))
 
 
 def _head_choice(run_dir: Path) -> str | None:

@@ -75,8 +75,9 @@ class Logbook:
         # thresholds met before a resume were logged then (the events of those epochs stay)
         earlier = read_scalars(run_dir) if first_epoch > 1 else {}
         self.pending = [c for c in CONVERGENCE if not _reached(earlier.get(c[0]), *c[1:], before=first_epoch)]
+        # every attempt's file names its run, so that etf-compare can leave out a file copied in from another run
+        self.writer.add_text("config", f"```yaml\n{OmegaConf.to_yaml(OmegaConf.create(config))}```", 0)
         if first_epoch == 1:
-            self.writer.add_text("config", f"```yaml\n{OmegaConf.to_yaml(OmegaConf.create(config))}```", 0)
             flat = flatten(config)
             # the swept keys first, then the settings that tell runs apart; not every constant of the config
             keys = dict.fromkeys([*swept_keys(record, config), *(k for k in KEY_PARAMS if k in flat)])
