@@ -3,6 +3,7 @@ scripts; shuffled batches of B for their other heads. Checked against counts wor
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -70,3 +71,51 @@ def test_two_ways_to_form_batches_are_refused(tmp_path):
     with pytest.raises(EtfTrainError, match="loader.class_balanced and loader.stratified_folds .* choose one"):
         train(make_cfg("dataset=ufm", "backbone=ufm", "loader.class_balanced=true", "loader.stratified_folds=true",
                        "trainer.device=cpu"), tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def authors_sweep(tmp_path_factory):
+    """UFM-10 under the authors' preset, 2 epochs: nearest_etf on folds (3 steps an epoch), learned_authors on
+    shuffled batches (4)."""
+    root = tmp_path_factory.mktemp("authors")
+    for head in ("nearest_etf", "learned_authors"):
+        train(make_cfg("experiment=ufm10_authors", f"head={head}", "trainer.max_epochs=2", "trainer.device=cpu",
+                       "trainer.progress=false"), root / head)
+    return root
+
+
+def test_etf_compare_names_the_step_counts_and_draws_over_steps(authors_sweep, tmp_path, capsys):
+    from etf_train.compare import main as etf_compare
+    from etf_train.compare.runs import group_runs, load_runs
+    from etf_train.compare.steps import over_steps
+
+    assert etf_compare([str(authors_sweep), "--out", str(tmp_path / "a"), "--x", "steps", "--metrics", "nc/nc1"]) == 0
+    err, report = capsys.readouterr().err, (tmp_path / "a" / "comparison.md").read_text()
+    [warning] = [line for line in err.splitlines() if "optimiser steps an epoch" in line]
+    assert re.search(r"steps an epoch \(learned[^;]*: 4; nearest_etf[^;]*: 3\)", warning), warning
+    assert "steps an epoch" in report and ("3 / 4 steps an epoch" in report or "4 / 3 steps an epoch" in report)
+    groups = group_runs(load_runs([authors_sweep]), ["head"])
+    stepped = over_steps(groups)
+    for label, per_epoch in ((label, 3 if "nearest" in label else 4) for label in groups):
+        epochs, values = groups[label][0].scalars["nc/nc1"]
+        steps, same = stepped[label][0].scalars["nc/nc1"]
+        assert list(steps) == [per_epoch * e for e in epochs] and list(same) == list(values)
+
+
+def test_runs_without_a_step_count_cannot_be_drawn_over_steps(authors_sweep, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from etf_train.compare import main as etf_compare
+
+    old = shutil.copytree(authors_sweep, tmp_path / "old")
+    for record in old.glob("*/.hydra/config.yaml"):
+        config = yaml.safe_load(record.read_text())
+        del config["sizes"]["steps_per_epoch"]
+        record.write_text(yaml.safe_dump(config))
+    assert etf_compare([str(old), "--out", str(tmp_path / "b"), "--x", "steps"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("etf-compare: error: --x steps:") and "record no steps an epoch" in line
+    assert etf_compare([str(old), "--out", str(tmp_path / "c")]) == 0  # over epochs they compare as before
+    assert "steps an epoch (" not in capsys.readouterr().err

@@ -78,6 +78,7 @@ from .report import markdown, notes, speedup_table, table, write_csv
 from .runs import Run, group_runs, load_runs
 from .serve import serve
 from .speedup import Speedup, choose_baseline, crossings, nc1_thresholds, speedup
+from .steps import over_steps
 from .stats import ACC_TAGS, EVAL_ACC, Spread, epoch_stats, first_epoch, summarize, thresholds
 
 __all__ = ["Run", "Speedup", "Spread", "choose_baseline", "crossings", "curves", "epoch_stats", "figure", "first_epoch",
@@ -127,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
                    f"${ADDRESS_ENV} or localhost)")
     p.add_argument("--port", type=int, default=None, help=f"TensorBoard's port (default: ${ADDRESS_ENV} or 6006; "
                    "--serve: a free one)")
+    p.add_argument("--x", choices=("epochs", "steps"), default="epochs",
+                   help="the figure's x axis: epochs, or optimiser steps (epoch x steps an epoch), where groups take "
+                        "different numbers of steps an epoch; default: epochs")
     p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: png")
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (png); default: 150")
     p.add_argument("--out", type=Path, default=None, help="output folder; default: the first folder given")
@@ -142,8 +146,9 @@ def compare(args: argparse.Namespace, a: Analysis) -> str:
     after = speedup_table(a.summaries, a.baseline, a.limits, a.speed) if a.baseline is not None else []
     text = markdown(*table(list(a.summaries.values())), [r for r in a.runs if not r.counted], args.include_unfinished,
                     notes(args.acc_tag), a.warnings, a.intro, after)
-    fig = figure(a.drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,
-                 args.per_seed)
+    drawn = over_steps(a.drawn) if args.x == "steps" else a.drawn
+    fig = figure(drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,
+                 args.per_seed, xlabel="optimiser step" if args.x == "steps" else "epoch")
     with writing(out / "comparison.md") as path:
         path.write_text(text)
     with writing(out / "comparison.csv") as path:

@@ -16,6 +16,7 @@ from .runs import (Run, check_datasets, code_versions, group_runs, late_starts, 
                    warn)
 from .setting import readable, reproduce, setting
 from .speedup import Speedup, choose_baseline, crossings, describe_crossings, nc1_thresholds, speedup
+from .steps import step_counts
 from .stats import NC1, TEST_ACC, GroupSummary, Threshold, epoch_stats, summarize, tag_label, thresholds
 
 OTHER_METRICS = (TEST_ACC, "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h")  # after the --acc-tag panel
@@ -71,8 +72,8 @@ def analyse(args: argparse.Namespace) -> Analysis:
     groups = group_runs(runs, args.group_by)  # labelled over all runs: the table and the legend name groups alike
     drawn = {label: [r for r in rs if r.included(args.include_unfinished)] for label, rs in groups.items()}
     counted = {label: rs for label, rs in drawn.items() if rs}
-    warnings = (pooled_settings(counted) + unlike_groups(counted, args.group_by) + late_starts(counted)
-                + code_versions(counted))
+    warnings = (pooled_settings(counted) + unlike_groups(counted, args.group_by) + step_counts(counted)
+                + late_starts(counted) + code_versions(counted))
     for message in warnings:
         warn(message)
     baseline = choose_baseline(counted, args.baseline)

@@ -119,7 +119,7 @@ def _loss_name(runs: Sequence[Run]) -> str:
 
 
 def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str, lines_at: Sequence[float],
-           per_seed: bool, marked: set[int]) -> None:
+           per_seed: bool, marked: set[int], xlabel: str) -> None:
     """One metric: per group the median and min-max band (and each run thinly with per_seed); dotted horizontal
     lines at `lines_at` (the NC1 thresholds of the table); the groups whose curves carry markers go into `marked`."""
     from matplotlib.ticker import MaxNLocator
@@ -154,14 +154,14 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str, lines_at
         pad = max(0.5, 0.05 * (hi - lo))
         ax.set_ylim(max(0.0, lo - pad), min(100.0, hi) + pad)
     ax.set_title(TITLES.get(tag, tag_label(tag)))
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel(tag, loss))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
 
 def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[str, int] | None = None,
-           warnings: int = 0, nc1_lines: Sequence[float] = (), per_seed: bool = False) -> Figure:
+           warnings: int = 0, nc1_lines: Sequence[float] = (), per_seed: bool = False, xlabel: str = "epoch") -> Figure:
     """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
     `<group> (n=<runs>)` below the panels, groups named readably: `n=3, 1 unfinished` when unfinished runs are
     drawn, `n=2 of 5` when `totals` (runs per group, drawn or not) says some were left out, `n=0 of 2, not drawn`
@@ -179,7 +179,7 @@ def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[st
     loss = _loss_name([r for rs in groups.values() for r in rs])
     marked: set[int] = set()
     for ax, tag in zip(axes, metrics):
-        _panel(ax, tag, groups, loss, nc1_lines if tag == NC1 else (), per_seed, marked)
+        _panel(ax, tag, groups, loss, nc1_lines if tag == NC1 else (), per_seed, marked, xlabel)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker if i in marked else "None",

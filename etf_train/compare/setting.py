@@ -105,13 +105,16 @@ def headline(groups: dict[str, list[Run]]) -> str:
 
 def setting(runs: Sequence[Run]) -> str:
     """One line: `UFM (ufm), K=10, 1,000 train samples · backbone ufm, d=512 · loss ce · AGD (gain 10, depth 2) ·
-    schedule none · 200 epochs, batch 256 · seeds 1-3 · etf-train 0.1.0+g1234abc`; `a / b` where runs differ."""
+    schedule none · 200 epochs, batch 256, 4 steps an epoch · seeds 1-3 · etf-train 0.1.0+g1234abc`; `a / b` where runs
+    differ."""
     backbone = f"backbone {_one(runs, 'backbone.arch')}"
     if _values(runs, "sizes.feature_dim") != ["-"]:
         backbone += f", d={_one(runs, 'sizes.feature_dim')}"
     epochs = _epochs(runs)
     if _values(runs, "trainer.batch_size") != ["-"]:
         epochs += f", batch {_one(runs, 'trainer.batch_size')}"
+    if _values(runs, "sizes.steps_per_epoch") != ["-"]:
+        epochs += f", {_one(runs, 'sizes.steps_per_epoch')} steps an epoch"
     return " · ".join([
         _dataset(runs), backbone, f"loss {_one(runs, 'loss.name')}",
         _optimiser(runs), _schedule(runs), epochs, _seeds(runs),
