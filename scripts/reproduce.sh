@@ -3,9 +3,10 @@
 #
 #   scripts/reproduce.sh                 # every setting: the runs, then the tables and figures
 #   scripts/reproduce.sh tables          # only the tables and figures, from runs already in outputs/repro/
-#   scripts/reproduce.sh ufm10 tables    # only the named settings (ufm10 ufm100 ablation cifar10 losses tables)
+#   scripts/reproduce.sh ufm10 tables    # only the named settings (ufm10 ufm100 ablation batching cifar10 losses tables)
+#   scripts/reproduce.sh batching        # UFM-10 under AGD, the authors' per-head batching against one batching for all
 #
-# Runs go to outputs/repro/<sweep>/ (git-ignored), one multirun per sweep; the same command continues an
+# Runs go to outputs/repro/<sweep>/ (git-ignored; REPRO_OUT=<folder> puts them elsewhere), one multirun per sweep; the same command continues an
 # interrupted sweep (finished jobs return at once). Tables: outputs/repro/tables.md (scripts/summarize_repro.py) and
 # outputs/repro/<setting>/compare/ (etf-compare); figures: docs/figures/*.png.
 # CIFAR-10 needs the JPEG copy unpacked (or CIFAR10_JPG set to it), from the project root:
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${BIN:-.venv/bin}
-OUT=outputs/repro
+OUT=${REPRO_OUT:-outputs/repro}
 FIG=docs/figures
 export CIFAR10_JPG=${CIFAR10_JPG:-$PWD/data/cifar10-jpg}
 # One intra-op thread per run: on a small shared CPU, steadier than torch's default thread pool.
@@ -54,6 +55,30 @@ run_ufm() {  # run_ufm 10|100 SETTINGS...: 5 heads x (SGD, AGD at the default de
 run_ablation() {  # nearest_etf without the backward through P*, under AGD (the SGD ablation: docs/results.md)
     sweep ufm10_agd_nobackward experiment=ufm10_authors head=nearest_etf head.backward=none "${UFM10[@]}"
     sweep ufm100_agd_nobackward experiment=ufm100_authors head=nearest_etf head.backward=none "${UFM100[@]}"
+}
+run_batching() {  # issue 26: UFM-10, AGD, the authors' batching per head against the same batching for every head
+    # experiment=ufm10_authors batches as the authors' scripts do: nearest_etf on floor(N/B) = 3 stratified folds an
+    # epoch, the other heads on shuffled batches of 256 (4 steps); loader.stratified_folds=false: 4 steps for all.
+    local heads=(head=nearest_etf,fixed_etf_authors,learned_authors) same=(loader.stratified_folds=false)
+    sweep ufm10_agd_authors_batching experiment=ufm10_authors "${heads[@]}" "${UFM10[@]}"
+    sweep ufm10_agd_same_batching experiment=ufm10_authors "${heads[@]}" "${same[@]}" "${UFM10[@]}"
+    sweep ufm10_agd_authors_batching_free experiment=ufm10_authors "${FREE[@]}" "${UFM10[@]}"
+    sweep ufm10_agd_depth2_authors_batching experiment=ufm10_authors head=nearest_etf optimizer.depth=2 "${UFM10[@]}"
+    sweep ufm10_agd_depth2_same_batching experiment=ufm10_authors head=nearest_etf,fixed_etf_authors optimizer.depth=2 \
+        "${same[@]}" "${UFM10[@]}"
+    # etf-compare's default thresholds; its tables in outputs/repro/<name>/compare*/ (no figure goes to docs/)
+    local c=(--baseline learned_authors) b=$OUT/ufm10_agd_authors_batching s=$OUT/ufm10_agd_same_batching
+    compare "$b/compare" "$b" "${c[@]}"
+    compare "$b/compare_steps" "$b" "${c[@]}" --x steps
+    compare "$s/compare" "$s" "${c[@]}"
+    compare "$b/compare_depth2_free" "$OUT/ufm10_agd_depth2_authors_batching" "$OUT/ufm10_agd_authors_batching_free" "$b" \
+        "${c[@]}"
+    compare "$s/compare_depth2" "$OUT/ufm10_agd_depth2_same_batching" "$s" "${c[@]}"
+}
+compare() {  # compare OUT_FOLDER ETF_COMPARE_ARGS...: etf-compare's tables, its printout in stdout.txt
+    local out=$1; shift
+    mkdir -p "$out"
+    "$BIN/etf-compare" "$@" --out "$out" > "$out/stdout.txt" 2>&1
 }
 run_cifar10() {
     sweep cifar10_sgd "${CIFAR[@]}" "${HEADS3[@]}"
@@ -94,13 +119,13 @@ tables() {
 }
 
 settings=("$@")
-[ ${#settings[@]} -eq 0 ] && settings=(ufm10 ufm100 ablation cifar10 losses tables)
+[ ${#settings[@]} -eq 0 ] && settings=(ufm10 ufm100 ablation batching cifar10 losses tables)
 for s in "${settings[@]}"; do
     case $s in
         ufm10) run_ufm 10 "${UFM10[@]}" ;;
         ufm100) run_ufm 100 "${UFM100[@]}" ;;
-        ablation | cifar10 | losses) "run_$s" ;;
+        ablation | batching | cifar10 | losses) "run_$s" ;;
         tables) tables ;;
-        *) echo "reproduce.sh: unknown setting '$s' (ufm10 ufm100 ablation cifar10 losses tables)" >&2; exit 2 ;;
+        *) echo "reproduce.sh: unknown setting '$s' (ufm10 ufm100 ablation batching cifar10 losses tables)" >&2; exit 2 ;;
     esac
 done
