@@ -3,12 +3,13 @@
 #
 #   scripts/reproduce.sh                 # every setting: the runs, then the tables and figures
 #   scripts/reproduce.sh tables          # only the tables and figures, from runs already in outputs/repro/
-#   scripts/reproduce.sh ufm10 tables    # only the named settings (ufm10 ufm100 ablation batching cifar10 losses tables)
-#   scripts/reproduce.sh batching        # UFM-10 under AGD, the authors' per-head batching against one batching for all
+#   scripts/reproduce.sh ufm10 tables    # only the named settings (ufm10 ufm100 ablation batching cifar10 losses
+#                                        # tables)
+#   scripts/reproduce.sh batching        # UFM-10 under AGD: the authors' per-head batching against one for all
 #
-# Runs go to outputs/repro/<sweep>/ (git-ignored; REPRO_OUT=<folder> puts them elsewhere), one multirun per sweep; the same command continues an
-# interrupted sweep (finished jobs return at once). Tables: outputs/repro/tables.md (scripts/summarize_repro.py) and
-# outputs/repro/<setting>/compare/ (etf-compare); figures: docs/figures/*.png.
+# Runs go to outputs/repro/<sweep>/ (git-ignored; REPRO_OUT=<folder> puts them elsewhere), one multirun per sweep;
+# the same command continues an interrupted sweep (finished jobs return at once). Tables: outputs/repro/tables.md
+# (scripts/summarize_repro.py) and outputs/repro/<setting>/compare/ (etf-compare); figures: docs/figures/*.png.
 # CIFAR-10 needs the JPEG copy unpacked (or CIFAR10_JPG set to it), from the project root:
 #   mkdir -p data/cifar10-jpg && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C data/cifar10-jpg
 # The sizes are the CPU budget of docs/results.md, not the paper's (see there).
@@ -71,8 +72,8 @@ run_batching() {  # issue 26: UFM-10, AGD, the authors' batching per head agains
     compare "$b/compare" "$b" "${c[@]}"
     compare "$b/compare_steps" "$b" "${c[@]}" --x steps
     compare "$s/compare" "$s" "${c[@]}"
-    compare "$b/compare_depth2_free" "$OUT/ufm10_agd_depth2_authors_batching" "$OUT/ufm10_agd_authors_batching_free" "$b" \
-        "${c[@]}"
+    compare "$b/compare_depth2_free" "$OUT/ufm10_agd_depth2_authors_batching" \
+        "$OUT/ufm10_agd_authors_batching_free" "$b" "${c[@]}"
     compare "$s/compare_depth2" "$OUT/ufm10_agd_depth2_same_batching" "$s" "${c[@]}"
 }
 compare() {  # compare OUT_FOLDER ETF_COMPARE_ARGS...: etf-compare's tables, its printout in stdout.txt
@@ -126,6 +127,7 @@ for s in "${settings[@]}"; do
         ufm100) run_ufm 100 "${UFM100[@]}" ;;
         ablation | batching | cifar10 | losses) "run_$s" ;;
         tables) tables ;;
-        *) echo "reproduce.sh: unknown setting '$s' (ufm10 ufm100 ablation batching cifar10 losses tables)" >&2; exit 2 ;;
+        *) echo "reproduce.sh: unknown setting '$s' (ufm10 ufm100 ablation batching cifar10 losses tables)" >&2
+           exit 2 ;;
     esac
 done
