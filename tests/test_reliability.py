@@ -141,6 +141,21 @@ def test_a_signal_to_the_process_group_or_a_hangup_saves_too(tmp_path, sig, grou
     assert state["epoch"] == 1 and state["partial"]["epoch"] == 2
 
 
+def test_dataloader_workers_start_with_stop_signals_blocked(tmp_path):
+    """torch's DataLoader worker kills itself on a SIGTERM from any process but its parent: a group signal that met
+    an epoch's start, before worker_init_fn ignored it, killed a worker and then the run (seen under torchrun)."""
+    from etf_train.data.loaders import STOP_SIGNALS, StopSafeLoader
+
+    mask = tmp_path / "mask"
+
+    def probe(_worker):  # runs where ignore_stop_signals does: what the worker held blocked until then
+        mask.write_text(" ".join(str(int(s)) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+    assert list(StopSafeLoader(range(4), batch_size=2, num_workers=1, worker_init_fn=probe)) != []
+    assert {int(s) for s in STOP_SIGNALS} <= {int(x) for x in mask.read_text().split()}
+    assert not set(STOP_SIGNALS) & signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the main process's mask is back
+
+
 def test_same_command_resumes_the_interrupted_time_stamped_run(tmp_path, reference):
     overrides = [*LONG, "head=nearest_etf"]
     proc = start_cli(None, *overrides, cwd=tmp_path)

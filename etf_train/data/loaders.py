@@ -129,17 +129,33 @@ class _SeededCollate:
         return _seeded(epoch_seed(samples[0][1], -1), self.collate, [sample for sample, _ in samples])
 
 
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+
+
 def ignore_stop_signals(_worker: int) -> None:
     """In a DataLoader worker: leave stop signals to the main process. Slurm's scancel and time limit, and systemd,
     signal the whole process group: workers that died of SIGTERM first made the main process fail ("DataLoader
     worker ... killed by signal") before it could save; it saves at its next step boundary and the workers end
-    with it."""
-    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    with it. The signals were blocked since the worker started (StopSafeLoader); one that came meanwhile is dropped."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-class TrainDataLoader(DataLoader):
+class StopSafeLoader(DataLoader):
+    """A DataLoader whose workers start with the stop signals blocked, until ignore_stop_signals (their
+    worker_init_fn) ignores them: torch's worker kills itself on a SIGTERM from any process but its parent, so a group
+    signal that met an epoch's start, before worker_init_fn ran, killed a worker and the run with it."""
+
+    def _get_iterator(self):
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # forked workers inherit this thread's mask
+        try:
+            return super()._get_iterator()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a signal held back meanwhile reaches this process now
+
+
+class TrainDataLoader(StopSafeLoader):
     """A DataLoader whose every draw follows from (seed, rank, epoch, position) (see the module docstring)."""
 
     def __init__(self, dataset, batch_sampler, *, seed: int, rank: int, collate_fn: Callable, **options):
@@ -227,8 +243,8 @@ def build_loaders(
     common = dict(num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals)
     train = TrainDataLoader(bundle.train, batches, seed=seed, rank=rank, collate_fn=mix.collate, **common)
     test, eval_train = (  # own generators: a base seed drawn from the global RNG per pass would move dropout's draws
-        DataLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0, generator=torch.Generator(),
-                   **common)
+        StopSafeLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0,
+                       generator=torch.Generator(), **common)
         for ds in (bundle.test, bundle.eval_train)
     )
     return train, test, eval_train
