@@ -1010,3 +1010,16 @@ def test_the_default_run_trains_on_a_train_set_of_129(tmp_path):
     last = train(make_cfg("dataset.limit_train=129", "trainer.max_epochs=1", "trainer.progress=false",
                           "trainer.device=cpu"), tmp_path)
     assert math.isfinite(last["train/loss"])
+
+
+def test_workers_on_the_device_path_are_said_to_have_no_effect(caplog):
+    """loader.num_workers was dropped in silence where auto served the dataset from memory (four presets set 8)."""
+    bundle = build_data("synthetic", num_classes=2, image_size=4, channels=1, train_per_class=4, test_per_class=2)
+    with caplog.at_level("WARNING", logger="etf_train"):
+        build_loaders(bundle, 4, num_workers=3)
+    assert "loader.num_workers=3 has no effect: dataset synthetic is served from the device's memory" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="etf_train"):
+        build_loaders(bundle, 4, num_workers=0)
+        build_loaders(bundle, 4, num_workers=3, mode="dataloader")
+    assert "has no effect" not in caplog.text

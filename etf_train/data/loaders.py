@@ -12,6 +12,7 @@ the epoch), whichever worker serves it: loader.num_workers cannot change a draw,
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Callable, Iterator
 
@@ -27,6 +28,7 @@ from .samplers import (ClassBalancedBatchSampler, MergedSingleton, ShardSampler,
                        check_shard, epoch_seed)
 
 MODES = ("auto", "device", "dataloader")
+log = logging.getLogger("etf_train")
 
 
 def loader_mode(bundle: DataBundle, mode: str) -> str:
@@ -229,6 +231,10 @@ def build_loaders(
         return BatchSampler(ShardSampler(n, rank, world_size), eval_batch_size, drop_last=False)
 
     if loader_mode(bundle, mode) == "device":
+        if num_workers and rank == 0:
+            log.warning("loader.num_workers=%d has no effect: dataset %s is served from the device's memory "
+                        "(loader.mode=%s); set loader.mode=dataloader for worker processes", num_workers, bundle.name,
+                        mode)
         device = torch.device("cpu" if device is None else device)
         x_train = bundle.train_x.to(device, memory_format=torch.contiguous_format)
         x_test = bundle.test_x.to(device, memory_format=torch.contiguous_format)
