@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import options as opt
+from . import tags
 from .errors import EtfTrainError
 from .etf import canonical_stiefel, random_stiefel, simplex_etf
 from .registry import Registry
@@ -265,11 +266,11 @@ class NearestETFHead(Head):
         if not self._stats:
             return {}
         ms = [t.elapsed_ms() for t, _ in self._stats]
-        out = {"solver/ms": sum(ms) / len(ms)}
+        out = {tags.SOLVER_MS: sum(ms) / len(ms)}
         infos = [i for _, i in self._stats if i.iters is not None]
         if infos:
-            out["solver/iters"] = sum(float(i.iters.float().mean()) for i in infos) / len(infos)
-            out["solver/grad_norm"] = sum(float(i.grad_norm.float().mean()) for i in infos) / len(infos)
+            out[tags.SOLVER_ITERS] = sum(float(i.iters.float().mean()) for i in infos) / len(infos)
+            out[tags.SOLVER_GRAD_NORM] = sum(float(i.grad_norm.float().mean()) for i in infos) / len(infos)
         self._stats.clear()
         return out
 

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import rundir
+from . import rundir, tags
 from .errors import EtfTrainError
 from .options import error_line, output_file, output_folder, writing
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EtfTrainError, OSError) as e:  # OSError: a path the file system refuses to read (too long, say)
         print(f"etf-eval: error: {error_line(e)}", file=sys.stderr)
         return 2
-    keys = ("test/acc", "test/loss", "train/eval_acc", "nc/nc1", "nc/nc3", "nc_test/nc1", "test/ece")
+    keys = (tags.TEST_ACC, tags.TEST_LOSS, tags.EVAL_ACC, tags.NC1, tags.NC3, tags.nc_test("nc1"), tags.TEST_ECE)
     print("  ".join(f"{k}={scalars[k]:.4g}" for k in keys if k in scalars))
     print(f"wrote {out}" + (f" and {export_to}" if export_to else ""))
     return 0

@@ -11,12 +11,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from .errors import EtfTrainError
+from .tags import EVAL_ACC, NC1, NC1_LOG10, NC3, TEST_ACC
 
 # The cards a comparison of heads looks at first (README, "TensorBoard scalars").
-KEY_CARDS = ("test/acc", "train/eval_acc", "nc/nc1", "nc/nc3")
+KEY_CARDS = (TEST_ACC, EVAL_ACC, NC1, NC3)
 # What the printed link pins: NC1 as its log10, which spans decades on TensorBoard's linear axis (a link cannot set
 # a card's log scale).
-PINNED = ("test/acc", "train/eval_acc", "nc_log10/nc1", "nc/nc3")
+PINNED = (TEST_ACC, EVAL_ACC, NC1_LOG10, NC3)
 # Run names carry the head: `head=nearest_etf,seed=2` (sweep jobs) or `<time>_nearest_etf_seed2_<id>` (single runs).
 HEAD_REGEX = "(learned_authors|fixed_etf_authors|learned|fixed_etf|nearest_etf)"
 ADDRESS_ENV = "ETF_TENSORBOARD"  # host:port of the TensorBoard the printed commands and links name

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import EtfTrainError
+from ..tags import EQUINORM_H, NC3, TRAIN_LOSS
 from .answer import answer, threshold_words
 from .plot import check_metrics
 from .report import compact
@@ -19,7 +20,7 @@ from .speedup import Speedup, choose_baseline, crossings, describe_crossings, nc
 from .steps import step_counts
 from .stats import NC1, TEST_ACC, GroupSummary, Threshold, epoch_stats, summarize, tag_label, thresholds
 
-OTHER_METRICS = (TEST_ACC, "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h")  # after the --acc-tag panel
+OTHER_METRICS = (TEST_ACC, TRAIN_LOSS, NC1, NC3, EQUINORM_H)  # after the --acc-tag panel
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from ..errors import EtfTrainError
+from ..tags import TITLES, YLABELS
 from .runs import Run, config_text
 from .setting import headline, readable
 from .stats import NC1, epoch_stats, tag_label
@@ -31,43 +32,6 @@ LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # Runs from before the loss config group trained with cross-entropy and have no loss.name.
 LOSS_NAMES = {"ce": "cross-entropy", "-": "cross-entropy"}
-YLABELS = {
-    "test/loss": "cross-entropy",  # evaluated with it whatever the training loss
-    "lr": "learning rate",
-    "time/epoch_s": "seconds per epoch",
-    "throughput/train_img_s": "images / s",
-    "solver/ms": "ms per step",
-    "solver/iters": "iterations per step",
-    "nc/nc1": "tr(S_W S_B⁺) / K",
-    "nc/nc2_w": "distance of W's Gram to the ETF's",
-    "nc/nc2_h": "distance of the means' Gram to the ETF's",
-    "nc/nc3": "distance of W to the class means",
-    "nc/nc4": "fraction off the nearest class mean",
-    "nc/equinorm_w": "std / mean of W's row norms",
-    "nc/equinorm_h": "std / mean of the class-mean norms",
-    "nc/equiangular_w": "mean |cos + 1/(K-1)| of W's rows",
-    "nc/equiangular_h": "mean |cos + 1/(K-1)| of the means",
-}
-
-
-# Panel titles a reader understands (any other tag is its own title).
-TITLES = {
-    "train/eval_acc": "train accuracy (eval mode)",
-    "train/acc": "train accuracy (during training)",
-    "test/acc": "test accuracy",
-    "train/loss": "train loss",
-    "test/loss": "test loss (cross-entropy)",
-    "nc/nc1": "NC1: within-class variability",
-    "nc/nc2_w": "NC2: classifier's distance from an ETF",
-    "nc/nc2_h": "NC2: class means' distance from an ETF",
-    "nc/nc3": "NC3: classifier vs class means",
-    "nc/nc4": "NC4: disagreement with nearest class mean",
-    "nc/equinorm_w": "classifier row norms (std / mean)",
-    "nc/equinorm_h": "class-mean norms (std / mean)",
-    "nc/equiangular_w": "classifier angles off the ETF's",
-    "nc/equiangular_h": "class-mean angles off the ETF's",
-    "solver/ms": "ETF solve time",
-}
 
 
 class Style(NamedTuple):

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from ..errors import EtfTrainError
 from ..rundir import Curve
+from ..tags import EVAL_ACC, NC1, SOLVER_MS, TEST_ACC, TRAIN_ACC
 from .runs import Run
 
-TRAIN_ACC, EVAL_ACC, TEST_ACC, NC1, SOLVER_MS = "train/acc", "train/eval_acc", "test/acc", "nc/nc1", "solver/ms"
 ACC_TAGS = (EVAL_ACC, TRAIN_ACC)  # what --acc-tag may choose
 # How a tag is named in the table (the CSV slugifies it), where the tag alone would mislead or is long.
 LABELS = {TRAIN_ACC: "train/acc (measured during training)", NC1: "NC1"}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .. import tags
 from ..data import noisy_fit
 from ..metrics import ClassificationAccumulator, NCAccumulator
 from .distributed import Dist
@@ -81,9 +82,9 @@ def evaluate(model, loader, device, autocast, world: Dist, num_classes: int, *, 
     nc_out = _pass(model, loader, device, autocast, num_classes, visit, nc)
     cls.all_reduce()
     loss_sum, correct, seen = world.sum([loss_sum.item(), correct.item(), seen], device)
-    out = {"test/loss": loss_sum / seen, "test/acc": 100.0 * correct / seen}
-    out |= {f"test/{k}": v for k, v in cls.compute(class_names).items() if per_class or not k.startswith("acc_class/")}
-    out |= {f"nc_test/{k}": v for k, v in nc_out.items()}
+    out = {tags.TEST_LOSS: loss_sum / seen, tags.TEST_ACC: 100.0 * correct / seen}
+    out |= {tags.on_test(k): v for k, v in cls.compute(class_names).items() if per_class or not k.startswith("acc_class/")}
+    out |= {tags.nc_test(k): v for k, v in nc_out.items()}
     return out, cls.calibration
 
 
@@ -107,7 +108,7 @@ def nc_metrics(model, loader, device, autocast, num_classes, world: Dist, noisy=
     correct, seen, n_fit, n_noisy = world.sum([correct.item(), seen, *fit.tolist()], device)
     # train/acc is measured during the epoch, as the weights change (and, for nearest_etf, with a classifier fitted
     # to running means that include the batch); this is the train set under the end-of-epoch model.
-    out = {"train/eval_acc": 100.0 * correct / seen, **{f"nc/{k}": v for k, v in nc_out.items()}}
+    out = {tags.EVAL_ACC: 100.0 * correct / seen, **{tags.nc(k): v for k, v in nc_out.items()}}
     if noisy is not None:
-        out["train/noisy_fit"] = n_fit / max(n_noisy, 1)
+        out[tags.NOISY_FIT] = n_fit / max(n_noisy, 1)
     return out

@@ -17,26 +17,23 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams, scalar
 
 from ..errors import first_line, write_failure
-from ..view import KEY_CARDS
 from ..rundir import flatten, read_scalars
+from ..tags import (EPOCH_S, EVAL_ACC, NC1, NC1_LOG10, SOLVER_MS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS,
+                    epochs_to)
+from ..view import KEY_CARDS
 
 # How fast a run converged, as scalars the HParams tab can show beside the finals: `epochs_to/<what>` is logged once,
 # at the first (metrics) epoch that reaches the threshold, with that epoch as its value (blank: never reached).
-CONVERGENCE = (("nc/nc1", 1.0, False), ("nc/nc1", 0.1, False), ("nc/nc1", 0.01, False), ("nc/nc1", 1e-3, False),
-               ("train/eval_acc", 99.0, True), ("test/acc", 90.0, True))
+CONVERGENCE = ((NC1, 1.0, False), (NC1, 0.1, False), (NC1, 0.01, False), (NC1, 1e-3, False), (EVAL_ACC, 99.0, True),
+               (TEST_ACC, 90.0, True))
 # Settings the HParams tab shows after the swept keys (the full config is in the `config` text and .hydra/).
 KEY_PARAMS = ("head.name", "seed", "optimizer._target_", "optimizer.lr", "optimizer.gain", "optimizer.effective_depth",
               "head.tau", "loss.name", "dataset.name", "sizes.num_classes", "backbone.arch", "trainer.max_epochs")
 IDENTITY = ("name", "arch", "_target_")  # a config group's choice, as its node records it
 
 
-def convergence_tag(tag: str, value: float, above: bool) -> str:
-    """`epochs_to/nc1_le_0.01`, `epochs_to/train_eval_acc_ge_99`."""
-    return f"epochs_to/{tag.split('/', 1)[1] if tag.startswith('nc/') else tag.replace('/', '_')}_{'ge' if above else 'le'}_{value:g}"
-
-
 # The HParams tab's metric columns: the final values of these scalars, then how soon the run converged.
-HPARAM_METRICS = (*KEY_CARDS, "test/loss", "train/acc", *(convergence_tag(*c) for c in CONVERGENCE))
+HPARAM_METRICS = (*KEY_CARDS, TEST_LOSS, TRAIN_ACC, *(epochs_to(*c) for c in CONVERGENCE))
 log = logging.getLogger("etf_train")
 LAYOUT = {"convergence": {tag: ["Multiline", [f"^{tag}$"]] for tag in KEY_CARDS}}
 
@@ -94,12 +91,12 @@ class Logbook:
         of the cost of an event per tag, which was a UFM epoch's largest cost after the NC metrics; flushed, so a
         crash loses no finished epoch."""
         values = dict(values)
-        if values.get("nc/nc1", 0) > 0:  # NC1 spans decades: its log10 reads on TensorBoard's linear axis
-            values["nc_log10/nc1"] = math.log10(values["nc/nc1"])
+        if values.get(NC1, 0) > 0:
+            values[NC1_LOG10] = math.log10(values[NC1])
         for c in list(self.pending):
             value = values.get(c[0])
             if value is not None and (value >= c[1] if c[2] else value <= c[1]):
-                values[convergence_tag(*c)] = float(epoch)
+                values[epochs_to(*c)] = float(epoch)
                 self.pending.remove(c)
         summary = Summary(value=[scalar(tag, value).value[0] for tag, value in values.items()])
         self.writer.file_writer.add_summary(summary, epoch)
@@ -167,6 +164,6 @@ def log_to_file(message: str, exc_info: bool = False) -> None:
 
 
 def summary(scalars: dict[str, float]) -> str:
-    keys = ("train/loss", "train/acc", "test/acc", "nc/nc1", "solver/ms", "time/epoch_s")
+    keys = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, NC1, SOLVER_MS, EPOCH_S)
     return "  ".join(f"{k}={scalars[k]:.4g}" for k in keys if k in scalars)
 

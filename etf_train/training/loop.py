@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import rundir
+from .. import rundir, tags
 from ..data import build_data, build_loaders, build_mix, set_epoch
 from ..errors import NonFiniteError, as_etf_error
 from ..losses import build_loss, hard_labels
@@ -219,17 +219,17 @@ class Run:
         if n_seen == 0:
             raise NonFiniteError(f"every step of epoch {epoch} had a non-finite loss: lower optimizer.lr")
         out = {
-            "train/loss": loss_total / n_seen,
-            "train/acc": 100.0 * n_correct / n_seen,
-            "time/epoch_s": elapsed,
-            "throughput/train_img_s": n_seen / elapsed,
+            tags.TRAIN_LOSS: loss_total / n_seen,
+            tags.TRAIN_ACC: 100.0 * n_correct / n_seen,
+            tags.EPOCH_S: elapsed,
+            tags.TRAIN_IMG_S: n_seen / elapsed,
             **self.model.head.pop_solver_stats(),
         }
         if self.t.nonfinite == "skip":
-            out["train/skipped_steps"] = float(tally.skipped)
+            out[tags.SKIPPED_STEPS] = float(tally.skipped)
         eta = getattr(self.optimizer, "pop_eta", lambda: None)()  # AGD's step size; ranks agree (averaged grads)
         if eta is not None:
-            out["optim/agd_eta"] = eta
+            out[tags.AGD_ETA] = eta
         return out
 
     def _diverged(self, epoch: int, step: int):
@@ -243,7 +243,7 @@ class Run:
     def run_epoch(self, epoch: int, guard: SignalGuard, partial: dict | None, rng: dict | None) -> dict[str, float]:
         """Train one epoch, evaluate, and step the schedule: the epoch's scalars."""
         set_epoch(self.train_loader, epoch)
-        scalars = {"lr": self.optimizer.param_groups[0]["lr"]}
+        scalars = {tags.LR: self.optimizer.param_groups[0]["lr"]}
         scalars.update(self.train_epoch(epoch, guard, partial, rng))
         last = epoch == self.t.max_epochs
         metrics_epoch = epoch % self.cfg.metrics.every_n_epochs == 0 or last
@@ -317,7 +317,7 @@ class Run:
                 log.warning("%s arrived during the last epoch's evaluation: the run finished, nothing to resume",
                             signal.Signals(guard.received).name)
             if book is not None:
-                book.figure("test/reliability", reliability_diagram(self.calibration, "test split"), self.t.max_epochs)
+                book.figure(tags.RELIABILITY, reliability_diagram(self.calibration, "test split"), self.t.max_epochs)
             if self.world.main:  # tells `etf-train` (cli.interrupted_run) that this run needs no resuming
                 rundir.mark_finished(self.run_dir)
             finished = True
