@@ -45,7 +45,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
 
     from .training.checkpoint import load_checkpoint
     from .training.distributed import Dist
-    from .training.evaluate import evaluate, nc_metrics
+    from .training.evaluate import evaluate, evaluate_train_set
     from .training.factories import build_autocast, resolve_precision
 
     config = rundir.read_record(run)
@@ -79,7 +79,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
     counts = bundle.shot_counts(config["dataset"].get("imbalance_ratio", 1))
     scalars, _ = evaluate(model, test_loader, device, autocast, world, K, nc=bundle.held_out,
                           class_names=bundle.class_names, class_counts=counts)
-    scalars |= nc_metrics(model, eval_train_loader, device, autocast, K, world, bundle.noisy)
+    scalars |= evaluate_train_set(model, eval_train_loader, device, autocast, K, world, bundle.noisy)
     return {"epoch": state["epoch"], "checkpoint": str(path), **scalars}, bundle, model, (test_loader, eval_train_loader)
 
 

@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from etf_train import compare
 from etf_train.compare import (
-    Run,
+    RecordedRun,
     Spread,
     epoch_stats,
     figure,
@@ -115,11 +115,11 @@ def make_run(run_dir: Path, head: str, seed: int, dataset: str = "cifar10", **ex
     return run_dir
 
 
-def fake_run(path: str, config: dict, scalars: dict[str, dict[int, float]]) -> Run:
+def fake_run(path: str, config: dict, scalars: dict[str, dict[int, float]]) -> RecordedRun:
     """A finished run in memory (no event files), for the numbers that need no TensorBoard round trip."""
     curves = {tag: (np.array(list(c), dtype=np.int64), np.array(list(c.values()), dtype=np.float64))
               for tag, c in scalars.items()}
-    return Run(Path(path), OmegaConf.create(config), curves, RunState("finished"))
+    return RecordedRun(Path(path), OmegaConf.create(config), curves, RunState("finished"))
 
 
 @pytest.fixture(scope="module")

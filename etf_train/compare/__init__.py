@@ -75,13 +75,13 @@ from .analysis import OTHER_METRICS, Analysis, analyse
 from .curves import curve_rows, curves, write_curves
 from .plot import FORMATS, figure, spans_decades
 from .report import markdown, notes, speedup_table, table, write_csv
-from .runs import Run, group_runs, load_runs
+from .runs import RecordedRun, group_runs, load_runs
 from .serve import serve
 from .speedup import Speedup, choose_baseline, crossings, nc1_thresholds, speedup
 from .steps import over_steps
 from .stats import ACC_TAGS, EVAL_ACC, Spread, epoch_stats, first_epoch, summarize, thresholds
 
-__all__ = ["Run", "Speedup", "Spread", "choose_baseline", "crossings", "curves", "epoch_stats", "figure", "first_epoch",
+__all__ = ["RecordedRun", "Speedup", "Spread", "choose_baseline", "crossings", "curves", "epoch_stats", "figure", "first_epoch",
            "group_runs", "load_runs", "main", "nc1_thresholds", "read_scalars", "spans_decades", "speedup", "summarize",
            "sweep_end", "thresholds"]
 

@@ -13,8 +13,8 @@ from ..tags import EQUINORM_H, NC3, TRAIN_LOSS
 from .answer import answer, threshold_words
 from .plot import check_metrics
 from .report import compact
-from .runs import (Run, check_datasets, code_versions, group_runs, late_starts, load_runs, pooled_settings, unlike_groups,
-                   warn)
+from .runs import (RecordedRun, check_datasets, code_versions, group_runs, late_starts, load_runs, pooled_settings,
+                   unlike_groups, warn)
 from .setting import readable, reproduce, setting
 from .speedup import Speedup, choose_baseline, crossings, describe_crossings, nc1_thresholds, speedup
 from .steps import step_counts
@@ -25,9 +25,9 @@ OTHER_METRICS = (TEST_ACC, TRAIN_LOSS, NC1, NC3, EQUINORM_H)  # after the --acc-
 
 @dataclass
 class Analysis:
-    runs: list[Run]
-    groups: dict[str, list[Run]]  # every run, by group label
-    drawn: dict[str, list[Run]]  # the runs each group counts (all groups, maybe empty)
+    runs: list[RecordedRun]
+    groups: dict[str, list[RecordedRun]]  # every run, by group label
+    drawn: dict[str, list[RecordedRun]]  # the runs each group counts (all groups, maybe empty)
     warnings: list[str]
     metrics: list[str]
     baseline: str | None
@@ -92,7 +92,7 @@ def analyse(args: argparse.Namespace) -> Analysis:
     return Analysis(runs, groups, drawn, warnings, metrics, baseline, nc1, limits, summaries, speed, intro)
 
 
-def _crossings(groups: dict[str, list[Run]], baseline: str | None, nc1: Sequence[float]) -> dict[str, str]:
+def _crossings(groups: dict[str, list[RecordedRun]], baseline: str | None, nc1: Sequence[float]) -> dict[str, str]:
     """Per group, where its median NC1 curve and the baseline's change order after the first NC1 threshold."""
     if baseline is None or not nc1:
         return {}

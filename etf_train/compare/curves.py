@@ -14,12 +14,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .runs import Run, group_runs, load_runs
+from .runs import RecordedRun, group_runs, load_runs
 
 COLUMNS = ("run", "group", "seed", "epoch", "tag", "value")
 
 
-def curve_rows(groups: dict[str, list[Run]]) -> list[dict]:
+def curve_rows(groups: dict[str, list[RecordedRun]]) -> list[dict]:
     """One row per (run, tag, logged epoch): run folder, group label, seed (None if unrecorded), epoch, tag, value."""
     rows = []
     for label, runs in groups.items():

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import EtfTrainError
 from ..tags import TITLES, YLABELS
-from .runs import Run, config_text
+from .runs import RecordedRun, config_text
 from .setting import headline, readable
 from .stats import NC1, epoch_stats, tag_label
 
@@ -44,7 +44,7 @@ def style(i: int) -> Style:
     return Style(COLORS[i % len(COLORS)], LINESTYLES[i % len(LINESTYLES)], MARKERS[i % len(MARKERS)])
 
 
-def check_metrics(runs: Sequence[Run], metrics: Sequence[str]) -> None:
+def check_metrics(runs: Sequence[RecordedRun], metrics: Sequence[str]) -> None:
     """Each plotted tag must exist in some run (a group without it just has no line)."""
     tags = {tag for r in runs for tag in r.scalars}
     for tag in metrics:
@@ -58,7 +58,7 @@ def spans_decades(values: np.ndarray, decades: float = LOG_SCALE_DECADES) -> boo
     return v.size > 0 and bool(np.all(v > 0)) and math.log10(v.max() / v.min()) > decades
 
 
-def title(groups: dict[str, list[Run]]) -> str:
+def title(groups: dict[str, list[RecordedRun]]) -> str:
     """What the runs share (setting.headline: dataset, K, d, backbone, optimiser, epochs, seeds), and the band."""
     return f"{headline(groups)} · line = median, band = min-max over seeds"
 
@@ -76,13 +76,13 @@ def ylabel(tag: str, loss: str) -> str:
     return loss if tag.endswith("loss") else tag.rsplit("/", 1)[-1]
 
 
-def _loss_name(runs: Sequence[Run]) -> str:
+def _loss_name(runs: Sequence[RecordedRun]) -> str:
     """`cross-entropy`, `mse loss`, or both names joined when the runs train with different losses."""
     names = sorted({config_text(r, "loss.name") for r in runs})
     return " / ".join(dict.fromkeys(LOSS_NAMES.get(n, f"{n} loss") for n in names))
 
 
-def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str, lines_at: Sequence[float],
+def _panel(ax: Axes, tag: str, groups: dict[str, list[RecordedRun]], loss: str, lines_at: Sequence[float],
            per_seed: bool, marked: set[int], xlabel: str) -> None:
     """One metric: per group the median and min-max band (and each run thinly with per_seed); dotted horizontal
     lines at `lines_at` (the NC1 thresholds of the table); the groups whose curves carry markers go into `marked`."""
@@ -124,7 +124,7 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[Run]], loss: str, lines_at
     ax.grid(alpha=0.3)
 
 
-def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[str, int] | None = None,
+def figure(groups: dict[str, list[RecordedRun]], metrics: Sequence[str], totals: dict[str, int] | None = None,
            warnings: int = 0, nc1_lines: Sequence[float] = (), per_seed: bool = False, xlabel: str = "epoch") -> Figure:
     """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
     `<group> (n=<runs>)` below the panels, groups named readably: `n=3, 1 unfinished` when unfinished runs are
@@ -148,7 +148,7 @@ def figure(groups: dict[str, list[Run]], metrics: Sequence[str], totals: dict[st
         ax.set_visible(False)
     handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker if i in marked else "None",
                       markersize=4, lw=1.5) for i, s in enumerate(map(style, range(len(groups))))]
-    def label(name: str, runs: Sequence[Run]) -> str:
+    def label(name: str, runs: Sequence[RecordedRun]) -> str:
         total = (totals or {}).get(name, len(runs))
         unfinished = sum(not r.counted for r in runs)  # --include-unfinished: curves that stop early say so
         return (f"{readable(name)} (n={len(runs)}" + (f" of {total}" if total != len(runs) else "")

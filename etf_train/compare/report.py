@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .runs import Run
+from .runs import RecordedRun
 from .setting import readable
 from .speedup import Speedup
 from .stats import EVAL_ACC, NC1, TEST_ACC, TRAIN_ACC, GroupSummary, Spread, Threshold, tag_label, tag_slug
@@ -109,7 +109,7 @@ def compact(summaries: dict[str, GroupSummary], baseline: str | None, limits: Se
     return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows), f"({note}; full table: {full})"]
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Sequence[Run] = (),
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]], others: Sequence[RecordedRun] = (),
              include_unfinished: bool = False, notes: Sequence[str] = (), warnings: Sequence[str] = (),
              intro: Sequence[str] = (), after: Sequence[str] = ()) -> str:
     """`intro` (the answer and the setting), the table, `after` it (the speed-ups), the warnings (what the table

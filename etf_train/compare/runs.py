@@ -22,7 +22,10 @@ LABEL_KEY = re.compile(r"(?:^|, )([\w./]+)=")  # the keys a group label `head=le
 
 
 @dataclass(frozen=True)
-class Run:
+class RecordedRun:
+    """A finished (or unfinished) run as its folder records it: config, scalars, state (training's Run is the live
+    one)."""
+
     path: Path
     config: DictConfig
     scalars: dict[str, Curve]
@@ -74,7 +77,7 @@ def warn(message: str) -> None:
 
 
 def find_runs(folder: Path) -> list[Path]:
-    """Run directories under `folder` (itself included), sorted."""
+    """Run folders under `folder` (itself included), sorted."""
     if not folder.is_dir():
         raise EtfTrainError(f"{'not a folder' if folder.exists() else 'folder does not exist'}: {folder}")
     runs = [config.parent.parent for config in sorted(folder.rglob(str(rundir.CONFIG)))]
@@ -83,7 +86,7 @@ def find_runs(folder: Path) -> list[Path]:
     return runs
 
 
-def load_run(run_dir: Path) -> Run:
+def load_run(run_dir: Path) -> RecordedRun:
     config_path = run_dir / rundir.CONFIG
     try:
         config = OmegaConf.load(config_path)
@@ -94,7 +97,8 @@ def load_run(run_dir: Path) -> Run:
     own, others = own_events(run_dir, OmegaConf.to_container(config, resolve=False))
     for events, why in others.items():
         warn(f"{events}: an event file of another run ({why}); left out of the curves of {run_dir}")
-    return Run(run_dir, config, rundir.read_scalars(run_dir, own), rundir.state(run_dir), _head_choice(run_dir), tuple(own))
+    return RecordedRun(run_dir, config, rundir.read_scalars(run_dir, own), rundir.state(run_dir), _head_choice(run_dir),
+                       tuple(own))
 
 
 def _head_choice(run_dir: Path) -> str | None:
@@ -108,7 +112,7 @@ def _head_choice(run_dir: Path) -> str | None:
     return choice if isinstance(choice, str) else None
 
 
-def load_runs(folders: Sequence[Path]) -> list[Run]:
+def load_runs(folders: Sequence[Path]) -> list[RecordedRun]:
     seen: dict[Path, Path] = {}  # resolved -> as found; overlapping folders give each run once
     for folder in folders:
         for run_dir in find_runs(folder):
@@ -119,7 +123,7 @@ def load_runs(folders: Sequence[Path]) -> list[Run]:
 _MISSING = object()
 
 
-def config_value(run: Run, key: str) -> object:
+def config_value(run: RecordedRun, key: str) -> object:
     """The value at a dotted config key, or _MISSING."""
     try:
         value = OmegaConf.select(run.config, key, default=_MISSING)
@@ -139,20 +143,20 @@ def plain(value: object) -> object:
     return value
 
 
-def config_text(run: Run, key: str) -> str:
+def config_text(run: RecordedRun, key: str) -> str:
     """The value at a dotted config key as text, `-` where the run lacks it."""
     value = config_value(run, key)
     return "-" if value is _MISSING else str(value)
 
 
-def _variants(runs: Sequence[Run], node: str, identity: str, exclude: Sequence[str]) -> dict[int, tuple[str, list]]:
+def _variants(runs: Sequence[RecordedRun], node: str, identity: str, exclude: Sequence[str]) -> dict[int, tuple[str, list]]:
     """Per run: its `node.identity` value and the (`node.<option>`, value) pairs of the options that differ among
     the runs sharing that value (options named in `exclude`, or starting with `_`, left out)."""
     def flat(value: object) -> dict[str, object]:
         return rundir.flatten(OmegaConf.to_container(value, resolve=False)) if OmegaConf.is_config(value) else {}
 
     options = {id(r): flat(r.config.get(node)) for r in runs}
-    by_identity: dict[str, list[Run]] = {}
+    by_identity: dict[str, list[RecordedRun]] = {}
     for r in runs:
         by_identity.setdefault(str(options[id(r)].get(identity, "-")), []).append(r)
     out = {}
@@ -165,14 +169,14 @@ def _variants(runs: Sequence[Run], node: str, identity: str, exclude: Sequence[s
     return out
 
 
-def head_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict[int, list[tuple[str, object]]]:
+def head_variants(runs: Sequence[RecordedRun], exclude: Sequence[str] = ()) -> dict[int, list[tuple[str, object]]]:
     """For each run, the head options that tell it apart from other runs of the same head, as (`head.<option>`,
     value) pairs: none for a head whose runs agree, `head.bias=False` beside `head.bias=True` runs, so that a preset
     such as head=learned_authors never pools with the head it is built on."""
     return {k: pairs for k, (_, pairs) in _variants(runs, "head", "name", exclude).items()}
 
 
-def optimizer_variants(runs: Sequence[Run], exclude: Sequence[str] = ()) -> dict[int, list[tuple[str, object]]]:
+def optimizer_variants(runs: Sequence[RecordedRun], exclude: Sequence[str] = ()) -> dict[int, list[tuple[str, object]]]:
     """For each run, what tells its optimiser apart from the other runs': `optimizer=agd` when the runs use several
     optimisers, then the options that differ among runs of one optimiser (`optimizer.depth=2`). Which head converges
     faster depends on the optimiser (docs/results.md), so a group never pools two and its label names the one it has."""
@@ -196,7 +200,7 @@ def _sort_key(values: Sequence[object]) -> tuple:
     )
 
 
-def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]:
+def group_runs(runs: Sequence[RecordedRun], keys: Sequence[str]) -> dict[str, list[RecordedRun]]:
     """Runs by their values of `keys`, labelled `key=value, ...` ('-' where a run lacks a key; the same spelling in
     the table, CSV and legend) in sorted value order. `head` stands for head.name, followed by the head options that
     tell runs of one head apart (head_variants): `head=learned, head.bias=False`, a preset by its name
@@ -208,7 +212,7 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]
     variants = head_variants(runs, exclude=keys) if "head" in keys else {}
     optimizers = optimizer_variants(runs, exclude=keys)
 
-    def pairs(run: Run) -> list[tuple[str, object]]:
+    def pairs(run: RecordedRun) -> list[tuple[str, object]]:
         out = []
         for key in keys:
             value = plain(config_value(run, GROUP_ALIASES.get(key, key)))
@@ -219,16 +223,16 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> dict[str, list[Run]]
         return out + optimizers[id(run)]
 
     by_run = {id(run): pairs(run) for run in runs}
-    groups: dict[str, list[Run]] = {}
+    groups: dict[str, list[RecordedRun]] = {}
     for run in sorted(runs, key=lambda r: (_sort_key([v for _, v in by_run[id(r)]]), str(r.path))):
         label = ", ".join(f"{k}={'-' if v is _MISSING else v}" for k, v in by_run[id(run)])
         groups.setdefault(label, []).append(run)
     return groups
 
 
-def check_datasets(runs: Sequence[Run]) -> None:
+def check_datasets(runs: Sequence[RecordedRun]) -> None:
     """Refuse to compare runs of different `dataset.name`."""
-    by_name: dict[str, list[Run]] = {}
+    by_name: dict[str, list[RecordedRun]] = {}
     for run in runs:
         by_name.setdefault(config_text(run, "dataset.name"), []).append(run)
     if len(by_name) > 1:
@@ -236,7 +240,7 @@ def check_datasets(runs: Sequence[Run]) -> None:
         raise EtfTrainError(f"runs mix datasets: {parts}; compare one dataset at a time or pass --allow-mixed")
 
 
-def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
+def pooled_settings(groups: dict[str, list[RecordedRun]]) -> list[str]:
     """Messages for groups whose median "over seeds" would pool more than seeds: runs that differ in a setting
     that can change results (any key but `seed` and the neutral ones of rundir.NEUTRAL), or one run given twice."""
     messages = []
@@ -248,7 +252,7 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
                 messages.append(f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
                                 f"{run.path}: {listed(diff)}); add such keys to --group-by")
                 break
-        seen: dict[object, Run] = {}
+        seen: dict[object, RecordedRun] = {}
         for run in runs:
             seed = config_value(run, "seed")
             if seed is not _MISSING and seed in seen:
@@ -258,7 +262,7 @@ def pooled_settings(groups: dict[str, list[Run]]) -> list[str]:
     return messages
 
 
-def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str]:
+def unlike_groups(groups: dict[str, list[RecordedRun]], keys: Sequence[str]) -> list[str]:
     """Messages for groups that differ in more than their labels name: a setting that can change results other
     than the seed, the --group-by keys themselves and the nodes whose differing options the labels name (head, when
     grouped by head; the optimiser), e.g. K = 10 against K = 100, 20 epochs against 100, or metrics every epoch
@@ -285,7 +289,7 @@ def unlike_groups(groups: dict[str, list[Run]], keys: Sequence[str]) -> list[str
     return messages
 
 
-def code_versions(groups: dict[str, list[Run]]) -> list[str]:
+def code_versions(groups: dict[str, list[RecordedRun]]) -> list[str]:
     """A message when the runs come from several versions of etf-train: a fix between them can move their numbers."""
     by_version = Counter(config_text(run, "code_version") for rs in groups.values() for run in rs)
     if len(by_version) < 2:
@@ -295,7 +299,7 @@ def code_versions(groups: dict[str, list[Run]]) -> list[str]:
             "their numbers (docs/reliability.md lists what each fix changed)"]
 
 
-def late_starts(groups: dict[str, list[Run]]) -> list[str]:
+def late_starts(groups: dict[str, list[RecordedRun]]) -> list[str]:
     """Messages for runs whose events begin after epoch 1 (continued from another run's checkpoint into a new
     folder): a threshold they met before their first logged epoch reads as that epoch or later."""
     return [f"{run.path} logged epochs {run.first_epoch}-{run.epochs} only (continued from another run's checkpoint?): "

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from ..errors import EtfTrainError
 from ..view import tensorboard_url
-from .runs import Run, config_text
+from .runs import RecordedRun, config_text
 from .setting import readable
 
 GROUP_COLOURS = "regex:^([^/]+)/"  # one colour per top folder: the group
 
 
-def view_folder(groups: dict[str, list[Run]], root: Path) -> list[str]:
+def view_folder(groups: dict[str, list[RecordedRun]], root: Path) -> list[str]:
     """Copies of the runs' event files under root/<group>/seed<n> (TensorBoard names runs by folder); the names."""
     names = []
     for label, runs in groups.items():
@@ -47,7 +47,7 @@ def free_port(host: str) -> int:
         raise EtfTrainError(f"--host {host}: cannot listen there ({e.strerror or e})") from None
 
 
-def serve(groups: dict[str, list[Run]], host: str, port: int | None) -> int:
+def serve(groups: dict[str, list[RecordedRun]], host: str, port: int | None) -> int:
     """Start TensorBoard on the compared runs, print its link, wait; Ctrl-C (or SIGTERM) stops it and removes the
     copies. Returns TensorBoard's exit status (0 when stopped so)."""
     root = Path(tempfile.mkdtemp(prefix="etf-compare-view-"))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import yaml
 
 from .. import rundir
-from .runs import Run, config_text
+from .runs import RecordedRun, config_text
 
 # how the labels' optimiser names and option keys read
 OPTIMIZERS = {"sgd": "SGD", "agd": "AGD", "adamw": "AdamW", "adam": "Adam"}
@@ -44,17 +44,17 @@ def readable(label: str) -> str:
     return ", ".join(parts)
 
 
-def _values(runs: Sequence[Run], key: str) -> list[str]:
+def _values(runs: Sequence[RecordedRun], key: str) -> list[str]:
     """The distinct values of a config key over the runs, in order of first appearance (`-` for a missing key)."""
     return list(dict.fromkeys(config_text(r, key) for r in runs))
 
 
-def _one(runs: Sequence[Run], key: str) -> str:
+def _one(runs: Sequence[RecordedRun], key: str) -> str:
     """The runs' value of a key, or `a / b` where they differ (the group labels then say which is which)."""
     return " / ".join(dict.fromkeys(map(rounded, _values(runs, key))))
 
 
-def _seeds(runs: Sequence[Run]) -> str:
+def _seeds(runs: Sequence[RecordedRun]) -> str:
     seeds = sorted({int(s) for s in _values(runs, "seed") if s.lstrip("-").isdigit()})
     if not seeds:
         return "seed not recorded"
@@ -63,7 +63,7 @@ def _seeds(runs: Sequence[Run]) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
-def _optimiser(runs: Sequence[Run]) -> str:
+def _optimiser(runs: Sequence[RecordedRun]) -> str:
     names = [OPTIMIZERS.get(v.rsplit(".", 1)[-1].lower(), v.rsplit(".", 1)[-1]) for v in _values(runs, "optimizer._target_")]
     parts = []
     for key, word in (("optimizer.lr", "lr"), ("optimizer.gain", "gain"), ("optimizer.effective_depth", "depth")):
@@ -72,12 +72,12 @@ def _optimiser(runs: Sequence[Run]) -> str:
     return " / ".join(names) + (f" ({', '.join(parts)})" if parts else "")
 
 
-def _schedule(runs: Sequence[Run]) -> str:
+def _schedule(runs: Sequence[RecordedRun]) -> str:
     names = [v.rsplit(".", 1)[-1] if v != "-" else "none" for v in _values(runs, "scheduler._target_")]
     return "schedule " + " / ".join(dict.fromkeys(n.replace("AnnealingLR", "").replace("LR", "").lower() for n in names))
 
 
-def _dataset(runs: Sequence[Run], with_train_size: bool = True) -> str:
+def _dataset(runs: Sequence[RecordedRun], with_train_size: bool = True) -> str:
     """`UFM, K=10, 1,000 train samples` (the sizes where the record holds them)."""
     dataset = _one(runs, "dataset.name")
     sizes = [f"K={_one(runs, 'sizes.num_classes')}"] if _values(runs, "sizes.num_classes") != ["-"] else []
@@ -87,13 +87,13 @@ def _dataset(runs: Sequence[Run], with_train_size: bool = True) -> str:
     return ", ".join([DATASETS.get(dataset, dataset)] + sizes)
 
 
-def _epochs(runs: Sequence[Run]) -> str:
+def _epochs(runs: Sequence[RecordedRun]) -> str:
     if _values(runs, "trainer.max_epochs") != ["-"]:
         return f"{_one(runs, 'trainer.max_epochs')} epochs"
     return f"{'/'.join(map(str, sorted({r.epochs for r in runs})))} epochs"
 
 
-def headline(groups: dict[str, list[Run]]) -> str:
+def headline(groups: dict[str, list[RecordedRun]]) -> str:
     """The figure's title: `UFM, K=10, d=512 · AGD (gain 10, depth 2) · 200 epochs · 3 seeds per group`."""
     runs = [r for rs in groups.values() for r in rs]
     d = f", d={_one(runs, 'sizes.feature_dim')}" if _values(runs, "sizes.feature_dim") != ["-"] else ""
@@ -103,7 +103,7 @@ def headline(groups: dict[str, list[Run]]) -> str:
                        _epochs(runs), f"{n} seed{'s' * (n != '1')} per group"])
 
 
-def setting(runs: Sequence[Run]) -> str:
+def setting(runs: Sequence[RecordedRun]) -> str:
     """One line: `UFM (ufm), K=10, 1,000 train samples · backbone ufm, d=512 · loss ce · AGD (gain 10, depth 2) ·
     schedule none · 200 epochs, batch 256, 4 steps an epoch · seeds 1-3 · etf-train 0.1.0+g1234abc`; `a / b` where runs
     differ."""
@@ -122,7 +122,7 @@ def setting(runs: Sequence[Run]) -> str:
     ])
 
 
-def reproduce(runs: Sequence[Run]) -> str | None:
+def reproduce(runs: Sequence[RecordedRun]) -> str | None:
     """The command that makes these runs again: a sweep's own command line (its multirun.yaml), else every run's
     overrides (.hydra/overrides.yaml), each key with the values the runs took, less an Optuna search's sampled keys
     (its optimization_results.yaml names them); None when no run recorded its overrides."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import EtfTrainError
-from .runs import Run, config_text
+from .runs import RecordedRun, config_text
 from .stats import NC1, EpochStats, GroupSummary, Threshold, epoch_stats
 
 DEFAULT_NC1 = (1.0, 0.1, 0.01)  # always shown; deeper decades when every group gets there
@@ -62,7 +62,7 @@ def speedup(group: GroupSummary, base: GroupSummary, t: Threshold) -> Speedup:
                    len(group.reached[t].values), False)
 
 
-def choose_baseline(groups: dict[str, list[Run]], requested: str | None) -> str | None:
+def choose_baseline(groups: dict[str, list[RecordedRun]], requested: str | None) -> str | None:
     """The baseline group's label: --baseline (a label, or a part of exactly one label), else the one group of a
     learned head when there is exactly one (`head=learned` or a preset of it such as `head=learned_authors`)."""
     if requested is not None:
@@ -77,7 +77,7 @@ def choose_baseline(groups: dict[str, list[Run]], requested: str | None) -> str 
     return learned[0] if len(learned) == 1 else None
 
 
-def nc1_thresholds(groups: dict[str, list[Run]]) -> list[float]:
+def nc1_thresholds(groups: dict[str, list[RecordedRun]]) -> list[float]:
     """1, 0.1, 0.01 and every further decade that every group's median NC1 curve reaches (at most 1e-12)."""
     lows = [float(np.min(st.median)) for runs in groups.values() if runs
             for st in [epoch_stats(runs, NC1)] if st.median.size]

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from ..errors import EtfTrainError
 from ..rundir import Curve
 from ..tags import EVAL_ACC, NC1, SOLVER_MS, TEST_ACC, TRAIN_ACC
-from .runs import Run
+from .runs import RecordedRun
 
 ACC_TAGS = (EVAL_ACC, TRAIN_ACC)  # what --acc-tag may choose
 # How a tag is named in the table (the CSV slugifies it), where the tag alone would mislead or is long.
@@ -125,7 +125,7 @@ def first_epoch(curve: Curve, threshold: float, above: bool) -> float:
     return float(steps[hit[0]]) if hit.size else math.inf
 
 
-def epoch_stats(runs: Sequence[Run], tag: str) -> EpochStats:
+def epoch_stats(runs: Sequence[RecordedRun], tag: str) -> EpochStats:
     """Median, min and max of `tag` per epoch over the runs that logged that epoch."""
     by_epoch: dict[int, list[float]] = {}
     for run in runs:
@@ -144,7 +144,7 @@ def epoch_stats(runs: Sequence[Run], tag: str) -> EpochStats:
     )
 
 
-def _check_tags(run: Run, tags: Sequence[str]) -> None:
+def _check_tags(run: RecordedRun, tags: Sequence[str]) -> None:
     for tag in tags:
         if tag not in run.scalars:
             raise EtfTrainError(f"run {run.path} has no scalar '{tag}' ({NEEDED.get(tag, 'needed by the table')})")
@@ -157,7 +157,7 @@ def solver_ms(curve: Curve) -> float:
     return float(values[1:].mean() if values.size > 1 else values.mean())
 
 
-def summarize(label: str, group: Sequence[Run], limits: Sequence[Threshold], acc_tag: str,
+def summarize(label: str, group: Sequence[RecordedRun], limits: Sequence[Threshold], acc_tag: str,
               include_unfinished: bool = False) -> GroupSummary:
     """One table row: threshold epochs, final accuracies and solver time over the group's finished runs (all of
     its runs that logged an epoch, with include_unfinished)."""

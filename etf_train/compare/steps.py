@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import EtfTrainError
-from .runs import Run, config_text
+from .runs import RecordedRun, config_text
 from .setting import readable
 
 KEY = "sizes.steps_per_epoch"
 
 
-def step_counts(groups: dict[str, list[Run]]) -> list[str]:
+def step_counts(groups: dict[str, list[RecordedRun]]) -> list[str]:
     """A warning when the groups' runs take different numbers of steps an epoch (runs that do not record it are
     left out of the check)."""
     counts = {label: sorted({config_text(r, KEY) for r in rs} - {"-"}, key=int) for label, rs in groups.items()}
@@ -30,7 +30,7 @@ def step_counts(groups: dict[str, list[Run]]) -> list[str]:
             "curves over steps"]
 
 
-def over_steps(groups: dict[str, list[Run]]) -> dict[str, list[Run]]:
+def over_steps(groups: dict[str, list[RecordedRun]]) -> dict[str, list[RecordedRun]]:
     """The groups with every run's curves indexed by optimiser steps (epoch x steps an epoch) instead of epochs."""
     missing = [r for rs in groups.values() for r in rs if not config_text(r, KEY).isdigit()]
     if missing:
@@ -39,10 +39,10 @@ def over_steps(groups: dict[str, list[Run]]) -> dict[str, list[Run]]:
     return {label: [_scaled(r, int(config_text(r, KEY))) for r in rs] for label, rs in groups.items()}
 
 
-def _scaled(run: Run, steps: int) -> Run:
+def _scaled(run: RecordedRun, steps: int) -> RecordedRun:
     scalars = {tag: (np.asarray(epochs) * steps, values) for tag, (epochs, values) in run.scalars.items()}
     return dataclasses.replace(run, scalars=scalars)
 
 
-def _named(runs: Sequence[Run]) -> str:
+def _named(runs: Sequence[RecordedRun]) -> str:
     return f"{runs[0].path}" + (f" and {len(runs) - 1} more runs" if len(runs) > 1 else "")

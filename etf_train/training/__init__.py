@@ -1,9 +1,10 @@
-"""Training: the loop (loop.py), what a run is built from (factories.py), checkpoints and stop signals
-(checkpoint.py), torchrun setup (distributed.py) and the evaluation passes (evaluate.py)."""
+"""Training: the loop (loop.py), the model (model.py), what a run is built from (factories.py), checkpoints and stop
+signals (checkpoint.py), torchrun setup (distributed.py) and the evaluation passes (evaluate.py)."""
 
 from .checkpoint import SignalGuard, load_checkpoint, save_checkpoint
-from .factories import Classifier, build_model, build_optimizer, build_scheduler
+from .factories import build_model, build_optimizer, build_scheduler
 from .loop import Run, train
+from .model import Classifier
 
 __all__ = [
     "Classifier",

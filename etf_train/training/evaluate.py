@@ -89,7 +89,7 @@ def evaluate(model, loader, device, autocast, world: Dist, num_classes: int, *, 
 
 
 @torch.no_grad()
-def nc_metrics(model, loader, device, autocast, num_classes, world: Dist, noisy=None) -> dict[str, float]:
+def evaluate_train_set(model, loader, device, autocast, num_classes, world: Dist, noisy=None) -> dict[str, float]:
     """NC metrics and eval-mode accuracy over the (un-augmented) train set, with the labels training sees (label
     noise included). noisy: (this rank's samples,) bool in the loader's order, marking noisy labels: adds
     train/noisy_fit, the fraction of them the model predicts with their noisy label."""

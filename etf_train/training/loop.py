@@ -26,7 +26,7 @@ from ..losses import build_loss, hard_labels
 from ..metrics import reliability_diagram
 from .checkpoint import Preempted, SignalGuard, rng_state, save_checkpoint, set_rng_state
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
-from .evaluate import evaluate, nc_metrics, to_device
+from .evaluate import evaluate, evaluate_train_set, to_device
 from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
                         resolve_precision, seed_everything, warn_small_leftover)
 from .logbook import Logbook, log_to_file, quiet_log_files, show_progress, summary
@@ -256,8 +256,8 @@ class Run:
         scalars.update(test)
         if metrics_epoch:
             noisy = None if self.bundle.noisy is None else self.bundle.noisy[self.world.rank::self.world.world_size]
-            scalars.update(nc_metrics(self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world,
-                                      noisy))
+            scalars.update(evaluate_train_set(self.model, self.eval_train_loader, self.device, self.autocast, self.K,
+                                              self.world, noisy))
         if self.scheduler is not None:
             self.scheduler.step()
         return scalars
