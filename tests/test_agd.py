@@ -235,3 +235,12 @@ def test_the_same_seed_gives_every_head_the_same_agd_backbone(tmp_path):
     for head in ("learned_authors", "fixed_etf"):
         for k, v in backbones["nearest_etf"].items():
             assert torch.equal(v, backbones[head][k]), (head, k)
+
+
+def test_a_diverged_agd_run_is_told_to_lower_its_gain(tmp_path):
+    """Every divergence hint said "lower optimizer.lr", which AGD does not have: its step size is optimizer.gain."""
+    with pytest.raises(EtfTrainError, match=r"training diverged; lower optimizer\.gain \(the last good checkpoint is "
+                                            r"kept\), or set trainer\.nonfinite=skip") as info:
+        train(make_cfg(*(o for o in TINY_UFM if not o.startswith("optimizer.")), "optimizer=agd", "scheduler=none",
+                       "optimizer.gain=1e38"), tmp_path)
+    assert "optimizer.lr" not in str(info.value) and "\n" not in str(info.value)

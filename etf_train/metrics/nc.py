@@ -266,8 +266,7 @@ class NCAccumulator:
         mu_G = self.sums.sum(dim=0) / N  # (d,)
         Hc = (mu - mu_G).T  # (d, K')
         if not bool(torch.isfinite(Hc).all()):  # a diverged run's features (NaN where their norm overflowed)
-            raise NonFiniteError("the features are no longer finite in the NC metrics' pass: training diverged; "
-                                 "lower optimizer.lr (the last good checkpoint is kept)")
+            raise NonFiniteError("the features are no longer finite in the NC metrics' pass: training diverged")
         within = symmetric_from_upper(self.within)  # (d, d), N S_W: the metrics below are linear in it or scale-free
         G_h = Hc.T @ Hc  # (K', K')
         U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)

@@ -91,7 +91,7 @@ def polar_factors(A: torch.Tensor, method: str = "svd"):
     except torch.linalg.LinAlgError:
         if not torch.isfinite(A).all():
             raise NonFiniteError(
-                "nearest_etf: the class means hold NaN or inf: the features diverged (lower optimizer.lr)"
+                "nearest_etf: the class means hold NaN or inf: the features diverged"
             ) from None
         raise EtfTrainError(f"nearest_etf: the {method} factorisation failed to converge, even in float64") from None
     S = evals.clamp_min(torch.finfo(torch.float64).tiny).sqrt()

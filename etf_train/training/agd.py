@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .. import options as opt
+from .. import tags
 from ..errors import EtfTrainError
 
 __all__ = ["AGD", "agd_scale", "orthogonal_init_"]
@@ -147,6 +148,16 @@ class AGD(torch.optim.Optimizer):
         mean = float(self._eta_sum) / self._eta_count
         self._eta_sum, self._eta_count = 0.0, 0
         return mean
+
+    def record(self) -> dict:
+        """The run record's `optimizer.effective_depth`: L as this model resolved it (depth=null counts its weight
+        tensors), which the config alone does not say."""
+        return {"effective_depth": self.depth}
+
+    def epoch_scalars(self) -> dict[str, float]:
+        """The mean step size since the last call as optim/agd_eta; ranks agree (they average gradients)."""
+        eta = self.pop_eta()
+        return {} if eta is None else {tags.AGD_ETA: eta}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "eta_running": (float(self._eta_sum), self._eta_count)}

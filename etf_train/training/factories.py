@@ -123,6 +123,21 @@ def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
     return _instantiate("optimizer", cfg, model.named_parameters() if named else model.parameters())
 
 
+def step_size_option(cfg: DictConfig) -> str:
+    """The option that sets the optimiser's step size, for advice such as "lower it": AGD has a gain, not a rate."""
+    return "optimizer.gain" if "gain" in cfg else "optimizer.lr"
+
+
+def optimizer_record(optimizer) -> dict:
+    """What the run's record adds under `optimizer` for this optimiser (AGD: the depth it resolved for the model)."""
+    return getattr(optimizer, "record", dict)()
+
+
+def optimizer_scalars(optimizer) -> dict[str, float]:
+    """The optimiser's own scalars since the last call (AGD: its mean step size), for the epoch's log."""
+    return getattr(optimizer, "epoch_scalars", dict)()
+
+
 def _fused_available(cls, device: torch.device) -> bool:
     """Whether this torch has a fused `cls` step for parameters on `device` (CPU since torch 2.4)."""
     try:

@@ -21,14 +21,15 @@ from tqdm import tqdm
 
 from .. import rundir, tags
 from ..data import build_data, build_loaders, build_mix, set_epoch
-from ..errors import NonFiniteError, as_etf_error
+from ..errors import EtfTrainError, NonFiniteError, as_etf_error
 from ..losses import build_loss, hard_labels
 from ..metrics import reliability_diagram
 from .checkpoint import Preempted, SignalGuard, rng_state, save_checkpoint, set_rng_state
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .evaluate import evaluate, evaluate_train_set, to_device
 from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
-                        resolve_precision, seed_everything, warn_small_leftover)
+                        optimizer_record, optimizer_scalars, resolve_precision, seed_everything, step_size_option,
+                        warn_small_leftover)
 from .logbook import Logbook, log_to_file, quiet_log_files, show_progress, summary
 from .resume import RunFolder, restore
 from .tally import EpochTally, all_finite
@@ -97,8 +98,7 @@ class Run:
         # DDP averages gradients; the nearest-ETF head all-reduces its class sums itself.
         self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
         self.optimizer = build_optimizer(cfg.optimizer, model)
-        if hasattr(self.optimizer, "depth"):  # AGD's L: depth=null is each model's own count of weight tensors
-            self.config["optimizer"]["effective_depth"] = self.optimizer.depth
+        self.config["optimizer"] |= optimizer_record(self.optimizer)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
         self.autocast = build_autocast(self.config["trainer"]["precision"], self.device)
         self.meta = {"head": cfg.head.name, "num_classes": self.K, "feature_dim": model.head.dim,
@@ -154,7 +154,7 @@ class Run:
             loss = self.loss(logits, y, head=self.model.head, h=h)
         except NonFiniteError as e:
             if not skip:
-                raise NonFiniteError(f"epoch {epoch}, step {step}: {e}; or set trainer.nonfinite=skip") from None
+                raise NonFiniteError(f"epoch {epoch}, step {step}: {e}") from None
             loss = None
         if skip and (loss is None or not torch.isfinite(loss)):  # no update; the next step zeroes grads
             for buffer, saved in buffers:
@@ -207,8 +207,7 @@ class Run:
             self._diverged(epoch, int(tally.bad_step))
         # A finite loss can still take an inf step, or fill BatchNorm's running statistics with inf.
         if not all_finite(self.model.state_dict().values()):
-            raise NonFiniteError(f"the weights are no longer finite after epoch {epoch}: training diverged; lower "
-                                 "optimizer.lr (the last good checkpoint is kept)")
+            raise NonFiniteError(f"the weights are no longer finite after epoch {epoch}: training diverged")
         return self._epoch_scalars(epoch, tally)
 
     def _epoch_scalars(self, epoch: int, tally: EpochTally) -> dict[str, float]:
@@ -217,7 +216,7 @@ class Run:
         elapsed = tally.elapsed()
         loss_total, n_correct, n_seen = self.world.sum([tally.loss_sum.item(), tally.correct.item(), tally.seen], self.device)
         if n_seen == 0:
-            raise NonFiniteError(f"every step of epoch {epoch} had a non-finite loss: lower optimizer.lr")
+            raise NonFiniteError(f"every step of epoch {epoch} had a non-finite loss")
         out = {
             tags.TRAIN_LOSS: loss_total / n_seen,
             tags.TRAIN_ACC: 100.0 * n_correct / n_seen,
@@ -227,16 +226,17 @@ class Run:
         }
         if self.t.nonfinite == "skip":
             out[tags.SKIPPED_STEPS] = float(tally.skipped)
-        eta = getattr(self.optimizer, "pop_eta", lambda: None)()  # AGD's step size; ranks agree (averaged grads)
-        if eta is not None:
-            out[tags.AGD_ETA] = eta
-        return out
+        return out | optimizer_scalars(self.optimizer)
 
     def _diverged(self, epoch: int, step: int):
-        raise NonFiniteError(
-            f"non-finite loss at epoch {epoch}, step {step}: training diverged; lower optimizer.lr "
-            f"(the last good checkpoint is kept), or set trainer.nonfinite=skip to skip such steps"
-        )
+        raise NonFiniteError(f"non-finite loss at epoch {epoch}, step {step}: training diverged")
+
+    def _remedy(self, error: NonFiniteError) -> NonFiniteError:
+        """A diverged run's line ends with what the user can change: the step size the optimiser has (AGD's gain,
+        not a learning rate), and skipping such steps."""
+        skip = ", or set trainer.nonfinite=skip to skip such steps" if self.t.nonfinite == "stop" else ""
+        return NonFiniteError(f"{error}; lower {step_size_option(self.cfg.optimizer)} (the last good checkpoint is "
+                              f"kept){skip}")
 
     # -- the whole run
 
@@ -271,11 +271,12 @@ class Run:
         except Preempted:
             raise
         except Exception as e:  # out of memory or a library's error too: marked, logged whole, one line for the terminal
-            error = as_etf_error(e, self.run_dir / rundir.LOG)
+            foreign = not isinstance(e, EtfTrainError)
+            error = self._remedy(e) if isinstance(e, NonFiniteError) else as_etf_error(e, self.run_dir / rundir.LOG)
             failure = str(error).splitlines()[0] if str(error) else type(error).__name__
             if self.folder.started and self.world.main:
-                log_to_file(f"etf-train: error: {failure}", exc_info=error is not e)
-            raise error from (None if error is e else e)
+                log_to_file(f"etf-train: error: {failure}", exc_info=foreign)
+            raise error from (e if foreign else None)
         finally:
             self.folder.end(failure)
 
