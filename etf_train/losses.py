@@ -1,6 +1,6 @@
 """Training losses: one registry, one call signature for every loss.
 
-    loss = build_loss(name, head_name=cfg.head.name, **options)   # options: the keys of configs/loss/<name>.yaml
+    loss = build_loss(name, head_name=cfg.head.name, etf_heads=heads_with("fixed_geometry"), **options)
     value = loss(logits, target, head=model.head, h=h)             # a scalar, averaged over the batch
 
 logits: (B, K), computed in float32 here (logits.float()), so bf16 autocast logits are fine.
@@ -20,7 +20,7 @@ logit's, right or wrong (Zhou et al. 2025). For soft labels z_y reads sum_k t_k 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,12 +40,12 @@ register_loss = LOSSES.register
 class Loss:
     """A configured loss: `fn(z, target, head, h) -> scalar` with z the float32 logits.
 
-    needs_features: fn reads head.weight and h (the trainer then passes them); heads: the heads it applies to
-    (None: every head)."""
+    needs_features: fn reads head.weight and h (the trainer then passes them); fixed_geometry: it applies only to
+    heads whose classifier is a simplex ETF they do not learn (Head.fixed_geometry)."""
 
     fn: Callable[[Tensor, Tensor, Any, Tensor | None], Tensor]
     needs_features: bool = False
-    heads: tuple[str, ...] | None = None
+    fixed_geometry: bool = False
 
     def __call__(self, logits: Tensor, target: Tensor, *, head: Any = None, h: Tensor | None = None) -> Tensor:
         if self.needs_features and (head is None or h is None):
@@ -145,12 +145,13 @@ def dot_regression() -> Loss:
         dots = h.float() @ head.weight.float().T  # (B, K) w_c^T h
         return (_soft(t, z.shape[1]) * (dots - tau).square()).sum(1).mean() / (2 * tau)
 
-    return Loss(loss, needs_features=True, heads=("fixed_etf", "nearest_etf"))
+    return Loss(loss, needs_features=True, fixed_geometry=True)
 
 
-def build_loss(name: str, *, head_name: str, **options: Any) -> Loss:
+def build_loss(name: str, *, head_name: str, etf_heads: Sequence[str] = (), **options: Any) -> Loss:
     """The loss `name` (configs/loss/<name>.yaml) with its options; head_name (the head config's name) is checked
-    against the heads the loss applies to, so a bad pairing stops before training."""
+    against the heads the loss applies to (etf_heads: those with a fixed geometry, heads.heads_with), so a bad
+    pairing stops before training."""
     builder = LOSSES.get(name)
     accepted = list(inspect.signature(builder).parameters)
     unknown = sorted(set(options) - set(accepted))
@@ -159,10 +160,9 @@ def build_loss(name: str, *, head_name: str, **options: Any) -> Loss:
             f"loss {name}: unknown option(s) {', '.join(unknown)}; its options are: {', '.join(accepted) or 'none'}"
         )
     loss = builder(**options)
-    if loss.heads is not None and head_name not in loss.heads:
-        raise EtfTrainError(
-            f"loss={name} needs a fixed simplex ETF classifier (head={' or head='.join(loss.heads)}); head={head_name} learns its own"
-        )
+    if loss.fixed_geometry and head_name not in etf_heads:
+        raise EtfTrainError(f"loss={name} needs a fixed simplex ETF classifier (head={' or head='.join(etf_heads)}); "
+                            f"head={head_name} learns its own")
     return loss
 
 

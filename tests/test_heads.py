@@ -16,6 +16,7 @@ from etf_train import (
     create_head,
     nearest_etf,
 )
+from etf_train.heads import HEADS
 from etf_train.sphere import sphere
 
 
@@ -458,3 +459,30 @@ def test_nearest_etf_training_steps_equal_method_md_written_out(dtype, tol):
         assert rel(logits.detach(), expected.detach()) < tol, step
         assert rel(x.grad, xr.grad) < tol, step
         assert rel(head.P, ref.P) < tol and rel(head.means, ref.means) < tol and rel(head.global_mean, ref.mu) < tol, step
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_every_registered_head_keeps_the_trainer_contract(name):
+    """What the trainer relies on, for each head in the registry (a new head is tested here as soon as it is
+    registered): (B, K) finite logits in training (with labels) and in eval mode, a (K, d) weight, gradients that
+    reach the features, boolean declarations, and a state dict that restores the eval-mode logits."""
+    f, y = batch(B=24, d=16, K=4)
+    head = create_head(name, 4, 16)
+    head.train()
+    f = f.requires_grad_()
+    logits = head(f, y)
+    assert logits.shape == (24, 4) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, y).backward()
+    assert f.grad is not None and torch.isfinite(f.grad).all() and f.grad.abs().sum() > 0
+    head.after_step()
+    assert head.weight.shape == (4, 16)
+    assert head.bias is None or head.bias.shape == (4,)
+    assert isinstance(head.fixed_geometry, bool) and isinstance(head.batch_centred, bool)
+    assert isinstance(head.pop_solver_stats(), dict)
+    head.eval()
+    with torch.no_grad():
+        before = head(f.detach())
+        copy_ = create_head(name, 4, 16)
+        copy_.load_state_dict(head.state_dict())
+        copy_.eval()
+        assert torch.equal(copy_(f.detach()), before)

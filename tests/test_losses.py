@@ -15,10 +15,12 @@ from omegaconf import OmegaConf
 from etf_train.cli import config_dir
 from etf_train.compare import main as compare_main
 from etf_train.errors import EtfTrainError
-from etf_train.heads import create_head
+from etf_train.heads import create_head, heads_with
 from etf_train.losses import LOSSES, build_loss, hard_labels
 
 from .conftest import etf_train_here
+
+ETF = heads_with("fixed_geometry")  # the heads dot regression applies to
 
 # A fixed batch: B = 3 samples, K = 4 classes.
 Z = [[2.0, -1.0, 0.5, 0.0], [0.1, 0.2, 3.0, -2.0], [-1.0, 1.5, 0.0, 4.0]]
@@ -92,7 +94,7 @@ CASES = [
 
 
 def call(name, options, z, target):
-    loss = build_loss(name, head_name="fixed_etf", **options)
+    loss = build_loss(name, etf_heads=ETF, head_name="fixed_etf", **options)
     return loss(z, target, head=fixed_head(), h=torch.tensor(H))
 
 
@@ -115,7 +117,7 @@ def test_ce_is_the_trainers_cross_entropy_bit_for_bit():
     y = torch.randint(0, 10, (64,), generator=g)
     for dtype in (torch.float32, torch.bfloat16):
         logits = (3 * torch.randn(64, 10, generator=g)).to(dtype)
-        got = build_loss("ce", head_name="learned")(logits, y)
+        got = build_loss("ce", etf_heads=ETF, head_name="learned")(logits, y)
         assert got.dtype == torch.float32 and torch.equal(got, F.cross_entropy(logits.float(), y))
 
 
@@ -135,8 +137,8 @@ def test_label_smoothing_zero_and_focal_zero_are_ce_bit_for_bit(name, option):
     """Catches label_smoothing=0 or gamma=0 taking another arithmetic path than ce (so a no-op option would change results)."""
     g = torch.Generator().manual_seed(1)
     logits, y = 4 * torch.randn(50, 7, generator=g, requires_grad=True), torch.randint(0, 7, (50,), generator=g)
-    ce = build_loss("ce", head_name="learned")
-    other = build_loss(name, head_name="learned", **{option: 0.0})
+    ce = build_loss("ce", etf_heads=ETF, head_name="learned")
+    other = build_loss(name, etf_heads=ETF, head_name="learned", **{option: 0.0})
     (grad_ce,) = torch.autograd.grad(ce(logits, y), logits)
     (grad_other,) = torch.autograd.grad(other(logits, y), logits)
     assert torch.equal(other(logits, y), ce(logits, y)) and torch.equal(grad_other, grad_ce)
@@ -149,7 +151,7 @@ def test_label_smoothing_and_maxsup_are_ce_plus_their_logit_penalties():
     s, alpha = 0.3, 0.4
     ls = F.cross_entropy(z, y, label_smoothing=s)
     assert torch.allclose(ls, ce + s * (z[torch.arange(3), y] - z.mean(1)).mean(), atol=1e-12)
-    maxsup = build_loss("maxsup", head_name="learned", alpha=alpha)(z, y)
+    maxsup = build_loss("maxsup", etf_heads=ETF, head_name="learned", alpha=alpha)(z, y)
     assert math.isclose(float(maxsup), float(ce + alpha * (z.max(1).values - z.mean(1)).mean()), rel_tol=1e-6)
 
 
@@ -160,7 +162,7 @@ def test_gradients_are_finite_for_extreme_logits(name, options):
     for target in (torch.tensor(Y), torch.tensor(T)):
         z = (1e4 * sign).requires_grad_()
         h = torch.tensor(H, requires_grad=True)
-        loss = build_loss(name, head_name="fixed_etf", **options)(z, target, head=fixed_head(), h=h)
+        loss = build_loss(name, etf_heads=ETF, head_name="fixed_etf", **options)(z, target, head=fixed_head(), h=h)
         loss.backward()
         grad = h.grad if name == "dot_regression" else z.grad  # dot regression reads h, not the logits
         assert torch.isfinite(loss) and torch.isfinite(grad).all(), (name, target)
@@ -175,7 +177,7 @@ def test_dot_regression_on_a_real_etf_head_and_its_features():
     h = head.normalize(f)
     W = head.weight.double()
     by_hand = ((h.double() @ W.T)[torch.arange(5), y] - tau).square().mean() / (2 * tau)
-    loss = build_loss("dot_regression", head_name="fixed_etf")(head(f), y, head=head, h=h)
+    loss = build_loss("dot_regression", etf_heads=ETF, head_name="fixed_etf")(head(f), y, head=head, h=h)
     assert math.isclose(float(loss), float(by_hand), rel_tol=1e-5)
 
 
@@ -188,7 +190,7 @@ def test_losses_train_the_nearest_etf_head_with_soft_labels():
     target = 0.6 * F.one_hot(y, 4) + 0.4 * F.one_hot(y.roll(1), 4)
     for name, options in CASES:
         logits = head(f, target)
-        loss = build_loss(name, head_name="nearest_etf", **options)(logits, target, head=head, h=head.normalize(f))
+        loss = build_loss(name, etf_heads=ETF, head_name="nearest_etf", **options)(logits, target, head=head, h=head.normalize(f))
         (grad,) = torch.autograd.grad(loss, f)
         assert torch.isfinite(loss) and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
@@ -214,14 +216,14 @@ def test_bad_names_options_and_pairings_stop_at_build_time_in_one_line():
     ]
     for args, options, match in bad:
         with pytest.raises(EtfTrainError, match=match) as info:
-            build_loss(*args, head_name="learned", **options)
+            build_loss(*args, etf_heads=ETF, head_name="learned", **options)
         assert "\n" not in str(info.value)
     with pytest.raises(EtfTrainError, match="loss=dot_regression needs a fixed simplex ETF.*head=learned") as info:
-        build_loss("dot_regression", head_name="learned")
+        build_loss("dot_regression", etf_heads=ETF, head_name="learned")
     assert "\n" not in str(info.value)
     for head_name in ("fixed_etf", "nearest_etf"):
-        build_loss("dot_regression", head_name=head_name)
-    loss = build_loss("dot_regression", head_name="fixed_etf")
+        build_loss("dot_regression", etf_heads=ETF, head_name=head_name)
+    loss = build_loss("dot_regression", etf_heads=ETF, head_name="fixed_etf")
     raw = SimpleNamespace(weight=torch.tensor(W), tau=TAU, normalize_features=False)
     with pytest.raises(EtfTrainError, match="head.normalize=true"):
         loss(torch.tensor(Z), torch.tensor(Y), head=raw, h=torch.tensor(H))

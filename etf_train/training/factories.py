@@ -21,7 +21,7 @@ from torch import nn
 from .. import options as opt
 from ..backbones import create_backbone
 from ..errors import EtfTrainError
-from ..heads import create_head
+from ..heads import HEADS, create_head
 from .model import Classifier
 
 
@@ -62,11 +62,11 @@ def warn_small_leftover(cfg: DictConfig, num_train: int, num_classes: int) -> No
     means are pulled by a handful of samples, which the other heads do not suffer. The authors' stratified batches
     spread the remainder instead."""
     left = num_train % cfg.trainer.batch_size  # a single sample joins the batch before (data/samplers.py)
-    if cfg.head.name == "nearest_etf" and 1 < left < min(num_classes, cfg.trainer.batch_size / 4):
+    if HEADS.get(cfg.head.name).batch_centred and 1 < left < min(num_classes, cfg.trainer.batch_size / 4):
         logging.getLogger("etf_train").warning(
-            "each epoch ends in a batch of %d sample(s) (%d train samples, trainer.batch_size=%d): nearest_etf centres a "
+            "each epoch ends in a batch of %d sample(s) (%d train samples, trainer.batch_size=%d): head %s centres a "
             "batch by its own mean, so that step is nearly degenerate; a batch size that divides the train set, or "
-            "leaves more over, avoids it", left, num_train, cfg.trainer.batch_size)
+            "leaves more over, avoids it", left, num_train, cfg.trainer.batch_size, cfg.head.name)
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:

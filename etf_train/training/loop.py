@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .. import rundir, tags
 from ..data import build_data, build_loaders, build_mix, set_epoch
 from ..errors import EtfTrainError, NonFiniteError, as_etf_error
+from ..heads import heads_with
 from ..losses import build_loss, hard_labels
 from ..metrics import reliability_diagram
 from .checkpoint import Preempted, SignalGuard, rng_state, save_checkpoint, set_rng_state
@@ -71,7 +72,7 @@ class Run:
         self.bundle = build_data(**self.config["dataset"])
         if self.bundle.files is not None:  # a folder's contents: restore() refuses a checkpoint made on other files
             self.config["dataset"]["files"] = self.bundle.files
-        self.loss = build_loss(head_name=cfg.head.name, **self.config["loss"])
+        self.loss = build_loss(head_name=cfg.head.name, etf_heads=heads_with("fixed_geometry"), **self.config["loss"])
         mix = build_mix(**self.config["mix"], num_classes=self.bundle.num_classes)
         self.train_loader, self.test_loader, self.eval_train_loader = build_loaders(
             self.bundle,
