@@ -9,7 +9,6 @@ lists all of them with these defaults.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -35,14 +34,7 @@ def create_backbone(
 
     num_samples: train-set size, needed only by `ufm`. Unknown arch or options -> EtfTrainError.
     """
-    builder = BACKBONES.get(arch)
-    in_shape = tuple(int(s) for s in in_shape)
-    try:
-        inspect.signature(builder).bind(in_shape, num_samples, **options)
-    except TypeError as e:
-        allowed = [p.name for p in inspect.signature(builder).parameters.values() if p.kind is p.KEYWORD_ONLY]
-        raise EtfTrainError(f"backbone {arch}: {e}; its options are: {', '.join(allowed) or 'none'}") from None
-    model = builder(in_shape, num_samples, **options)
+    model = BACKBONES.build(arch, tuple(int(s) for s in in_shape), num_samples, **options)
     assert isinstance(model.feature_dim, int), f"backbone {arch} set no int feature_dim"
     return model
 

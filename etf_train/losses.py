@@ -19,7 +19,6 @@ logit's, right or wrong (Zhou et al. 2025). For soft labels z_y reads sum_k t_k 
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -152,14 +151,7 @@ def build_loss(name: str, *, head_name: str, etf_heads: Sequence[str] = (), **op
     """The loss `name` (configs/loss/<name>.yaml) with its options; head_name (the head config's name) is checked
     against the heads the loss applies to (etf_heads: those with a fixed geometry, heads.heads_with), so a bad
     pairing stops before training."""
-    builder = LOSSES.get(name)
-    accepted = list(inspect.signature(builder).parameters)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise EtfTrainError(
-            f"loss {name}: unknown option(s) {', '.join(unknown)}; its options are: {', '.join(accepted) or 'none'}"
-        )
-    loss = builder(**options)
+    loss = LOSSES.build(name, **options)
     if loss.fixed_geometry and head_name not in etf_heads:
         raise EtfTrainError(f"loss={name} needs a fixed simplex ETF classifier (head={' or head='.join(etf_heads)}); "
                             f"head={head_name} learns its own")

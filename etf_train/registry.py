@@ -7,10 +7,12 @@
 
     BACKBONES.names()        # sorted names, for messages and parity tests
     BACKBONES.get("resnet18")
+    BACKBONES.build("resnet18", in_shape, None, width=64)   # options checked, one wording for every group
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,6 +46,20 @@ class Registry:
         return self._entries[name]
 
     __getitem__ = get
+
+    def build(self, name: str, /, *args: Any, **options: Any) -> Any:
+        """entry(*args, **options), the options first checked against the keyword parameters the entry has left after
+        `args`: an unknown option is one line worded alike in every config group. (name is positional-only: the
+        timm backbone has an option called name.)"""
+        entry = self.get(name)
+        params = list(inspect.signature(entry).parameters.values())[len(args):]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = sorted(set(options) - set(accepted))
+            if unknown:
+                raise EtfTrainError(f"{self.kind} {name}: unknown option(s) {', '.join(unknown)}; its options are: "
+                                    f"{', '.join(accepted) or 'none'}")
+        return entry(*args, **options)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

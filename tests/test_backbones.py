@@ -284,7 +284,8 @@ def test_unknown_arch_lists_the_choices():
 
 
 def test_unknown_option_names_the_options():
-    message = _one_line_error("unexpected keyword argument 'widht'", arch="small_cnn", in_shape=CIFAR, widht=8)
+    message = _one_line_error(r"backbone small_cnn: unknown option\(s\) widht; its options are", arch="small_cnn",
+                              in_shape=CIFAR, widht=8)
     assert "width, dim" in message
 
 

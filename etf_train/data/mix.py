@@ -1,6 +1,6 @@
 """Mixing a training batch with its roll by one (mixup, cutmix), in the same form on both loader paths.
 
-    mix = build_mix(name, alpha, prob, num_classes=K)   # configs/mix/<name>.yaml
+    mix = build_mix(name, num_classes=K, alpha=alpha, prob=prob)   # configs/mix/<name>.yaml
     x, target = mix(x, y, generator)                    # device path: x (B, C, H, W), y (B,) -> soft target (B, K)
     DataLoader(..., collate_fn=mix.collate)             # DataLoader path: torchvision's v2 MixUp / CutMix
 
@@ -49,7 +49,7 @@ class Mix:
 
     torchvision: str  # the name of torchvision.transforms.v2's transform, imported when the DataLoader path needs it
 
-    def __init__(self, alpha: float, prob: float, num_classes: int):
+    def __init__(self, num_classes: int, alpha: float = 1.0, prob: float = 1.0):
         self.alpha = opt.number("mix.alpha", alpha, above=0)
         self.prob = opt.number("mix.prob", prob, 0.0, maximum=1.0)
         self.num_classes = num_classes
@@ -116,11 +116,11 @@ class CutMix(Mix):
         return torch.where(box, x.roll(1, 0), x), (1 - ((x2 - x1) * (y2 - y1)).double() / (H * W)).squeeze(0)
 
 
-def build_mix(name: str, alpha: float = 1.0, prob: float = 1.0, *, num_classes: int) -> NoMix | Mix:
-    """The mix `name` (none | mixup | cutmix) for batches of a K-class dataset; alpha, prob: Beta(alpha, alpha) and
-    the probability that a batch is mixed (unused by none)."""
-    cls = MIXES.get(name)
-    return cls() if cls is NoMix else cls(alpha, prob, num_classes)
+def build_mix(name: str, *, num_classes: int, **options) -> NoMix | Mix:
+    """The mix `name` (none | mixup | cutmix) for batches of a K-class dataset; options: its yaml's keys (alpha and
+    prob: Beta(alpha, alpha) and the probability that a batch is mixed; none has none)."""
+    extra = {} if MIXES.get(name) is NoMix else {"num_classes": num_classes}  # the class count is not an option
+    return MIXES.build(name, **extra, **options)
 
 
 __all__ = ["MIXES", "NO_MIX", "CutMix", "Mix", "MixUp", "NoMix", "build_mix", "register_mix"]

@@ -127,12 +127,7 @@ def register_dataset(name: str):
         defaults = {**COMMON_OPTIONS, **{k: p.default for k, p in own.items()}}
 
         @functools.wraps(fn)
-        def build(**options: Any) -> DataBundle:
-            unknown = sorted(set(options) - set(defaults))
-            if unknown:
-                raise EtfTrainError(
-                    f"dataset {name}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(defaults)}"
-                )
+        def build(**options: Any) -> DataBundle:  # options checked by DATASETS.build against the signature below
             opts = {**defaults, **options}
             raw = fn(**{k: opts[k] for k in own})
             return _bundle(name, raw, **{k: opts[k] for k in COMMON_OPTIONS})
@@ -149,7 +144,7 @@ def register_dataset(name: str):
 
 def build_data(name: str, **options: Any) -> DataBundle:
     """The DataBundle of dataset `name`; `options` are its config keys other than `name`."""
-    return DATASETS.get(name)(**options)
+    return DATASETS.build(name, **options)
 
 
 class _View(Dataset):

@@ -86,16 +86,11 @@ def check_etf_dims(name: str, num_classes: int, dim: int) -> None:
 def create_head(name: str, num_classes: int, dim: int, **options) -> Head:
     """Build a head by its config name (HEADS: learned, fixed_etf, nearest_etf, ...); options are the keys of
     configs/head/<name>.yaml (and `solver`, the solver group, for heads that solve for their classifier)."""
-    cls = HEADS.get(name)
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("num_classes", "dim")]
-    unknown = sorted(set(options) - set(accepted))
-    if "solver" in unknown:
-        solving = [n for n in HEADS if "solver" in inspect.signature(HEADS.get(n)).parameters]
+    solving = [n for n in HEADS if "solver" in inspect.signature(HEADS.get(n)).parameters]
+    if "solver" in options and name not in solving:
         raise EtfTrainError(f"the solver group applies to head={' or head='.join(solving)} only; head={name} has no "
                             "solver: drop solver=...")
-    if unknown:
-        raise EtfTrainError(f"head {name}: unknown option(s) {', '.join(unknown)}; its options are: {', '.join(accepted)}")
-    return cls(num_classes, dim, **options)
+    return HEADS.build(name, num_classes, dim, **options)
 
 
 
