@@ -192,7 +192,8 @@ def test_bad_mix_settings_are_one_line_errors():
             build_mix(name, num_classes=K, alpha=alpha, prob=prob)
         assert "\n" not in str(info.value)
     for name, options in (("mixup", {"alfa": 1.0}), ("none", {"alpha": 1.0})):  # +mix.alfa=1: a traceback before
-        with pytest.raises(EtfTrainError, match=rf"mix {name}: unknown option\(s\) {list(options)[0]}; its options") as info:
+        unknown = rf"mix {name}: unknown option\(s\) {list(options)[0]}; its options"
+        with pytest.raises(EtfTrainError, match=unknown) as info:
             build_mix(name, num_classes=K, **options)
         assert "\n" not in str(info.value)
     ufm = build_data("ufm", num_classes=K, per_class=4)
@@ -205,7 +206,8 @@ def test_every_mix_has_a_yaml_spelling_out_its_options():
     """Catches a mix without a config file, or yaml defaults that drift from build_mix's."""
     files = sorted((config_dir() / "mix").glob("*.yaml"))
     assert {f.stem for f in files} == set(MIXES.names())
-    defaults = {k: p.default for k, p in inspect.signature(MIXES.get("mixup")).parameters.items() if k in ("alpha", "prob")}
+    parameters = inspect.signature(MIXES.get("mixup")).parameters
+    defaults = {k: p.default for k, p in parameters.items() if k in ("alpha", "prob")}
     for f in files:
         cfg = OmegaConf.to_container(OmegaConf.load(f))
         assert cfg.pop("name") == f.stem
