@@ -19,12 +19,12 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import CompactHydraException, HydraException
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import interrupt, rundir, search, sweepdir
+from .command import Command
 from .errors import FULL_MB, EtfTrainError, free_mb, one_line
 from .view import how_to_look
 
@@ -63,26 +63,9 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent / "configs"
 
 
-def _is_override(arg: str) -> bool:
-    return "=" in arg and not arg.startswith("-")
-
-
-def _overrides(args: Sequence[str]) -> list[str]:
-    """The `key=value` overrides among command-line arguments (flags such as -m, --cfg job left out)."""
-    return [a for a in args if _is_override(a)]
-
-
-def with_override(args: Sequence[str], override: str) -> list[str]:
-    """`args` plus one override, put before the others: Hydra's argparse takes the overrides as one run of
-    positional arguments, so one appended after a flag such as `--cfg job` would be refused."""
-    first = next((i for i, a in enumerate(args) if _is_override(a)), len(args))
-    return [*args[:first], override, *args[first:]]
-
-
-def missing_plugin(args: Sequence[str]) -> str | None:
+def missing_plugin(cmd: Command) -> str | None:
     """The error line for the first override whose Hydra plugin cannot be imported, or None."""
-    for arg in _overrides(args):
-        key, value = arg.lstrip("+").split("=", 1)
+    for key, value in cmd.given.items():
         choice = key if key == "hparams_search" and value != "null" else f"{key}={value}"
         if choice not in PLUGINS:
             continue
@@ -91,11 +74,11 @@ def missing_plugin(args: Sequence[str]) -> str | None:
             for module in modules:
                 importlib.import_module(module)
         except ImportError:
-            return f'{arg.lstrip("+")} needs the {package} plugin: pip install -e ".[sweep]" (or pip install {package})'
+            return f'{key}={value} needs the {package} plugin: pip install -e ".[sweep]" (or pip install {package})'
     return None
 
 
-def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[str] | None:
+def swept_dirname_excludes(cmd: Command, always: Sequence[str]) -> list[str] | None:
     """exclude_keys for hydra.job.override_dirname that name a sweep's job folders by the swept keys only.
 
     Hydra names a job folder after all of its overrides, constants included, which buries the swept
@@ -104,53 +87,39 @@ def swept_dirname_excludes(args: Sequence[str], always: Sequence[str]) -> list[s
     ones Optuna chooses; a multirun that sweeps nothing runs its one job in the sweep folder itself.
     None when the overrides don't parse (Hydra reports that itself).
     """
-    try:
-        parsed = OverridesParser.create().parse_overrides(_overrides(args))
-    except HydraException:
+    if cmd.parsed is None:
         return None
-    constants = [o.key_or_group for o in parsed if not (o.is_hydra_override() or o.is_sweep_override())]
+    constants = [o.key_or_group for o in cmd.parsed if not (o.is_hydra_override() or o.is_sweep_override())]
     return list(dict.fromkeys([*always, *constants]))
 
 
-def _is_multirun(args: Sequence[str]) -> bool:
-    """-m, or a config that sets hydra.mode=MULTIRUN itself (every hparams_search file: an Optuna search)."""
-    given = dict(o.split("=", 1) for o in _overrides(args))
-    return (any(a in ("-m", "--multirun") for a in args) or given.get("hydra.mode") == "MULTIRUN"
-            or given.get("hparams_search", given.get("+hparams_search", "null")) != "null")
-
-
-def _output_key(args: Sequence[str]) -> str:
-    return "hydra.sweep.dir" if _is_multirun(args) else "hydra.run.dir"
-
-
-def empty_output(args: Sequence[str]) -> str | None:
+def empty_output(cmd: Command) -> str | None:
     """The error line for `hydra.run.dir=` given empty (an unset shell variable), which would write into `.`."""
-    for arg in _overrides(args):
-        key, value = arg.split("=", 1)
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and not value.strip():
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        if key in cmd.given and not cmd.given[key].strip():
             return f"{key}= is empty (an unset shell variable?); give a folder, or leave it out for the default"
     return None
 
 
-def output_folder(args: Sequence[str]) -> str:
+def output_folder(cmd: Command) -> str:
     """hydra.run.dir (or hydra.sweep.dir for -m) as given or configured, with ${now:...} and ${etf_uid:} filled in
     as Hydra will; other interpolations stay."""
-    key = _output_key(args)
-    given = next((a.split("=", 1)[1] for a in _overrides(args) if a.split("=", 1)[0] == key), None)
+    key = cmd.output_key
+    given = cmd.value(key)
     if given is None:
         given = OmegaConf.to_container(OmegaConf.load(config_dir() / "config.yaml"))["hydra"][key.split(".")[1]]["dir"]
     now = datetime.now()
     return re.sub(r"\$\{now:([^}]*)\}", lambda m: now.strftime(m.group(1)), given).replace("${etf_uid:}", UID)
 
 
-def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
+def unwritable_output(cmd: Command, cwd: Path) -> str | None:
     """The error line when the run's output folder cannot be made (a file in the way, no permission), or None.
 
     Checked before Hydra starts, which would otherwise fail with a traceback: the part of the output folder
     before its first interpolation other than ${now:...}.
     """
-    key = _output_key(args)
-    target = cwd / output_folder(args).split("${", 1)[0]
+    key = cmd.output_key
+    target = cwd / output_folder(cmd).split("${", 1)[0]
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         what = "is not a folder" if not existing.is_dir() else "is not writable"
@@ -160,7 +129,7 @@ def unwritable_output(args: Sequence[str], cwd: Path) -> str | None:
     return None
 
 
-def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
+def interrupted_run(cmd: Command, cwd: Path) -> Path | None:
     """The run that the same command left unfinished, so that it resumes rather than starting over.
 
     With Hydra's default time-stamped folders, a rerun gets a new folder; this finds the newest
@@ -169,13 +138,9 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     None for multiruns (a sweep's jobs keep their folders), an explicit hydra.run.dir, or trainer.resume
     other than auto.
     """
-    overrides = _overrides(args)
-    given = dict(o.split("=", 1) for o in overrides)
-    if _is_multirun(args) or "hydra.run.dir" in given:
+    if cmd.multirun or "hydra.run.dir" in cmd.given or cmd.value("trainer.resume", "auto") != "auto":
         return None
-    if given.get("trainer.resume", "auto") != "auto":
-        return None
-    mine = task_overrides(overrides)
+    mine = cmd.task
     for saved in sorted(cwd.glob(f"outputs/*/*/{rundir.OVERRIDES}"), reverse=True):  # newest first
         run = saved.parent.parent
         if rundir.state(run).status == "unfinished" and not rundir.RunLock(run).held_by_live_process():
@@ -185,39 +150,27 @@ def interrupted_run(args: Sequence[str], cwd: Path) -> Path | None:
     return None
 
 
-def task_overrides(overrides: list[str]) -> list[str]:
-    """The overrides Hydra files as the task's (hydra.overrides.task), sorted: all but Hydra's own, hydra.* keys and
-    group choices such as hydra/launcher=joblib (a joblib sweep run again used to start over)."""
-    try:
-        return sorted(o.input_line for o in OverridesParser.create().parse_overrides(overrides) if not o.is_hydra_override())
-    except HydraException:  # Hydra will say what is wrong with them
-        return sorted(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
-
-
-def _sweep_size(overrides: list[str]) -> int | None:
-    """How many jobs the basic sweeper makes of these overrides (None: they don't parse)."""
+def _sweep_size(cmd: Command) -> int | None:
+    """How many jobs the basic sweeper makes of the command's overrides (None: they don't parse)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException:
+    if cmd.parsed is None:
         return None
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    task = Command(tuple(cmd.task))  # the sweep's own overrides, as multirun.yaml records them
+    return sum(len(batch) for batch in BasicSweeper.split_arguments(task.parsed, None))
 
 
-def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
+def interrupted_sweep(cmd: Command, cwd: Path) -> Path | None:
     """The sweep that the same `etf-train -m ...` left unfinished, so that it continues rather than starting over.
 
     The newest outputs/multirun/<date>/<time> sweep launched with the same overrides counts when it has fewer
     finished jobs than the overrides make; its finished jobs then return at once and the others resume.
     None for single runs, an explicit hydra.sweep.dir, other sweepers (Optuna) or trainer.resume other than auto.
     """
-    overrides = _overrides(args)
-    given = dict(o.split("=", 1) for o in overrides)
-    if (not _is_multirun(args) or "hydra.sweep.dir" in given or given.get("trainer.resume", "auto") != "auto"
-            or any(k.lstrip("+") in ("hparams_search", "hydra/sweeper") for k in given)):
+    if (not cmd.multirun or "hydra.sweep.dir" in cmd.given or cmd.value("trainer.resume", "auto") != "auto"
+            or "hparams_search" in cmd.given or "hydra/sweeper" in cmd.given):
         return None
-    mine = task_overrides(overrides)
+    mine = cmd.task
     for saved in sorted(cwd.glob("outputs/multirun/*/*/multirun.yaml"), reverse=True):  # newest first
         scanned = sweepdir.scanned_yaml(saved)
         task = (OmegaConf.select(OmegaConf.create(scanned), "hydra.overrides.task", default=None)
@@ -225,7 +178,7 @@ def interrupted_sweep(args: Sequence[str], cwd: Path) -> Path | None:
         if task is None or sorted(str(o) for o in task) != mine:
             continue
         finished = sum(rundir.is_finished(job.parent.parent) for job in saved.parent.glob(f"**/{rundir.CONFIG}"))
-        size = _sweep_size(mine)
+        size = _sweep_size(cmd)
         return saved.parent.relative_to(cwd) if size is not None and finished < size else None
     return None
 
@@ -284,55 +237,63 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+def prepare(cmd: Command, cwd: Path) -> tuple[Command, Path | None]:
+    """The command Hydra will run, and its sweep folder where known now (None: a single run, or a folder named by an
+    interpolation only Hydra fills in). Refused in one line (exit 2) when it cannot run; the run or sweep that the
+    same command left unfinished is resumed; a sweep's folder is fixed now so that its end can name it; a sweep's
+    job folders are named by the swept keys only."""
+    problem = (missing_plugin(cmd) or empty_output(cmd) or unwritable_output(cmd, cwd)
+               or (search.check(cmd, config_dir()) if search.is_search(cmd) else None))
+    if problem is not None:
+        print(f"etf-train: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    if search.is_search(cmd):  # its space follows the optimiser
+        cmd = Command((*cmd.args, *search.search_overrides(cmd.overrides, config_dir())))
+    resume = interrupted_run(cmd, cwd)
+    if resume is not None:
+        print(f"etf-train: resuming the interrupted run in {resume}", file=sys.stderr)
+        cmd = cmd.with_override(f"hydra.run.dir={resume}")
+    sweep = interrupted_sweep(cmd, cwd)
+    if sweep is not None:
+        print(f"etf-train: continuing the interrupted sweep in {sweep}", file=sys.stderr)
+        cmd = cmd.with_override(f"hydra.sweep.dir={sweep}")
+    sweep_dir = output_folder(cmd) if cmd.multirun else None
+    named = sweep_dir is not None and "${" not in sweep_dir
+    if named and "hydra.sweep.dir" not in cmd.given:
+        cmd = cmd.with_override(f"hydra.sweep.dir={sweep_dir}")
+    if DIRNAME_EXCLUDES not in cmd.given:
+        always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
+        excludes = swept_dirname_excludes(cmd, always)
+        if excludes:
+            cmd = cmd.with_override(f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
+    return cmd, Path(sweep_dir) if named else None
+
+
 def main() -> None:
     # OpenMP threads that sleep while they wait instead of spinning, read when torch loads (later, in _main): with
     # torch's spinning default a busy neighbour on a small machine made every step 10-20x slower
     # (docs/benchmarks.md, "The thread cliff"); export OMP_WAIT_POLICY=ACTIVE to choose otherwise.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     interrupt.install()
-    args = sys.argv[1:]
-    if "--version" in args or "-V" in args:  # etf-train's own version; Hydra's --version would print Hydra's
+    cmd = Command(tuple(sys.argv[1:]))
+    if "--version" in cmd.args or "-V" in cmd.args:  # etf-train's own version; Hydra's --version would print Hydra's
         print(f"etf-train {version()}")
         return
     try:
-        given = _overrides(args)
-        problem = (missing_plugin(args) or empty_output(args) or unwritable_output(args, Path.cwd())
-                   or (search.check(given, config_dir()) if search.is_search(given) else None))
-        if problem is None and search.is_search(given):  # its space follows the optimiser
-            args = sys.argv[1:] = [*args, *search.search_overrides(given, config_dir())]
-        if problem is not None:
-            print(f"etf-train: error: {problem}", file=sys.stderr)
-            sys.exit(2)
-        resume = interrupted_run(args, Path.cwd())
-        if resume is not None:
-            print(f"etf-train: resuming the interrupted run in {resume}", file=sys.stderr)
-            args = sys.argv[1:] = with_override(args, f"hydra.run.dir={resume}")
-        sweep = interrupted_sweep(args, Path.cwd())
-        if sweep is not None:
-            print(f"etf-train: continuing the interrupted sweep in {sweep}", file=sys.stderr)
-            args = sys.argv[1:] = with_override(args, f"hydra.sweep.dir={sweep}")
-        sweep_dir = output_folder(args) if _is_multirun(args) else None
-        if sweep_dir is not None and "${" not in sweep_dir and "hydra.sweep.dir" not in dict(
-                a.split("=", 1) for a in _overrides(args)):  # fixed now, so that it can be named at the end
-            args = sys.argv[1:] = with_override(args, f"hydra.sweep.dir={sweep_dir}")
-        if not any(a.startswith(DIRNAME_EXCLUDES + "=") for a in args):
-            always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
-            excludes = swept_dirname_excludes(args, always)
-            if excludes:
-                sys.argv[1:] = with_override(args, f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
+        cmd, sweep_dir = prepare(cmd, Path.cwd())
+        sys.argv[1:] = cmd.args  # what Hydra reads: the command line as decided above, set once
         from .compare import sweep_end  # here, not at import: a Ctrl-C during start-up must find the handler set
 
-        named = sweep_dir is not None and "${" not in sweep_dir
-        if named:  # a continued sweep retries the jobs refused before
-            (Path(sweep_dir) / sweepdir.REFUSED).unlink(missing_ok=True)
+        if sweep_dir is not None:  # a continued sweep retries the jobs refused before
+            (sweep_dir / sweepdir.REFUSED).unlink(missing_ok=True)
         try:
             _main()
         except SystemExit as e:  # how Hydra ends a sweep in which a job failed, after running the others
-            if named and e.code:
-                print(sweep_end(Path(sweep_dir)))
+            if sweep_dir is not None and e.code:
+                print(sweep_end(sweep_dir))
             raise
-        if named:
-            print(sweep_end(Path(sweep_dir)))
+        if sweep_dir is not None:
+            print(sweep_end(sweep_dir))
     except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it, a checkpoint is saved first)
         print("etf-train: interrupted (Ctrl-C) outside training; no training step was lost", file=sys.stderr)
         sys.exit(130)

@@ -16,27 +16,26 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from .command import Command
 from .errors import EtfTrainError
 
 STEP_KEYS = ("gain", "lr")  # AGD's step is its gain; SGD's and AdamW's their lr
 TAU = "head.tau=interval(1.0, 20.0)"
 
 
-def is_search(overrides: Sequence[str]) -> bool:
-    given = dict(o.split("=", 1) for o in overrides if "=" in o)
-    return given.get("hparams_search", given.get("+hparams_search", "null")) not in ("null", "")
+def is_search(cmd: Command) -> bool:
+    return cmd.value("hparams_search", "null") not in ("null", "")
 
 
-def check(overrides: Sequence[str], configs: Path) -> str | None:
+def check(cmd: Command, configs: Path) -> str | None:
     """The error line for a search that cannot run as asked, or None: an Optuna storage under the preset's study
     name (Optuna loads a stored study by name, so a second search, of another experiment, would join the first and
     its best trial could be the first's), or a searched key the config lacks (Hydra's own message advises `+key`)."""
-    given = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
-    if given.get("hydra.sweeper.storage", "null") not in ("null", "") and "hydra.sweeper.study_name" not in given:
+    if cmd.value("hydra.sweeper.storage", "null") not in ("null", "") and "hydra.sweeper.study_name" not in cmd.given:
         return ("hydra.sweeper.storage keeps studies by name, and a search under the preset's name would join any "
                 "other search stored there: give this one its own hydra.sweeper.study_name=...")
     try:
-        search_overrides(overrides, configs)
+        search_overrides(cmd.overrides, configs)
     except EtfTrainError as e:
         return str(e)
     return None

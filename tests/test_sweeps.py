@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from etf_train import cli, search
+from etf_train.command import Command
 from etf_train.compare import main as compare_main
 from etf_train.errors import EtfTrainError
 from etf_train.rundir import read_scalars
@@ -267,10 +268,10 @@ def test_swept_dirname_excludes_keeps_only_swept_keys():
     always = ["trainer.resume"]
     args = ["-m", "head=learned,fixed_etf", "seed=range(1,3)", "dataset=synthetic", "+foo.bar=1",
             "hydra.sweep.dir=/x", "hydra/launcher=joblib", "--cfg", "job"]
-    assert cli.swept_dirname_excludes(args, always) == ["trainer.resume", "dataset", "foo.bar"]
-    assert cli.swept_dirname_excludes(["hparams_search=optuna", "seed=3", "trainer.resume=never"], always) == [
-        "trainer.resume", "hparams_search", "seed"]
-    assert cli.swept_dirname_excludes(["head=learned,"], always) is None  # bad syntax: left to Hydra
+    assert cli.swept_dirname_excludes(Command(tuple(args)), always) == ["trainer.resume", "dataset", "foo.bar"]
+    searched = Command(("hparams_search=optuna", "seed=3", "trainer.resume=never"))
+    assert cli.swept_dirname_excludes(searched, always) == ["trainer.resume", "hparams_search", "seed"]
+    assert cli.swept_dirname_excludes(Command(("head=learned,",)), always) is None  # bad syntax: left to Hydra
 
 
 @pytest.mark.parametrize(
@@ -286,7 +287,7 @@ def test_job_folder_name_is_the_swept_overrides(sweep_args, job_args, want):
     constants = [*TINY, "head.tau=5", "optimizer=sgd", "scheduler=cosine", "trainer.resume=never"]
     assert len(",".join(constants)) > 255  # Hydra's own name: too long for a file name
     always = OmegaConf.load(cli.config_dir() / "config.yaml").hydra.job.config.override_dirname.exclude_keys
-    excludes = cli.swept_dirname_excludes([*constants, *sweep_args], always)
+    excludes = cli.swept_dirname_excludes(Command((*constants, *sweep_args)), always)
     hydra_arg = f"{cli.DIRNAME_EXCLUDES}=[{','.join(excludes)}]"
     with initialize_config_dir(config_dir=str(cli.config_dir()), version_base="1.3"):
         cfg = compose("config", [*constants, *job_args, hydra_arg], return_hydra_config=True)
@@ -302,7 +303,7 @@ def test_with_override_keeps_the_overrides_together():
         (["--cfg", "job"], ["--cfg", "job", "x=2"]),
         ([], ["x=2"]),
     ]:
-        assert cli.with_override(args, "x=2") == want
+        assert Command(tuple(args)).with_override("x=2").args == tuple(want)
         assert get_args_parser().parse_args(want).overrides == [a for a in want if "=" in a]
 
 
@@ -327,7 +328,7 @@ def test_objective_is_the_last_epochs_metric():
 )
 def test_missing_plugin_is_one_line_and_exit_2(arg, module, package, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["etf-train", "-m", arg, "seed=1,2"])
-    assert cli.missing_plugin(sys.argv[1:]) is None  # installed here
+    assert cli.missing_plugin(Command(tuple(sys.argv[1:]))) is None  # installed here
     monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
