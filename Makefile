@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/etf-train $(ARGS)
 
-# The default test suite (pytest exit 5, "no tests collected", is not a failure).
+# The linter and the formatter's check (pyproject.toml [tool.ruff]), then the default test suite (pytest exit 5,
+# "no tests collected", is not a failure).
 test: $(STAMP)
+	$(BIN)/ruff check etf_train tests scripts
+	$(BIN)/ruff format --check etf_train tests scripts
 	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 test-slow: $(STAMP)

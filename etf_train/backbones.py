@@ -306,9 +306,7 @@ def _timm(
 
 
 @register_backbone("ufm")
-def _ufm(
-    in_shape: tuple[int, ...], num_samples: int | None, *, dim: int = 512, init_std: float = 1.0
-) -> nn.Module:
+def _ufm(in_shape: tuple[int, ...], num_samples: int | None, *, dim: int = 512, init_std: float = 1.0) -> nn.Module:
     """Unconstrained features model: one free `dim`-vector per train sample, x = long indices (B,) -> (B, dim).
 
     optimizer=agd re-initialises the table (training/agd.py), so init_std then has no effect.

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import interrupt, rundir, search, sweepdir
 from .command import Command
 from .errors import FULL_MB, EtfTrainError, free_mb, one_line
+from .runlock import RunLock
 from .view import how_to_look
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def interrupted_run(cmd: Command, cwd: Path) -> Path | None:
     mine = cmd.task
     for saved in sorted(cwd.glob(f"outputs/*/*/{rundir.OVERRIDES}"), reverse=True):  # newest first
         run = saved.parent.parent
-        if rundir.state(run).status == "unfinished" and not rundir.RunLock(run).held_by_live_process():
+        if rundir.state(run).status == "unfinished" and not RunLock(run).held_by_live_process():
             scanned = sweepdir.scanned_yaml(saved)
             if isinstance(scanned, list) and sorted(str(o) for o in scanned) == mine:
                 return run.relative_to(cwd)
@@ -167,14 +168,22 @@ def interrupted_sweep(cmd: Command, cwd: Path) -> Path | None:
     finished jobs than the overrides make; its finished jobs then return at once and the others resume.
     None for single runs, an explicit hydra.sweep.dir, other sweepers (Optuna) or trainer.resume other than auto.
     """
-    if (not cmd.multirun or "hydra.sweep.dir" in cmd.given or cmd.value("trainer.resume", "auto") != "auto"
-            or "hparams_search" in cmd.given or "hydra/sweeper" in cmd.given):
+    if (
+        not cmd.multirun
+        or "hydra.sweep.dir" in cmd.given
+        or cmd.value("trainer.resume", "auto") != "auto"
+        or "hparams_search" in cmd.given
+        or "hydra/sweeper" in cmd.given
+    ):
         return None
     mine = cmd.task
     for saved in sorted(cwd.glob("outputs/multirun/*/*/multirun.yaml"), reverse=True):  # newest first
         scanned = sweepdir.scanned_yaml(saved)
-        task = (OmegaConf.select(OmegaConf.create(scanned), "hydra.overrides.task", default=None)
-                if isinstance(scanned, dict) else None)
+        task = (
+            OmegaConf.select(OmegaConf.create(scanned), "hydra.overrides.task", default=None)
+            if isinstance(scanned, dict)
+            else None
+        )
         if task is None or sorted(str(o) for o in task) != mine:
             continue
         finished = sum(rundir.is_finished(job.parent.parent) for job in saved.parent.glob(f"**/{rundir.CONFIG}"))
@@ -242,8 +251,12 @@ def prepare(cmd: Command, cwd: Path) -> tuple[Command, Path | None]:
     interpolation only Hydra fills in). Refused in one line (exit 2) when it cannot run; the run or sweep that the
     same command left unfinished is resumed; a sweep's folder is fixed now so that its end can name it; a sweep's
     job folders are named by the swept keys only."""
-    problem = (missing_plugin(cmd) or empty_output(cmd) or unwritable_output(cmd, cwd)
-               or (search.check(cmd, config_dir()) if search.is_search(cmd) else None))
+    problem = (
+        missing_plugin(cmd)
+        or empty_output(cmd)
+        or unwritable_output(cmd, cwd)
+        or (search.check(cmd, config_dir()) if search.is_search(cmd) else None)
+    )
     if problem is not None:
         print(f"etf-train: error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -36,8 +36,11 @@ class Command:
     @property
     def multirun(self) -> bool:
         """-m, or a config that sets hydra.mode=MULTIRUN itself (every hparams_search file: an Optuna search)."""
-        return (any(a in ("-m", "--multirun") for a in self.args) or self.value("hydra.mode") == "MULTIRUN"
-                or self.value("hparams_search", "null") != "null")
+        return (
+            any(a in ("-m", "--multirun") for a in self.args)
+            or self.value("hydra.mode") == "MULTIRUN"
+            or self.value("hparams_search", "null") != "null"
+        )
 
     @property
     def output_key(self) -> str:

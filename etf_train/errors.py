@@ -16,9 +16,14 @@ class NonFiniteError(EtfTrainError):
 
 
 # What a failed write means to a user, by errno: the disk or the folder, not the program.
-WRITE_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                errno.EPERM: "permission denied", errno.EFBIG: "the file size limit is reached"}
+WRITE_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EFBIG: "the file size limit is reached",
+}
 FULL_MB = 1  # under this much free space (MB) a disk counts as full (torch's zip writer gives no errno)
 
 
@@ -45,8 +50,10 @@ def as_etf_error(error: Exception, log: Path) -> EtfTrainError:
     where = Path(getattr(error, "filename", None) or log.parent)
     why = write_failure(error, where)
     if why is not None:
-        return EtfTrainError(f"cannot write {where}: {why}; make room (or fix the folder), then run the same command "
-                             "again to continue from the last checkpoint")
+        return EtfTrainError(
+            f"cannot write {where}: {why}; make room (or fix the folder), then run the same command "
+            "again to continue from the last checkpoint"
+        )
     return EtfTrainError(f"{type(error).__name__}: {first_line(error)} (the traceback is in {log})")
 
 
@@ -62,4 +69,4 @@ def one_line(error: BaseException) -> str:
         return lines[0] if lines else type(error).__name__
     last = lines[-1]
     prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
-    return last[len(prefix):] if last.startswith(prefix) else last
+    return last[len(prefix) :] if last.startswith(prefix) else last

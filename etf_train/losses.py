@@ -153,8 +153,10 @@ def build_loss(name: str, *, head_name: str, etf_heads: Sequence[str] = (), **op
     pairing stops before training."""
     loss = LOSSES.build(name, **options)
     if loss.fixed_geometry and head_name not in etf_heads:
-        raise EtfTrainError(f"loss={name} needs a fixed simplex ETF classifier (head={' or head='.join(etf_heads)}); "
-                            f"head={head_name} learns its own")
+        raise EtfTrainError(
+            f"loss={name} needs a fixed simplex ETF classifier (head={' or head='.join(etf_heads)}); "
+            f"head={head_name} learns its own"
+        )
     return loss
 
 

@@ -33,8 +33,15 @@ def boolean(key: str, value: Any) -> bool:
     return value
 
 
-def number(key: str, value: Any, minimum: float | None = None, *, above: float | None = None,
-           maximum: float | None = None, below: float | None = None) -> float:
+def number(
+    key: str,
+    value: Any,
+    minimum: float | None = None,
+    *,
+    above: float | None = None,
+    maximum: float | None = None,
+    below: float | None = None,
+) -> float:
     """A finite number within the given bounds: >= minimum, > above, <= maximum, < below."""
     bounds = {">=": minimum, ">": above, "<=": maximum, "<": below}
     tests = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}

@@ -31,10 +31,18 @@ def _build(config: dict, device):
     cfg = OmegaConf.create(config)
     bundle = build_data(cfg.dataset.name, **{k: v for k, v in config["dataset"].items() if k not in ("name", "files")})
     if config["dataset"].get("files", bundle.files) != bundle.files:
-        raise EtfTrainError(f"the data under dataset.root changed since the run (it trained on {config['dataset']['files']}; "
-                            f"the folder now holds {bundle.files}): its checkpoints cannot be evaluated on it")
-    loaders = build_loaders(bundle, cfg.trainer.batch_size, eval_batch_size=cfg.trainer.eval_batch_size,
-                            **config["loader"], seed=cfg.seed, device=device)
+        raise EtfTrainError(
+            f"the data under dataset.root changed since the run (it trained on {config['dataset']['files']}; "
+            f"the folder now holds {bundle.files}): its checkpoints cannot be evaluated on it"
+        )
+    loaders = build_loaders(
+        bundle,
+        cfg.trainer.batch_size,
+        eval_batch_size=cfg.trainer.eval_batch_size,
+        **config["loader"],
+        seed=cfg.seed,
+        device=device,
+    )
     model = build_model(cfg, bundle.num_classes, bundle.in_shape, len(bundle.train)).to(device)
     return bundle, loaders, model
 
@@ -53,34 +61,61 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
         raise EtfTrainError(f"{run} is not a run folder: it has no {rundir.CONFIG}")
     path = checkpoint or rundir.checkpoint(run)
     if not path.is_file():
-        raise EtfTrainError(f"no checkpoint {path}" if checkpoint else f"no checkpoint {path}: the run has not saved one "
-                            "yet (or give --checkpoint PATH)")
+        raise EtfTrainError(
+            f"no checkpoint {path}"
+            if checkpoint
+            else f"no checkpoint {path}: the run has not saved one yet (or give --checkpoint PATH)"
+        )
     device = torch.device(device)
     bundle, (_, test_loader, eval_train_loader), model = _build(config, device)
-    meta = {"head": config["head"]["name"], "num_classes": bundle.num_classes, "feature_dim": model.head.dim,
-            "backbone": config["backbone"]["arch"]}
+    meta = {
+        "head": config["head"]["name"],
+        "num_classes": bundle.num_classes,
+        "feature_dim": model.head.dim,
+        "backbone": config["backbone"]["arch"],
+    }
     state = load_checkpoint(path, meta, given=checkpoint is not None)
     if state.get("partial"):  # a stop signal's save: the weights of a step inside the epoch after state["epoch"]
         where = state["partial"]
-        raise EtfTrainError(f"checkpoint {path} was saved by a stop signal in the middle of epoch {where['epoch']} "
-                            f"(step {where['step']}): its weights are no logged epoch's; resume the run first, or give "
-                            "--checkpoint an end-of-epoch checkpoint (checkpoints/epoch_NNN.pt)")
+        raise EtfTrainError(
+            f"checkpoint {path} was saved by a stop signal in the middle of epoch {where['epoch']} "
+            f"(step {where['step']}): its weights are no logged epoch's; resume the run first, or give "
+            "--checkpoint an end-of-epoch checkpoint (checkpoints/epoch_NNN.pt)"
+        )
     changes = rundir.changed_settings(state["config"], config)
     if changes:  # another run's weights, which this run's settings (tau, data options, ...) would misreport
-        raise EtfTrainError(f"checkpoint {path} is of a run with other settings than {run} ({', '.join(changes[:4])}"
-                            f"{' ...' if len(changes) > 4 else ''}); evaluate it with its own run folder")
+        raise EtfTrainError(
+            f"checkpoint {path} is of a run with other settings than {run} ({', '.join(changes[:4])}"
+            f"{' ...' if len(changes) > 4 else ''}); evaluate it with its own run folder"
+        )
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise EtfTrainError(f"checkpoint {path} does not fit the run's model ({str(e).splitlines()[-1].strip()})") from None
+        raise EtfTrainError(
+            f"checkpoint {path} does not fit the run's model ({str(e).splitlines()[-1].strip()})"
+        ) from None
     # as the run evaluated: in the precision it ran (bf16 on CUDA for `auto`), no test-split NC metrics for UFM
     K, world = bundle.num_classes, Dist()
     autocast = build_autocast(resolve_precision(config["trainer"]["precision"], device), device)
     counts = bundle.shot_counts(config["dataset"].get("imbalance_ratio", 1))
-    scalars, _ = evaluate(model, test_loader, device, autocast, world, K, nc=bundle.held_out,
-                          class_names=bundle.class_names, class_counts=counts)
+    scalars, _ = evaluate(
+        model,
+        test_loader,
+        device,
+        autocast,
+        world,
+        K,
+        nc=bundle.held_out,
+        class_names=bundle.class_names,
+        class_counts=counts,
+    )
     scalars |= evaluate_train_set(model, eval_train_loader, device, autocast, K, world, bundle.noisy)
-    return {"epoch": state["epoch"], "checkpoint": str(path), **scalars}, bundle, model, (test_loader, eval_train_loader)
+    return (
+        {"epoch": state["epoch"], "checkpoint": str(path), **scalars},
+        bundle,
+        model,
+        (test_loader, eval_train_loader),
+    )
 
 
 def export(path: Path, model, loaders, device: str = "cpu", about: dict | None = None) -> None:
@@ -106,8 +141,9 @@ def export(path: Path, model, loaders, device: str = "cpu", about: dict | None =
             arrays[f"raw_features_{split}"] = torch.cat(raw).numpy()
     h, y = arrays["features_train"], arrays["labels_train"]
     head = model.head
-    arrays["class_means"] = np.stack([h[y == c].mean(0) if (y == c).any() else np.full(h.shape[1], np.nan)
-                                      for c in range(head.num_classes)])
+    arrays["class_means"] = np.stack(
+        [h[y == c].mean(0) if (y == c).any() else np.full(h.shape[1], np.nan) for c in range(head.num_classes)]
+    )
     arrays["W"] = head.weight.detach().float().cpu().numpy()
     absent = {}
     if getattr(head, "center", None) == "batch":
@@ -120,23 +156,39 @@ def export(path: Path, model, loaders, device: str = "cpu", about: dict | None =
         arrays["P"] = head.P.detach().cpu().numpy()
     else:
         absent["P"] = "only nearest_etf keeps a Stiefel point P; W is the classifier" + (
-            " (fixed_etf: W = sqrt(K/(K-1)) M P0^T for its head.basis)" if hasattr(head, "center") else "")
+            " (fixed_etf: W = sqrt(K/(K-1)) M P0^T for its head.basis)" if hasattr(head, "center") else ""
+        )
     normalised = getattr(head, "normalize_features", True)
-    meta = {**(about or {}), "num_classes": head.num_classes, "feature_dim": head.dim, "tau": float(head.tau),
-            "features": ("h = tau f / ||f||, what the head classifies" if normalised else
-                         "f itself (head.normalize=false), what the head classifies"),
-            "raw_features": "f, the backbone's output", "class_means": "train class means of features_train",
-            "W": "classifier rows (K, d)", "absent": absent}
+    meta = {
+        **(about or {}),
+        "num_classes": head.num_classes,
+        "feature_dim": head.dim,
+        "tau": float(head.tau),
+        "features": (
+            "h = tau f / ||f||, what the head classifies"
+            if normalised
+            else "f itself (head.normalize=false), what the head classifies"
+        ),
+        "raw_features": "f, the backbone's output",
+        "class_means": "train class means of features_train",
+        "W": "classifier rows (K, d)",
+        "absent": absent,
+    }
     with writing(path), path.open("wb") as f:  # to the name given: savez given a name would add `.npz` to it
         np.savez(f, **arrays, meta=np.array(json.dumps(meta)))
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="etf-eval", description="Evaluate a run's checkpoint again (test and train-set "
-                                "metrics, written to eval.json) and export features for post-hoc studies.")
+    p = argparse.ArgumentParser(
+        prog="etf-eval",
+        description="Evaluate a run's checkpoint again (test and train-set "
+        "metrics, written to eval.json) and export features for post-hoc studies.",
+    )
     p.add_argument("run", type=Path, help="a run folder (it holds .hydra/config.yaml and checkpoints/)")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: RUN/checkpoints/last.pt")
-    p.add_argument("--export", type=Path, default=None, metavar="FILE.npz", help="also write features and the classifier")
+    p.add_argument(
+        "--export", type=Path, default=None, metavar="FILE.npz", help="also write features and the classifier"
+    )
     p.add_argument("--out", type=Path, default=None, help="where eval.json goes; default: the run folder")
     p.add_argument("--device", default="cpu")
     return p
@@ -153,8 +205,10 @@ def _device(spec: str):
     if found.type not in ("cpu", "cuda"):
         raise EtfTrainError(f"--device {spec}: etf-eval runs on cpu or cuda (cuda:N)")
     if found.type == "cuda" and (found.index or 0) >= (count := torch.cuda.device_count()):
-        raise EtfTrainError(f"--device {spec}: this machine shows {count} CUDA device{'s' * (count != 1)}; use "
-                            + ("--device cpu" if count == 0 else f"cuda:0 to cuda:{count - 1} or cpu"))
+        raise EtfTrainError(
+            f"--device {spec}: this machine shows {count} CUDA device{'s' * (count != 1)}; use "
+            + ("--device cpu" if count == 0 else f"cuda:0 to cuda:{count - 1} or cpu")
+        )
     return found
 
 
@@ -177,8 +231,13 @@ def main(argv: list[str] | None = None) -> int:
             out.write_text(json.dumps(scalars, indent=1) + "\n")
         if export_to is not None:
             record = rundir.read_record(args.run)
-            about = {"run": str(args.run), "checkpoint": scalars["checkpoint"], "epoch": scalars["epoch"],
-                     "head": record["head"], "code_version": record.get("code_version")}
+            about = {
+                "run": str(args.run),
+                "checkpoint": scalars["checkpoint"],
+                "epoch": scalars["epoch"],
+                "head": record["head"],
+                "code_version": record.get("code_version"),
+            }
             export(export_to, model, loaders, where, about)
     except (EtfTrainError, OSError) as e:  # OSError: a path the file system refuses to read (too long, say)
         print(f"etf-eval: error: {error_line(e)}", file=sys.stderr)

@@ -1,13 +1,13 @@
 """One registry style for everything a config group names (timm's decorator registry with a lister).
 
-    BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone")
 
-    @BACKBONES.register("resnet18")
-    def resnet18(...): ...
+@BACKBONES.register("resnet18")
+def resnet18(...): ...
 
-    BACKBONES.names()        # sorted names, for messages and parity tests
-    BACKBONES.get("resnet18")
-    BACKBONES.build("resnet18", in_shape, None, width=64)   # options checked, one wording for every group
+BACKBONES.names()        # sorted names, for messages and parity tests
+BACKBONES.get("resnet18")
+BACKBONES.build("resnet18", in_shape, None, width=64)   # options checked, one wording for every group
 """
 
 from __future__ import annotations
@@ -52,13 +52,15 @@ class Registry:
         `args`: an unknown option is one line worded alike in every config group. (name is positional-only: the
         timm backbone has an option called name.)"""
         entry = self.get(name)
-        params = list(inspect.signature(entry).parameters.values())[len(args):]
+        params = list(inspect.signature(entry).parameters.values())[len(args) :]
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
             unknown = sorted(set(options) - set(accepted))
             if unknown:
-                raise EtfTrainError(f"{self.kind} {name}: unknown option(s) {', '.join(unknown)}; its options are: "
-                                    f"{', '.join(accepted) or 'none'}")
+                raise EtfTrainError(
+                    f"{self.kind} {name}: unknown option(s) {', '.join(unknown)}; its options are: "
+                    f"{', '.join(accepted) or 'none'}"
+                )
         return entry(*args, **options)
 
     def names(self) -> list[str]:

@@ -15,14 +15,10 @@ before deciding anything.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import math
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +120,12 @@ def code_version() -> str:
     git = ["git", "-C", str(root)]
     try:
         commit = subprocess.run([*git, "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True, timeout=30)
-        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", "etf_train", "configs"],
-                                 capture_output=True, text=True, timeout=30)
+        changed = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", "etf_train", "configs"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):  # no git here
         return found
     if commit.returncode != 0:
@@ -149,76 +149,6 @@ def read_record(run: Path) -> dict | None:
     return record
 
 
-# ----------------------------------------------------------------------------- ownership
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the owner."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(owner: dict) -> bool:
-    if owner.get("host") != socket.gethostname():
-        return True  # cannot tell from here
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return owner.get("start") in (None, _start_ticks(int(owner["pid"])))
-
-
-class RunLock:
-    """A run folder is owned by one live process: a lock file taken atomically (O_CREAT | O_EXCL), holding pid,
-    host and start time, removed on release; a lock whose process is gone (same host) is stale and taken over."""
-
-    def __init__(self, run: Path):
-        self.path = run / LOCK
-        self.held = False
-
-    def acquire(self) -> RunLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_ticks(os.getpid()),
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):  # a stale lock is removed and the atomic create retried
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _alive(owner):
-                    raise EtfTrainError(
-                        f"run folder {self.path.parent} is in use by pid {owner['pid']} on {owner['host']} "
-                        f"(since {owner.get('since', '?')}); wait for it to end or choose another folder"
-                    ) from None
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            self.held = True
-            return self
-        raise EtfTrainError(f"could not take the lock {self.path}: another process keeps taking it")
-
-    def held_by_live_process(self) -> bool:
-        owner = self._owner()
-        return owner is not None and _alive(owner)
-
-    def _owner(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None  # vanished, or a half-written lock of a process killed while writing it
-
-    def release(self) -> None:
-        if self.held:
-            with contextlib.suppress(OSError):  # a read-only folder: the next start finds the lock stale and takes it
-                self.path.unlink(missing_ok=True)
-            self.held = False
-
-
 # ----------------------------------------------------------------------------- state, as etf-compare reports it
 
 
@@ -233,7 +163,6 @@ def state(run: Path) -> RunState:
         return RunState("finished")
     reason = failure(run)
     return RunState("failed", reason) if reason is not None else RunState("unfinished")
-
 
 
 def read_scalars(run: Path, files: Sequence[Path] | None = None) -> dict[str, Curve]:
@@ -285,9 +214,19 @@ def read_scalars(run: Path, files: Sequence[Path] | None = None) -> dict[str, Cu
 # names mixed versions in a warning of their own. metrics.every_n_epochs is not one: it sets how fine threshold epochs
 # are, and a resume that changed it would leave a run logged at two intervals under a record naming one.
 NEUTRAL = (
-    "trainer.progress", "trainer.resume", "trainer.device", "trainer.compile", "trainer.channels_last",
-    "trainer.eval_batch_size", "trainer.save_every_n_epochs", "trainer.checkpoint_every_s", "loader.num_workers",
-    "dataset.root", "dataset.download", "optimized_metric", "code_version",
+    "trainer.progress",
+    "trainer.resume",
+    "trainer.device",
+    "trainer.compile",
+    "trainer.channels_last",
+    "trainer.eval_batch_size",
+    "trainer.save_every_n_epochs",
+    "trainer.checkpoint_every_s",
+    "loader.num_workers",
+    "dataset.root",
+    "dataset.download",
+    "optimized_metric",
+    "code_version",
     "sizes",  # K, sample counts and d, as built: they follow from the settings, which are compared themselves
 )
 
@@ -334,8 +273,16 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     a, b = ({**ADDED, **flatten(config)} for config in (saved, now))
     missing = "(unset)"
     neutral = neutral_keys(saved, now)
-    changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k, missing) != b.get(k, missing)
-               and not k.startswith(neutral) and not (k in BUILT and missing in (a.get(k, missing), b.get(k, missing)))]
+    changed = [
+        k
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, missing) != b.get(k, missing)
+        and not k.startswith(neutral)
+        and not (k in BUILT and missing in (a.get(k, missing), b.get(k, missing)))
+    ]
     swapped = tuple(k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY)
-    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in changed
-            if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY or (k in a and k in b)]
+    return [
+        f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}"
+        for k in changed
+        if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY or (k in a and k in b)
+    ]

@@ -32,8 +32,10 @@ def check(cmd: Command, configs: Path) -> str | None:
     name (Optuna loads a stored study by name, so a second search, of another experiment, would join the first and
     its best trial could be the first's), or a searched key the config lacks (Hydra's own message advises `+key`)."""
     if cmd.value("hydra.sweeper.storage", "null") not in ("null", "") and "hydra.sweeper.study_name" not in cmd.given:
-        return ("hydra.sweeper.storage keeps studies by name, and a search under the preset's name would join any "
-                "other search stored there: give this one its own hydra.sweeper.study_name=...")
+        return (
+            "hydra.sweeper.storage keeps studies by name, and a search under the preset's name would join any "
+            "other search stored there: give this one its own hydra.sweeper.study_name=..."
+        )
     try:
         search_overrides(cmd.overrides, configs)
     except EtfTrainError as e:
@@ -63,8 +65,10 @@ def _space(overrides: tuple[str, ...], configs: Path) -> tuple[str, ...]:
         if not o.is_add() and OmegaConf.select(cfg, key, default=None) is None and key not in _groups(cfg):
             name = str(optimizer.get("_target_", "")).rsplit(".", 1)[-1].lower()
             hint = f" (optimizer={name} steps by optimizer.{step})" if key.startswith("optimizer.") and step else ""
-            raise EtfTrainError(f"the search names {key}, which this config has no key for{hint}: search a key it has, "
-                                f"or add one with '+{o.input_line}'")
+            raise EtfTrainError(
+                f"the search names {key}, which this config has no key for{hint}: search a key it has, "
+                f"or add one with '+{o.input_line}'"
+            )
     if searched:
         return ()
     space = [TAU] if "tau" in (cfg.get("head") or {}) else []
@@ -84,8 +88,9 @@ def objective(scalars: dict[str, float], metric: str | None) -> float | None:
     if metric is None:
         return None
     if metric not in scalars:
-        raise EtfTrainError(f"optimized_metric={metric} is not a scalar of this run; choose one of "
-                            f"{', '.join(sorted(scalars))}")
+        raise EtfTrainError(
+            f"optimized_metric={metric} is not a scalar of this run; choose one of {', '.join(sorted(scalars))}"
+        )
     return float(scalars[metric])
 
 

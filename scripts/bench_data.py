@@ -84,8 +84,10 @@ def cpu_model() -> str:
 def machine() -> str:
     """One line on where a benchmark ran, for its table's caption."""
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({cpu_model()}), "
-            f"intra-op threads: {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end{gpu}")
+    return (
+        f"torch {torch.__version__}, {os.cpu_count()} CPU cores ({cpu_model()}), "
+        f"intra-op threads: {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} at the end{gpu}"
+    )
 
 
 def emit(lines: list[str], out: Path | None) -> None:
@@ -102,7 +104,7 @@ def epoch_rate(bundle, batch_size: int, kind: str, device: torch.device, workers
     train = build_loaders(
         bundle, batch_size, num_workers=workers, pin_memory=cuda, mode=kind, device=device if kind == "device" else None
     )[0]
-    for step, (x, y) in enumerate(train):
+    for step, (x, _y) in enumerate(train):
         x.to(device, non_blocking=True)
         if step + 1 == warmup:
             break
@@ -151,7 +153,10 @@ def bench_folder(args) -> list[str]:
     root = subset(args.folder, args.per_class)
     shutil.rmtree(root / ".etf_cache", ignore_errors=True)  # the first build below decodes
     load = [os.getloadavg()]
-    build = lambda cache: build_data("image_folder", root=str(root), image_size=args.image_size, cache=cache)
+
+    def build(cache):
+        return build_data("image_folder", root=str(root), image_size=args.image_size, cache=cache)
+
     build("off")  # imports (torchvision, PIL) and the directory listing's first read: not the scan's cost
     files, scan = timed(lambda: build("off"))
     _, first = timed(lambda: build("on"))
@@ -186,7 +191,9 @@ def bench_synthetic(args) -> list[str]:
     rows = []
     for device in devices:
         for workers in sorted({0, args.workers}):
-            rows.append(("dataloader", device, workers, epoch_rate(bundle, args.batch_size, "dataloader", device, workers)))
+            rows.append(
+                ("dataloader", device, workers, epoch_rate(bundle, args.batch_size, "dataloader", device, workers))
+            )
             print(*rows[-1], flush=True)
         rows.append(("device", device, 0, epoch_rate(bundle, args.batch_size, "device", device, 0)))
         print(*rows[-1], flush=True)
@@ -206,7 +213,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=50_000, help="train images (default 50000)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the second row")
+    p.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the second row"
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads of the main process (default: torch's)")
     p.add_argument("--folder", type=Path, help="an image folder (root/train/<class>/*, root/test/<class>/*)")
     p.add_argument("--per-class", type=int, default=500, help="--folder: train images per class (0: all of them)")

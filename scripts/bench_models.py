@@ -47,9 +47,13 @@ def main() -> None:
             optimisers[name].zero_grad(set_to_none=True)
             times[name].append(time.perf_counter() - t0)
     first = args.models[0]
-    lines = [f"Training step, batch {args.batch} at {args.size} px, median of {args.rounds} round-robin rounds; load "
-             f"average {load_before:.1f} before; {machine()}.", "",
-             f"| model | parameters | ms per image | step / {first}'s |", "|---|---:|---:|---:|"]
+    lines = [
+        f"Training step, batch {args.batch} at {args.size} px, median of {args.rounds} round-robin rounds; load "
+        f"average {load_before:.1f} before; {machine()}.",
+        "",
+        f"| model | parameters | ms per image | step / {first}'s |",
+        "|---|---:|---:|---:|",
+    ]
     for name, model in models.items():
         per_image = 1000 * statistics.median(times[name][1:]) / args.batch
         ratio = statistics.median(t / b for t, b in zip(times[name][1:], times[first][1:]))

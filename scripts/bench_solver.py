@@ -79,7 +79,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_ms(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, budget_s: float, min_rounds: int):
+def interleaved_ms(
+    fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, budget_s: float, min_rounds: int
+):
     """Milliseconds of every fn in every round, the fns timed one after another within a round (so a change of load
     hits all of them alike). One warm-up round, then min(rounds, max(min_rounds, floor(budget_s / warm-up round)))
     rounds.  -> {name: [ms per round]}
@@ -193,7 +195,18 @@ def bench_case(case: Case, device: torch.device, args, bar: tqdm) -> list[list[s
     return rows
 
 
-HEADER = ["device", "size (d, K)", "method", "backward", "fwd ms", "fwd+bwd ms", "bare SVD ms", "fwd+bwd / SVD", "rounds", "peak extra mem"]
+HEADER = [
+    "device",
+    "size (d, K)",
+    "method",
+    "backward",
+    "fwd ms",
+    "fwd+bwd ms",
+    "bare SVD ms",
+    "fwd+bwd / SVD",
+    "rounds",
+    "peak extra mem",
+]
 
 
 def _drop_memory_on_cpu(header, rows, devices):
@@ -263,8 +276,12 @@ def import_before(path: Path):
     -> its (solver, heads) modules"""
     init = path / "etf_train" / "__init__.py"
     if not init.is_file():
-        raise SystemExit(f"--before {path}: no etf_train/__init__.py there (git archive <rev> etf_train | tar -x -C {path})")
-    spec = importlib.util.spec_from_file_location("etf_train_before", init, submodule_search_locations=[str(init.parent)])
+        raise SystemExit(
+            f"--before {path}: no etf_train/__init__.py there (git archive <rev> etf_train | tar -x -C {path})"
+        )
+    spec = importlib.util.spec_from_file_location(
+        "etf_train_before", init, submodule_search_locations=[str(init.parent)]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules["etf_train_before"] = module
     spec.loader.exec_module(module)
@@ -324,15 +341,17 @@ def summary_head_rows(device: torch.device, args, before_heads) -> list[list[str
     rows = []
     for name, head in contenders.items():
         solve = head.pop_solver_stats().get("solver/ms")
-        rows.append([
-            device.type,
-            name,
-            fmt_ms(statistics.median(t[name])),
-            f"{median_ratio(t[name], t['learned']):.2f}",
-            fmt_ms(statistics.median(a - b for a, b in zip(t[name], t["learned"]))),
-            "-" if solve is None else fmt_ms(solve),
-            str(len(t[name])),
-        ])
+        rows.append(
+            [
+                device.type,
+                name,
+                fmt_ms(statistics.median(t[name])),
+                f"{median_ratio(t[name], t['learned']):.2f}",
+                fmt_ms(statistics.median(a - b for a, b in zip(t[name], t["learned"]))),
+                "-" if solve is None else fmt_ms(solve),
+                str(len(t[name])),
+            ]
+        )
         print(" | ".join(rows[-1]), file=sys.stderr)
     return rows
 
@@ -369,15 +388,24 @@ def summary_report(devices: list[torch.device], args) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="all = cpu and cuda if available")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "all"), default="all", help="all = cpu and cuda if available"
+    )
     parser.add_argument("--repeats", type=int, default=50, help="most timed rounds per table row (default 50)")
-    parser.add_argument("--budget-s", type=float, default=3.0, help="time per median; slower calls are timed fewer times")
+    parser.add_argument(
+        "--budget-s", type=float, default=3.0, help="time per median; slower calls are timed fewer times"
+    )
     parser.add_argument("--out", type=Path, help="write the tables as markdown here")
     parser.add_argument("--threads", type=int, help="torch intra-op CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="small sizes and 2 repeats: a smoke run")
-    parser.add_argument("--summary", action="store_true",
-                        help="only svd + polar vs the bare SVD at (512,10), (512,100), (2048,1000) and the heads' step, interleaved")
-    parser.add_argument("--rounds", type=int, default=200, help="--summary: most interleaved rounds per table row (default 200)")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="only svd + polar vs the bare SVD at (512,10), (512,100), (2048,1000) and the heads' step, interleaved",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=200, help="--summary: most interleaved rounds per table row (default 200)"
+    )
     parser.add_argument("--before", type=Path, help="--summary: also time the etf_train package under this directory")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -401,7 +429,9 @@ def full_report(devices: list[torch.device], args) -> str:
     cases = QUICK_CASES if args.quick else FULL_CASES
     load_before = loadavg()
     rows: list[list[str]] = []
-    with tqdm(total=len(devices) * len(cases) * len(METHODS) * len(BACKWARDS), desc="solver bench", file=sys.stderr) as bar:
+    with tqdm(
+        total=len(devices) * len(cases) * len(METHODS) * len(BACKWARDS), desc="solver bench", file=sys.stderr
+    ) as bar:
         for device in devices:
             for case in cases:
                 rows += bench_case(case, device, args, bar)

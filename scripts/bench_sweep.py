@@ -69,15 +69,24 @@ def main() -> None:
     if args.before is not None:
         versions = {f"before ({args.before})": {**env, "PYTHONPATH": str(args.before.resolve())}, **versions}
     exe = Path(sys.executable).with_name("etf-train")
-    command = [str(exe), "-m", f"experiment={args.experiment}", f"head={','.join(HEADS)}",
-               f"seed={','.join(str(s) for s in range(1, args.seeds + 1))}", f"trainer.max_epochs={args.epochs}",
-               "trainer.progress=false", *args.extra]
+    command = [
+        str(exe),
+        "-m",
+        f"experiment={args.experiment}",
+        f"head={','.join(HEADS)}",
+        f"seed={','.join(str(s) for s in range(1, args.seeds + 1))}",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.progress=false",
+        *args.extra,
+    ]
     load_before = os.getloadavg()
     results: dict[str, list] = {name: [] for name in versions}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             for name, version_env in versions.items():
-                results[name].append(sweep(command, version_env, tmp, Path(tmp) / f"sweep{repeat}_{len(results[name])}_{name[:6]}"))
+                results[name].append(
+                    sweep(command, version_env, tmp, Path(tmp) / f"sweep{repeat}_{len(results[name])}_{name[:6]}")
+                )
     load_after = os.getloadavg()
     lines = [
         f"`{' '.join(['etf-train', *command[1:]])}`: {len(HEADS) * args.seeds} runs, {args.repeats} repeat(s)"

@@ -48,8 +48,13 @@ def steps_per_s(threads: int, passive: bool, neighbour: bool, steps: int) -> flo
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if neighbour else None
     try:
-        out = subprocess.run([sys.executable, "-c", STEP.format(warmup=3, steps=steps)], env=env, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", STEP.format(warmup=3, steps=steps)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     finally:
         if busy is not None:
             busy.kill()
@@ -71,14 +76,18 @@ def main() -> None:
             r = steps_per_s(threads, passive, neighbour, args.steps)
             best[(threads, passive, neighbour)] = max(r, best.get((threads, passive, neighbour), 0.0))
             print(threads, passive, neighbour, round(r, 2), flush=True)
-    lines = [f"small_cnn training step, batch 128 at 32 px; best of {args.repeats} alternating repeats, median of "
-             f"{args.steps} steps each; load average {load:.1f} before; {machine()}.", "",
-             "| threads | OMP_WAIT_POLICY | steps/s alone | steps/s beside a busy process | slowdown |",
-             "|---:|---|---:|---:|---:|"]
+    lines = [
+        f"small_cnn training step, batch 128 at 32 px; best of {args.repeats} alternating repeats, median of "
+        f"{args.steps} steps each; load average {load:.1f} before; {machine()}.",
+        "",
+        "| threads | OMP_WAIT_POLICY | steps/s alone | steps/s beside a busy process | slowdown |",
+        "|---:|---|---:|---:|---:|",
+    ]
     for threads, passive in configs:
         alone, busy = best[(threads, passive, False)], best[(threads, passive, True)]
-        lines.append(f"| {threads} | {'PASSIVE' if passive else '(default)'} | {alone:.2f} | {busy:.2f} | "
-                     f"{alone / busy:.1f}x |")
+        lines.append(
+            f"| {threads} | {'PASSIVE' if passive else '(default)'} | {alone:.2f} | {busy:.2f} | {alone / busy:.1f}x |"
+        )
     emit(lines, args.out)
 
 

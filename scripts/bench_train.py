@@ -31,10 +31,18 @@ HEADS = ("learned", "fixed_etf", "nearest_etf")
 def config(head: str, loader: str, device: str, steps: int, batch: int, workers: int, compile_: bool):
     cuda = device.startswith("cuda")
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "backbone=resnet18", f"head={head}", f"trainer.device={device}", f"trainer.batch_size={batch}",
-            f"trainer.channels_last={cuda}", f"trainer.compile={compile_}", "trainer.progress=false",
-        ])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "backbone=resnet18",
+                f"head={head}",
+                f"trainer.device={device}",
+                f"trainer.batch_size={batch}",
+                f"trainer.channels_last={cuda}",
+                f"trainer.compile={compile_}",
+                "trainer.progress=false",
+            ],
+        )
     OmegaConf.set_struct(cfg, False)
     cfg.dataset = {**OmegaConf.to_container(cfg.dataset), "name": "bench_cifar", "n": steps * batch, "num_classes": 100}
     cfg.loader = {"mode": loader, "num_workers": workers if loader == "dataloader" else 0, "class_balanced": False}
@@ -48,8 +56,11 @@ def measure(cfg) -> dict[str, float]:
         run.train_epoch(1, guard, None, None)  # warm-up: allocator, cuDNN autotuning, compilation, workers
         out = run.train_epoch(2, guard, None, None)
     steps = cfg.dataset.n // cfg.trainer.batch_size
-    return {"img_s": out["throughput/train_img_s"], "step_ms": 1e3 * out["time/epoch_s"] / steps,
-            "solver_ms": out.get("solver/ms", float("nan"))}
+    return {
+        "img_s": out["throughput/train_img_s"],
+        "step_ms": 1e3 * out["time/epoch_s"] / steps,
+        "solver_ms": out.get("solver/ms", float("nan")),
+    }
 
 
 def main() -> None:
@@ -83,8 +94,10 @@ def main() -> None:
     ]
     for d, ld, h, r in rows:
         speedup = device_rate[(d, h)] / r["img_s"] if ld == "dataloader" else 1.0
-        lines.append(f"| {d} | {ld} | {h} | {r['img_s']:,.0f} | {r['step_ms']:.0f} | {r['solver_ms']:.2f} | "
-                     f"{r['step_ms'] / learned[(d, ld)]:.3f} | {speedup:.2f}x |")
+        lines.append(
+            f"| {d} | {ld} | {h} | {r['img_s']:,.0f} | {r['step_ms']:.0f} | {r['solver_ms']:.2f} | "
+            f"{r['step_ms'] / learned[(d, ld)]:.3f} | {speedup:.2f}x |"
+        )
     emit(lines, args.out)
 
 

@@ -60,8 +60,14 @@ def tail(path: Path, lines: int = 15) -> list[str]:
 def write_outputs(out: Path, work: Path, results: dict, started: float) -> None:
     """summary.md, results.json and the tarball of the work folder (logs, run folders, comparison)."""
     dry = " (dry run: the CPU at toy sizes; its goals measure nothing)" if "--dry-run" in sys.argv else ""
-    lines = [f"# etf-train GPU check{dry}", "", f"wall time so far: {time.monotonic() - started:.0f} s", "",
-             "| step | status | seconds (limit) |", "|---|---|---:|"]
+    lines = [
+        f"# etf-train GPU check{dry}",
+        "",
+        f"wall time so far: {time.monotonic() - started:.0f} s",
+        "",
+        "| step | status | seconds (limit) |",
+        "|---|---|---:|",
+    ]
     lines += [f"| {n} | {r['status']} | {r['seconds']} ({r['timeout_s']}) |" for n, r in results.items()]
     for name, r in results.items():
         lines += ["", f"## {name}", ""]
@@ -78,7 +84,11 @@ def write_outputs(out: Path, work: Path, results: dict, started: float) -> None:
         if found:
             (out / extra).write_bytes(found[0].read_bytes())
     with tarfile.open(out / "gpu_check.tar.gz", "w:gz") as tar:
-        tar.add(work, arcname="gpu_check", filter=lambda t: None if t.name.endswith((".pt", ".jpg")) or "/cifar10-jpg" in t.name else t)
+        tar.add(
+            work,
+            arcname="gpu_check",
+            filter=lambda t: None if t.name.endswith((".pt", ".jpg")) or "/cifar10-jpg" in t.name else t,
+        )
 
 
 def start_decode(args, work: Path) -> subprocess.Popen | None:

@@ -72,8 +72,10 @@ def decode(step: Step, args) -> None:
     except Exception as e:  # noqa: BLE001
         ok, detail = False, error_line(e)
     step.data = {"root": str(root), "unpack_s": unpacked, "decode_s": time.perf_counter() - start}
-    step.summary = [f"- unpacked in {unpacked:.1f} s; decoded into the cache in {step.data['decode_s']:.1f} s "
-                    f"(one process, while the other steps ran): {detail}"]
+    step.summary = [
+        f"- unpacked in {unpacked:.1f} s; decoded into the cache in {step.data['decode_s']:.1f} s "
+        f"(one process, while the other steps ran): {detail}"
+    ]
     step.check("decode CIFAR-10 into the cache", ok, detail)
 
 
@@ -92,10 +94,23 @@ def _wait_for_decode(step: Step, limit_s: float) -> dict | None:
 def _curves(run: Path) -> dict:
     curves = rundir.read_scalars(run)
     last = lambda tag: float(curves[tag][1][-1]) if tag in curves else math.nan  # noqa: E731
-    mean = lambda tag: float(np.mean(curves[tag][1][1:] if len(curves[tag][1]) > 1 else curves[tag][1])) if tag in curves else math.nan  # noqa: E731
-    return {"epochs": len(curves["train/loss"][0]), "test/acc": last("test/acc"), "train/eval_acc": last("train/eval_acc"),
-            "nc/nc1": last("nc/nc1"), "epoch_s": mean("time/epoch_s"), "img_s": mean("throughput/train_img_s"),
-            "solver_ms": mean("solver/ms")}
+
+    def mean(tag):
+        return (
+            float(np.mean(curves[tag][1][1:] if len(curves[tag][1]) > 1 else curves[tag][1]))
+            if tag in curves
+            else math.nan
+        )  # noqa: E731
+
+    return {
+        "epochs": len(curves["train/loss"][0]),
+        "test/acc": last("test/acc"),
+        "train/eval_acc": last("train/eval_acc"),
+        "nc/nc1": last("nc/nc1"),
+        "epoch_s": mean("time/epoch_s"),
+        "img_s": mean("throughput/train_img_s"),
+        "solver_ms": mean("solver/ms"),
+    }
 
 
 def cifar(step: Step, args) -> None:
@@ -115,10 +130,16 @@ def cifar(step: Step, args) -> None:
     start = time.monotonic()
     real = _curves_of(train(config(*same, f"dataset.root={root}"), step.dir / "real_2ep"), step.dir / "real_2ep")
     epoch_wall = (time.monotonic() - start) / 2
-    synthetic = _curves_of(train(config(*same, n=len(bundle.train)), step.dir / "synthetic_2ep"), step.dir / "synthetic_2ep")
+    synthetic = _curves_of(
+        train(config(*same, n=len(bundle.train)), step.dir / "synthetic_2ep"), step.dir / "synthetic_2ep"
+    )
     ratio = real["last_epoch_s"] / synthetic["last_epoch_s"]
-    step.data |= {"served_img_s": served, "train_img_s": real["last_img_s"], "real_vs_synthetic_epoch": ratio,
-                  "epoch_wall_s": epoch_wall}
+    step.data |= {
+        "served_img_s": served,
+        "train_img_s": real["last_img_s"],
+        "real_vs_synthetic_epoch": ratio,
+        "epoch_wall_s": epoch_wall,
+    }
     step.summary = [
         f"- device path, one train epoch served from the {step.device} (batch {batch}): {served:,.0f} images/s; "
         f"training consumed {real['last_img_s']:,.0f} images/s (nearest_etf, epoch 2): {served / real['last_img_s']:.1f}x",
@@ -126,16 +147,31 @@ def cifar(step: Step, args) -> None:
         f"{real['last_epoch_s']:.2f} s vs {synthetic['last_epoch_s']:.2f} s ({ratio:.3f}x); wall per epoch with "
         f"evaluation and NC metrics: {epoch_wall:.1f} s",
     ]
-    step.goal("data path >= 10x training's images/s", served >= 10 * real["last_img_s"], f"{served / real['last_img_s']:.1f}x")
+    step.goal(
+        "data path >= 10x training's images/s", served >= 10 * real["last_img_s"], f"{served / real['last_img_s']:.1f}x"
+    )
     step.goal("real epoch within 1.1x of synthetic", ratio <= 1.1, f"{ratio:.3f}x")
     left = args.budget_s - (time.monotonic() - started) - COMPARE_S
     epochs = 1 if step.dry else max(1, min(EPOCHS_MAX, math.floor(left / (3 * epoch_wall * 1.15))))
     sweep = step.dir / "sweep"
-    cmd = [sys.executable, "-m", "etf_train", "-m", "experiment=cifar10_jpg_resnet18", "head=" + ",".join(HEADS),
-           "seed=1", f"trainer.max_epochs={epochs}", f"dataset.root={root}", "trainer.progress=false",
-           f"hydra.sweep.dir={sweep}", *extra]
-    step.summary.append(f"- budget: {args.budget_s:.0f} s for this step; {left:.0f} s left for the sweep -> "
-                        f"{epochs} epochs x 3 heads x 1 seed: `{' '.join(cmd[3:])}`")
+    cmd = [
+        sys.executable,
+        "-m",
+        "etf_train",
+        "-m",
+        "experiment=cifar10_jpg_resnet18",
+        "head=" + ",".join(HEADS),
+        "seed=1",
+        f"trainer.max_epochs={epochs}",
+        f"dataset.root={root}",
+        "trainer.progress=false",
+        f"hydra.sweep.dir={sweep}",
+        *extra,
+    ]
+    step.summary.append(
+        f"- budget: {args.budget_s:.0f} s for this step; {left:.0f} s left for the sweep -> "
+        f"{epochs} epochs x 3 heads x 1 seed: `{' '.join(cmd[3:])}`"
+    )
     step.save()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(left, 30) + COMPARE_S / 2)
@@ -144,21 +180,32 @@ def cifar(step: Step, args) -> None:
     except subprocess.TimeoutExpired:
         ok, detail = False, "the sweep ran past its time; runs so far are compared"
     step.check("CIFAR-10 sweep", ok, detail)
-    rows = ["| head | epochs | test/acc | train/eval_acc | NC1 | train s/epoch | images/s | solver ms |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    runs = {rundir.read_record(r.parent.parent)["head"]["name"]: r.parent.parent for r in sweep.glob("**/.hydra/config.yaml")}
+    rows = [
+        "| head | epochs | test/acc | train/eval_acc | NC1 | train s/epoch | images/s | solver ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    runs = {
+        rundir.read_record(r.parent.parent)["head"]["name"]: r.parent.parent
+        for r in sweep.glob("**/.hydra/config.yaml")
+    }
     for head, run in sorted(runs.items()):
         if rundir.event_files(run):
             c = _curves(run)
             step.data[f"cifar {head}"] = c
-            rows.append(f"| {head} | {c['epochs']} | {c['test/acc']:.2f} | {c['train/eval_acc']:.2f} | {c['nc/nc1']:.3g} | "
-                        f"{c['epoch_s']:.2f} | {c['img_s']:,.0f} | {c['solver_ms']:.3f} |")
-    compare = subprocess.run([sys.executable, "-m", "etf_train.compare", str(sweep), "--include-unfinished"],
-                             capture_output=True, text=True)
+            rows.append(
+                f"| {head} | {c['epochs']} | {c['test/acc']:.2f} | {c['train/eval_acc']:.2f} | {c['nc/nc1']:.3g} | "
+                f"{c['epoch_s']:.2f} | {c['img_s']:,.0f} | {c['solver_ms']:.3f} |"
+            )
+    compare = subprocess.run(
+        [sys.executable, "-m", "etf_train.compare", str(sweep), "--include-unfinished"], capture_output=True, text=True
+    )
     step.summary += ["", *rows, "", "etf-compare:", "```", *compare.stdout.strip().splitlines()[-25:], "```"]
     step.check("etf-compare", compare.returncode == 0, compare.stderr.strip()[-300:])
 
 
 def _curves_of(_last: dict, run: Path) -> dict:
     curves = rundir.read_scalars(run)
-    return {"last_epoch_s": float(curves["time/epoch_s"][1][-1]), "last_img_s": float(curves["throughput/train_img_s"][1][-1])}
+    return {
+        "last_epoch_s": float(curves["time/epoch_s"][1][-1]),
+        "last_img_s": float(curves["throughput/train_img_s"][1][-1]),
+    }

@@ -81,7 +81,9 @@ def contenders(H, prev, G, A, device: str) -> dict:
     if K <= 100:
         out["nearest_etf riemannian(30) fwd+bwd"] = fwd_bwd(H, prev, G, "riemannian", max_iters=30)
     if d * K <= DDN_MAX_DK:
-        out["riemannian(30) + dense ddn fwd+bwd (authors' layer analogue)"] = fwd_bwd(H, prev, G, "riemannian", "ddn", max_iters=30)
+        out["riemannian(30) + dense ddn fwd+bwd (authors' layer analogue)"] = fwd_bwd(
+            H, prev, G, "riemannian", "ddn", max_iters=30
+        )
     return out
 
 
@@ -116,9 +118,11 @@ def solver(step: Step) -> None:
                 rows.append(f"| ({d}, {K}) | {name} | failed: {step.checks[-1]['detail']} | | |")
         if d * K > DDN_MAX_DK:
             dk = d * K
-            rows.append(f"| ({d}, {K}) | authors' layer analogue | not run: its dense system needs (dK)^2 x 8 B = "
-                        f"{dk * dk * 8 / 1e9:,.0f} GB (the authors' K(K+1)/2 x K^2 constraint matrix: "
-                        f"{K * (K + 1) / 2 * K * K * 4 / 1e9:,.1f} GB in float32) | | |")
+            rows.append(
+                f"| ({d}, {K}) | authors' layer analogue | not run: its dense system needs (dK)^2 x 8 B = "
+                f"{dk * dk * 8 / 1e9:,.0f} GB (the authors' K(K+1)/2 x K^2 constraint matrix: "
+                f"{K * (K + 1) / 2 * K * K * 4 / 1e9:,.1f} GB in float32) | | |"
+            )
         if K <= 100:
             for method in ("svd", "gram", "newton"):
 

@@ -110,9 +110,14 @@ def config(*overrides: str, n: int | None = None, num_classes: int = 10):
 
 
 def env(step: Step) -> None:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "cuda_available": torch.cuda.is_available(), "cpus": __import__("os").cpu_count()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "cuda_available": torch.cuda.is_available(),
+        "cpus": __import__("os").cpu_count(),
+    }
     for mod in ("torchvision", "timm", "hydra", "omegaconf", "tensorboard"):
         try:
             info[mod] = __import__(mod).__version__
@@ -120,10 +125,17 @@ def env(step: Step) -> None:
             info[mod] = f"missing ({e})"
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                 "multiprocessors": props.multi_processor_count, "capability": f"{props.major}.{props.minor}"}
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"],
-                             capture_output=True, text=True)
+        info |= {
+            "gpu": props.name,
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count,
+            "capability": f"{props.major}.{props.minor}",
+        }
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        )
         info["driver"] = smi.stdout.strip() or smi.stderr.strip()
     step.data = info
     step.summary = [f"- {k}: {v}" for k, v in info.items()]
@@ -157,8 +169,17 @@ def smoke_cases(dry: bool) -> list[tuple[str, list[str]]]:
             for precision in ("fp32", "bf16"):
                 for loader in ("device", "dataloader"):
                     name = " ".join(filter(None, (head, solver, precision, loader)))
-                    cases.append((name, [f"head={head}", f"trainer.precision={precision}", f"loader.mode={loader}",
-                                         *([f"solver={solver}"] if solver else [])]))
+                    cases.append(
+                        (
+                            name,
+                            [
+                                f"head={head}",
+                                f"trainer.precision={precision}",
+                                f"loader.mode={loader}",
+                                *([f"solver={solver}"] if solver else []),
+                            ],
+                        )
+                    )
     cases += [
         ("nearest_etf agd", ["head=nearest_etf", "optimizer=agd", "scheduler=none", "backbone.bias=false"]),
         ("learned_authors agd", ["head=learned_authors", "optimizer=agd", "scheduler=none", "backbone.bias=false"]),
@@ -166,7 +187,10 @@ def smoke_cases(dry: bool) -> list[tuple[str, list[str]]]:
         ("nearest_etf mixup dataloader", ["head=nearest_etf", "mix=mixup", "loader.mode=dataloader"]),
         ("nearest_etf ddn", ["head=nearest_etf", "head.backward=ddn"]),
         ("nearest_etf nonfinite=skip", ["head=nearest_etf", "trainer.nonfinite=skip"]),
-        ("nearest_etf compile channels_last", ["head=nearest_etf", "trainer.compile=true", "trainer.channels_last=true"]),
+        (
+            "nearest_etf compile channels_last",
+            ["head=nearest_etf", "trainer.compile=true", "trainer.channels_last=true"],
+        ),
     ]
     if dry:  # inductor on the CPU needs a C++ toolchain and a minute: the CUDA case is what this check is for
         cases = [(n, o) for n, o in cases if "compile" not in n]
@@ -178,8 +202,13 @@ def smoke_cases(dry: bool) -> list[tuple[str, list[str]]]:
 def smoke(step: Step) -> None:
     register_bench_dataset()
     n = 64 if step.dry else 4 * 64
-    base = ["backbone=fast_cnn", "trainer.batch_size=32" if step.dry else "trainer.batch_size=64",
-            f"trainer.max_epochs={1 if step.dry else 2}", f"trainer.device={step.device}", "trainer.checkpoint_every_s=0"]
+    base = [
+        "backbone=fast_cnn",
+        "trainer.batch_size=32" if step.dry else "trainer.batch_size=64",
+        f"trainer.max_epochs={1 if step.dry else 2}",
+        f"trainer.device={step.device}",
+        "trainer.checkpoint_every_s=0",
+    ]
     rows = ["| case | result | seconds | last train/loss | solver ms |", "|---|---|---:|---:|---:|"]
     runs = {}
     for name, overrides in smoke_cases(step.dry):
@@ -196,8 +225,10 @@ def smoke(step: Step) -> None:
             ok = all(map(math.isfinite, losses)) and precision == want
             ok = ok and (not name.startswith("nearest") or bool(solver) and all(s > 0 for s in solver))
             runs[name] = run_dir
-            rows.append(f"| {name} | {'ok' if ok else 'FAILED'} | {time.perf_counter() - start:.1f} | {losses[-1]:.4g} | "
-                        f"{sum(solver) / len(solver) if solver else math.nan:.3g} |")
+            rows.append(
+                f"| {name} | {'ok' if ok else 'FAILED'} | {time.perf_counter() - start:.1f} | {losses[-1]:.4g} | "
+                f"{sum(solver) / len(solver) if solver else math.nan:.3g} |"
+            )
             return ok, f"losses {losses}, solver/ms {solver}, precision {precision}"
 
         step.attempt(name, case, rows)
@@ -239,7 +270,9 @@ def audit(fn) -> tuple[object, Counter]:
 
 def profiled_syncs(fn) -> int:
     """CUDA runtime calls that wait for the device (stream/device/event synchronize, blocking memcpy) during fn()."""
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    acts = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+    )
     with torch.profiler.profile(activities=acts) as prof:
         fn()
     names = Counter(e.name for e in prof.events())
@@ -249,14 +282,24 @@ def profiled_syncs(fn) -> int:
 def syncs(step: Step) -> None:
     register_bench_dataset()
     steps, batch = (3, 16) if step.dry else (60, 256)
-    rows = ["| case | syncs in steps (per step) | sites | profiler: syncs in 20 steps | syncs in a whole train_epoch | sites |",
-            "|---|---:|---|---:|---:|---|"]
-    cases = [(h, [f"head={h}"]) for h in HEADS[:2]] + [(f"nearest_etf {s}", ["head=nearest_etf", f"solver={s}"]) for s in SOLVERS]
+    rows = [
+        "| case | syncs in steps (per step) | sites | profiler: syncs in 20 steps | syncs in a whole train_epoch | sites |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    cases = [(h, [f"head={h}"]) for h in HEADS[:2]] + [
+        (f"nearest_etf {s}", ["head=nearest_etf", f"solver={s}"]) for s in SOLVERS
+    ]
     for name, overrides in cases:
 
         def case(name=name, overrides=overrides):
-            cfg = config("backbone=fast_cnn" if step.dry else "backbone=resnet18", *overrides, f"trainer.device={step.device}",
-                         f"trainer.batch_size={batch}", "trainer.channels_last=true", n=batch * (steps + 25))
+            cfg = config(
+                "backbone=fast_cnn" if step.dry else "backbone=resnet18",
+                *overrides,
+                f"trainer.device={step.device}",
+                f"trainer.batch_size={batch}",
+                "trainer.channels_last=true",
+                n=batch * (steps + 25),
+            )
             run = Run(cfg, step.dir / name.replace(" ", "_"))
             run.model.train()
             batches = iter(run.train_loader)
@@ -274,9 +317,16 @@ def syncs(step: Step) -> None:
             _, epoch_sites = audit(lambda: run.train_epoch(2, SignalGuard(), None, None))
             per_step = sum(sites.values()) / steps
             top = lambda c: ", ".join(f"{k} x{v}" for k, v in c.most_common(6)) or "none"  # noqa: E731
-            rows.append(f"| {name} | {sum(sites.values())} ({per_step:.2f}) | {top(sites)} | {prof} | "
-                        f"{sum(epoch_sites.values())} over {len(run.train_loader)} steps | {top(epoch_sites)} |")
-            step.data[name] = {"steps": steps, "sites": dict(sites), "profiler_20": prof, "epoch_sites": dict(epoch_sites)}
+            rows.append(
+                f"| {name} | {sum(sites.values())} ({per_step:.2f}) | {top(sites)} | {prof} | "
+                f"{sum(epoch_sites.values())} over {len(run.train_loader)} steps | {top(epoch_sites)} |"
+            )
+            step.data[name] = {
+                "steps": steps,
+                "sites": dict(sites),
+                "profiler_20": prof,
+                "epoch_sites": dict(epoch_sites),
+            }
             step.goal(f"no host synchronisation in a training step: {name}", per_step == 0, f"{per_step:.2f} per step")
             return True, f"{per_step:.2f} per step"
 
@@ -293,16 +343,26 @@ def step_time(step: Step) -> None:
     register_bench_dataset()
     steps, batch = (2, 16) if step.dry else (25, 512)
     rows = ["| compile | head | ms/step | images/s | solver ms | step / learned |", "|---|---|---:|---:|---:|---:|"]
-    heads = [("learned", []), ("fixed_etf", [])] + [(f"nearest_etf {s}", [f"solver={s}"]) for s in ("svd", "gram", "newton")]
+    heads = [("learned", []), ("fixed_etf", [])] + [
+        (f"nearest_etf {s}", [f"solver={s}"]) for s in ("svd", "gram", "newton")
+    ]
     for compiled in (False,) if step.dry else (False, True):
         learned = None
         for name, solver in heads if not compiled else [heads[0], heads[2], heads[4]]:
 
             def case(name=name, solver=solver, compiled=compiled):
                 nonlocal learned
-                cfg = config("backbone=fast_cnn" if step.dry else "backbone=resnet18", f"head={name.split()[0]}", *solver,
-                             f"trainer.device={step.device}", f"trainer.batch_size={batch}", "trainer.precision=bf16",
-                             "trainer.channels_last=true", f"trainer.compile={compiled}", n=batch * steps)
+                cfg = config(
+                    "backbone=fast_cnn" if step.dry else "backbone=resnet18",
+                    f"head={name.split()[0]}",
+                    *solver,
+                    f"trainer.device={step.device}",
+                    f"trainer.batch_size={batch}",
+                    "trainer.precision=bf16",
+                    "trainer.channels_last=true",
+                    f"trainer.compile={compiled}",
+                    n=batch * steps,
+                )
                 run = Run(cfg, step.dir / f"{name.replace(' ', '_')}_compile{compiled}")
                 guard = SignalGuard()
                 run.train_epoch(1, guard, None, None)
@@ -311,8 +371,10 @@ def step_time(step: Step) -> None:
                 ms = 1e3 * best["time/epoch_s"] / steps
                 learned = ms if name == "learned" else learned
                 ratio = ms / learned if learned else math.nan
-                rows.append(f"| {compiled} | {name} | {ms:.2f} | {batch * steps / best['time/epoch_s']:,.0f} | "
-                            f"{best.get('solver/ms', math.nan):.3f} | {ratio:.3f} |")
+                rows.append(
+                    f"| {compiled} | {name} | {ms:.2f} | {batch * steps / best['time/epoch_s']:,.0f} | "
+                    f"{best.get('solver/ms', math.nan):.3f} | {ratio:.3f} |"
+                )
                 step.data[f"{name} compile={compiled}"] = {"ms": ms, "ratio": ratio, "solver_ms": best.get("solver/ms")}
                 if name.startswith("nearest_etf"):
                     step.goal(f"{name} step <= 1.10x learned's, compile={compiled}", ratio <= 1.10, f"{ratio:.3f}x")

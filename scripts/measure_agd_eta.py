@@ -32,8 +32,15 @@ import torch
 from etf_train import cli
 from etf_train.training import agd
 
-DEFAULT = ["experiment=ufm10_authors", "optimizer.depth=2", "head=learned_authors", "seed=1",
-           "trainer.max_epochs=2", "trainer.progress=false", "metrics.every_n_epochs=2"]
+DEFAULT = [
+    "experiment=ufm10_authors",
+    "optimizer.depth=2",
+    "head=learned_authors",
+    "seed=1",
+    "trainer.max_epochs=2",
+    "trainer.progress=false",
+    "metrics.every_n_epochs=2",
+]
 records: list[dict] = []
 _step = agd.AGD.step
 
@@ -45,13 +52,19 @@ def _eta(G: torch.Tensor) -> float:
 def recording_step(self: agd.AGD, closure=None):
     with torch.no_grad():
         named = [(n, p) for n, p in self._named() if p.grad is not None]
-        terms = {n: float(agd.agd_scale(p.shape) * torch.linalg.vector_norm(agd._matrices(p.grad), dim=(0, 1)).sum())
-                 for n, p in named}
+        terms = {
+            n: float(agd.agd_scale(p.shape) * torch.linalg.vector_norm(agd._matrices(p.grad), dim=(0, 1)).sum())
+            for n, p in named
+        }
     feature = [n for n in terms if n.startswith("backbone.")]
     assert len(feature) == 1, f"expected one feature table among {list(terms)}"
     L = self.depth
-    rec = {"terms": terms, "L": L, "with": _eta(torch.tensor(sum(terms.values()) / L)),
-           "without": _eta(torch.tensor(terms[feature[0]] / L))}
+    rec = {
+        "terms": terms,
+        "L": L,
+        "with": _eta(torch.tensor(sum(terms.values()) / L)),
+        "without": _eta(torch.tensor(terms[feature[0]] / L)),
+    }
     out = _step(self, closure)
     rec["agd"] = float(self.last_eta)  # the eta AGD took: must equal "with"
     records.append(rec)
@@ -76,13 +89,19 @@ def main() -> None:
         sys.exit("no AGD step was taken (is optimizer=agd in the setting?)")
     names = list(records[0]["terms"])
     print(f"L = {records[0]['L']}; weight tensors: {', '.join(names)}")
-    print("step | " + " | ".join(f"s*||g|| {n}" for n in names)
-          + " | eta with classifier | eta feature term only | ratio | AGD's eta")
+    print(
+        "step | "
+        + " | ".join(f"s*||g|| {n}" for n in names)
+        + " | eta with classifier | eta feature term only | ratio | AGD's eta"
+    )
     for i, r in enumerate(records, 1):
         assert math.isclose(r["with"], r["agd"], rel_tol=1e-5), (r["with"], r["agd"])
         cells = [f"{r['terms'][n]:.4f}" for n in names]
-        print(f"{i} | " + " | ".join(cells)
-              + f" | {r['with']:.4f} | {r['without']:.4f} | {r['with'] / r['without']:.3f} | {r['agd']:.4f}")
+        print(
+            f"{i} | "
+            + " | ".join(cells)
+            + f" | {r['with']:.4f} | {r['without']:.4f} | {r['with'] / r['without']:.3f} | {r['agd']:.4f}"
+        )
 
 
 if __name__ == "__main__":

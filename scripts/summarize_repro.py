@@ -20,11 +20,23 @@ import numpy as np
 from etf_train.compare import Run, Spread, first_epoch, load_runs
 
 SETTINGS = {  # setting: (sweep folders, train/eval_acc thresholds, seeds per group, NC1 thresholds)
-    **{f"UFM-{k}": ([f"ufm{k}_{o}{h}" for o in ("sgd", "agd", "agd_depth2") for h in ("", "_free", "_fixed_authors")]
-                    + [f"ufm{k}_agd_nobackward"], [99.0], 5, (0.1, 0.01)) for k in (10, 100)},
+    **{
+        f"UFM-{k}": (
+            [f"ufm{k}_{o}{h}" for o in ("sgd", "agd", "agd_depth2") for h in ("", "_free", "_fixed_authors")]
+            + [f"ufm{k}_agd_nobackward"],
+            [99.0],
+            5,
+            (0.1, 0.01),
+        )
+        for k in (10, 100)
+    },
     # no CIFAR-10 run of this budget gets near UFM's NC1 thresholds: 10 and 7 tell the heads apart
-    "CIFAR-10": (["cifar10_sgd", "cifar10_sgd_free", "cifar10_agd", "cifar10_agd_free"], [40.0, 50.0, 60.0], 3,
-                 (10.0, 7.0)),
+    "CIFAR-10": (
+        ["cifar10_sgd", "cifar10_sgd_free", "cifar10_agd", "cifar10_agd_free"],
+        [40.0, 50.0, 60.0],
+        3,
+        (10.0, 7.0),
+    ),
 }
 
 
@@ -67,10 +79,13 @@ def table(runs: list[Run], accs: list[float], seeds: int, nc1: tuple[float, ...]
         curves = {tag: [r.scalars[tag] for r in done] for tag in ("nc/nc1", "train/eval_acc", "test/acc", "nc/nc3")}
         cells = [opt, head, f"{len(done)}/{seeds}"]
         for t in nc1:
-            cells += [Spread(tuple(first_epoch(c, t, above=False) for c in curves["nc/nc1"])).format("g"),
-                      Spread(tuple(settled(c, t) for c in curves["nc/nc1"])).format("g")]
-        cells += [Spread(tuple(first_epoch(c, t, above=True) for c in curves["train/eval_acc"])).format("g")
-                  for t in accs]
+            cells += [
+                Spread(tuple(first_epoch(c, t, above=False) for c in curves["nc/nc1"])).format("g"),
+                Spread(tuple(settled(c, t) for c in curves["nc/nc1"])).format("g"),
+            ]
+        cells += [
+            Spread(tuple(first_epoch(c, t, above=True) for c in curves["train/eval_acc"])).format("g") for t in accs
+        ]
         for tag, spec in (("test/acc", ".2f"), ("nc/nc1", ".2e"), ("nc/nc3", ".3f")):
             cells.append(Spread(tuple(float(v[-1]) for _, v in curves[tag])).format(spec))
         lines.append("| " + " | ".join(cells) + " |")
@@ -88,7 +103,12 @@ def main() -> None:
             out += [f"## {setting} ({', '.join(map(str, epochs))} epochs)", "", *table(runs, accs, seeds, nc1), ""]
     speed = speedup_table(root)
     if speed:
-        out += ["## Speed-ups over the authors' learned baseline (etf-compare --baseline learned_authors)", "", *speed, ""]
+        out += [
+            "## Speed-ups over the authors' learned baseline (etf-compare --baseline learned_authors)",
+            "",
+            *speed,
+            "",
+        ]
     loss_runs = root / "loss_study"
     if loss_runs.is_dir():
         out += ["## Losses (UFM-10, SGD)", "", *loss_table(load_runs([loss_runs])), ""]
@@ -110,19 +130,35 @@ def speedup_table(root: Path) -> list[str]:
                 continue
             with path.open() as f:
                 rows = list(csv.DictReader(f))
-            nc1 = sorted({float(c.split("_le_")[1].rsplit("_", 1)[0]) for c in rows[0] if c.startswith("speedup_nc1_le_")},
-                         reverse=True)
+            nc1 = sorted(
+                {float(c.split("_le_")[1].rsplit("_", 1)[0]) for c in rows[0] if c.startswith("speedup_nc1_le_")},
+                reverse=True,
+            )
             for row in rows:
                 if not row[f"speedup_nc1_le_{nc1[0]:g}_pairs"] and not row["speedup_train_eval_acc_ge_99_pairs"]:
                     continue  # the baseline itself
-                cell = lambda col: "-" if not row[f"{col}_median"] else (  # noqa: E731
-                    f"{float(row[f'{col}_median']):.2f}x [{float(row[f'{col}_min']):.2f}, {float(row[f'{col}_max']):.2f}]")
+
+                def cell(col, row=row):
+                    if not row[f"{col}_median"]:
+                        return "-"
+                    low, high = float(row[f"{col}_min"]), float(row[f"{col}_max"])
+                    return f"{float(row[f'{col}_median']):.2f}x [{low:.2f}, {high:.2f}]"
+
                 deep = next((t for t in reversed(nc1) if row[f"speedup_nc1_le_{t:g}_median"]), None)
-                lines.append(f"| UFM-{k} | {name} | {row['group']} | {cell('speedup_nc1_le_0.1')} | {cell('speedup_nc1_le_0.01')} | "
-                             + (f"{deep:g}: {cell(f'speedup_nc1_le_{deep:g}')}" if deep else "-")
-                             + f" | {cell('speedup_train_eval_acc_ge_99')} |")
-    header = ["setting", "optimiser", "group", "NC1 <= 0.1", "NC1 <= 0.01", "deepest NC1 decade both reach",
-              "eval acc >= 99 %"]
+                lines.append(
+                    f"| UFM-{k} | {name} | {row['group']} | {cell('speedup_nc1_le_0.1')} | {cell('speedup_nc1_le_0.01')} | "
+                    + (f"{deep:g}: {cell(f'speedup_nc1_le_{deep:g}')}" if deep else "-")
+                    + f" | {cell('speedup_train_eval_acc_ge_99')} |"
+                )
+    header = [
+        "setting",
+        "optimiser",
+        "group",
+        "NC1 <= 0.1",
+        "NC1 <= 0.01",
+        "deepest NC1 decade both reach",
+        "eval acc >= 99 %",
+    ]
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *lines] if lines else []
 
 

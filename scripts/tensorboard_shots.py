@@ -44,9 +44,22 @@ def wait_for(port: int) -> None:
 
 
 def shot(url: str, path: Path) -> None:
-    subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1600,1100", "--virtual-time-budget=30000", f"--screenshot={path}", url],
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1600,1100",
+            "--virtual-time-budget=30000",
+            f"--screenshot={path}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     print("wrote", path)
 
 
@@ -54,8 +67,11 @@ def main() -> None:
     sweep, out = Path(sys.argv[1]), Path(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(sweep), "--port", str(port),
-                              "--host", "localhost"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    board = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(sweep), "--port", str(port), "--host", "localhost"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(port)
         pinned = json.dumps([{"plugin": "scalars", "tag": t} for t in OLD_PINNED], separators=(",", ":"))
@@ -64,8 +80,11 @@ def main() -> None:
     finally:
         board.terminate()
         board.wait(timeout=30)
-    serve = subprocess.Popen([sys.executable, "-m", "etf_train.compare", str(sweep), "--out", str(out / ".compare"),
-                              "--serve"], stdout=subprocess.PIPE, text=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "etf_train.compare", str(sweep), "--out", str(out / ".compare"), "--serve"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = next(re.search(r"(http://\S+)", line).group(1) for line in serve.stdout if "TensorBoard on" in line)
         wait_for(int(re.search(r":(\d+)/", url).group(1)))

@@ -190,7 +190,9 @@ def test_agd_trains_through_the_config(tmp_path, setting):
     train(cfg, tmp_path)
     # depth=null is each model's own count of weight tensors (1 for the ETF heads on UFM, 2 with a learned
     # classifier: the step-size confound of docs/results.md); the record names it, so etf-compare can tell
-    tensors = len(torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["optimizer"]["param_groups"][0]["params"])
+    tensors = len(
+        torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)["optimizer"]["param_groups"][0]["params"]
+    )
     assert OmegaConf.load(tmp_path / ".hydra" / "config.yaml").optimizer.effective_depth == tensors
     assert tensors == 1 if "dataset=ufm" in setting else tensors > 1
     curves = read_scalars(tmp_path)
@@ -239,8 +241,18 @@ def test_the_same_seed_gives_every_head_the_same_agd_backbone(tmp_path):
 
 def test_a_diverged_agd_run_is_told_to_lower_its_gain(tmp_path):
     """Every divergence hint said "lower optimizer.lr", which AGD does not have: its step size is optimizer.gain."""
-    with pytest.raises(EtfTrainError, match=r"training diverged; lower optimizer\.gain \(the last good checkpoint is "
-                                            r"kept\), or set trainer\.nonfinite=skip") as info:
-        train(make_cfg(*(o for o in TINY_UFM if not o.startswith("optimizer.")), "optimizer=agd", "scheduler=none",
-                       "optimizer.gain=1e38"), tmp_path)
+    with pytest.raises(
+        EtfTrainError,
+        match=r"training diverged; lower optimizer\.gain \(the last good checkpoint is "
+        r"kept\), or set trainer\.nonfinite=skip",
+    ) as info:
+        train(
+            make_cfg(
+                *(o for o in TINY_UFM if not o.startswith("optimizer.")),
+                "optimizer=agd",
+                "scheduler=none",
+                "optimizer.gain=1e38",
+            ),
+            tmp_path,
+        )
     assert "optimizer.lr" not in str(info.value) and "\n" not in str(info.value)

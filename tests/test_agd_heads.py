@@ -16,8 +16,15 @@ from etf_train.training import Run
 from .conftest import make_cfg
 
 # UFM-10's authors' setting, small: K = 4, 8 samples a class, d = 6, batch 16 (2 steps an epoch)
-SMALL = ["experiment=ufm10_authors", "dataset.num_classes=4", "dataset.per_class=8", "backbone.dim=6",
-         "trainer.batch_size=16", "trainer.device=cpu", "trainer.progress=false"]
+SMALL = [
+    "experiment=ufm10_authors",
+    "dataset.num_classes=4",
+    "dataset.per_class=8",
+    "backbone.dim=6",
+    "trainer.batch_size=16",
+    "trainer.device=cpu",
+    "trainer.progress=false",
+]
 TAU, DELTA, GAIN = 5.0, 1e-3, 10.0
 
 

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).parents[1] / "etf_train"
 LAYERS = [
     {"command", "errors", "tags"},
     {"interrupt", "options", "registry", "rundir", "search", "sweepdir", "view"},
-    {"etf", "metrics", "sphere"},
+    {"etf", "metrics", "runlock", "sphere"},
     {"solver"},
     {"heads", "backbones", "data", "losses"},
     {"training"},
@@ -54,12 +54,17 @@ def _imported_units(module: Path) -> set[str]:
     return units
 
 
-@pytest.mark.parametrize("module", sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE),
-                         ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize(
+    "module",
+    sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
 def test_imports_flow_one_way(module):
     me = _top(module)
     for unit in _imported_units(module) - {me}:
-        assert LAYER[unit] < LAYER[me], f"{module.relative_to(PACKAGE)} (layer {LAYER[me]}) imports {unit} (layer {LAYER[unit]})"
+        assert LAYER[unit] < LAYER[me], (
+            f"{module.relative_to(PACKAGE)} (layer {LAYER[me]}) imports {unit} (layer {LAYER[unit]})"
+        )
 
 
 def test_every_unit_has_a_layer():
@@ -68,7 +73,9 @@ def test_every_unit_has_a_layer():
 
 
 def test_no_module_is_over_350_lines():
-    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350}
+    long = {
+        str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 350
+    }
     assert not long, long
 
 
@@ -98,7 +105,9 @@ def test_every_head_has_a_yaml_spelling_out_its_options():
 
 def test_training_imports_no_torchvision_or_timm_until_a_builder_needs_them():
     """torchvision and timm cost seconds at every start; UFM, digits and synthetic runs need neither."""
-    code = ("import sys, etf_train.training, etf_train.data, etf_train.backbones, etf_train.losses; "
-            "print(sorted(m for m in ('torchvision', 'timm') if m in sys.modules))")
+    code = (
+        "import sys, etf_train.training, etf_train.data, etf_train.backbones, etf_train.losses; "
+        "print(sorted(m for m in ('torchvision', 'timm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

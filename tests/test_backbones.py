@@ -117,7 +117,12 @@ def test_fast_cnn_halves_the_map_three_times_and_doubles_the_channels():
     """Catches a stride or width left out (the speed of fast_cnn is its three stride-2 blocks; docs/benchmarks.md)."""
     model = create_backbone("fast_cnn", in_shape=CIFAR, width=8, dim=20)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in convs] == [(3, 8, 1), (8, 16, 2), (16, 32, 2), (32, 64, 2)]
+    assert [(m.in_channels, m.out_channels, m.stride[0]) for m in convs] == [
+        (3, 8, 1),
+        (8, 16, 2),
+        (16, 32, 2),
+        (32, 64, 2),
+    ]
     last = _hooked_output(convs[-1], lambda: model(torch.randn(2, *CIFAR)))
     assert last.shape == (2, 64, 4, 4) and model.feature_dim == 20
     assert model(torch.randn(2, 3, 8, 8)).shape == (2, 20)  # 8 px: 8 -> 4 -> 2 -> 1
@@ -204,7 +209,9 @@ def test_timm_pretrained_download_failure_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _one_line_error("could not download pretrained weights", arch="timm", in_shape=CIFAR, name="resnet10t", pretrained=True)
+    _one_line_error(
+        "could not download pretrained weights", arch="timm", in_shape=CIFAR, name="resnet10t", pretrained=True
+    )
 
 
 @pytest.mark.parametrize(
@@ -284,8 +291,9 @@ def test_unknown_arch_lists_the_choices():
 
 
 def test_unknown_option_names_the_options():
-    message = _one_line_error(r"backbone small_cnn: unknown option\(s\) widht; its options are", arch="small_cnn",
-                              in_shape=CIFAR, widht=8)
+    message = _one_line_error(
+        r"backbone small_cnn: unknown option\(s\) widht; its options are", arch="small_cnn", in_shape=CIFAR, widht=8
+    )
     assert "width, dim" in message
 
 

@@ -69,8 +69,12 @@ def test_per_class_and_top5_match_hand_counts():
             assert m[f"acc_class/{c}"] == pytest.approx(100 * np.mean(pred[t == c] == c), rel=1e-12), c
     assert 20 < m["acc_top5"] < 100 and 0 < m["acc_class/0"] < 100  # non-trivial, so the comparison can fail
     # A case small enough to count by eye: K = 10, logits = -rank, so the top 5 are the first five listed.
-    order = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], [3, 0, 1, 2, 4, 5, 6, 7, 8, 9]])
-    logits = torch.empty(3, 10, dtype=torch.float64).scatter_(1, order, -torch.arange(10.0, dtype=torch.float64).expand(3, -1))
+    order = torch.tensor(
+        [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], [3, 0, 1, 2, 4, 5, 6, 7, 8, 9]]
+    )
+    logits = torch.empty(3, 10, dtype=torch.float64).scatter_(
+        1, order, -torch.arange(10.0, dtype=torch.float64).expand(3, -1)
+    )
     m = run(logits, torch.tensor([0, 4, 2]), 10, chunks=1).compute(class_names=[f"c{i}" for i in range(10)])
     # sample 0: label 0 predicted; sample 1: label 4 at rank 6 (miss); sample 2: label 2 at rank 4 (top-5 hit, top-1 miss)
     assert m["acc_top5"] == pytest.approx(200 / 3)

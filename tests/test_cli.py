@@ -20,8 +20,12 @@ def test_cli_runs_into_hydra_run_dir(tmp_path):
     assert "train/acc" in read_scalars(out)
     assert f"tensorboard --logdir {out}" in proc.stdout + proc.stderr
     # where to compare it with its neighbours, and a URL for the comparison view (smoothing 0, colour per head)
-    assert f"etf-train: compare: tensorboard --logdir {tmp_path}    then open http://localhost:6006/?smoothing=0" \
-        in proc.stdout and "runColorGroup=regex" in proc.stdout and "pinnedCards=" in proc.stdout
+    assert (
+        f"etf-train: compare: tensorboard --logdir {tmp_path}    then open http://localhost:6006/?smoothing=0"
+        in proc.stdout
+        and "runColorGroup=regex" in proc.stdout
+        and "pinnedCards=" in proc.stdout
+    )
 
 
 def test_cli_default_output_folder_is_outputs_date_time(tmp_path):
@@ -47,7 +51,10 @@ def test_cli_unknown_choice_gets_hydras_message(tmp_path):
 
 def test_python_dash_m_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "etf_train", "--help"], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0 and "head: fixed_etf, fixed_etf_authors, learned, learned_authors, nearest_etf" in proc.stdout
+    assert (
+        proc.returncode == 0
+        and "head: fixed_etf, fixed_etf_authors, learned, learned_authors, nearest_etf" in proc.stdout
+    )
 
 
 def test_cli_bad_input_matrix(tmp_path, monkeypatch, capfd):
@@ -56,33 +63,54 @@ def test_cli_bad_input_matrix(tmp_path, monkeypatch, capfd):
     cases = [
         (["dataset=imagenett"], 1, "Could not find 'dataset/imagenett'"),
         (["backbone=resnet19"], 1, "Could not find 'backbone/resnet19'"),
-        ([*TINY, "backbone.dim=2"], 2, "etf-train: error: head=nearest_etf needs feature dimension d >= number of classes"),
-        (["dataset=cifar10", f"dataset.root={tmp_path}/none", "dataset.download=false"], 2,
-         "etf-train: error: dataset cifar10"),
+        (
+            [*TINY, "backbone.dim=2"],
+            2,
+            "etf-train: error: head=nearest_etf needs feature dimension d >= number of classes",
+        ),
+        (
+            ["dataset=cifar10", f"dataset.root={tmp_path}/none", "dataset.download=false"],
+            2,
+            "etf-train: error: dataset cifar10",
+        ),
         (["dataset=image_folder", f"dataset.root={tmp_path}/empty"], 2, "etf-train: error: dataset image_folder"),
         ([*TINY, "trainer.batch_size=-4"], 2, "etf-train: error: trainer.batch_size must be a positive integer"),
         ([*TINY, "optimizer.lr=0"], 2, "etf-train: error: optimizer.lr must be a finite number > 0"),
         ([*TINY, "hydra.run.dir=afile/run"], 2, "etf-train: error: cannot write the output folder"),
         ([*TINY, f"trainer.resume={tmp_path}/none.pt"], 2, "etf-train: error: trainer.resume="),
-        ([*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30"], 2,
-         "etf-train: error: non-finite loss at epoch 1"),
+        (
+            [*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30"],
+            2,
+            "etf-train: error: non-finite loss at epoch 1",
+        ),
         ([*TINY, "trainer.device=gpu"], 2, "etf-train: error: trainer.device='gpu' is not a device"),
         ([*TINY, "optimizer.lr=abc"], 2, "etf-train: error: optimizer.lr must be a finite number > 0, got 'abc'"),
         ([*TINY, "head.tau=abc"], 2, "etf-train: error: head.tau must be a finite number > 0, got 'abc'"),
         ([*TINY, "seed=abc"], 2, "etf-train: error: seed must be an integer >= 0, got 'abc'"),
         ([*TINY, "optimizer.momentum=-1"], 2, "etf-train: error: optimizer=sgd refused its options: Invalid momentum"),
-        ([*TINY, "trainer.nonfinite=skip", "optimizer.lr=1e6"], 2,  # steps skipped, the features still diverge
-         "etf-train: error: the features are no longer finite in the NC metrics' pass: training diverged"),
-        ([*TINY, "head=learned", "solver=riemannian"], 2,
-         "etf-train: error: the solver group applies to head=nearest_etf only; head=learned has no solver"),
+        (
+            [*TINY, "trainer.nonfinite=skip", "optimizer.lr=1e6"],
+            2,  # steps skipped, the features still diverge
+            "etf-train: error: the features are no longer finite in the NC metrics' pass: training diverged",
+        ),
+        (
+            [*TINY, "head=learned", "solver=riemannian"],
+            2,
+            "etf-train: error: the solver group applies to head=nearest_etf only; head=learned has no solver",
+        ),
     ]
     started = {9, 15}  # runs that trained (then stopped): their folders hold the run and its failure
 
     for i, (args, code, message) in enumerate(cases):
         own_dir = not any(a.startswith("hydra.run.dir") for a in args)
         # the CLI's main() in this process (the subprocess tests above cover the process itself)
-        proc = etf_train_here(*args, *([f"hydra.run.dir={tmp_path}/run{i}"] if own_dir else []), cwd=tmp_path,
-                              monkeypatch=monkeypatch, capfd=capfd)
+        proc = etf_train_here(
+            *args,
+            *([f"hydra.run.dir={tmp_path}/run{i}"] if own_dir else []),
+            cwd=tmp_path,
+            monkeypatch=monkeypatch,
+            capfd=capfd,
+        )
         assert proc.returncode == code, (args, proc.stderr[-1500:])
         assert message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
         if code == 2:
@@ -90,8 +118,11 @@ def test_cli_bad_input_matrix(tmp_path, monkeypatch, capfd):
             if not own_dir:
                 continue
             # a refused start leaves nothing behind; a started run records its failure
-            assert (tmp_path / f"run{i}" / "checkpoints" / "failed").exists() if i in started else \
-                not (tmp_path / f"run{i}").exists(), (args, sorted((tmp_path / f"run{i}").rglob("*")))
+            assert (
+                (tmp_path / f"run{i}" / "checkpoints" / "failed").exists()
+                if i in started
+                else not (tmp_path / f"run{i}").exists()
+            ), (args, sorted((tmp_path / f"run{i}").rglob("*")))
 
 
 def test_openmp_threads_wait_passively_unless_told_otherwise(tmp_path, monkeypatch, capfd):

@@ -97,16 +97,25 @@ def write_events(run_dir: Path, scalars: dict[str, dict[int, float]], walltime0:
 def make_run(run_dir: Path, head: str, seed: int, dataset: str = "cifar10", **extra) -> Path:
     epochs, crossings, nc1 = SWEEP[head][seed]
     every = EVAL_EVERY[head]
-    write_config(run_dir, {"seed": seed, "head": {"name": head, **extra}, "dataset": {"name": dataset},
-                           "backbone": {"arch": "resnet18"}, "optimizer": {"_target_": "torch.optim.SGD"},
-                           "loss": {"name": "ce"}, "metrics": {"every_n_epochs": every}})
+    write_config(
+        run_dir,
+        {
+            "seed": seed,
+            "head": {"name": head, **extra},
+            "dataset": {"name": dataset},
+            "backbone": {"arch": "resnet18"},
+            "optimizer": {"_target_": "torch.optim.SGD"},
+            "loss": {"name": "ce"},
+            "metrics": {"every_n_epochs": every},
+        },
+    )
     scalars = {
         "train/acc": {e: train_acc(e, crossings, seed) for e in range(1, epochs + 1)},
         "train/eval_acc": {e: eval_acc(e, crossings, seed) for e in range(every, epochs + 1, every)},
         "test/acc": {e: min(50.0 + 5 * e, TEST_ACC_CAP[head] + seed) for e in range(1, epochs + 1)},
         "train/loss": {e: 2.0 / e for e in range(1, epochs + 1)},
         "nc/nc1": dict(zip(NC1_EPOCHS, nc1)),
-        "nc/nc3": {e: 0.5 ** e for e in NC1_EPOCHS[: len(nc1)]},
+        "nc/nc3": {e: 0.5**e for e in NC1_EPOCHS[: len(nc1)]},
         "nc/equinorm_h": {e: 0.1 + 0.01 * seed for e in NC1_EPOCHS[: len(nc1)]},
     }
     if head == "nearest_etf":
@@ -117,8 +126,10 @@ def make_run(run_dir: Path, head: str, seed: int, dataset: str = "cifar10", **ex
 
 def fake_run(path: str, config: dict, scalars: dict[str, dict[int, float]]) -> RecordedRun:
     """A finished run in memory (no event files), for the numbers that need no TensorBoard round trip."""
-    curves = {tag: (np.array(list(c), dtype=np.int64), np.array(list(c.values()), dtype=np.float64))
-              for tag, c in scalars.items()}
+    curves = {
+        tag: (np.array(list(c), dtype=np.int64), np.array(list(c.values()), dtype=np.float64))
+        for tag, c in scalars.items()
+    }
     return RecordedRun(Path(path), OmegaConf.create(config), curves, RunState("finished"))
 
 
@@ -246,16 +257,31 @@ def test_epoch_stats_unequal_lengths(groups):
 
 CSV_HEADER = (
     ["group", "runs", "runs_finished", "runs_total", "epochs_median", "epochs_min", "epochs_max"]
-    + [f"epochs_to_{tag}_{op}_{t}_{stat}" for tag, op, ts in (("train_eval_acc", "ge", (90, 95, 99)),
-                                                              ("test_acc", "ge", (90, 95, 99)),
-                                                              ("nc1", "le", (1, 0.1, 0.01)))
-       for t in ts for stat in ("median", "min", "max", "reached")]
-    + [f"{name}_{stat}" for name in ("final_train_eval_acc", "final_test_acc", "solver_ms_per_step")
-       for stat in ("median", "min", "max")]
-    + [f"speedup_{tag}_{op}_{t}_{stat}" for tag, op, ts in (("train_eval_acc", "ge", (90, 95, 99)),
-                                                           ("test_acc", "ge", (90, 95, 99)),
-                                                           ("nc1", "le", (1, 0.1, 0.01)))
-       for t in ts for stat in ("median", "min", "max", "pairs")]  # over the baseline, head=learned
+    + [
+        f"epochs_to_{tag}_{op}_{t}_{stat}"
+        for tag, op, ts in (
+            ("train_eval_acc", "ge", (90, 95, 99)),
+            ("test_acc", "ge", (90, 95, 99)),
+            ("nc1", "le", (1, 0.1, 0.01)),
+        )
+        for t in ts
+        for stat in ("median", "min", "max", "reached")
+    ]
+    + [
+        f"{name}_{stat}"
+        for name in ("final_train_eval_acc", "final_test_acc", "solver_ms_per_step")
+        for stat in ("median", "min", "max")
+    ]
+    + [
+        f"speedup_{tag}_{op}_{t}_{stat}"
+        for tag, op, ts in (
+            ("train_eval_acc", "ge", (90, 95, 99)),
+            ("test_acc", "ge", (90, 95, 99)),
+            ("nc1", "le", (1, 0.1, 0.01)),
+        )
+        for t in ts
+        for stat in ("median", "min", "max", "pairs")
+    ]  # over the baseline, head=learned
 )
 
 
@@ -268,8 +294,10 @@ def test_main_writes_md_csv_png(sweep, tmp_path, capsys):
     md = (out / "comparison.md").read_text()
     for head in SWEEP:  # the terminal's compact table names groups readably; the file keeps the exact labels
         assert f"\n{head} " in stdout and f"| head={head} |" in md
-    assert ("| head=learned | 3/3 | 12 [12, 12] | 6 [4, 6] | 8 [8, 10] | 12 [12, never] | 8 [8, never] | never | never"
-            " | 6 [6, 8] | never | never | 99.35 [96.25, 99.45] | 90.00 [89.00, 91.00] | - |") in md
+    assert (
+        "| head=learned | 3/3 | 12 [12, 12] | 6 [4, 6] | 8 [8, 10] | 12 [12, never] | 8 [8, never] | never | never"
+        " | 6 [6, 8] | never | never | 99.35 [96.25, 99.45] | 90.00 [89.00, 91.00] | - |"
+    ) in md
     assert "| 2.000 [1.000, 4.000] |" in md and "their threshold epochs have that interval as resolution" in md
 
     with (out / "comparison.csv").open() as f:
@@ -324,15 +352,29 @@ def test_figure_title_labels_legend_styles_markers(groups):
     """Catches an untitled figure, unlabelled axes, bare legend labels, colour-only styles, unmarked sparse points."""
     metrics = ["train/eval_acc", "test/acc", "train/loss", "nc/nc1", "nc/nc3", "nc/equinorm_h", "solver/ms"]
     fig = figure(groups, metrics)
-    assert fig._suptitle.get_text() == ("cifar10 · backbone resnet18 · SGD · 10/12 epochs · 3 seeds per group · "
-                                        "line = median, band = min-max over seeds")
+    assert fig._suptitle.get_text() == (
+        "cifar10 · backbone resnet18 · SGD · 10/12 epochs · 3 seeds per group · "
+        "line = median, band = min-max over seeds"
+    )
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == [
-        "train accuracy (eval mode)", "test accuracy", "train loss", "NC1: within-class variability",
-        "NC3: classifier vs class means", "class-mean norms (std / mean)", "ETF solve time"]
+        "train accuracy (eval mode)",
+        "test accuracy",
+        "train loss",
+        "NC1: within-class variability",
+        "NC3: classifier vs class means",
+        "class-mean norms (std / mean)",
+        "ETF solve time",
+    ]
     assert [ax.get_ylabel() for ax in axes] == [
-        "accuracy (%)", "accuracy (%)", "cross-entropy", "tr(S_W S_B⁺) / K", "distance of W to the class means",
-        "std / mean of the class-mean norms", "ms per step"]
+        "accuracy (%)",
+        "accuracy (%)",
+        "cross-entropy",
+        "tr(S_W S_B⁺) / K",
+        "distance of W to the class means",
+        "std / mean of the class-mean norms",
+        "ms per step",
+    ]
     assert [ax.get_yscale() for ax in axes[:5]] == ["linear", "linear", "linear", "log", "log"]  # loss: 1.1 decades
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["fixed_etf (n=3)", "learned (n=3)", "nearest_etf (n=3)"]
@@ -354,8 +396,9 @@ def test_figure_title_says_mixed_loss_name_and_marks_sparse_tails():
     base = {"dataset": {"name": "ufm"}, "backbone": {"arch": "ufm"}, "loss": {"name": "mse"}}
     runs = {
         "head=learned": [fake_run("a", {**base, "optimizer": {"_target_": "torch.optim.SGD"}}, scalars)],
-        "head=nearest_etf": [fake_run(p, {**base, "optimizer": {"_target_": "etf_train.training.agd.AGD"}}, scalars)
-                             for p in ("b", "c")],
+        "head=nearest_etf": [
+            fake_run(p, {**base, "optimizer": {"_target_": "etf_train.training.agd.AGD"}}, scalars) for p in ("b", "c")
+        ],
     }
     fig = figure(runs, ["train/loss", "nc/nc1"])
     assert fig._suptitle.get_text().startswith("UFM · backbone ufm · SGD / AGD · 3 epochs · 1-2 seeds per group")
@@ -442,7 +485,9 @@ def test_groups_that_differ_in_more_than_their_labels_are_named(tmp_path, capsys
     assert "groups 'head=fixed_etf' and 'head=learned' differ in more than their labels" in err
     assert "dataset.label_noise: (unset) -> 0.2" in err and "dataset.num_classes: (unset) -> 100" in err
     for seed in (1, 2):
-        _set(tmp_path / f"learned{seed}", dataset__num_classes=None, dataset__label_noise=None, metrics__every_n_epochs=5)
+        _set(
+            tmp_path / f"learned{seed}", dataset__num_classes=None, dataset__label_noise=None, metrics__every_n_epochs=5
+        )
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     assert "metrics.every_n_epochs: 1 -> 5" in capsys.readouterr().err
     _set(tmp_path / "learned2", metrics__every_n_epochs=1)  # and inside a group
@@ -471,9 +516,11 @@ def test_an_image_folder_root_and_a_batch_centred_heads_eval_batch_are_settings_
 def test_runs_of_two_optimisers_never_pool_and_their_labels_name_the_optimiser(tmp_path, capsys):
     """etf-compare once pooled SGD and AGD runs of one head into one median (with only a warning): under SGD and AGD
     the heads rank differently, so such a table gave a verdict without naming the optimiser."""
-    settings = {"sgd": {"_target_": "torch.optim.SGD", "lr": 0.05},
-                "agd": {"_target_": "etf_train.training.agd.AGD", "gain": 10.0, "depth": None},
-                "agd2": {"_target_": "etf_train.training.agd.AGD", "gain": 10.0, "depth": 2}}
+    settings = {
+        "sgd": {"_target_": "torch.optim.SGD", "lr": 0.05},
+        "agd": {"_target_": "etf_train.training.agd.AGD", "gain": 10.0, "depth": None},
+        "agd2": {"_target_": "etf_train.training.agd.AGD", "gain": 10.0, "depth": 2},
+    }
     for name, optimizer in settings.items():
         for seed in (1, 2):
             run = make_run(tmp_path / f"{name}{seed}", "nearest_etf", seed)
@@ -484,7 +531,8 @@ def test_runs_of_two_optimisers_never_pool_and_their_labels_name_the_optimiser(t
     assert {label: sorted(r.path.name for r in g) for label, g in groups.items()} == {
         "head=nearest_etf, optimizer=agd, optimizer.depth=2": ["agd21", "agd22"],
         "head=nearest_etf, optimizer=agd, optimizer.depth=None": ["agd1", "agd2"],
-        "head=nearest_etf, optimizer=sgd": ["sgd1", "sgd2"]}
+        "head=nearest_etf, optimizer=sgd": ["sgd1", "sgd2"],
+    }
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     captured = capsys.readouterr()
     assert "pools runs" not in captured.err and "twice" not in captured.err
@@ -493,7 +541,9 @@ def test_runs_of_two_optimisers_never_pool_and_their_labels_name_the_optimiser(t
     # asked for by name, the optimiser is a grouping key like any other (and not spelled twice)
     assert list(group_runs(load_runs([tmp_path]), ["optimizer._target_"])) == [
         "optimizer._target_=etf_train.training.agd.AGD, optimizer.depth=2",
-        "optimizer._target_=etf_train.training.agd.AGD, optimizer.depth=None", "optimizer._target_=torch.optim.SGD"]
+        "optimizer._target_=etf_train.training.agd.AGD, optimizer.depth=None",
+        "optimizer._target_=torch.optim.SGD",
+    ]
 
 
 def test_group_key_missing_in_some_runs(tmp_path):
@@ -501,7 +551,9 @@ def test_group_key_missing_in_some_runs(tmp_path):
     make_run(tmp_path / "a", "nearest_etf", 1, backward="polar")
     make_run(tmp_path / "b", "learned", 1)
     assert list(group_runs(load_runs([tmp_path]), ["head", "head.backward"])) == [
-        "head=learned, head.backward=-", "head=nearest_etf, head.backward=polar"]
+        "head=learned, head.backward=-",
+        "head=nearest_etf, head.backward=polar",
+    ]
 
 
 def test_resume_merges_event_files_later_walltime_wins(tmp_path):
@@ -553,7 +605,9 @@ def test_an_attempt_killed_before_its_first_epoch_purges_in_its_place_not_last(t
 
 def error_of(argv, capsys) -> str:
     assert main(argv) == 2
-    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("etf-compare: warning: "))
+    err = "".join(
+        line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("etf-compare: warning: ")
+    )
     assert err.count("\n") == 1 and err.startswith("etf-compare: error: ")
     return err
 
@@ -619,14 +673,16 @@ def test_error_mixed_datasets(tmp_path, capsys):
 def test_error_fraction_threshold(sweep, capsys):
     """Catches accuracy thresholds given as fractions (0.9) silently never reached."""
     assert "--acc-thresholds must lie in (1, 100], got 0.9 (accuracies are in percent: 90?)" in error_of(
-        [str(sweep), "--acc-thresholds", "0.9"], capsys)
+        [str(sweep), "--acc-thresholds", "0.9"], capsys
+    )
     assert "--test-acc-thresholds must lie" in error_of([str(sweep), "--test-acc-thresholds", "0.95"], capsys)
 
 
 def test_python_m_help():
     """Catches `python -m etf_train.compare` not starting or the help missing the options."""
-    res = subprocess.run([sys.executable, "-m", "etf_train.compare", "--help"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "etf_train.compare", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     for option in ("--group-by", "--acc-tag", "--test-acc-thresholds", "--nc1-thresholds", "--format", "--dpi"):
         assert option in res.stdout, option
@@ -638,15 +694,18 @@ def test_final_accuracy_is_the_last_epoch_not_the_best(tmp_path, capsys):
     write_config(run, {"seed": 1, "head": {"name": "learned"}, "dataset": {"name": "synthetic"}})
     train = {1: 50.0, 2: 80.0, 3: 97.5, 4: 62.5}  # peak at epoch 3, drop at epoch 4 (float32-exact values)
     test = {1: 40.0, 2: 60.0, 3: 75.5, 4: 55.25}
-    write_events(run, {
-        "train/acc": train,
-        "test/acc": test,
-        "train/loss": {e: 2.0 / e for e in train},
-        "train/eval_acc": {e: v - 1.0 for e, v in train.items()},
-        "nc/nc1": {e: 1.0 / e for e in train},
-        "nc/nc3": {e: 0.5 ** e for e in train},
-        "nc/equinorm_h": {e: 0.1 for e in train},
-    })
+    write_events(
+        run,
+        {
+            "train/acc": train,
+            "test/acc": test,
+            "train/loss": {e: 2.0 / e for e in train},
+            "train/eval_acc": {e: v - 1.0 for e, v in train.items()},
+            "nc/nc1": {e: 1.0 / e for e in train},
+            "nc/nc3": {e: 0.5**e for e in train},
+            "nc/equinorm_h": {e: 0.1 for e in train},
+        },
+    )
     out = tmp_path / "report"
     assert main([str(run), "--out", str(out), "--metrics", "test/acc"]) == 0
     capsys.readouterr()
@@ -668,10 +727,20 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys, m
     for seed in (1, 2):
         make_run(tmp_path / f"learned-{seed}", "learned", seed)
     killed = tmp_path / "learned-3"
-    write_config(killed, {"seed": 3, "head": {"name": "learned"}, "dataset": {"name": "cifar10"},
-                          "trainer": {"max_epochs": 12}}, state="unfinished")
-    write_events(killed, {"train/acc": {e: 99.9 for e in (1, 2, 3)}, "test/acc": {e: 99.9 for e in (1, 2, 3)},
-                          "train/eval_acc": {2: 99.9}, "nc/nc1": {2: 0.001}})
+    write_config(
+        killed,
+        {"seed": 3, "head": {"name": "learned"}, "dataset": {"name": "cifar10"}, "trainer": {"max_epochs": 12}},
+        state="unfinished",
+    )
+    write_events(
+        killed,
+        {
+            "train/acc": {e: 99.9 for e in (1, 2, 3)},
+            "test/acc": {e: 99.9 for e in (1, 2, 3)},
+            "train/eval_acc": {2: 99.9},
+            "nc/nc1": {2: 0.001},
+        },
+    )
     failed = tmp_path / "nearest-1"
     write_config(failed, {"seed": 1, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}}, state="failed")
     drawn = []
@@ -698,10 +767,14 @@ def test_only_finished_runs_count_and_broken_ones_are_listed(tmp_path, capsys, m
     md = (tmp_path / "b" / "comparison.md").read_text()
     assert "2/3 (+1 unfinished counted)" in md
     counted, left_out = md.split("Unfinished or failed runs, counted up to their last logged epoch:")[1].split(
-        "Not counted (no epoch logged):")
+        "Not counted (no epoch logged):"
+    )
     assert str(killed) in counted and str(failed) not in counted and str(failed) in left_out
     (legend,) = drawn[-1].legends  # the figure says so too
-    assert [t.get_text() for t in legend.get_texts()] == ["learned (n=3, 1 unfinished)", "nearest_etf (n=0 of 1, not drawn)"]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "learned (n=3, 1 unfinished)",
+        "nearest_etf (n=0 of 1, not drawn)",
+    ]
 
 
 def test_grouping_by_one_key_still_names_the_other_keys_of_its_section(tmp_path, capsys):
@@ -709,8 +782,12 @@ def test_grouping_by_one_key_still_names_the_other_keys_of_its_section(tmp_path,
     batch 128 against 12 of bf16 at batch 1024 made a table labelled by epochs alone, in silence."""
     for epochs, precision, batch in ((6, "fp32", 128), (12, "bf16", 1024)):
         for seed in (1, 2):
-            _set(make_run(tmp_path / f"e{epochs}s{seed}", "learned", seed), trainer__max_epochs=epochs,
-                 trainer__precision=precision, trainer__batch_size=batch)
+            _set(
+                make_run(tmp_path / f"e{epochs}s{seed}", "learned", seed),
+                trainer__max_epochs=epochs,
+                trainer__precision=precision,
+                trainer__batch_size=batch,
+            )
     assert main([str(tmp_path), "--group-by", "trainer.max_epochs", "--metrics", "train/acc"]) == 0
     err = capsys.readouterr().err
     assert "groups 'trainer.max_epochs=6' and 'trainer.max_epochs=12' differ in more than their labels" in err
@@ -757,12 +834,20 @@ def test_nan_gives_the_same_cell_in_any_run_order_and_never_reads_as_never():
 
 def test_two_optimiser_classes_of_one_name_never_share_a_group():
     """torch.optim.AdamW and timm.optim.AdamW were both labelled optimizer=adamw: one group, one silent median."""
-    runs = [fake_run(f"r{i}", {"seed": i, "head": {"name": "learned"}, "optimizer": {"_target_": target, "lr": 0.1}},
-                     {"train/acc": {1: 50.0}})
-            for i, target in enumerate(("torch.optim.AdamW", "timm.optim.AdamW", "torch.optim.SGD"))]
+    runs = [
+        fake_run(
+            f"r{i}",
+            {"seed": i, "head": {"name": "learned"}, "optimizer": {"_target_": target, "lr": 0.1}},
+            {"train/acc": {1: 50.0}},
+        )
+        for i, target in enumerate(("torch.optim.AdamW", "timm.optim.AdamW", "torch.optim.SGD"))
+    ]
     labels = sorted(group_runs(runs, ["head"]))
-    assert labels == ["head=learned, optimizer=sgd", "head=learned, optimizer=timm.optim.AdamW",
-                      "head=learned, optimizer=torch.optim.AdamW"]
+    assert labels == [
+        "head=learned, optimizer=sgd",
+        "head=learned, optimizer=timm.optim.AdamW",
+        "head=learned, optimizer=torch.optim.AdamW",
+    ]
 
 
 def test_what_the_labels_do_not_show_is_named_in_the_files_too(tmp_path, capsys, monkeypatch):
@@ -771,8 +856,11 @@ def test_what_the_labels_do_not_show_is_named_in_the_files_too(tmp_path, capsys,
     groups (5 from the command line, 5.0 from the yaml); and every warning on stderr only, none in comparison.md or
     the figure, which are what gets kept."""
     for seed in (1, 2):
-        _set(make_run(tmp_path / f"learned{seed}", "learned", seed, tau=20.0), metrics__every_n_epochs=1,
-             optimizer__lr=5.0)
+        _set(
+            make_run(tmp_path / f"learned{seed}", "learned", seed, tau=20.0),
+            metrics__every_n_epochs=1,
+            optimizer__lr=5.0,
+        )
         _set(make_run(tmp_path / f"nearest{seed}", "nearest_etf", seed, tau=5.0), optimizer__lr=5.0)
     drawn = []
     monkeypatch.setattr(compare, "figure", lambda *a, **k: drawn.append(figure(*a, **k)) or drawn[-1])
@@ -795,13 +883,17 @@ def test_what_the_labels_do_not_show_is_named_in_the_files_too(tmp_path, capsys,
 
     for seed in (1, 2):  # what etf-train records of a preset: Hydra's choice of the head group
         _set(tmp_path / f"learned{seed}", head__bias=False, head__renorm=True)
-        OmegaConf.save({"hydra": {"runtime": {"choices": {"head": "learned_authors"}}}},
-                       tmp_path / f"learned{seed}" / ".hydra" / "hydra.yaml")
+        OmegaConf.save(
+            {"hydra": {"runtime": {"choices": {"head": "learned_authors"}}}},
+            tmp_path / f"learned{seed}" / ".hydra" / "hydra.yaml",
+        )
     assert set(group_runs(load_runs([tmp_path]), ["head"])) == {"head=learned_authors", "head=nearest_etf"}
     _set(make_run(tmp_path / "plain", "learned", 1, bias=True, renorm=False, tau=5), optimizer__lr=5.0)
     assert set(group_runs(load_runs([tmp_path]), ["head"])) == {
-        "head=learned, head.bias=True, head.renorm=False", "head=learned_authors, head.bias=False, head.renorm=True",
-        "head=nearest_etf"}
+        "head=learned, head.bias=True, head.renorm=False",
+        "head=learned_authors, head.bias=False, head.renorm=True",
+        "head=nearest_etf",
+    }
 
 
 def test_runs_of_several_code_versions_are_named(tmp_path, capsys):
@@ -809,7 +901,9 @@ def test_runs_of_several_code_versions_are_named(tmp_path, capsys):
     row 85) pooled in silence: the record now holds the code version, and a comparison of several says so."""
     for seed in (1, 2):
         for head in ("learned", "nearest_etf"):
-            _set(make_run(tmp_path / f"{head}{seed}", head, seed), metrics__every_n_epochs=1, code_version="0.1.0+gaaaa")
+            _set(
+                make_run(tmp_path / f"{head}{seed}", head, seed), metrics__every_n_epochs=1, code_version="0.1.0+gaaaa"
+            )
     assert main([str(tmp_path), "--metrics", "train/acc"]) == 0
     assert "warning" not in capsys.readouterr().err
     _set(tmp_path / "nearest_etf2", code_version="0.1.0+gbbbb")
@@ -821,8 +915,11 @@ def test_runs_of_several_code_versions_are_named(tmp_path, capsys):
 def test_every_accuracy_tag_is_linear_and_labelled_as_one(tmp_path):
     """Only tags ending in `acc` were accuracies: test/acc_top5 (1 % to 90 %) got a log axis labelled `acc_top5`."""
     rising = {e: 1.0 * 90 ** ((e - 1) / 5) for e in range(1, 7)}
-    run = fake_run("r", {"head": {"name": "learned"}}, {"test/acc_top5": rising, "test/acc_class/cat": rising,
-                                                         "train/loss": rising})
+    run = fake_run(
+        "r",
+        {"head": {"name": "learned"}},
+        {"test/acc_top5": rising, "test/acc_class/cat": rising, "train/loss": rising},
+    )
     axes = figure({"head=learned": [run]}, ["test/acc_top5", "test/acc_class/cat", "train/loss"]).axes
     assert [ax.get_yscale() for ax in axes[:3]] == ["linear", "linear", "log"]
     assert [ax.get_ylabel() for ax in axes[:2]] == ["accuracy (%)", "accuracy (%)"]

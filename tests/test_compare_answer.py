@@ -14,8 +14,17 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from etf_train.compare import (choose_baseline, crossings, curves, load_runs, main,
-                               nc1_thresholds, speedup, summarize, thresholds)
+from etf_train.compare import (
+    choose_baseline,
+    crossings,
+    curves,
+    load_runs,
+    main,
+    nc1_thresholds,
+    speedup,
+    summarize,
+    thresholds,
+)
 from etf_train.compare.setting import readable, reproduce, setting
 from etf_train.compare.stats import EpochStats
 from etf_train.errors import EtfTrainError
@@ -50,9 +59,14 @@ def test_groups_without_a_common_seed_get_the_ratio_of_medians():
     cfg = lambda head, seed: {"seed": seed, "head": {"name": head}}  # noqa: E731
     nc = lambda *v: {"nc/nc1": dict(zip((1, 2, 3, 4), v)), "train/eval_acc": {4: 50.0}, "test/acc": {4: 50.0}}  # noqa: E731
     base = [fake_run(f"b{k}", cfg("learned", k), nc(*c)) for k, c in ((1, (3, 2, 0.5, 0.4)), (2, (3, 2, 2, 0.5)))]
-    other = [fake_run(f"o{k}", cfg("nearest_etf", k), nc(*c)) for k, c in ((7, (0.9, 0.5, 0.1, 0.1)), (8, (2, 0.5, 0.4, 0.1)))]
+    other = [
+        fake_run(f"o{k}", cfg("nearest_etf", k), nc(*c))
+        for k, c in ((7, (0.9, 0.5, 0.1, 0.1)), (8, (2, 0.5, 0.4, 0.1)))
+    ]
     limits = thresholds("train/eval_acc", [], [], [1.0])
-    got = speedup(summarize("o", other, limits, "train/eval_acc"), summarize("b", base, limits, "train/eval_acc"), limits[0])
+    got = speedup(
+        summarize("o", other, limits, "train/eval_acc"), summarize("b", base, limits, "train/eval_acc"), limits[0]
+    )
     assert not got.paired and got.median == pytest.approx(np.median([3, 4]) / np.median([1, 2]))
     assert (got.low, got.high) == (3 / 2, 4 / 1)
 
@@ -69,6 +83,7 @@ def test_the_baseline_is_the_one_learned_group_or_the_one_asked_for(groups):  # 
 
 def test_nc1_thresholds_go_as_deep_as_every_group_gets():
     """Catches thresholds stopping at 0.01 while every curve goes further, or going deeper than some group gets."""
+
     def group(*lows):
         return [fake_run(f"r{i}", {"seed": i}, {"nc/nc1": {1: 1.0, 2: low}}) for i, low in enumerate(lows)]
 
@@ -91,8 +106,12 @@ def test_crossings_of_median_curves_after_the_first_threshold():
     found = crossings(a, b, 1.0)
     assert [(c.epoch, c.below) for c in found] == [(4, "learned")]
     c = ("learned", stats(4, 2.0, 0.05, 0.02, 0.002, 0.002))  # below at 3, above at 4, below at 5, above at 6
-    assert [(x.epoch, x.below) for x in crossings(a, c, 1.0)] == [(3, "learned"), (4, "nearest_etf"),
-                                                                   (5, "learned"), (6, "nearest_etf")]
+    assert [(x.epoch, x.below) for x in crossings(a, c, 1.0)] == [
+        (3, "learned"),
+        (4, "nearest_etf"),
+        (5, "learned"),
+        (6, "nearest_etf"),
+    ]
 
 
 def test_the_answer_comes_first_with_numbers_from_the_tables(sweep, tmp_path, capsys):  # noqa: F811
@@ -102,8 +121,10 @@ def test_the_answer_comes_first_with_numbers_from_the_tables(sweep, tmp_path, ca
     ratio = np.median([first_nc1("learned", k, 1.0) / first_nc1("nearest_etf", k, 1.0) for k in (1, 2, 3)])
     learned_med = np.median([first_nc1("learned", k, 1.0) for k in (1, 2, 3)])
     nearest_med = np.median([first_nc1("nearest_etf", k, 1.0) for k in (1, 2, 3)])
-    sentence = (f"- nearest_etf reaches NC1 <= 1 {ratio:.2f}x sooner than learned ({nearest_med:g} vs {learned_med:g} "
-                "epochs, median; 3 of 3 seeds paired)")
+    sentence = (
+        f"- nearest_etf reaches NC1 <= 1 {ratio:.2f}x sooner than learned ({nearest_med:g} vs {learned_med:g} "
+        "epochs, median; 3 of 3 seeds paired)"
+    )
     assert out.startswith("Against the baseline learned") and sentence in out
     assert md.startswith("Against the baseline learned") and sentence in md
     assert "| head=nearest_etf | 3 seeds | " in md and f"| {ratio:.2f}x [" in md  # the speed-up table holds it
@@ -113,18 +134,37 @@ def test_the_answer_comes_first_with_numbers_from_the_tables(sweep, tmp_path, ca
     with (tmp_path / "comparison.csv").open() as f:
         rows = {r["group"]: r for r in csv.DictReader(f)}
     assert float(rows["head=nearest_etf"]["speedup_nc1_le_1_median"]) == pytest.approx(ratio)
-    assert rows["head=nearest_etf"]["speedup_nc1_le_1_pairs"] == "3" and rows["head=learned"]["speedup_nc1_le_1_median"] == ""
+    assert (
+        rows["head=nearest_etf"]["speedup_nc1_le_1_pairs"] == "3"
+        and rows["head=learned"]["speedup_nc1_le_1_median"] == ""
+    )
 
 
 def test_the_terminal_table_fits_120_columns(tmp_path, capsys):
     for head in ("learned", "nearest_etf"):
         for seed in (1, 2):
             make_run(tmp_path / f"{head}{seed}", head, seed, tau=12.5, some_long_option_name="a-long-value")
-    args = [str(tmp_path), "--nc1-thresholds", "1", "0.1", "0.01", "0.001", "1e-4", "1e-5", "--acc-thresholds", "50",
-            "60", "70", "80", "90", "95", "99"]
+    args = [
+        str(tmp_path),
+        "--nc1-thresholds",
+        "1",
+        "0.1",
+        "0.01",
+        "0.001",
+        "1e-4",
+        "1e-5",
+        "--acc-thresholds",
+        "50",
+        "60",
+        "70",
+        "80",
+        "90",
+        "95",
+        "99",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    table = out[out.index("\ngroup ") + 1:out.index("(median epoch")].splitlines()
+    table = out[out.index("\ngroup ") + 1 : out.index("(median epoch")].splitlines()
     assert len(table) == 4 and max(map(len, table)) <= 120, table
     assert "NC1 <= 1 " in table[0] and "final test/acc %" in table[0]
 
@@ -154,11 +194,14 @@ def test_setting_and_reproduce_name_what_ran(tmp_path):
             cfg.dataset.name = "ufm"
             cfg.code_version = "0.1.0+gabc1234"
             OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-            (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
-                ["experiment=ufm10_authors", f"head={head}", f"seed={seed}", "hydra.sweep.dir=/x"]))
+            (run / ".hydra" / "overrides.yaml").write_text(
+                yaml.safe_dump(["experiment=ufm10_authors", f"head={head}", f"seed={seed}", "hydra.sweep.dir=/x"])
+            )
     runs = load_runs([tmp_path])  # noqa: F811
-    assert setting(runs) == ("UFM, K=10, 1,000 train samples · backbone resnet18, d=512 · loss ce · AGD (gain 10.0, "
-                             "depth 2) · schedule none · 12 epochs, batch 256 · seeds 1-3 · etf-train 0.1.0+gabc1234")
+    assert setting(runs) == (
+        "UFM, K=10, 1,000 train samples · backbone resnet18, d=512 · loss ce · AGD (gain 10.0, "
+        "depth 2) · schedule none · 12 epochs, batch 256 · seeds 1-3 · etf-train 0.1.0+gabc1234"
+    )
     assert reproduce(runs) == "etf-train -m experiment=ufm10_authors head=learned,nearest_etf seed=1,2,3"
     assert readable("head=nearest_etf, optimizer=agd, optimizer.effective_depth=2") == "nearest_etf, AGD, depth 2"
     assert readable("head=learned, head.tau=20, loss.name=mse") == "learned, tau 20, loss.name mse"
@@ -169,7 +212,9 @@ def test_figure_marks_nc1_thresholds_and_draws_each_seed_when_asked(groups):  # 
 
     fig = figure(groups, ["test/acc", "nc/nc1"], nc1_lines=[1.0, 0.1, 0.01], per_seed=True)
     acc, nc1 = fig.axes[:2]
-    dotted = sorted(ln.get_ydata()[0] for ln in nc1.get_lines() if ln.get_linestyle() == ":" and ln.get_color() == "0.5")
+    dotted = sorted(
+        ln.get_ydata()[0] for ln in nc1.get_lines() if ln.get_linestyle() == ":" and ln.get_color() == "0.5"
+    )
     assert dotted == [0.01, 0.1, 1.0]
     assert len(acc.get_lines()) == 3 + 9  # a median per group and a thin line per run
     lowest = min(min(r.scalars["test/acc"][1]) for rs in groups.values() for r in rs)
@@ -199,8 +244,11 @@ def test_the_end_of_a_sweep_lists_runs_that_failed_after_starting(sweep, tmp_pat
     from .test_compare import write_config
 
     shutil.copytree(sweep, tmp_path / "s")
-    write_config(tmp_path / "s" / "diverged", {"seed": 4, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}},
-                 state="failed")
+    write_config(
+        tmp_path / "s" / "diverged",
+        {"seed": 4, "head": {"name": "nearest_etf"}, "dataset": {"name": "cifar10"}},
+        state="failed",
+    )
     text = sweep_end(tmp_path / "s")
     assert "etf-train: 1 of 10 runs not counted:" in text
     assert f"etf-train: - {tmp_path / 's' / 'diverged'}: failed at epoch 0 (diverged at epoch 1, step 2)" in text
@@ -218,8 +266,12 @@ def test_serve_starts_tensorboard_on_exactly_the_compared_runs_and_stops_on_ctrl
     import time
     import urllib.request
 
-    proc = subprocess.Popen([sys.executable, "-m", "etf_train.compare", str(sweep), "--out", str(tmp_path), "--serve"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etf_train.compare", str(sweep), "--out", str(tmp_path), "--serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = next(line for line in proc.stdout if "TensorBoard on" in line)
         url = re.search(r"(http://\S+)", line).group(1)

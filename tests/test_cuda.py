@@ -37,8 +37,10 @@ def test_head_in_float32_on_cuda_follows_float64_on_the_cpu(d, K, method):
     """Two training steps of the nearest-ETF head at training sizes: P and the features' gradient in float32 on the
     device against float64 on the CPU (catches a solver or backward that loses accuracy on cuSOLVER)."""
     g = torch.Generator().manual_seed(0)
-    heads = {"cpu": NearestETFHead(K, d, solver={"method": method}).double(),
-             "cuda": NearestETFHead(K, d, solver={"method": method}).cuda()}
+    heads = {
+        "cpu": NearestETFHead(K, d, solver={"method": method}).double(),
+        "cuda": NearestETFHead(K, d, solver={"method": method}).cuda(),
+    }
     y = torch.arange(4 * K) % K
     for _ in range(2):
         f = torch.randn(4 * K, d, generator=g, dtype=torch.float64)

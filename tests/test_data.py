@@ -54,7 +54,9 @@ def check_bundle(b: DataBundle, sample_every: int = 1) -> None:
     n = len(b.train_targets)
     assert len(b.train) == len(b.eval_train) == n and len(b.test) > 0
     assert b.train_targets.dtype == torch.long
-    assert torch.equal(torch.bincount(b.train_targets, minlength=b.num_classes) > 0, torch.ones(b.num_classes, dtype=torch.bool))
+    assert torch.equal(
+        torch.bincount(b.train_targets, minlength=b.num_classes) > 0, torch.ones(b.num_classes, dtype=torch.bool)
+    )
     for i in range(0, n, sample_every):
         x, y = b.eval_train[i]
         assert int(y) == int(b.train_targets[i]) == int(b.train[i][1])
@@ -181,15 +183,21 @@ def test_imbalance_ratio_keeps_the_long_tail_counts_of_real_samples():
 
 def test_limits_give_seeded_stratified_subsets():
     full = build_data("synthetic", num_classes=4, image_size=2, train_per_class=30, test_per_class=10)
-    b = build_data("synthetic", num_classes=4, image_size=2, train_per_class=30, test_per_class=10, limit_train=40, limit_test=12)
+    b = build_data(
+        "synthetic", num_classes=4, image_size=2, train_per_class=30, test_per_class=10, limit_train=40, limit_test=12
+    )
     check_bundle(b)
     assert torch.bincount(b.train_targets).tolist() == [10, 10, 10, 10]
     assert sorted(int(y) for _, y in b.test) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert _rows(b.eval_train).items() <= _rows(full.eval_train).items()
     assert _rows(b.test).items() <= _rows(full.test).items()
-    assert len(build_data("synthetic", num_classes=4, image_size=2, train_per_class=30, limit_train=10_000).train) == 120
+    assert (
+        len(build_data("synthetic", num_classes=4, image_size=2, train_per_class=30, limit_train=10_000).train) == 120
+    )
     # on a long tail [40, 22, 13, 7, 4]: one sample per class, the other 38 shared in proportion to (n_c - 1)
-    tail = build_data("synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0, limit_train=43)
+    tail = build_data(
+        "synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0, limit_train=43
+    )
     assert torch.bincount(tail.train_targets).tolist() == [19, 11, 7, 4, 2]
 
 
@@ -197,10 +205,15 @@ def test_a_limit_that_flattens_the_long_tail_says_so(caplog):
     """limit_train keeps one sample per class and shares the rest in proportion: on a steep tail the realised
     ratio n_max / n_min fell from 100 to 23 in silence."""
     with caplog.at_level(logging.WARNING, logger="etf_train"):
-        b = build_data("synthetic", num_classes=10, image_size=2, train_per_class=500, imbalance_ratio=100.0, limit_train=64)
+        b = build_data(
+            "synthetic", num_classes=10, image_size=2, train_per_class=500, imbalance_ratio=100.0, limit_train=64
+        )
     counts = torch.bincount(b.train_targets).tolist()
     assert max(counts) / min(counts) < 30  # the subset as before ...
-    assert f"n_max / n_min = {max(counts) / min(counts):.3g}" in caplog.text and "dataset.imbalance_ratio=100" in caplog.text
+    assert (
+        f"n_max / n_min = {max(counts) / min(counts):.3g}" in caplog.text
+        and "dataset.imbalance_ratio=100" in caplog.text
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="etf_train"):  # a mild cut keeps the profile: no line
         build_data("synthetic", num_classes=5, image_size=2, train_per_class=40, imbalance_ratio=10.0, limit_train=43)
@@ -210,7 +223,9 @@ def test_a_limit_that_flattens_the_long_tail_says_so(caplog):
 def test_long_tail_groups_count_the_clean_labels():
     """With label noise the many/medium/few groups were formed from noisy counts: tail classes of 5-14 images read
     as many-shot (their flipped-in labels counted), and acc_few vanished."""
-    b = build_data("synthetic", num_classes=10, image_size=2, train_per_class=500, imbalance_ratio=100.0, label_noise=0.4)
+    b = build_data(
+        "synthetic", num_classes=10, image_size=2, train_per_class=500, imbalance_ratio=100.0, label_noise=0.4
+    )
     want = [round(500 * 100 ** (-c / 9)) for c in range(10)]  # the long tail the split was drawn with
     assert b.shot_counts(100.0).tolist() == want
     assert torch.bincount(b.train_targets, minlength=10).tolist() != want  # the noisy labels: not what the groups use
@@ -270,7 +285,9 @@ def test_both_loader_paths_serve_the_noisy_train_labels(mode):
     train, test, eval_train = build_loaders(b, 8, mode=mode)
     x_all = b.train_x.flatten(1)
     for x, y in _epochs(train, (1,)):
-        positions = (x.flatten(1)[:, None] == x_all[None]).all(-1).float().argmax(1)  # rows are unique: find each sample
+        positions = (
+            (x.flatten(1)[:, None] == x_all[None]).all(-1).float().argmax(1)
+        )  # rows are unique: find each sample
         assert torch.equal(y, b.train_targets[positions])
     assert torch.equal(torch.cat([y for _, y in eval_train]), b.train_targets)
     assert torch.equal(torch.cat([y for _, y in test]), b.test_targets)
@@ -393,14 +410,18 @@ def write_cifar(
     """Miniature CIFAR-10/100 in torchvision's python-pickle layout; returns (train HWC, labels, test HWC, labels).
     same: every train image is one and the same random image."""
     K = kind
-    folder, label_key = (root / "cifar-10-batches-py", "labels") if kind == 10 else (root / "cifar-100-python", "fine_labels")
+    folder, label_key = (
+        (root / "cifar-10-batches-py", "labels") if kind == 10 else (root / "cifar-100-python", "fine_labels")
+    )
     train_files = [f"data_batch_{i}" for i in range(1, 6)] if kind == 10 else ["train"]
     folder.mkdir(parents=True)
 
     image = rng.integers(0, 256, size=(1, 3 * 32 * 32), dtype=np.uint8)
 
     def write(name, n, same=False):
-        data = image.repeat(n, 0) if same else rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)  # rows: R, G, B planes
+        data = (
+            image.repeat(n, 0) if same else rng.integers(0, 256, size=(n, 3 * 32 * 32), dtype=np.uint8)
+        )  # rows: R, G, B planes
         labels = [int(c) for c in rng.permutation(np.arange(n) % K)]
         entry = {"data": data, label_key: labels}
         if kind == 100:
@@ -430,8 +451,12 @@ def test_cifar10_reads_torchvision_files_and_augments_only_train(tmp_path, cifar
 
     # every augmented draw is a 32 px crop of the image zero-padded by 4 (pixel 0, before normalising), maybe mirrored
     padded = normalise(np.pad(train_x[0], ((4, 4), (4, 4), (0, 0))), CIFAR10_MEAN, CIFAR10_STD)
-    crops = {(i, j, f): padded[:, i : i + 32, j : j + 32].flip(-1) if f else padded[:, i : i + 32, j : j + 32]
-             for i in range(9) for j in range(9) for f in (False, True)}
+    crops = {
+        (i, j, f): padded[:, i : i + 32, j : j + 32].flip(-1) if f else padded[:, i : i + 32, j : j + 32]
+        for i in range(9)
+        for j in range(9)
+        for f in (False, True)
+    }
     torch.manual_seed(0)
     draws = [b.train[0][0] for _ in range(40)]
     found = [[key for key, c in crops.items() if torch.allclose(d, c, atol=1e-6)] for d in draws]
@@ -462,7 +487,9 @@ def test_cifar_missing_files_are_one_line_errors_naming_the_root(tmp_path, monke
     message = str(info.value)
     assert "\n" not in message and str(root.resolve()) in message and "cifar-10-batches-py" in message
     assert "download failed" in message
-    with pytest.raises(EtfTrainError, match=r"dataset cifar100: .*download=false.*cifar-100-python/ folder under") as info:
+    with pytest.raises(
+        EtfTrainError, match=r"dataset cifar100: .*download=false.*cifar-100-python/ folder under"
+    ) as info:
         build_data("cifar100", root=str(root), download=False)
     assert "\n" not in str(info.value)
 
@@ -500,7 +527,9 @@ def test_mnist_like_reads_idx_files_and_crops_without_flipping(tmp_path, name, f
     crops = {(i, j): padded[i : i + 28, j : j + 28] for i in range(5) for j in range(5)}
     torch.manual_seed(0)
     draws = [b.train[4][0][0] for _ in range(20)]
-    assert all(any(torch.allclose(x, c, atol=1e-6) for c in crops.values()) for x in draws)  # up to 2 px shifts, no mirror
+    assert all(
+        any(torch.allclose(x, c, atol=1e-6) for c in crops.values()) for x in draws
+    )  # up to 2 px shifts, no mirror
     assert any(not torch.equal(x, expected) for x in draws)
 
 
@@ -538,8 +567,10 @@ def test_files_image_folder_cannot_read_are_named_in_one_line(tmp_path, caplog):
         b = build_data("image_folder", root=str(tmp_path), image_size=8, cache="off")
     assert len(b.train) == 4
     lines = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
-    assert lines == [f"dataset image_folder: 3 files under {tmp_path / 'train'} are not images torchvision reads and "
-                     "are left out (.gif x2, .txt x1)"]
+    assert lines == [
+        f"dataset image_folder: 3 files under {tmp_path / 'train'} are not images torchvision reads and "
+        "are left out (.gif x2, .txt x1)"
+    ]
 
 
 def test_dataloader_draws_do_not_depend_on_the_worker_count_and_leave_the_global_rng_alone(tmp_path):
@@ -564,7 +595,10 @@ def test_dataloader_draws_do_not_depend_on_the_worker_count_and_leave_the_global
                 assert torch.equal(torch.get_rng_state(), state)  # dropout's stream is not the data's
         for workers in (1, 2):
             for epoch in (1, 2):
-                assert all(torch.equal(u, v) for u, v in zip(epochs[0, epoch], epochs[workers, epoch])), (workers, epoch)
+                assert all(torch.equal(u, v) for u, v in zip(epochs[0, epoch], epochs[workers, epoch])), (
+                    workers,
+                    epoch,
+                )
         assert not torch.equal(epochs[0, 1][0], epochs[0, 2][0])  # another epoch, other draws
 
 
@@ -646,7 +680,9 @@ def test_cached_image_folder_serves_the_pixels_and_labels_of_the_dataloader_path
     cached, files = (build_data("image_folder", **options, cache=c) for c in ("on", "off"))
     assert files.train_x is None and cached.train_x.dtype == torch.uint8 and cached.train_x.shape == (9, 3, 8, 8)
     assert cached.class_names == files.class_names == ("Moth", "ant", "zebra")
-    assert torch.equal(cached.train_targets, files.train_targets) and torch.equal(cached.test_targets, files.test_targets)
+    assert torch.equal(cached.train_targets, files.train_targets) and torch.equal(
+        cached.test_targets, files.test_targets
+    )
     for pixels, ds in ((cached.train_x, files.eval_train), (cached.test_x, files.test)):
         assert len(pixels) == len(ds)
         for i in range(len(ds)):
@@ -666,8 +702,13 @@ def test_the_cache_file_is_read_back_and_rebuilt_when_a_file_changes_or_is_added
     write_folder(tmp_path, "train", {"a": 3, "b": 3}, 8, rng)
     write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, rng)
     decodes = _count_decodes(monkeypatch)
-    build = lambda size=8: build_data("image_folder", root=str(tmp_path), image_size=size)
-    saved = lambda: sorted(p.name for p in (tmp_path / ".etf_cache").iterdir())
+
+    def build(size=8):
+        return build_data("image_folder", root=str(tmp_path), image_size=size)
+
+    def saved():
+        return sorted(p.name for p in (tmp_path / ".etf_cache").iterdir())
+
     first = build()
     assert len(decodes) == 1 and len(saved()) == 1 and saved()[0].startswith("8px-")
     assert torch.equal(build().train_x, first.train_x) and len(decodes) == 1  # read back, not decoded
@@ -740,7 +781,10 @@ def test_cache_budget_auto_falls_back_in_one_info_line_and_on_refuses_with_the_n
     the on / off spellings YAML turns into booleans."""
     write_folder(tmp_path, "train", {"a": 3, "b": 3}, 8, np.random.default_rng(17))
     write_folder(tmp_path, "test", {"a": 1, "b": 1}, 8, np.random.default_rng(18))
-    build = lambda c: build_data("image_folder", root=str(tmp_path), image_size=8, cache=c)
+
+    def build(c):
+        return build_data("image_folder", root=str(tmp_path), image_size=8, cache=c)
+
     monkeypatch.setattr(cache, "available_memory", lambda: 4000)  # 8 images of 3x8x8: 1,536 bytes > 4000 / 4
     with caplog.at_level(logging.INFO, logger="etf_train"):
         auto = build("auto")
@@ -751,7 +795,9 @@ def test_cache_budget_auto_falls_back_in_one_info_line_and_on_refuses_with_the_n
     assert build("on").train_x is not None and build(True).train_x is not None and build(False).train_x is None
 
     monkeypatch.setattr(cache, "available_memory", lambda: 1500)
-    with pytest.raises(EtfTrainError, match=r"dataset.cache=on: .*\(8 images of 3x8x8 uint8: 1.54 kB\) do not fit the 1.5 kB") as info:
+    with pytest.raises(
+        EtfTrainError, match=r"dataset.cache=on: .*\(8 images of 3x8x8 uint8: 1.54 kB\) do not fit the 1.5 kB"
+    ) as info:
         build("on")
     assert "\n" not in str(info.value)
     with pytest.raises(EtfTrainError, match="dataset.cache='yes' must be one of auto, on, off"):
@@ -789,10 +835,13 @@ def test_device_path_serves_the_dataloader_index_batches(class_balanced):
             train, test, eval_train = build_loaders(
                 b, 7, class_balanced=class_balanced, seed=4, rank=rank, world_size=3, mode=kind
             )
-            by_path[kind] = [len(train), len(test), len(eval_train)], [
-                [(x.tolist(), y.tolist()) for x, y in batches]
-                for batches in (_epochs(train, (0, 3)), _epochs(test, (None,)), _epochs(eval_train, (None,)))
-            ]
+            by_path[kind] = (
+                [len(train), len(test), len(eval_train)],
+                [
+                    [(x.tolist(), y.tolist()) for x, y in batches]
+                    for batches in (_epochs(train, (0, 3)), _epochs(test, (None,)), _epochs(eval_train, (None,)))
+                ],
+            )
         assert by_path["device"] == by_path["dataloader"], rank
         lengths, (train_batches, test_batches, _) = by_path["device"]
         assert lengths[0] * 2 == len(train_batches) and len(test_batches) == lengths[1] and lengths[0] > 1
@@ -817,7 +866,9 @@ def test_device_path_batches_equal_the_dataloader_ones_without_augmentation(data
     assert b.train_x is not None and b.test_x is not None
     compare = ["test", "eval_train"] + (["train"] if dataset != "cifar10" else [])
     for rank in range(2):
-        loaders = {kind: build_loaders(b, 8, seed=1, rank=rank, world_size=2, mode=kind) for kind in ("device", "dataloader")}
+        loaders = {
+            kind: build_loaders(b, 8, seed=1, rank=rank, world_size=2, mode=kind) for kind in ("device", "dataloader")
+        }
         for i, split in enumerate(("train", "test", "eval_train")):
             got = {kind: _epochs(loaders[kind][i], (2,) if split == "train" else (None,)) for kind in loaders}
             assert len(got["device"]) == len(got["dataloader"]) == len(loaders["device"][i]) > 0
@@ -906,10 +957,13 @@ def test_device_augmentation_is_seeded_by_seed_rank_and_epoch(tmp_path, cifar_fi
     assert not torch.equal(epoch(1, rank=0, world_size=2), epoch(1, rank=1, world_size=2))
     loader = build_loaders(b, 16, mode="device")[0]
     set_epoch(loader, 1)
-    assert torch.equal(torch.cat([x for x, _ in loader]), first) and torch.equal(torch.cat([x for x, _ in loader]), first)
+    assert torch.equal(torch.cat([x for x, _ in loader]), first) and torch.equal(
+        torch.cat([x for x, _ in loader]), first
+    )
     plain = build_loaders(build_data(**_mini_cifar(tmp_path / "plain", same=True), augment=False), 16, mode="device")[0]
     assert len({x.numpy().tobytes() for x in first}) > 40
     assert len({x.numpy().tobytes() for batch, _ in plain for x in batch}) == 1
+
 
 def test_loader_option_auto_picks_the_path_and_device_refuses_image_files(tmp_path):
     b = build_data("synthetic", num_classes=3, image_size=4, train_per_class=8)
@@ -927,7 +981,9 @@ def test_loader_option_auto_picks_the_path_and_device_refuses_image_files(tmp_pa
     assert all(isinstance(loader, DeviceLoader) for loader in build_loaders(cached, 4))
     imagenet = build_data("imagenet", root=str(tmp_path), image_size=8)
     for bundle in (folder, imagenet):
-        with pytest.raises(EtfTrainError, match="loader.mode=device needs a dataset held in memory.*use loader.mode=dataloader") as info:
+        with pytest.raises(
+            EtfTrainError, match="loader.mode=device needs a dataset held in memory.*use loader.mode=dataloader"
+        ) as info:
             build_loaders(bundle, 4, mode="device")
         assert "\n" not in str(info.value)
 
@@ -958,7 +1014,9 @@ def test_random_crop_flip_mirrors_each_sample_independently():
     assert not torch.equal(image, mirror)
     total = 0
     for seed in seeds:
-        out = random_crop_flip(image.repeat(B, 1, 1, 1), padding=0, flip=True, generator=torch.Generator().manual_seed(seed))
+        out = random_crop_flip(
+            image.repeat(B, 1, 1, 1), padding=0, flip=True, generator=torch.Generator().manual_seed(seed)
+        )
         assert out.shape == (B, 1, H, W) and out.dtype == torch.uint8
         plain = (out == image).flatten(1).all(1)
         mirrored = (out == mirror).flatten(1).all(1)
@@ -995,8 +1053,9 @@ def test_random_crop_pads_with_zeros_and_draws_offsets_per_sample():
 def test_a_last_batch_of_one_sample_joins_the_batch_before(n, sizes, class_balanced):
     """BatchNorm cannot normalise one sample in training: N mod B = 1 (dataset.limit_train=129 at batch 128) crashed
     every BatchNorm backbone at the end of epoch 1. Every sample is still served once per epoch."""
-    bundle = build_data("synthetic", num_classes=4, image_size=4, channels=1, train_per_class=n, test_per_class=1,
-                        limit_train=n)
+    bundle = build_data(
+        "synthetic", num_classes=4, image_size=4, channels=1, train_per_class=n, test_per_class=1, limit_train=n
+    )
     for mode in ("device", "dataloader"):
         train = build_loaders(bundle, 128, mode=mode, class_balanced=class_balanced)[0]
         set_epoch(train, 2)
@@ -1007,8 +1066,10 @@ def test_a_last_batch_of_one_sample_joins_the_batch_before(n, sizes, class_balan
 def test_the_default_run_trains_on_a_train_set_of_129(tmp_path):
     from etf_train.training import train
 
-    last = train(make_cfg("dataset.limit_train=129", "trainer.max_epochs=1", "trainer.progress=false",
-                          "trainer.device=cpu"), tmp_path)
+    last = train(
+        make_cfg("dataset.limit_train=129", "trainer.max_epochs=1", "trainer.progress=false", "trainer.device=cpu"),
+        tmp_path,
+    )
     assert math.isfinite(last["train/loss"])
 
 

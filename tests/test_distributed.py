@@ -18,15 +18,28 @@ from .conftest import TINY, make_cfg
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 # LayerNorm, not BatchNorm: per-rank batch statistics would make 2 processes differ from 1 by design.
-DDP = [*(o for o in TINY if not o.startswith("backbone.")), "backbone=mlp", "backbone.norm=layer", "backbone.hidden=32", "backbone.dim=16",
-       "trainer.device=cpu", "trainer.max_epochs=2", "trainer.batch_size=16"]
+DDP = [
+    *(o for o in TINY if not o.startswith("backbone.")),
+    "backbone=mlp",
+    "backbone.norm=layer",
+    "backbone.hidden=32",
+    "backbone.dim=16",
+    "trainer.device=cpu",
+    "trainer.max_epochs=2",
+    "trainer.batch_size=16",
+]
 
 
 def torchrun(nproc, out, *overrides):
     exe = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(exe), "--standalone", f"--nproc_per_node={nproc}", str(WORKER), str(out), *overrides],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [str(exe), "--standalone", f"--nproc_per_node={nproc}", str(WORKER), str(out), *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
 
@@ -51,8 +64,9 @@ def test_two_processes_agree_and_match_one_process(tmp_path, head):
 @pytest.mark.slow  # a torchrun launch of its own (~14 s); the default run keeps one DDP parity test
 def test_class_balanced_batches_and_uneven_test_shards_under_ddp(tmp_path):
     # 17 test samples: rank 0 evaluates 2 batches of 8, rank 1 one batch; evaluation must not wait on DDP.
-    two = torchrun(2, tmp_path / "two", *DDP, "loader.class_balanced=true", "dataset.limit_test=17",
-                   "trainer.max_epochs=1")
+    two = torchrun(
+        2, tmp_path / "two", *DDP, "loader.class_balanced=true", "dataset.limit_test=17", "trainer.max_epochs=1"
+    )
     for k, v in two[0]["model"].items():
         assert torch.equal(v, two[1]["model"][k])
 
@@ -71,9 +85,15 @@ def _torchrun_cli(run, *overrides, env=None):
     """torchrun with 2 processes, in a process group of its own (a test can signal the group, as Slurm does)."""
     exe = Path(sys.executable).with_name("torchrun")
     args = [str(exe), "--standalone", "--nproc_per_node=2", "-m", "etf_train", *overrides, f"hydra.run.dir={run}"]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, cwd=run.parent,
-                            start_new_session=True)
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        cwd=run.parent,
+        start_new_session=True,
+    )
 
 
 def _torchrun_stopped_by_sigterm(run: Path, settings: list[str], sig=signal.SIGTERM, group=False) -> None:
@@ -114,8 +134,9 @@ def test_a_signal_to_the_whole_torchrun_job_with_dataloader_workers_saves(tmp_pa
     """Slurm signals every process of the job: the DataLoader workers used to die first and take the rank with them
     ('DataLoader worker ... killed by signal'), leaving no checkpoint of the interrupted epoch."""
     run = tmp_path / "run"
-    _torchrun_stopped_by_sigterm(run, [*SIGTERM_SETTINGS, "loader.mode=dataloader", "loader.num_workers=1"], sig,
-                                 group=True)
+    _torchrun_stopped_by_sigterm(
+        run, [*SIGTERM_SETTINGS, "loader.mode=dataloader", "loader.num_workers=1"], sig, group=True
+    )
 
 
 @pytest.mark.slow

@@ -8,7 +8,11 @@ ROOT = Path(__file__).parents[1]
 
 
 def _tests(path: Path) -> set[str]:
-    return {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
+    return {
+        n.name
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+    }
 
 
 def test_every_test_named_in_reliability_md_exists():
@@ -23,6 +27,8 @@ def test_every_test_named_in_reliability_md_exists():
         for file, name, bare in refs:
             current = file or bare or current
             if name:
-                assert name in _tests(ROOT / "tests" / current), f"{current}::{name} (docs/reliability.md) does not exist"
+                assert name in _tests(ROOT / "tests" / current), (
+                    f"{current}::{name} (docs/reliability.md) does not exist"
+                )
                 named += 1
     assert named >= 30

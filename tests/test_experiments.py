@@ -118,8 +118,14 @@ def test_cifar10_jpg_experiment_trains_one_epoch_from_CIFAR10_JPG(tmp_path):
     run = tmp_path / "run"
     exe = Path(sys.executable).with_name("etf-train")
     env = {**os.environ, "CIFAR10_JPG": str(data), "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([str(exe), "experiment=cifar10_jpg_resnet18", *QUICK, "trainer.batch_size=6",
-                           f"hydra.run.dir={run}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "experiment=cifar10_jpg_resnet18", *QUICK, "trainer.batch_size=6", f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr  # (the default root, data/cifar10-jpg, does not exist here)
     assert read_scalars(run)["train/acc"][0].tolist() == [1]
     acc = read_scalars(run)["test/acc"][1][0]

@@ -25,8 +25,14 @@ TAGS = ("train/loss", "train/acc", "test/acc", "nc/nc1", "lr")
 
 def start(run: Path, delay: float | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **({SAVE_DELAY_ENV: str(delay)} if delay else {})}
-    return subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *SETTINGS, f"hydra.run.dir={run}"],
-                            cwd=run.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("etf-train")), *SETTINGS, f"hydra.run.dir={run}"],
+        cwd=run.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def finish(run: Path) -> None:
@@ -71,7 +77,9 @@ def test_kill_inside_a_checkpoint_write_then_the_same_command(tmp_path, referenc
     assert_same_as(run, ref)
 
 
-@pytest.mark.parametrize("points", [pytest.param(1, id="1-point"), pytest.param(20, marks=pytest.mark.slow, id="20-points")])
+@pytest.mark.parametrize(
+    "points", [pytest.param(1, id="1-point"), pytest.param(20, marks=pytest.mark.slow, id="20-points")]
+)
 def test_kill_at_random_points_then_the_same_command(tmp_path, reference, points):
     ref, duration = reference
     rng = random.Random(points)

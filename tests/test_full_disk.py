@@ -60,8 +60,13 @@ def test_a_disk_that_fills_during_a_run_is_one_line_and_the_same_command_continu
     run = small_disk / "run"
     args = [*LONG, f"hydra.run.dir={run}"]
     exe = Path(sys.executable).with_name("etf-train")
-    proc = subprocess.Popen([str(exe), *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [str(exe), *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"},
+    )
     log = run / rundir.LOG
     deadline = time.monotonic() + 120
     while not (log.exists() and "epoch 3/" in log.read_text()):
@@ -89,7 +94,8 @@ def test_a_full_disk_before_the_start_is_one_line(small_disk):
     proc = etf_train(*TINY, f"hydra.run.dir={small_disk}/run", cwd=small_disk)
     assert proc.returncode == 2
     assert only_our_lines(proc.stderr) == [
-        f"etf-train: error: cannot write the output folder {small_disk}/run: the disk is full (0 MB free there)"]
+        f"etf-train: error: cannot write the output folder {small_disk}/run: the disk is full (0 MB free there)"
+    ]
     assert not (small_disk / "run").exists()
 
 
@@ -101,13 +107,17 @@ def test_a_log_that_cannot_be_written_is_said_once_and_the_run_goes_on(tmp_path,
     proc = etf_train_here(*TINY, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
     assert proc.returncode == 0, proc.stderr
     [line] = only_our_lines(proc.stderr)
-    assert re.fullmatch(rf"etf-train: warning: cannot write the log {run / rundir.LOG}: the disk is full \(\d+ MB free "
-                        r"there\)", line), line
+    assert re.fullmatch(
+        rf"etf-train: warning: cannot write the log {run / rundir.LOG}: the disk is full \(\d+ MB free "
+        r"there\)",
+        line,
+    ), line
     assert rundir.is_finished(run)
 
 
-@pytest.mark.parametrize(("code", "words"), [(errno.ENOSPC, "the disk is full"),
-                                             (errno.EROFS, "the file system is read-only")])
+@pytest.mark.parametrize(
+    ("code", "words"), [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "the file system is read-only")]
+)
 def test_an_event_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capfd, code, words):
     """TensorBoard's writer thread printed its traceback, the run's error another, and the lock stayed."""
     from tensorboard.summary.writer import record_writer
@@ -123,8 +133,9 @@ def test_an_event_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatch,
 
     monkeypatch.setattr(record_writer.RecordWriter, "write", disk_fills)
     run = tmp_path / "run"
-    proc = etf_train_here(*TINY, "trainer.max_epochs=6", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch,
-                          capfd=capfd)
+    proc = etf_train_here(
+        *TINY, "trainer.max_epochs=6", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd
+    )
     assert proc.returncode == 2
     [line] = only_our_lines(proc.stderr)
     assert line.startswith(f"etf-train: error: cannot write {run}: {words}"), line
@@ -145,8 +156,16 @@ def test_a_failed_marker_that_cannot_be_written_still_gives_the_line(tmp_path, m
 
     monkeypatch.setattr(Path, "write_text", full_for_markers)
     run = tmp_path / "run"
-    proc = etf_train_here(*TINY, "head=learned", "head.normalize=false", "optimizer.lr=1e30", f"hydra.run.dir={run}",
-                          cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    proc = etf_train_here(
+        *TINY,
+        "head=learned",
+        "head.normalize=false",
+        "optimizer.lr=1e30",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capfd=capfd,
+    )
     assert proc.returncode == 2
     [line] = only_our_lines(proc.stderr)
     assert line.startswith("etf-train: error: non-finite loss at epoch 1")

@@ -168,19 +168,30 @@ def test_bad_head_inputs():
         create_head("learned", 3, 8, solver={"method": "riemannian"})
     with pytest.raises(EtfTrainError, match="head fixed_etf: unknown option.*bogus"):
         create_head("fixed_etf", 3, 8, bogus=1)
-    for bad in ({"tau": "abc"}, {"tau": 0}, {"min_rate": 0}, {"min_rate": 1.5}, {"delta": -1},
-                {"solver": {"method": "lanczos"}}, {"normalize": "no"}):
+    for bad in (
+        {"tau": "abc"},
+        {"tau": 0},
+        {"min_rate": 0},
+        {"min_rate": 1.5},
+        {"delta": -1},
+        {"solver": {"method": "lanczos"}},
+        {"normalize": "no"},
+    ):
         with pytest.raises(EtfTrainError) as info:
             create_head("nearest_etf", 3, 8, **bad)
         assert "\n" not in str(info.value)
     # solver options: max_iters=0 left P at its reference point all run; options a method does not read
-    for solver, line in (({"method": "riemannian", "max_iters": 0}, "head.solver.max_iters must be a positive integer"),
-                         ({"method": "riemannian", "max_inner": 0}, "head.solver.max_inner must be a positive integer"),
-                         ({"method": "riemannian", "grad_tol": -1.0}, "head.solver.grad_tol must be a finite number > 0"),
-                         ({"method": "svd", "max_iters": 30}, "head.solver.max_iters does not apply to solver=svd")):
+    for solver, line in (
+        ({"method": "riemannian", "max_iters": 0}, "head.solver.max_iters must be a positive integer"),
+        ({"method": "riemannian", "max_inner": 0}, "head.solver.max_inner must be a positive integer"),
+        ({"method": "riemannian", "grad_tol": -1.0}, "head.solver.grad_tol must be a finite number > 0"),
+        ({"method": "svd", "max_iters": 30}, "head.solver.max_iters does not apply to solver=svd"),
+    ):
         with pytest.raises(EtfTrainError, match=line):
             create_head("nearest_etf", 3, 8, solver=solver)
-    create_head("nearest_etf", 3, 8, solver={"method": "riemannian", "max_iters": 5, "grad_tol": None, "max_inner": None})
+    create_head(
+        "nearest_etf", 3, 8, solver={"method": "riemannian", "max_iters": 5, "grad_tol": None, "max_inner": None}
+    )
     # head.seed draws nothing with the identity basis: a head.seed sweep gave identical heads, pooled as replicates
     for name in ("fixed_etf", "nearest_etf"):
         with pytest.raises(EtfTrainError, match="head.seed=7 applies to head.basis=random only"):
@@ -364,7 +375,9 @@ def test_nearest_etf_soft_labels_give_label_weighted_class_means():
     """Catches soft labels turned hard (argmax), counts floored at 1 (a class seen only with weight < 1), or unweighted sums."""
     K, d, tau = 3, 6, 2.0
     f, _ = batch(B=5, d=d, K=K, seed=8)
-    Y = torch.tensor([[1.0, 0.0, 0.0], [0.6, 0.4, 0.0], [0.0, 0.7, 0.3], [0.0, 1.0, 0.0], [0.9, 0.0, 0.1]])  # class 2: weight 0.4
+    Y = torch.tensor(
+        [[1.0, 0.0, 0.0], [0.6, 0.4, 0.0], [0.0, 0.7, 0.3], [0.0, 1.0, 0.0], [0.9, 0.0, 0.1]]
+    )  # class 2: weight 0.4
     head = NearestETFHead(K, d, tau=tau)
     head(f, Y)
     h = _h64(f, tau)
@@ -458,7 +471,9 @@ def test_nearest_etf_training_steps_equal_method_md_written_out(dtype, tol):
         rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
         assert rel(logits.detach(), expected.detach()) < tol, step
         assert rel(x.grad, xr.grad) < tol, step
-        assert rel(head.P, ref.P) < tol and rel(head.means, ref.means) < tol and rel(head.global_mean, ref.mu) < tol, step
+        assert rel(head.P, ref.P) < tol and rel(head.means, ref.means) < tol and rel(head.global_mean, ref.mu) < tol, (
+            step
+        )
 
 
 @pytest.mark.parametrize("name", HEADS.names())

@@ -190,7 +190,9 @@ def test_losses_train_the_nearest_etf_head_with_soft_labels():
     target = 0.6 * F.one_hot(y, 4) + 0.4 * F.one_hot(y.roll(1), 4)
     for name, options in CASES:
         logits = head(f, target)
-        loss = build_loss(name, etf_heads=ETF, head_name="nearest_etf", **options)(logits, target, head=head, h=head.normalize(f))
+        loss = build_loss(name, etf_heads=ETF, head_name="nearest_etf", **options)(
+            logits, target, head=head, h=head.normalize(f)
+        )
         (grad,) = torch.autograd.grad(loss, f)
         assert torch.isfinite(loss) and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
@@ -245,25 +247,59 @@ def test_every_loss_has_a_yaml_spelling_out_its_options():
 def test_every_loss_and_mix_runs_through_the_real_cli_and_compares(tmp_path, monkeypatch, capfd):
     """The loss and mix groups through `etf-train -m` on digits (1 epoch each): catches a group that composes but
     does not train, a loss the trainer calls wrongly, or a sweep etf-compare cannot group by loss."""
+
     def etf_train(*args, cwd):  # the CLI's main() in this process
         return etf_train_here(*args, cwd=cwd, monkeypatch=monkeypatch, capfd=capfd)
 
-    quick = ["dataset.limit_train=200", "dataset.limit_test=100", "backbone.width=8", "trainer.max_epochs=1",
-             "trainer.progress=false"]
-    losses = etf_train("-m", *quick, "head=fixed_etf", "loss=ce,label_smoothing,mse,focal,maxsup,dot_regression",
-                       "hydra.sweep.dir=losses", cwd=tmp_path)
+    quick = [
+        "dataset.limit_train=200",
+        "dataset.limit_test=100",
+        "backbone.width=8",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+    ]
+    losses = etf_train(
+        "-m",
+        *quick,
+        "head=fixed_etf",
+        "loss=ce,label_smoothing,mse,focal,maxsup,dot_regression",
+        "hydra.sweep.dir=losses",
+        cwd=tmp_path,
+    )
     assert losses.returncode == 0, losses.stderr[-2000:]
     mixes = etf_train("-m", *quick, "head=nearest_etf", "mix=none,mixup,cutmix", "hydra.sweep.dir=mixes", cwd=tmp_path)
     assert mixes.returncode == 0, mixes.stderr[-2000:]
     for folder, count in (("losses", 6), ("mixes", 3)):
         runs = list((tmp_path / folder).glob("*/checkpoints/finished"))
         assert len(runs) == count, folder
-    sweep = etf_train("-m", *quick, "trainer.max_epochs=2", "loss=ce,label_smoothing", "head=learned,nearest_etf",
-                      "hydra.sweep.dir=sweep", cwd=tmp_path)
+    sweep = etf_train(
+        "-m",
+        *quick,
+        "trainer.max_epochs=2",
+        "loss=ce,label_smoothing",
+        "head=learned,nearest_etf",
+        "hydra.sweep.dir=sweep",
+        cwd=tmp_path,
+    )
     assert sweep.returncode == 0, sweep.stderr[-2000:]
-    assert compare_main([str(tmp_path / "sweep"), "--group-by", "loss.name", "head", "--metrics", "train/acc",
-                         "--acc-thresholds", "50", "--nc1-thresholds"]) == 0
+    assert (
+        compare_main(
+            [
+                str(tmp_path / "sweep"),
+                "--group-by",
+                "loss.name",
+                "head",
+                "--metrics",
+                "train/acc",
+                "--acc-thresholds",
+                "50",
+                "--nc1-thresholds",
+            ]
+        )
+        == 0
+    )
     with (tmp_path / "sweep" / "comparison.csv").open() as f:
         groups = sorted(row["group"] for row in csv.DictReader(f))
-    assert groups == [f"loss.name={loss}, head={head}" for loss in ("ce", "label_smoothing")
-                      for head in ("learned", "nearest_etf")]
+    assert groups == [
+        f"loss.name={loss}, head={head}" for loss in ("ce", "label_smoothing") for head in ("learned", "nearest_etf")
+    ]

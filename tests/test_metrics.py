@@ -76,7 +76,7 @@ def dense_collapse_extras(h, y, W, b):
     out = {
         "cdnv": np.mean(pairs),
         "rank_h": np.linalg.matrix_rank(Hc),
-        "erank_sw": np.trace(S_W) ** 2 / np.sum(S_W ** 2),  # participation ratio
+        "erank_sw": np.trace(S_W) ** 2 / np.sum(S_W**2),  # participation ratio
         "norm_ratio_h": hc_norms.max() / hc_norms.min(),
     }
     if W is not None:
@@ -220,7 +220,7 @@ def test_rank_h_sees_exactly_degenerate_means():
     h = (means[:, None, :] + spread[None]).reshape(-1, d)
     y = torch.arange(K).repeat_interleave(len(spread))
     assert nc_metrics(h, y, None, None, K)["rank_h"] == 2
-    means[:, 2:2 + K] += 3 * torch.eye(K, dtype=torch.float64)  # general position: K-1 (the null direction stays)
+    means[:, 2 : 2 + K] += 3 * torch.eye(K, dtype=torch.float64)  # general position: K-1 (the null direction stays)
     h = (means[:, None, :] + spread[None]).reshape(-1, d)
     assert nc_metrics(h, y, None, None, K)["rank_h"] == K - 1
     # Vertices e_2..e_5 and their negative sum span K-1 = 4 directions; shrinking one by 1e-9 leaves a real

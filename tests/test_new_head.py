@@ -35,9 +35,15 @@ def test_a_head_defined_outside_the_package_trains_through_the_cli(tmp_path, mon
     configs.mkdir(parents=True)
     (configs / "prototype.yaml").write_text("name: prototype\ntau: 5.0\ninit_scale: 0.5\n")
     for head in ("prototype", "learned"):
-        proc = etf_train_here(*TINY, f"head={head}", f"hydra.searchpath=[file://{tmp_path / 'configs'}]",
-                              f"hydra.run.dir={tmp_path / 'sweep' / head}", cwd=tmp_path, monkeypatch=monkeypatch,
-                              capfd=capfd)
+        proc = etf_train_here(
+            *TINY,
+            f"head={head}",
+            f"hydra.searchpath=[file://{tmp_path / 'configs'}]",
+            f"hydra.run.dir={tmp_path / 'sweep' / head}",
+            cwd=tmp_path,
+            monkeypatch=monkeypatch,
+            capfd=capfd,
+        )
         assert proc.returncode == 0, proc.stderr
     run = tmp_path / "sweep" / "prototype"
     assert is_finished(run) and read_record(run)["head"] == {"name": "prototype", "tau": 5.0, "init_scale": 0.5}

@@ -13,7 +13,7 @@ from etf_train.posthoc import main
 from etf_train.rundir import read_scalars
 from etf_train.training import train
 
-from .conftest import TINY, TINY_UFM, Crash, interrupted, make_cfg, write_folder
+from .conftest import TINY, TINY_UFM, interrupted, make_cfg, write_folder
 
 # the scalars an evaluation recomputes (the training-time ones, loss, lr, timing, are not)
 EVALUATED = ("test/", "nc/", "nc_test/", "train/eval_acc")
@@ -27,8 +27,11 @@ def run(tmp_path_factory):
 
 
 def logged_at(run: Path, epoch: int) -> dict[str, float]:
-    return {tag: float(v[list(s).index(epoch)]) for tag, (s, v) in read_scalars(run).items()
-            if tag.startswith(EVALUATED) and epoch in s}
+    return {
+        tag: float(v[list(s).index(epoch)])
+        for tag, (s, v) in read_scalars(run).items()
+        if tag.startswith(EVALUATED) and epoch in s
+    }
 
 
 def test_eval_of_the_last_checkpoint_equals_the_last_epoch_logged(run, tmp_path):
@@ -97,13 +100,24 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     train(make_cfg(*TINY, "head=nearest_etf", "head.tau=1", "trainer.max_epochs=1"), tau)
     assert main([str(run), "--checkpoint", str(tau / "checkpoints" / "last.pt"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "is of a run with other settings" in err and "head.tau: 1 -> 5.0" in err and len(err.strip().splitlines()) == 1
+    assert (
+        "is of a run with other settings" in err and "head.tau: 1 -> 5.0" in err and len(err.strip().splitlines()) == 1
+    )
     folder = tmp_path / "images"
     write_folder(folder, "train", {"a": 4, "b": 4}, 8, np.random.default_rng(0))
     write_folder(folder, "test", {"a": 2, "b": 2}, 8, np.random.default_rng(1))
     gone = tmp_path / "gone"
-    train(make_cfg(*[o for o in TINY if not o.startswith("dataset")], "dataset=image_folder",
-                   f"dataset.root={folder}", "dataset.image_size=8", "trainer.max_epochs=1", "trainer.batch_size=4"), gone)
+    train(
+        make_cfg(
+            *[o for o in TINY if not o.startswith("dataset")],
+            "dataset=image_folder",
+            f"dataset.root={folder}",
+            "dataset.image_size=8",
+            "trainer.max_epochs=1",
+            "trainer.batch_size=4",
+        ),
+        gone,
+    )
     (folder / "test" / "a" / "00.png").rename(folder / "moved.png")
     (folder / "test" / "a" / "01.png").unlink()
     assert main([str(gone), "--out", str(tmp_path)]) == 2

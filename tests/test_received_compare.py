@@ -44,7 +44,9 @@ def _warnings(err: str) -> list[str]:
 
 
 def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(np.array_equal(a[t][0], b[t][0]) and np.array_equal(a[t][1], b[t][1]) for t in a)
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[t][0], b[t][0]) and np.array_equal(a[t][1], b[t][1]) for t in a
+    )
 
 
 # ----------------------------------------------------------------------------- item 7: whose event file
@@ -111,10 +113,18 @@ def _one_line(main, argv, capsys, prog: str) -> str:
 
 
 # what a user may give as an output path, relative to a folder holding `file`: (path, the system's reason)
-OUT = {"a file": ("file", "/file is a file, not a folder"), "under a file": ("file/sub", "Not a directory"),
-       "too long": (TOO_LONG, "File name too long"), "a NUL": ("a\0b", "embedded null byte")}
-EXPORT = {"a folder": (".", "Is a directory"), "under a file": ("file/f.npz", "/file is a file, not a folder"),
-          "too long": (f"{TOO_LONG}.npz", "File name too long"), "a NUL": ("a\0b.npz", "embedded null byte")}
+OUT = {
+    "a file": ("file", "/file is a file, not a folder"),
+    "under a file": ("file/sub", "Not a directory"),
+    "too long": (TOO_LONG, "File name too long"),
+    "a NUL": ("a\0b", "embedded null byte"),
+}
+EXPORT = {
+    "a folder": (".", "Is a directory"),
+    "under a file": ("file/f.npz", "/file is a file, not a folder"),
+    "too long": (f"{TOO_LONG}.npz", "File name too long"),
+    "a NUL": ("a\0b.npz", "embedded null byte"),
+}
 
 
 @pytest.fixture
@@ -145,16 +155,21 @@ def test_etf_eval_refuses_an_export_it_cannot_write_before_evaluating(runs, plac
 def test_etf_eval_and_etf_compare_refuse_a_folder_that_cannot_be_written(runs, capsys, monkeypatch):
     """A folder that exists but takes no files was a traceback (etf-eval: after the whole evaluation)."""
     monkeypatch.setattr(posthoc, "evaluate_run", lambda *a: pytest.fail("evaluated before checking the outputs"))
-    assert "--out /sys: cannot write there" in _one_line(posthoc.main, [str(runs[0]), "--out", "/sys"], capsys, "etf-eval")
-    assert "--export /sys/f.npz: cannot write it" in _one_line(
-        posthoc.main, [str(runs[0]), "--export", "/sys/f.npz"], capsys, "etf-eval")
     assert "--out /sys: cannot write there" in _one_line(
-        compare.main, [str(runs[0]), "--out", "/sys", "--metrics", "test/acc"], capsys, "etf-compare")
+        posthoc.main, [str(runs[0]), "--out", "/sys"], capsys, "etf-eval"
+    )
+    assert "--export /sys/f.npz: cannot write it" in _one_line(
+        posthoc.main, [str(runs[0]), "--export", "/sys/f.npz"], capsys, "etf-eval"
+    )
+    assert "--out /sys: cannot write there" in _one_line(
+        compare.main, [str(runs[0]), "--out", "/sys", "--metrics", "test/acc"], capsys, "etf-compare"
+    )
 
 
 def test_a_run_folder_on_a_read_only_disk_without_out_is_named_as_the_default(runs, capsys, monkeypatch):
     """A received run on read-only storage (simulated: root writes anywhere) and no --out: etf-eval evaluated it
     whole, then gave a traceback; etf-compare a traceback."""
+
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
@@ -173,24 +188,38 @@ def test_a_full_disk_under_etf_evals_outputs_is_one_line(runs, tmp_path, capsys)
     out.mkdir()
     (out / "eval.json").symlink_to("/dev/full")
     assert f"cannot write {out / 'eval.json'} (No space left on device)" in _one_line(
-        posthoc.main, [str(runs[0]), "--out", str(out)], capsys, "etf-eval")
+        posthoc.main, [str(runs[0]), "--out", str(out)], capsys, "etf-eval"
+    )
     assert "cannot write /dev/full (No space left on device)" in _one_line(
-        posthoc.main, [str(runs[0]), "--out", str(tmp_path), "--export", "/dev/full"], capsys, "etf-eval")
+        posthoc.main, [str(runs[0]), "--out", str(tmp_path), "--export", "/dev/full"], capsys, "etf-eval"
+    )
     assert not Path("/dev/full.npz").exists()
 
 
-@pytest.mark.parametrize("device, says", [("nonsense", "--device 'nonsense' is not a device"),
-                                          ("cuda:99", "--device cuda:99: "), ("mps", "--device mps: etf-eval runs on")])
+@pytest.mark.parametrize(
+    "device, says",
+    [
+        ("nonsense", "--device 'nonsense' is not a device"),
+        ("cuda:99", "--device cuda:99: "),
+        ("mps", "--device mps: etf-eval runs on"),
+    ],
+)
 def test_etf_eval_device_mistakes_are_one_line(runs, tmp_path, device, says, capsys):
     """A device torch does not know, or one this machine lacks, was a RuntimeError traceback."""
-    assert says in _one_line(posthoc.main, [str(runs[0]), "--out", str(tmp_path), "--device", device], capsys, "etf-eval")
+    assert says in _one_line(
+        posthoc.main, [str(runs[0]), "--out", str(tmp_path), "--device", device], capsys, "etf-eval"
+    )
 
 
 def test_etf_eval_input_paths_the_file_system_refuses_are_one_line(runs, tmp_path, capsys):
     """A run folder or checkpoint path longer than the file system takes was an OSError traceback."""
     assert "File name too long" in _one_line(posthoc.main, [str(tmp_path / TOO_LONG)], capsys, "etf-eval")
     assert "File name too long" in _one_line(
-        posthoc.main, [str(runs[0]), "--checkpoint", str(tmp_path / TOO_LONG), "--out", str(tmp_path)], capsys, "etf-eval")
+        posthoc.main,
+        [str(runs[0]), "--checkpoint", str(tmp_path / TOO_LONG), "--out", str(tmp_path)],
+        capsys,
+        "etf-eval",
+    )
 
 
 @pytest.mark.parametrize("case", OUT)
@@ -206,21 +235,29 @@ def test_etf_compare_output_files_it_cannot_write_are_one_line(runs, tmp_path, c
     """An output name taken by a folder, or a full disk under one, was a traceback."""
     (tmp_path / "a" / "curves.csv").mkdir(parents=True)
     assert f"cannot write {tmp_path / 'a' / 'curves.csv'} (Is a directory)" in _one_line(
-        compare.main, [str(runs[0]), "--out", str(tmp_path / "a"), "--metrics", "test/acc"], capsys, "etf-compare")
+        compare.main, [str(runs[0]), "--out", str(tmp_path / "a"), "--metrics", "test/acc"], capsys, "etf-compare"
+    )
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "comparison.png").symlink_to("/dev/full")
     assert f"cannot write {tmp_path / 'b' / 'comparison.png'} (No space left on device)" in _one_line(
-        compare.main, [str(runs[0]), "--out", str(tmp_path / "b"), "--metrics", "test/acc"], capsys, "etf-compare")
+        compare.main, [str(runs[0]), "--out", str(tmp_path / "b"), "--metrics", "test/acc"], capsys, "etf-compare"
+    )
 
 
-@pytest.mark.parametrize("argv, says", [(["--dpi", "100000"], "--dpi must lie in 1..1200, got 100000"),
-                                        (["--port", "-5"], "--port must lie in 0..65535, got -5"),
-                                        (["--serve", "--host", "192.0.2.1"], "--host 192.0.2.1: cannot listen there")])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--dpi", "100000"], "--dpi must lie in 1..1200, got 100000"),
+        (["--port", "-5"], "--port must lie in 0..65535, got -5"),
+        (["--serve", "--host", "192.0.2.1"], "--host 192.0.2.1: cannot listen there"),
+    ],
+)
 def test_etf_compare_option_mistakes_are_one_line(runs, tmp_path, argv, says, capsys):
     """--dpi 100000 ran out of memory (std::bad_alloc), --port -5 printed a link to port -5, and a --host that is
     not this machine's (192.0.2.1: a documentation address) was a socket traceback."""
-    assert says in _one_line(compare.main, [str(runs[0]), "--out", str(tmp_path), "--metrics", "test/acc", *argv],
-                             capsys, "etf-compare")
+    assert says in _one_line(
+        compare.main, [str(runs[0]), "--out", str(tmp_path), "--metrics", "test/acc", *argv], capsys, "etf-compare"
+    )
 
 
 def test_etf_compare_input_the_file_system_refuses_is_one_line(runs, tmp_path, capsys):
@@ -239,9 +276,16 @@ def test_the_real_commands_say_one_line(runs, tmp_path):
     """As a shell runs them: no traceback reaches the terminal."""
     (tmp_path / "file").write_text("")
     bin_dir = Path(sys.executable).parent
-    for argv in ([bin_dir / "etf-eval", runs[0], "--device", "nonsense"],
-                 [bin_dir / "etf-compare", runs[0], "--out", tmp_path / "file"]):
-        proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for argv in (
+        [bin_dir / "etf-eval", runs[0], "--device", "nonsense"],
+        [bin_dir / "etf-compare", runs[0], "--out", tmp_path / "file"],
+    ):
+        proc = subprocess.run(
+            [str(a) for a in argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         lines = [line for line in proc.stderr.splitlines() if " warning: " not in line]
         assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"{argv[0].name}: error: "), proc.stderr

@@ -48,7 +48,9 @@ def received(tmp_path):
 def test_a_checkpoint_carrying_code_is_refused_by_every_entry_point(received, tmp_path, capsys):
     marker = tmp_path / "ran"
     ckpt = _plant(received, marker)
-    with pytest.raises(EtfTrainError, match=r"holds a pickled (builtins|io)\.open.*does not run code from a checkpoint"):
+    with pytest.raises(
+        EtfTrainError, match=r"holds a pickled (builtins|io)\.open.*does not run code from a checkpoint"
+    ):
         load_checkpoint(ckpt, {})
     assert etf_eval([str(received), "--out", str(tmp_path)]) == 2  # etf-eval RUN
     err = capsys.readouterr().err
@@ -69,7 +71,11 @@ def test_a_record_with_a_python_tag_is_one_line_and_constructs_nothing(received,
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and f"cannot read the run record {config}" in err
     proc = etf_train(*TINY, "trainer.max_epochs=1", f"hydra.run.dir={received}", cwd=tmp_path)
-    assert proc.returncode == 2 and f"cannot read the run record {config}" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and f"cannot read the run record {config}" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     assert not marker.exists()
 
 
@@ -148,31 +154,51 @@ def test_any_failure_after_the_start_leaves_its_marker_and_one_line(tmp_path, mo
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
 
     monkeypatch.setattr(Run, "_step", boom)
-    proc = etf_train_here(*TINY, "trainer.max_epochs=1", "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch,
-                          capfd=capfd)
+    proc = etf_train_here(
+        *TINY, "trainer.max_epochs=1", "hydra.run.dir=run", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd
+    )
     run = tmp_path / "run"
     line = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"etf-train: error: {line} (the traceback is in {tmp_path / 'run' / 'cli.log'})"]
+    assert proc.stderr.strip().splitlines() == [
+        f"etf-train: error: {line} (the traceback is in {tmp_path / 'run' / 'cli.log'})"
+    ]
     assert rundir.failure(run).startswith(line)
     log = (run / "cli.log").read_text()
     assert "Traceback (most recent call last)" in log and "in boom" in log
 
 
-def test_a_finished_checkpoint_into_a_new_folder_is_one_line_and_leaves_no_folder(received, tmp_path, monkeypatch,
-                                                                                 capfd):
+def test_a_finished_checkpoint_into_a_new_folder_is_one_line_and_leaves_no_folder(
+    received, tmp_path, monkeypatch, capfd
+):
     """It crashed ('No such file or directory: .../checkpoints/finished') and left a folder holding only `.hydra/`."""
     new = tmp_path / "new"
     ckpt = received / "checkpoints" / "last.pt"
-    proc = etf_train_here(*TINY, "trainer.max_epochs=1", f"trainer.resume={ckpt}", f"hydra.run.dir={new}",
-                          cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    proc = etf_train_here(
+        *TINY,
+        "trainer.max_epochs=1",
+        f"trainer.resume={ckpt}",
+        f"hydra.run.dir={new}",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capfd=capfd,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"etf-train: error: checkpoint {ckpt} is of a run that finished all its 1 epochs: "
-                                   "nothing to train; `etf-eval` evaluates it, and training longer is a new run")
+    assert proc.stderr.strip() == (
+        f"etf-train: error: checkpoint {ckpt} is of a run that finished all its 1 epochs: "
+        "nothing to train; `etf-eval` evaluates it, and training longer is a new run"
+    )
     assert not new.exists()
     # the run's own checkpoint, named explicitly, is the run itself: finished, nothing to do
-    again = etf_train_here(*TINY, "trainer.max_epochs=1", f"trainer.resume={ckpt}", f"hydra.run.dir={received}",
-                           cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    again = etf_train_here(
+        *TINY,
+        "trainer.max_epochs=1",
+        f"trainer.resume={ckpt}",
+        f"hydra.run.dir={received}",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capfd=capfd,
+    )
     assert again.returncode == 0, again.stderr
 
 
@@ -182,7 +208,7 @@ def _flip_a_weight_bit(ckpt):
     with zipfile.ZipFile(ckpt) as archive:
         member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
     data = bytearray(ckpt.read_bytes())
-    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26 : member.header_offset + 30])
     data[member.header_offset + 30 + name_len + extra_len + member.file_size // 2] ^= 0x04
     ckpt.write_bytes(bytes(data))
     return member.filename
@@ -197,8 +223,9 @@ def test_a_checkpoint_with_a_flipped_bit_is_refused_in_one_line(received, tmp_pa
     assert etf_eval([str(received), "--out", str(tmp_path)]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert f"cannot read checkpoint {ckpt} ({member} fails its CRC check: the file is damaged)" in line
-    proc = etf_train(*TINY, "trainer.max_epochs=2", f"trainer.resume={ckpt}", f"hydra.run.dir={tmp_path / 'new'}",
-                     cwd=tmp_path)
+    proc = etf_train(
+        *TINY, "trainer.max_epochs=2", f"trainer.resume={ckpt}", f"hydra.run.dir={tmp_path / 'new'}", cwd=tmp_path
+    )
     assert proc.returncode == 2 and "fails its CRC check" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "new").exists()
 
@@ -207,19 +234,40 @@ def test_a_run_whose_features_lost_their_spread_reads_degenerate_not_collapsed(t
     """An NC1 of NaN (features without between-class spread) must never count as a crossing, and a cell of it reads
     `degenerate`, not `nan`."""
     from etf_train.compare import main as etf_compare
-
     from etf_train.compare.stats import Spread
 
     from .test_compare import write_config, write_events
 
     for seed, last in ((1, 0.05), (2, math.nan)):
         run = tmp_path / "sweep" / str(seed)
-        write_config(run, {"seed": seed, "head": {"name": "learned"}, "dataset": {"name": "ufm"},
-                           "trainer": {"max_epochs": 3}})
-        write_events(run, {"nc/nc1": {1: 2.0, 2: 0.5, 3: last}, "test/acc": {1: 50.0, 2: 60.0, 3: 70.0},
-                           "train/eval_acc": {1: 50.0, 2: 60.0, 3: 70.0}, "train/loss": {1: 2.0, 2: 1.0, 3: 0.5}})
-    assert etf_compare([str(tmp_path / "sweep"), "--out", str(tmp_path / "out"), "--nc1", "1", "0.1",
-                        "--metrics", "test/acc", "nc/nc1"]) == 0
+        write_config(
+            run, {"seed": seed, "head": {"name": "learned"}, "dataset": {"name": "ufm"}, "trainer": {"max_epochs": 3}}
+        )
+        write_events(
+            run,
+            {
+                "nc/nc1": {1: 2.0, 2: 0.5, 3: last},
+                "test/acc": {1: 50.0, 2: 60.0, 3: 70.0},
+                "train/eval_acc": {1: 50.0, 2: 60.0, 3: 70.0},
+                "train/loss": {1: 2.0, 2: 1.0, 3: 0.5},
+            },
+        )
+    assert (
+        etf_compare(
+            [
+                str(tmp_path / "sweep"),
+                "--out",
+                str(tmp_path / "out"),
+                "--nc1",
+                "1",
+                "0.1",
+                "--metrics",
+                "test/acc",
+                "nc/nc1",
+            ]
+        )
+        == 0
+    )
     table = (tmp_path / "out" / "comparison.md").read_text()
     [row] = [line for line in table.splitlines() if line.startswith("| head=learned")]
     cells = [c.strip() for c in row.strip("|").split("|")]

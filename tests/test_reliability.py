@@ -22,8 +22,13 @@ from etf_train.training import Classifier, train
 from .conftest import TINY, make_cfg, run_interrupted_then_resumed, write_folder
 
 # 60 steps an epoch, so a signal lands mid-epoch; deterministic, so runs can be compared bit for bit.
-LONG = [*TINY, "dataset.train_per_class=30", "trainer.batch_size=2", "trainer.max_epochs=2",
-        "trainer.deterministic=true"]
+LONG = [
+    *TINY,
+    "dataset.train_per_class=30",
+    "trainer.batch_size=2",
+    "trainer.max_epochs=2",
+    "trainer.deterministic=true",
+]
 COMPARED = ("train/loss", "train/acc", "test/loss", "test/acc", "nc/nc1", "nc/nc3")
 
 
@@ -32,8 +37,14 @@ def start_cli(run_dir, *overrides, cwd=None):
     of its own (so that a test can signal the group, as Slurm does)."""
     exe = Path(sys.executable).with_name("etf-train")
     args = [str(exe), *overrides, "trainer.progress=true", *([f"hydra.run.dir={run_dir}"] if run_dir else [])]
-    return subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            cwd=cwd or run_dir.parent, start_new_session=True)
+    return subprocess.Popen(
+        args,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=cwd or run_dir.parent,
+        start_new_session=True,
+    )
 
 
 def interrupt_mid_epoch(proc, sig, epoch=2, group=False):
@@ -92,11 +103,14 @@ def reference(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("head", [
-    pytest.param("learned", marks=pytest.mark.slow),
-    pytest.param("fixed_etf", marks=pytest.mark.slow),
-    "nearest_etf",
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param("learned", marks=pytest.mark.slow),
+        pytest.param("fixed_etf", marks=pytest.mark.slow),
+        "nearest_etf",
+    ],
+)
 def test_sigkill_mid_epoch_then_same_command_equals_uninterrupted(tmp_path, reference, head):
     run = tmp_path / "run"
     run.mkdir()
@@ -254,11 +268,15 @@ def test_a_skipped_step_changes_no_buffer(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Classifier, "forward", forward)
     monkeypatch.setattr(Run, "_step", step)
-    train(make_cfg(*TINY, "head=nearest_etf", "backbone=small_cnn", "trainer.nonfinite=skip", "trainer.max_epochs=1"),
-          tmp_path)
+    train(
+        make_cfg(*TINY, "head=nearest_etf", "backbone=small_cnn", "trainer.nonfinite=skip", "trainer.max_epochs=1"),
+        tmp_path,
+    )
     assert seen[1] == (True, [])  # skipped, nothing moved
     moved = seen[0][1]
-    assert {"head.P", "head.means", "head.global_mean", "head.step"} <= set(moved) and any("running_mean" in k for k in moved)
+    assert {"head.P", "head.means", "head.global_mean", "head.step"} <= set(moved) and any(
+        "running_mean" in k for k in moved
+    )
     assert int(final_state(tmp_path)["model"]["head.step"]) == len(seen) - 1  # the skipped step is not counted
 
 
@@ -305,7 +323,9 @@ def test_svd_failure_retries_in_float64(monkeypatch):
     assert U.dtype == torch.float32
     ref = real_svd(A.double(), full_matrices=False)
     assert torch.allclose(U @ Vh, (ref[0] @ ref[2]).float(), atol=1e-5)
-    monkeypatch.setattr(torch.linalg, "svd", lambda x, full_matrices=True: (_ for _ in ()).throw(torch.linalg.LinAlgError("no")))
+    monkeypatch.setattr(
+        torch.linalg, "svd", lambda x, full_matrices=True: (_ for _ in ()).throw(torch.linalg.LinAlgError("no"))
+    )
     with pytest.raises(EtfTrainError, match="failed to converge, even in float64"):
         polar_factors(A)
     with pytest.raises(NonFiniteError, match="NaN or inf"):
@@ -350,9 +370,18 @@ def jpeg_folder(tmp_path_factory):
 def test_resume_of_an_augmented_dataloader_pipeline_is_bit_identical(tmp_path, monkeypatch, jpeg_folder, workers):
     """Image folder through DataLoaders with random crops and flips: with 0 workers they draw from the global RNG
     (which the checkpoint must restore), with 2 from worker seeds (which must follow the epoch, not the process)."""
-    cfg = make_cfg(*[o for o in TINY if not o.startswith("dataset")], "dataset=image_folder", f"dataset.root={jpeg_folder}",
-                   "dataset.image_size=12", "loader.mode=dataloader", f"loader.num_workers={workers}",
-                   "trainer.batch_size=8", "trainer.max_epochs=3", "trainer.deterministic=true", "head=nearest_etf")
+    cfg = make_cfg(
+        *[o for o in TINY if not o.startswith("dataset")],
+        "dataset=image_folder",
+        f"dataset.root={jpeg_folder}",
+        "dataset.image_size=12",
+        "loader.mode=dataloader",
+        f"loader.num_workers={workers}",
+        "trainer.batch_size=8",
+        "trainer.max_epochs=3",
+        "trainer.deterministic=true",
+        "head=nearest_etf",
+    )
     train(cfg, tmp_path / "ref")
     run_interrupted_then_resumed(monkeypatch, cfg, tmp_path / "boundary", after_epoch=1)
     assert_bit_identical(tmp_path / "ref", tmp_path / "boundary", 3)

@@ -13,8 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from etf_train import EtfTrainError
-from etf_train import rundir
+from etf_train import EtfTrainError, rundir
 from etf_train.rundir import LOCK, read_scalars
 from etf_train.training import train
 from etf_train.training.checkpoint import SAVE_DELAY_ENV
@@ -45,10 +44,15 @@ def crash_after_epoch_1(monkeypatch, cfg, run_dir):
 def test_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path, monkeypatch, capfd):
     """Hydra used to rewrite .hydra/config.yaml before the trainer refused: the folder then claimed another head."""
     run = tmp_path / "runs" / "x"
-    assert etf_train_here(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode == 0
+    assert (
+        etf_train_here(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode
+        == 0
+    )
     (run / "checkpoints" / "finished").unlink()
     before = snapshot(run)
-    proc = etf_train_here(*QUICK, "head=learned", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    proc = etf_train_here(
+        *QUICK, "head=learned", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd
+    )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "was started with other settings (head.name: nearest_etf -> learned" in proc.stderr
     assert snapshot(run) == before
@@ -56,7 +60,9 @@ def test_refused_resume_leaves_the_run_folder_byte_for_byte(tmp_path, monkeypatc
 
 
 def test_a_refused_start_in_a_new_folder_leaves_no_folder(tmp_path, monkeypatch, capfd):
-    proc = etf_train_here(*QUICK, "head.tau=abc", f"hydra.run.dir={tmp_path}/new", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    proc = etf_train_here(
+        *QUICK, "head.tau=abc", f"hydra.run.dir={tmp_path}/new", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd
+    )
     assert proc.returncode == 2 and "head.tau must be a finite number > 0, got 'abc'" in proc.stderr
     assert not (tmp_path / "new").exists()
 
@@ -66,18 +72,24 @@ def test_resume_refuses_changed_settings_and_accepts_neutral_ones(tmp_path, monk
     run = tmp_path / "run"
     crash_after_epoch_1(monkeypatch, make_cfg(*QUICK), run)
     before = snapshot(run)
-    for change, listed in (("trainer.max_epochs=5", "trainer.max_epochs: 2 -> 5"),
-                           ("optimizer.lr=0.5", "optimizer.lr: 0.05 -> 0.5"),
-                           ("seed=7", "seed: 1 -> 7"),
-                           # a run logged at two intervals under a record naming one: coarser thresholds unseen
-                           ("metrics.every_n_epochs=2", "metrics.every_n_epochs: 1 -> 2")):
+    for change, listed in (
+        ("trainer.max_epochs=5", "trainer.max_epochs: 2 -> 5"),
+        ("optimizer.lr=0.5", "optimizer.lr: 0.05 -> 0.5"),
+        ("seed=7", "seed: 1 -> 7"),
+        # a run logged at two intervals under a record naming one: coarser thresholds unseen
+        ("metrics.every_n_epochs=2", "metrics.every_n_epochs: 1 -> 2"),
+    ):
         with pytest.raises(EtfTrainError, match="was started with other settings") as info:
             train(make_cfg(*QUICK, change), run)
         assert listed in str(info.value) and "\n" not in str(info.value)
         assert snapshot(run) == before
     # progress bar, worker count, eval batch, device: cannot change the results
-    train(make_cfg(*QUICK, "trainer.progress=true", "loader.num_workers=1", "trainer.eval_batch_size=7",
-                   "trainer.device=cpu"), run)
+    train(
+        make_cfg(
+            *QUICK, "trainer.progress=true", "loader.num_workers=1", "trainer.eval_batch_size=7", "trainer.device=cpu"
+        ),
+        run,
+    )
     assert list(read_scalars(run)["train/loss"][0]) == [1, 2]
     assert (run / "checkpoints" / "finished").exists()
 
@@ -120,9 +132,13 @@ def test_a_finished_run_that_starts_over_is_no_longer_marked_finished(tmp_path, 
 def test_resume_refuses_another_image_folder_and_another_eval_batch_for_a_batch_centred_head():
     """dataset.root was neutral: a run resumed on another image folder trained on other images under its old record;
     and head.center=batch takes the mean of each eval batch, so trainer.eval_batch_size changes its logged metrics."""
+
     def run(dataset, root, center="none", eval_batch=512):
-        return {"dataset": {"name": dataset, "root": root}, "head": {"name": "fixed_etf", "center": center},
-                "trainer": {"eval_batch_size": eval_batch}}
+        return {
+            "dataset": {"name": dataset, "root": root},
+            "head": {"name": "fixed_etf", "center": center},
+            "trainer": {"eval_batch_size": eval_batch},
+        }
 
     refuse_changes(run("cifar10", "/a"), run("cifar10", "/b"), "r")  # the same CIFAR-10, moved
     refuse_changes(run("cifar10", "/a"), run("cifar10", "/a", eval_batch=3), "r")
@@ -136,9 +152,14 @@ def test_resume_refuses_another_image_folder_and_another_eval_batch_for_a_batch_
 def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch, capfd):
     """A fresh start in a used folder mixed two runs' events (TensorBoard showed epochs 1,2,1,2)."""
     run = tmp_path / "run"
-    assert etf_train_here(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode == 0
+    assert (
+        etf_train_here(*QUICK, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode
+        == 0
+    )
     before = snapshot(run)
-    proc = etf_train_here(*QUICK, "trainer.resume=never", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    proc = etf_train_here(
+        *QUICK, "trainer.resume=never", f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd
+    )
     assert proc.returncode == 2 and "trainer.resume=never starts a new run, but" in proc.stderr
     assert snapshot(run) == before
 
@@ -147,9 +168,17 @@ def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, attempt):
     # the folder names the head choice: head=learned_authors runs were named `learned` (name: learned), like learned's
     heads = {1: "nearest_etf", 2: "learned_authors"}
-    procs = [subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *QUICK, f"seed={s}", f"head={heads[s]}"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for s in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [str(Path(sys.executable).with_name("etf-train")), *QUICK, f"seed={s}", f"head={heads[s]}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for s in (1, 2)
+    ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     runs = sorted(p.parent.parent for p in tmp_path.glob("outputs/*/*/.hydra/config.yaml"))
     assert len(runs) == 2
@@ -164,9 +193,17 @@ def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, attempt):
 def test_two_sweeps_started_in_the_same_second_get_two_folders(tmp_path, attempt):
     """Sweep folders were named by the second alone: two sweeps started together shared one, each job refused in
     the other's folder, and the folder held one head from each sweep, compared as one finished sweep."""
-    procs = [subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), "-m", *QUICK, "head=learned,fixed_etf",
-                               f"seed={s}"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for s in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [str(Path(sys.executable).with_name("etf-train")), "-m", *QUICK, "head=learned,fixed_etf", f"seed={s}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for s in (1, 2)
+    ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     sweeps = sorted(tmp_path.glob("outputs/multirun/*/*"))
     assert len(sweeps) == 2
@@ -176,14 +213,20 @@ def test_two_sweeps_started_in_the_same_second_get_two_folders(tmp_path, attempt
 
 
 @pytest.mark.parametrize("attempt", [0, *(pytest.param(i, marks=pytest.mark.slow) for i in range(1, 4))])
-def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(tmp_path, attempt,
-                                                                                        monkeypatch, capfd):
+def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_taken_over(
+    tmp_path, attempt, monkeypatch, capfd
+):
     run = tmp_path / "run"
     slow = [*TINY, "trainer.max_epochs=3"]
     # each checkpoint write of the first process sleeps 2 s: it still runs when the second (in-process) one starts
-    first = subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *slow, f"hydra.run.dir={run}"],
-                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", SAVE_DELAY_ENV: "2"})
+    first = subprocess.Popen(
+        [str(Path(sys.executable).with_name("etf-train")), *slow, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", SAVE_DELAY_ENV: "2"},
+    )
     deadline = time.time() + 120
     while not (run / LOCK).exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -195,13 +238,18 @@ def test_a_second_process_in_a_live_run_folder_is_refused_and_a_stale_lock_is_ta
     # a lock left by a killed process: its pid is gone, so the next start takes the folder over
     (run / "checkpoints" / "finished").unlink()
     (run / LOCK).write_text(json.dumps({**owner, "pid": 2**22 + 17}))
-    assert etf_train_here(*slow, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch,
-                          capfd=capfd).returncode == 0
+    assert (
+        etf_train_here(*slow, f"hydra.run.dir={run}", cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd).returncode
+        == 0
+    )
     assert not (run / LOCK).exists()
 
 
-@pytest.mark.parametrize("launcher", [[], pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"],
-                                                        marks=pytest.mark.slow)], ids=["basic", "joblib"])
+@pytest.mark.parametrize(
+    "launcher",
+    [[], pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"], marks=pytest.mark.slow)],
+    ids=["basic", "joblib"],
+)
 def test_the_same_sweep_command_continues_the_interrupted_sweep(tmp_path, monkeypatch, capfd, launcher):
     """A re-run of an interrupted sweep used to start over in a new folder; with a hydra/... choice (joblib, Slurm)
     it still did: Hydra files those among its own overrides, not the task's."""
@@ -238,8 +286,13 @@ def test_an_empty_output_folder_is_refused(tmp_path, key):
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("etf-train")), *QUICK], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("etf-train")), *QUICK],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # inside start-up (importing torch, building the data): no training step yet
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
@@ -287,8 +340,11 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
         save(self, epoch, partial)
 
     monkeypatch.setattr(Run, "save", disk_fills_after_epoch_1)
-    with pytest.raises(EtfTrainError, match=r"cannot write checkpoint .*last.pt: the disk is full .*the previous "
-                                            r"checkpoint is kept") as info:
+    with pytest.raises(
+        EtfTrainError,
+        match=r"cannot write checkpoint .*last.pt: the disk is full .*the previous "
+        r"checkpoint is kept",
+    ) as info:
         train(make_cfg(*QUICK), run)
     assert "\n" not in str(info.value)
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
@@ -296,8 +352,16 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeyp
 
 
 def test_an_error_after_the_start_goes_to_the_run_log_too(tmp_path, monkeypatch, capfd):
-    proc = etf_train_here(*QUICK, "head=learned", "head.normalize=false", "optimizer.lr=1e30", f"hydra.run.dir={tmp_path}/r",
-                     cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    proc = etf_train_here(
+        *QUICK,
+        "head=learned",
+        "head.normalize=false",
+        "optimizer.lr=1e30",
+        f"hydra.run.dir={tmp_path}/r",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+        capfd=capfd,
+    )
     assert proc.returncode == 2
     line = proc.stderr.strip()
     assert line.startswith("etf-train: error: non-finite loss at epoch 1")
@@ -311,7 +375,9 @@ def test_a_dated_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "outputs" / time.strftime("%Y-%m-%d")).write_text("a file where the day's folder goes")
     proc = etf_train(*QUICK, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("etf-train: error: cannot write the output folder") and "is not a folder" in proc.stderr
+    assert (
+        proc.stderr.startswith("etf-train: error: cannot write the output folder") and "is not a folder" in proc.stderr
+    )
 
 
 def test_a_run_on_an_image_folder_resumes_only_on_the_files_it_trained_on(tmp_path, monkeypatch):
@@ -327,9 +393,17 @@ def test_a_run_on_an_image_folder_resumes_only_on_the_files_it_trained_on(tmp_pa
     data = tmp_path / "data"
     write_folder(data, "train", {"a": 4, "b": 4}, 8, rng)
     write_folder(data, "test", {"a": 2, "b": 2}, 8, rng)
-    cfg = make_cfg("dataset=image_folder", f"dataset.root={data}", "dataset.image_size=8", "backbone=mlp",
-                   "head=learned", "trainer.max_epochs=2", "trainer.batch_size=4", "trainer.progress=false",
-                   "trainer.checkpoint_every_s=0")
+    cfg = make_cfg(
+        "dataset=image_folder",
+        f"dataset.root={data}",
+        "dataset.image_size=8",
+        "backbone=mlp",
+        "head=learned",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=4",
+        "trainer.progress=false",
+        "trainer.checkpoint_every_s=0",
+    )
     run = tmp_path / "run"
     crash_after_epoch_1(monkeypatch, cfg, run)
     assert OmegaConf.load(run / ".hydra" / "config.yaml").dataset.files.startswith("8 train + 4 test files, sha256 ")
@@ -361,5 +435,10 @@ def test_the_record_names_the_sizes_a_report_needs(tmp_path, cfg_factory):
     """K, train and test sample counts, the feature dimension and the optimiser steps an epoch, as TINY sets them
     (4 classes x 24 + 8, d = 16, batch 32: 40 samples in 2 steps)."""
     train(cfg_factory(*TINY, "trainer.max_epochs=1", "dataset.limit_train=40"), tmp_path)
-    assert rundir.read_record(tmp_path)["sizes"] == {"num_classes": 4, "train_samples": 40, "test_samples": 32,
-                                                     "feature_dim": 16, "steps_per_epoch": 2}
+    assert rundir.read_record(tmp_path)["sizes"] == {
+        "num_classes": 4,
+        "train_samples": 40,
+        "test_samples": 32,
+        "feature_dim": 16,
+        "steps_per_epoch": 2,
+    }

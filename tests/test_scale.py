@@ -40,9 +40,18 @@ def test_k1000_head_memory_stays_in_megabytes():
 
 def test_k1000_trains_through_the_runner(tmp_path):
     cfg = make_cfg(
-        "dataset=synthetic", "dataset.num_classes=1000", "dataset.image_size=4", "dataset.channels=1",
-        "dataset.train_per_class=2", "dataset.test_per_class=1", "backbone=mlp", "backbone.hidden=64",
-        "backbone.dim=2048", "head=nearest_etf", "trainer.batch_size=500", "trainer.max_epochs=1",
+        "dataset=synthetic",
+        "dataset.num_classes=1000",
+        "dataset.image_size=4",
+        "dataset.channels=1",
+        "dataset.train_per_class=2",
+        "dataset.test_per_class=1",
+        "backbone=mlp",
+        "backbone.hidden=64",
+        "backbone.dim=2048",
+        "head=nearest_etf",
+        "trainer.batch_size=500",
+        "trainer.max_epochs=1",
         "trainer.progress=false",
     )
     last = train(cfg, tmp_path)

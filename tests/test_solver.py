@@ -430,8 +430,17 @@ def test_newton_gradients_equal_the_closed_form_polar_backward():
         assert (new - ref).abs().max() < 1e-10 * ref.abs().max()
 
 
-SYNCING_OPS = ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::_linalg_svd",
-               "aten::_linalg_eigh", "aten::_linalg_check_errors", "aten::linalg_cholesky", "aten::cholesky_inverse")
+SYNCING_OPS = (
+    "aten::item",
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::is_nonzero",
+    "aten::_linalg_svd",
+    "aten::_linalg_eigh",
+    "aten::_linalg_check_errors",
+    "aten::linalg_cholesky",
+    "aten::cholesky_inverse",
+)
 
 
 @pytest.mark.parametrize("method", ["svd", "newton"])

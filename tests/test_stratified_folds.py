@@ -53,12 +53,19 @@ def test_a_train_set_smaller_than_a_batch_is_one_batch_and_too_few_of_a_class_is
         StratifiedFoldsSampler(labels, 30)
 
 
-@pytest.mark.parametrize(("head", "steps", "folds"), [("nearest_etf", 3, True), ("learned_authors", 4, False),
-                                                      ("fixed_etf_authors", 4, False)])
+@pytest.mark.parametrize(
+    ("head", "steps", "folds"),
+    [("nearest_etf", 3, True), ("learned_authors", 4, False), ("fixed_etf_authors", 4, False)],
+)
 def test_the_authors_preset_batches_each_head_as_their_scripts_do(tmp_path, caplog, head, steps, folds):
     """Their nearest-ETF scripts pass --stratified_batch (3 batches an epoch on UFM-10), the others do not (4)."""
-    cfg = make_cfg("experiment=ufm10_authors", f"head={head}", "trainer.max_epochs=1", "trainer.device=cpu",
-                   "trainer.progress=false")
+    cfg = make_cfg(
+        "experiment=ufm10_authors",
+        f"head={head}",
+        "trainer.max_epochs=1",
+        "trainer.device=cpu",
+        "trainer.progress=false",
+    )
     with caplog.at_level("INFO", logger="etf_train"):
         train(cfg, tmp_path / "run")
     record = read_record(tmp_path / "run")
@@ -69,8 +76,16 @@ def test_the_authors_preset_batches_each_head_as_their_scripts_do(tmp_path, capl
 
 def test_two_ways_to_form_batches_are_refused(tmp_path):
     with pytest.raises(EtfTrainError, match="loader.class_balanced and loader.stratified_folds .* choose one"):
-        train(make_cfg("dataset=ufm", "backbone=ufm", "loader.class_balanced=true", "loader.stratified_folds=true",
-                       "trainer.device=cpu"), tmp_path / "run")
+        train(
+            make_cfg(
+                "dataset=ufm",
+                "backbone=ufm",
+                "loader.class_balanced=true",
+                "loader.stratified_folds=true",
+                "trainer.device=cpu",
+            ),
+            tmp_path / "run",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +94,16 @@ def authors_sweep(tmp_path_factory):
     shuffled batches (4)."""
     root = tmp_path_factory.mktemp("authors")
     for head in ("nearest_etf", "learned_authors"):
-        train(make_cfg("experiment=ufm10_authors", f"head={head}", "trainer.max_epochs=2", "trainer.device=cpu",
-                       "trainer.progress=false"), root / head)
+        train(
+            make_cfg(
+                "experiment=ufm10_authors",
+                f"head={head}",
+                "trainer.max_epochs=2",
+                "trainer.device=cpu",
+                "trainer.progress=false",
+            ),
+            root / head,
+        )
     return root
 
 

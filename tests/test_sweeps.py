@@ -51,8 +51,9 @@ def job_dirs(sweep: Path) -> dict[str, Path]:
 
 def test_multirun_job_folders_name_the_swept_keys_and_compare_reads_them(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = etf_train("-m", "head=learned,fixed_etf,nearest_etf", "seed=1,2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path)
+    proc = etf_train(
+        "-m", "head=learned,fixed_etf,nearest_etf", "seed=1,2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     # the folder that holds the whole comparison, named once at the end
     assert proc.stdout.count(f"tensorboard --logdir {sweep}    then") == 1 and f"etf-compare {sweep}" in proc.stdout
@@ -82,8 +83,9 @@ def test_multirun_job_folders_name_the_swept_keys_and_compare_reads_them(tmp_pat
 
 def test_a_failing_job_fails_alone_and_is_reported_in_one_line(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = etf_train("-m", "head=nearest_etf,learned", *ONE_EPOCH, "backbone.dim=2", f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path)  # d=2 < K=4: nearest_etf refuses, learned runs
+    proc = etf_train(
+        "-m", "head=nearest_etf,learned", *ONE_EPOCH, "backbone.dim=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )  # d=2 < K=4: nearest_etf refuses, learned runs
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "\netf-train: error: head=nearest_etf needs feature dimension d >= number of classes K" in proc.stderr
     assert read_scalars(sweep / "head=learned")["train/acc"][0].tolist() == [1]
@@ -91,8 +93,15 @@ def test_a_failing_job_fails_alone_and_is_reported_in_one_line(tmp_path):
 
 def test_joblib_launcher_with_two_workers_runs_the_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = etf_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "head=learned,fixed_etf", *ONE_EPOCH,
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = etf_train(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "head=learned,fixed_etf",
+        *ONE_EPOCH,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     runs = job_dirs(sweep)
@@ -103,8 +112,9 @@ def test_joblib_launcher_with_two_workers_runs_the_jobs(tmp_path):
 
 def test_optuna_search_returns_the_metric_and_writes_best_params(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = etf_train("hparams_search=optuna", "hydra.sweeper.n_trials=2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path)
+    proc = etf_train(
+        "hparams_search=optuna", "hydra.sweeper.n_trials=2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     # a multirun without -m: it used to end without naming its folder, as a sweep does
     assert f"etf-compare {sweep}" in proc.stdout
@@ -115,7 +125,9 @@ def test_optuna_search_returns_the_metric_and_writes_best_params(tmp_path):
     # named by number and the searched keys, at 4 significant digits (Optuna samples e.g. 14.686165375401004)
     assert len(trials) == 2 and all(re.fullmatch(r"\d_head\.tau=\d+(\.\d+)?,optimizer\.lr=[\d.e-]+", n) for n in trials)
     for name in trials:
-        assert all(len(re.sub(r"[^\d]", "", v.split("e")[0]).lstrip("0")) <= 4 for v in re.findall(r"=([\d.e-]+)", name))
+        assert all(
+            len(re.sub(r"[^\d]", "", v.split("e")[0]).lstrip("0")) <= 4 for v in re.findall(r"=([\d.e-]+)", name)
+        )
     finals = [read_scalars(run)["test/acc"][1][-1] for run in trials.values()]
     assert results["best_value"] == pytest.approx(max(finals))
 
@@ -125,13 +137,20 @@ def test_the_search_space_follows_the_optimiser_and_its_configured_step():
     from etf_train.search import search_overrides as space
 
     search_overrides = lambda given: space(given, cli.config_dir())  # noqa: E731
-    assert search_overrides(["hparams_search=optuna"]) == ["optimizer.lr=tag(log, interval(0.005, 0.5))",
-                                                           "head.tau=interval(1.0, 20.0)"]
-    assert search_overrides(["hparams_search=optuna", "experiment=ufm10"])[0] == "optimizer.lr=tag(log, interval(0.5, 50))"
-    assert search_overrides(["hparams_search=optuna", "optimizer=agd"])[0] == "optimizer.gain=tag(log, interval(1, 100))"
+    assert search_overrides(["hparams_search=optuna"]) == [
+        "optimizer.lr=tag(log, interval(0.005, 0.5))",
+        "head.tau=interval(1.0, 20.0)",
+    ]
+    assert (
+        search_overrides(["hparams_search=optuna", "experiment=ufm10"])[0] == "optimizer.lr=tag(log, interval(0.5, 50))"
+    )
+    assert (
+        search_overrides(["hparams_search=optuna", "optimizer=agd"])[0] == "optimizer.gain=tag(log, interval(1, 100))"
+    )
     assert search_overrides(["hparams_search=optuna", "seed=choice(1, 2)"]) == []  # the user's own space
     assert round_dirname("head.tau=14.686165375401004,optimizer.lr=0.012345678,seed=1,x=0.5") == (
-        "head.tau=14.69,optimizer.lr=0.01235,seed=1,x=0.5")
+        "head.tau=14.69,optimizer.lr=0.01235,seed=1,x=0.5"
+    )
 
 
 def test_optuna_searches_agds_gain_and_one_key_when_asked(tmp_path):
@@ -140,19 +159,28 @@ def test_optuna_searches_agds_gain_and_one_key_when_asked(tmp_path):
     searched; a key the config lacks is one line before anything runs."""
     ufm = ["experiment=ufm10_authors", "dataset.per_class=8", "trainer.max_epochs=1", "trainer.progress=false"]
     sweep = tmp_path / "agd"
-    proc = etf_train("hparams_search=optuna", "hydra.sweeper.n_trials=2", *ufm, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = etf_train(
+        "hparams_search=optuna", "hydra.sweeper.n_trials=2", *ufm, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"]
     assert best.keys() == {"optimizer.gain", "head.tau"} and 1 <= best["optimizer.gain"] <= 100
     sweep = tmp_path / "tau"
-    proc = etf_train("hparams_search=optuna", "hydra.sweeper.n_trials=1", "head.tau=interval(1, 20)", *ufm,
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = etf_train(
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=1",
+        "head.tau=interval(1, 20)",
+        *ufm,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"].keys() == {"head.tau"}
     proc = etf_train("hparams_search=optuna", "optimizer.lr=tag(log, interval(0.01, 1))", *ufm, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "etf-train: error: the search names optimizer.lr, which this config has no key for (optimizer=agd steps by "
-        "optimizer.gain): search a key it has, or add one with '+optimizer.lr=tag(log, interval(0.01, 1))'"]
+        "optimizer.gain): search a key it has, or add one with '+optimizer.lr=tag(log, interval(0.01, 1))'"
+    ]
 
 
 def test_an_optuna_storage_needs_its_own_study_name(tmp_path):
@@ -164,10 +192,20 @@ def test_an_optuna_storage_needs_its_own_study_name(tmp_path):
     assert proc.returncode == 2 and "give this one its own hydra.sweeper.study_name" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     sweep = tmp_path / "sweep"
-    proc = etf_train("hparams_search=optuna", storage, "hydra.sweeper.study_name=lr_tau", "hydra.sweeper.n_trials=1",
-                     *ONE_EPOCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    proc = etf_train(
+        "hparams_search=optuna",
+        storage,
+        "hydra.sweeper.study_name=lr_tau",
+        "hydra.sweeper.n_trials=1",
+        *ONE_EPOCH,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"].keys() == {"optimizer.lr", "head.tau"}
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"].keys() == {
+        "optimizer.lr",
+        "head.tau",
+    }
 
 
 def _children(pid: int) -> list[int]:
@@ -189,8 +227,15 @@ def test_submitit_requeue_reruns_in_the_same_job_folder_and_resumes(tmp_path):
     controller starts the job again; the job must land in the same folder and continue from last.pt."""
     sweep = tmp_path / "sweep"
     exe = Path(sys.executable).with_name("etf-train")
-    args = [str(exe), "-m", "hydra/launcher=submitit_local", "head=choice(nearest_etf)", *tiny(60),
-            "metrics.every_n_epochs=60", f"hydra.sweep.dir={sweep}"]
+    args = [
+        str(exe),
+        "-m",
+        "hydra/launcher=submitit_local",
+        "head=choice(nearest_etf)",
+        *tiny(60),
+        "metrics.every_n_epochs=60",
+        f"hydra.sweep.dir={sweep}",
+    ]
     main = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ckpt = sweep / "head=nearest_etf" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 120
@@ -226,9 +271,16 @@ def test_slurm_launcher_config_makes_a_valid_sbatch_script(tmp_path, monkeypatch
     srun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
     with initialize_config_dir(config_dir=str(cli.config_dir()), version_base="1.3"):
-        cfg = compose("config", ["hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path}/sweep",
-                                 "hydra.launcher.partition=gpu", "hydra.launcher.account=proj"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            [
+                "hydra/launcher=slurm",
+                f"hydra.sweep.dir={tmp_path}/sweep",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.account=proj",
+            ],
+            return_hydra_config=True,
+        )
     launcher = instantiate(cfg.hydra.launcher)
     assert type(launcher).__name__ == "SlurmLauncher"
     params = dict(launcher.params)
@@ -238,8 +290,16 @@ def test_slurm_launcher_config_makes_a_valid_sbatch_script(tmp_path, monkeypatch
     base = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     script = executor._executor._make_submission_file_text("python -m submitit.core._submit x", "uid")
-    for line in ("--gpus-per-node=1", "--ntasks-per-node=1", "--time=1440", "--signal=USR2@300", "--requeue",
-                 "--partition=gpu", "--account=proj", "--job-name=etf-train"):
+    for line in (
+        "--gpus-per-node=1",
+        "--ntasks-per-node=1",
+        "--time=1440",
+        "--signal=USR2@300",
+        "--requeue",
+        "--partition=gpu",
+        "--account=proj",
+        "--job-name=etf-train",
+    ):
         assert f"#SBATCH {line}\n" in script
     assert executor._executor.max_num_timeout == 10
 
@@ -266,8 +326,17 @@ def test_job_device_spreads_multirun_jobs_over_gpus(spec, multirun, num, count, 
 
 def test_swept_dirname_excludes_keeps_only_swept_keys():
     always = ["trainer.resume"]
-    args = ["-m", "head=learned,fixed_etf", "seed=range(1,3)", "dataset=synthetic", "+foo.bar=1",
-            "hydra.sweep.dir=/x", "hydra/launcher=joblib", "--cfg", "job"]
+    args = [
+        "-m",
+        "head=learned,fixed_etf",
+        "seed=range(1,3)",
+        "dataset=synthetic",
+        "+foo.bar=1",
+        "hydra.sweep.dir=/x",
+        "hydra/launcher=joblib",
+        "--cfg",
+        "job",
+    ]
     assert cli.swept_dirname_excludes(Command(tuple(args)), always) == ["trainer.resume", "dataset", "foo.bar"]
     searched = Command(("hparams_search=optuna", "seed=3", "trainer.resume=never"))
     assert cli.swept_dirname_excludes(searched, always) == ["trainer.resume", "hparams_search", "seed"]
@@ -311,8 +380,9 @@ def test_objective_is_the_last_epochs_metric():
     scalars = {"train/acc": 90.0, "test/acc": 80.5}
     assert search.objective(scalars, "test/acc") == 80.5
     assert search.objective(scalars, None) is None
-    with pytest.raises(EtfTrainError, match="optimized_metric=nc/nc1 is not a scalar of this run; choose one of "
-                                            "test/acc, train/acc"):
+    with pytest.raises(
+        EtfTrainError, match="optimized_metric=nc/nc1 is not a scalar of this run; choose one of test/acc, train/acc"
+    ):
         search.objective(scalars, "nc/nc1")
 
 
@@ -334,8 +404,10 @@ def test_missing_plugin_is_one_line_and_exit_2(arg, module, package, monkeypatch
         cli.main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err == (f'etf-train: error: {arg.lstrip("+")} needs the {package} plugin: '
-                   f'pip install -e ".[sweep]" (or pip install {package})\n')
+    assert err == (
+        f"etf-train: error: {arg.lstrip('+')} needs the {package} plugin: "
+        f'pip install -e ".[sweep]" (or pip install {package})\n'
+    )
 
 
 @pytest.mark.slow
@@ -347,25 +419,49 @@ def test_a_real_tensorboard_server_lists_the_sweep_in_hparams_and_custom_scalars
     import urllib.request
 
     sweep = tmp_path / "sweep"
-    assert etf_train("-m", "head=learned,nearest_etf", "seed=1,2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}",
-                     cwd=tmp_path).returncode == 0
+    assert (
+        etf_train(
+            "-m", "head=learned,nearest_etf", "seed=1,2", *ONE_EPOCH, f"hydra.sweep.dir={sweep}", cwd=tmp_path
+        ).returncode
+        == 0
+    )
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(sweep),
-                               "--port", str(port), "--host", "localhost"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("tensorboard")),
+            "--logdir",
+            str(sweep),
+            "--port",
+            str(port),
+            "--host",
+            "localhost",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+
         def ask(path, body=None):
             data = None if body is None else json.dumps(body).encode()
-            request = urllib.request.Request(f"http://localhost:{port}{path}", data=data,
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://localhost:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+            )
             return json.load(urllib.request.urlopen(request, timeout=10))
 
         for _ in range(120):
             try:
-                groups = ask("/data/plugin/hparams/session_groups", {
-                    "experimentName": "", "allowedStatuses": ["STATUS_SUCCESS"], "startIndex": 0, "sliceSize": 10,
-                    "colParams": [{"hparam": "head.name"}, {"metric": {"tag": "test/acc"}}]})["sessionGroups"]
+                groups = ask(
+                    "/data/plugin/hparams/session_groups",
+                    {
+                        "experimentName": "",
+                        "allowedStatuses": ["STATUS_SUCCESS"],
+                        "startIndex": 0,
+                        "sliceSize": 10,
+                        "colParams": [{"hparam": "head.name"}, {"metric": {"tag": "test/acc"}}],
+                    },
+                )["sessionGroups"]
                 if len(groups) == 4:
                     break
             except OSError:

@@ -10,9 +10,27 @@ from etf_train.training import Run, load_checkpoint, save_checkpoint, train
 
 from .conftest import TINY, TINY_UFM, make_cfg
 
-SCALARS = {"train/loss", "train/acc", "train/eval_acc", "test/loss", "test/acc", "lr", "time/epoch_s", "throughput/train_img_s"}
-NC = {"nc/nc1", "nc/nc2_w", "nc/nc2_h", "nc/equinorm_w", "nc/equinorm_h", "nc/equiangular_w", "nc/equiangular_h",
-      "nc/nc3", "nc/nc4"}
+SCALARS = {
+    "train/loss",
+    "train/acc",
+    "train/eval_acc",
+    "test/loss",
+    "test/acc",
+    "lr",
+    "time/epoch_s",
+    "throughput/train_img_s",
+}
+NC = {
+    "nc/nc1",
+    "nc/nc2_w",
+    "nc/nc2_h",
+    "nc/equinorm_w",
+    "nc/equinorm_h",
+    "nc/equiangular_w",
+    "nc/equiangular_h",
+    "nc/nc3",
+    "nc/nc4",
+}
 
 
 @pytest.mark.parametrize("data", ["synthetic", "ufm"])
@@ -65,7 +83,10 @@ def test_a_finished_run_is_not_trained_again_nor_extended(tmp_path):
 def test_a_compiled_backbone_keeps_the_checkpoint_keys(tmp_path):
     """trainer.compile compiles in place: the state dict has the same keys as without it (torch.compile's wrapper
     saved `backbone._orig_mod.*`, so a resume across the option and etf-eval of a compiled run failed)."""
-    keys = {c: set(Run(make_cfg(*TINY, f"trainer.compile={c}"), tmp_path / str(c)).model.state_dict()) for c in (False, True)}
+    keys = {
+        c: set(Run(make_cfg(*TINY, f"trainer.compile={c}"), tmp_path / str(c)).model.state_dict())
+        for c in (False, True)
+    }
     assert keys[True] == keys[False] and any(k.startswith("backbone.") for k in keys[True])
 
 
@@ -82,18 +103,30 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
     train(make_cfg(*ufm, "head=learned", "dataset.per_class=16", "trainer.max_epochs=1"), tmp_path / "ufm")
     ufm_ckpt = tmp_path / "ufm" / "checkpoints" / "last.pt"
     with pytest.raises(EtfTrainError, match=r"was started with other settings \(dataset.per_class: 16 -> 8\)"):
-        train(make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=1",
-                       f"trainer.resume={ufm_ckpt}"), tmp_path / "ufm8")
+        train(
+            make_cfg(*ufm, "head=learned", "dataset.per_class=8", "trainer.max_epochs=1", f"trainer.resume={ufm_ckpt}"),
+            tmp_path / "ufm8",
+        )
     state = torch.load(ufm_ckpt, weights_only=True)
     features = next(k for k in state["model"] if k.startswith("backbone."))
     state["model"][features] = state["model"][features][:-1]  # settings that match, tensors that do not
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(EtfTrainError, match="does not fit this model .*size mismatch") as info:
-        train(make_cfg(*ufm, "head=learned", "dataset.per_class=16", "trainer.max_epochs=1",
-                       f"trainer.resume={tmp_path / 'bad.pt'}"), tmp_path / "ufm16")
+        train(
+            make_cfg(
+                *ufm,
+                "head=learned",
+                "dataset.per_class=16",
+                "trainer.max_epochs=1",
+                f"trainer.resume={tmp_path / 'bad.pt'}",
+            ),
+            tmp_path / "ufm16",
+        )
     assert "\n" not in str(info.value)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(EtfTrainError, match="cannot read checkpoint .*junk.pt .*point trainer.resume at a run's") as info:
+    with pytest.raises(
+        EtfTrainError, match="cannot read checkpoint .*junk.pt .*point trainer.resume at a run's"
+    ) as info:
         train(make_cfg(*TINY, "head=learned", f"trainer.resume={tmp_path / 'junk.pt'}"), tmp_path / "c")
     assert "delete" not in str(info.value)
     with pytest.raises(EtfTrainError, match="no such checkpoint"):
@@ -130,9 +163,11 @@ def test_what_torchrun_would_change_in_silence_is_refused():
     message); head.center=batch centred by each process's share of the batch (train/loss 0.051 vs 0.067 at 1 vs 2)."""
     from etf_train.training.factories import check_world
 
-    for overrides, line in ((["trainer.nonfinite=skip"], "trainer.nonfinite=skip is not supported under torchrun"),
-                            (["head=fixed_etf_authors"], "head.center=batch centres by each process's share"),
-                            (["trainer.batch_size=15"], "must divide evenly over 2 processes")):
+    for overrides, line in (
+        (["trainer.nonfinite=skip"], "trainer.nonfinite=skip is not supported under torchrun"),
+        (["head=fixed_etf_authors"], "head.center=batch centres by each process's share"),
+        (["trainer.batch_size=15"], "must divide evenly over 2 processes"),
+    ):
         cfg = make_cfg(*TINY, *overrides)
         check_world(cfg, 1)  # one process: nothing to refuse
         with pytest.raises(EtfTrainError, match=line):
@@ -141,8 +176,10 @@ def test_what_torchrun_would_change_in_silence_is_refused():
 
 
 def test_step_schedule_drops_the_rate_at_its_milestones(tmp_path):
-    train(make_cfg(*TINY, "scheduler=step", "scheduler.milestones=[2]", "trainer.max_epochs=3", "optimizer.lr=0.2"),
-          tmp_path)
+    train(
+        make_cfg(*TINY, "scheduler=step", "scheduler.milestones=[2]", "trainer.max_epochs=3", "optimizer.lr=0.2"),
+        tmp_path,
+    )
     assert read_scalars(tmp_path)["lr"][1].tolist() == pytest.approx([0.2, 0.2, 0.02])
 
 
@@ -188,7 +225,7 @@ def dense_nc(h, y, logits, W, b, K):
         "norm_ratio_w": w_norms.max() / w_norms.min(),
         "norm_ratio_h": h_norms.max() / h_norms.min(),
         "rank_h": np.linalg.matrix_rank(Hc),
-        "erank_sw": np.trace(S_W) ** 2 / np.sum(S_W ** 2),  # the participation ratio
+        "erank_sw": np.trace(S_W) ** 2 / np.sum(S_W**2),  # the participation ratio
     }
     if b is not None:
         out["bias_collapse"] = np.linalg.norm(W @ mu_G + b)
@@ -207,8 +244,10 @@ def test_logged_metrics_equal_an_independent_recomputation(tmp_path, head):
     model = run.model.eval()
     logged = read_scalars(tmp_path)
     K = 4
-    for split, prefix, dataset, labels in (("train", "nc/", run.bundle.eval_train, run.bundle.train_targets),
-                                           ("test", "nc_test/", run.bundle.test, run.bundle.test_targets)):
+    for split, prefix, dataset, labels in (
+        ("train", "nc/", run.bundle.eval_train, run.bundle.train_targets),
+        ("test", "nc_test/", run.bundle.test, run.bundle.test_targets),
+    ):
         x = torch.stack([dataset[i][0] for i in range(len(dataset))])
         y = labels.numpy()
         with torch.no_grad():
@@ -225,10 +264,12 @@ def test_logged_metrics_equal_an_independent_recomputation(tmp_path, head):
             p /= p.sum(1, keepdims=True)
             conf, hit = p.max(1), p.argmax(1) == y
             bins = np.ceil(conf * 15).astype(int)  # right-closed bins ((b-1)/15, b/15]
-            ece = sum(abs(hit[bins == k].mean() - conf[bins == k].mean()) * np.mean(bins == k)
-                      for k in np.unique(bins))
-            expected |= {"test/acc": 100 * hit.mean(), "test/ece": ece,
-                         **{f"test/acc_class/{c}": 100 * hit[y == c].mean() for c in range(K)}}
+            ece = sum(abs(hit[bins == k].mean() - conf[bins == k].mean()) * np.mean(bins == k) for k in np.unique(bins))
+            expected |= {
+                "test/acc": 100 * hit.mean(),
+                "test/ece": ece,
+                **{f"test/acc_class/{c}": 100 * hit[y == c].mean() for c in range(K)},
+            }
             assert "test/acc_top5" not in logged  # K = 4 < 10
         for tag, value in expected.items():
             assert logged[tag][0][-1] == 2, tag
@@ -263,15 +304,24 @@ def test_the_run_folder_holds_hparams_a_convergence_layout_the_config_and_a_reli
     # every epoch's scalars, as TensorBoard's own reader sees them (they are written as one event per epoch)
     logged = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     assert {"train/loss", "train/acc", "test/acc", "nc/nc1", "lr", "time/epoch_s"} <= set(logged)
-    assert all([step for step, _ in values] == [1, 2] for tag, values in logged.items() if not tag.startswith("epochs_to/"))
+    assert all(
+        [step for step, _ in values] == [1, 2] for tag, values in logged.items() if not tag.startswith("epochs_to/")
+    )
     assert logged["lr"][0][1] == pytest.approx(0.05)
     # NC1's log10 (a log axis on TensorBoard's linear one), and how soon each threshold was met, logged once
-    assert [v for _, v in logged["nc_log10/nc1"]] == pytest.approx([math.log10(v) for _, v in logged["nc/nc1"]], rel=1e-5)
+    assert [v for _, v in logged["nc_log10/nc1"]] == pytest.approx(
+        [math.log10(v) for _, v in logged["nc/nc1"]], rel=1e-5
+    )
     first = next((step for step, v in logged["nc/nc1"] if v <= 1.0), None)
     assert logged.get("epochs_to/nc1_le_1") == ([(first, float(first))] if first else None)
     assert [m for m in metrics if m.startswith("epochs_to/")] == [
-        "epochs_to/nc1_le_1", "epochs_to/nc1_le_0.1", "epochs_to/nc1_le_0.01", "epochs_to/nc1_le_0.001",
-        "epochs_to/train_eval_acc_ge_99", "epochs_to/test_acc_ge_90"]
+        "epochs_to/nc1_le_1",
+        "epochs_to/nc1_le_0.1",
+        "epochs_to/nc1_le_0.01",
+        "epochs_to/nc1_le_0.001",
+        "epochs_to/train_eval_acc_ge_99",
+        "epochs_to/test_acc_ge_90",
+    ]
     infos = [i.name for i in hp["_hparams_/experiment"].experiment.hparam_infos]  # the HParams tab's column order
     assert infos[:2] == ["head.name", "seed"] and len(infos) == len(start) <= 12  # what tells runs apart, not all
 
@@ -279,9 +329,16 @@ def test_the_run_folder_holds_hparams_a_convergence_layout_the_config_and_a_reli
 def test_hparams_list_a_sweeps_keys_first_and_thresholds_once_across_a_resume(tmp_path):
     from etf_train.training.logbook import Logbook, swept_keys
 
-    config = {"head": {"name": "learned", "tau": 5.0}, "seed": 2, "trainer": {"max_epochs": 3}, "dataset": {"name": "x"}}
-    record = (["head=learned", "seed=2", "trainer.max_epochs=3"],
-              {"job": {"config": {"override_dirname": {"exclude_keys": ["trainer.max_epochs", "trainer.resume"]}}}})
+    config = {
+        "head": {"name": "learned", "tau": 5.0},
+        "seed": 2,
+        "trainer": {"max_epochs": 3},
+        "dataset": {"name": "x"},
+    }
+    record = (
+        ["head=learned", "seed=2", "trainer.max_epochs=3"],
+        {"job": {"config": {"override_dirname": {"exclude_keys": ["trainer.max_epochs", "trainer.resume"]}}}},
+    )
     assert swept_keys(record, config) == ["head.name", "seed"]
     assert swept_keys(None, config) == []
     book = Logbook(tmp_path, config, 1, record)
@@ -308,8 +365,14 @@ def test_optimisers_step_fused_where_torch_can_and_fall_back_elsewhere(monkeypat
         with monkeypatch.context() as m:
             m.setattr(factories, "_fused_available", lambda cls, device: False)
             assert not factories.build_optimizer(cfg, model).defaults["fused"]
-    assert not factories._fused_available(type("NoFused", (), {"__init__": lambda self, *a, **k: (_ for _ in ()).throw(
-        TypeError("unexpected keyword argument 'fused'"))}), torch.device("cpu"))
+    assert not factories._fused_available(
+        type(
+            "NoFused",
+            (),
+            {"__init__": lambda self, *a, **k: (_ for _ in ()).throw(TypeError("unexpected keyword argument 'fused'"))},
+        ),
+        torch.device("cpu"),
+    )
 
 
 def test_the_end_of_epoch_finiteness_check_sees_every_nan_and_inf_and_nothing_else():
@@ -340,4 +403,6 @@ def test_a_tiny_leftover_batch_is_named_for_nearest_etf(tmp_path, caplog):
         with caplog.at_level("WARNING", logger="etf_train"):
             run = Run(make_cfg(*TINY_UFM, f"head={head}", "trainer.batch_size=31"), tmp_path / head)
         run.folder.end()
-        assert ("each epoch ends in a batch of 2 sample(s) (64 train samples, trainer.batch_size=31)" in caplog.text) == said
+        assert (
+            "each epoch ends in a batch of 2 sample(s) (64 train samples, trainer.batch_size=31)" in caplog.text
+        ) == said

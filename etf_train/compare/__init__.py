@@ -66,8 +66,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import EtfTrainError
 from .. import sweepdir
+from ..errors import EtfTrainError
 from ..options import error_line, output_folder, writing
 from ..rundir import read_scalars
 from ..view import ADDRESS_ENV, address, how_to_look
@@ -78,12 +78,30 @@ from .report import markdown, notes, speedup_table, table, write_csv
 from .runs import RecordedRun, group_runs, load_runs
 from .serve import serve
 from .speedup import Speedup, choose_baseline, crossings, nc1_thresholds, speedup
-from .steps import over_steps
 from .stats import ACC_TAGS, EVAL_ACC, Spread, epoch_stats, first_epoch, summarize, thresholds
+from .steps import over_steps
 
-__all__ = ["RecordedRun", "Speedup", "Spread", "choose_baseline", "crossings", "curves", "epoch_stats", "figure", "first_epoch",
-           "group_runs", "load_runs", "main", "nc1_thresholds", "read_scalars", "spans_decades", "speedup", "summarize",
-           "sweep_end", "thresholds"]
+__all__ = [
+    "RecordedRun",
+    "Speedup",
+    "Spread",
+    "choose_baseline",
+    "crossings",
+    "curves",
+    "epoch_stats",
+    "figure",
+    "first_epoch",
+    "group_runs",
+    "load_runs",
+    "main",
+    "nc1_thresholds",
+    "read_scalars",
+    "spans_decades",
+    "speedup",
+    "summarize",
+    "sweep_end",
+    "thresholds",
+]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,49 +112,92 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folders", nargs="+", type=Path, help="sweep or run folders, searched recursively for runs")
     p.add_argument(
-        "--group-by", nargs="+", default=["head"], metavar="KEY",
+        "--group-by",
+        nargs="+",
+        default=["head"],
+        metavar="KEY",
         help="dotted config keys that define a group ('head' = head.name); default: head",
     )
     p.add_argument(
-        "--acc-tag", choices=ACC_TAGS, default=EVAL_ACC,
+        "--acc-tag",
+        choices=ACC_TAGS,
+        default=EVAL_ACC,
         help=f"the train accuracy for thresholds, finals and the first panel; default: {EVAL_ACC} (eval mode, "
         "logged every metrics.every_n_epochs epochs); train/acc is measured during training (runs from before "
         f"{EVAL_ACC} was logged have only it)",
     )
     p.add_argument(
-        "--acc-thresholds", nargs="*", type=float, default=[90.0, 95.0, 99.0], metavar="PCT",
+        "--acc-thresholds",
+        nargs="*",
+        type=float,
+        default=[90.0, 95.0, 99.0],
+        metavar="PCT",
         help="train accuracy (--acc-tag) thresholds in percent; default: 90 95 99",
     )
     p.add_argument(
-        "--test-acc-thresholds", nargs="*", type=float, default=None, metavar="PCT",
+        "--test-acc-thresholds",
+        nargs="*",
+        type=float,
+        default=None,
+        metavar="PCT",
         help="test/acc thresholds in percent; default: the --acc-thresholds values; give none to skip",
     )
     p.add_argument(
-        "--nc1-thresholds", nargs="*", type=float, default=None, metavar="X",
+        "--nc1-thresholds",
+        nargs="*",
+        type=float,
+        default=None,
+        metavar="X",
         help="NC1 thresholds; default: 1 0.1 0.01 and every further decade that every group's median reaches; "
         "give none to skip NC1",
     )
-    p.add_argument("--baseline", default=None, metavar="GROUP",
-                   help="the group the speed-ups are against (its label, or a part of one label, e.g. learned_authors); "
-                   "default: the one learned-head group when there is exactly one")
-    p.add_argument("--metrics", nargs="+", default=None, metavar="TAG",
-                   help=f"scalar tags to plot; default: the --acc-tag, {' '.join(OTHER_METRICS)}")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="GROUP",
+        help="the group the speed-ups are against (its label, or a part of one label, e.g. learned_authors); "
+        "default: the one learned-head group when there is exactly one",
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="TAG",
+        help=f"scalar tags to plot; default: the --acc-tag, {' '.join(OTHER_METRICS)}",
+    )
     p.add_argument("--per-seed", action="store_true", help="draw each run as a thin line beside its group's median")
-    p.add_argument("--serve", action="store_true",
-                   help="then start TensorBoard on exactly these runs, coloured by group, until Ctrl-C")
-    p.add_argument("--host", default=None, help=f"TensorBoard's host in the link and for --serve (default: "
-                   f"${ADDRESS_ENV} or localhost)")
-    p.add_argument("--port", type=int, default=None, help=f"TensorBoard's port (default: ${ADDRESS_ENV} or 6006; "
-                   "--serve: a free one)")
-    p.add_argument("--x", choices=("epochs", "steps"), default="epochs",
-                   help="the figure's x axis: epochs, or optimiser steps (epoch x steps an epoch), where groups take "
-                        "different numbers of steps an epoch; default: epochs")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="then start TensorBoard on exactly these runs, coloured by group, until Ctrl-C",
+    )
+    p.add_argument(
+        "--host",
+        default=None,
+        help=f"TensorBoard's host in the link and for --serve (default: ${ADDRESS_ENV} or localhost)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"TensorBoard's port (default: ${ADDRESS_ENV} or 6006; --serve: a free one)",
+    )
+    p.add_argument(
+        "--x",
+        choices=("epochs", "steps"),
+        default="epochs",
+        help="the figure's x axis: epochs, or optimiser steps (epoch x steps an epoch), where groups take "
+        "different numbers of steps an epoch; default: epochs",
+    )
     p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: png")
     p.add_argument("--dpi", type=int, default=150, help="figure resolution (png); default: 150")
     p.add_argument("--out", type=Path, default=None, help="output folder; default: the first folder given")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs of different dataset.name")
-    p.add_argument("--include-unfinished", action="store_true",
-                   help="count unfinished and failed runs too, up to their last logged epoch (marked in the table)")
+    p.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="count unfinished and failed runs too, up to their last logged epoch (marked in the table)",
+    )
     return p
 
 
@@ -144,11 +205,25 @@ def compare(args: argparse.Namespace, a: Analysis) -> str:
     """Write the outputs of an analysis; returns the text for stdout."""
     out = output_folder("--out", args.folders[0] if args.out is None else args.out, given=args.out is not None)
     after = speedup_table(a.summaries, a.baseline, a.limits, a.speed) if a.baseline is not None else []
-    text = markdown(*table(list(a.summaries.values())), [r for r in a.runs if not r.counted], args.include_unfinished,
-                    notes(args.acc_tag), a.warnings, a.intro, after)
+    text = markdown(
+        *table(list(a.summaries.values())),
+        [r for r in a.runs if not r.counted],
+        args.include_unfinished,
+        notes(args.acc_tag),
+        a.warnings,
+        a.intro,
+        after,
+    )
     drawn = over_steps(a.drawn) if args.x == "steps" else a.drawn
-    fig = figure(drawn, a.metrics, {label: len(rs) for label, rs in a.groups.items()}, len(a.warnings), a.nc1,
-                 args.per_seed, xlabel="optimiser step" if args.x == "steps" else "epoch")
+    fig = figure(
+        drawn,
+        a.metrics,
+        {label: len(rs) for label, rs in a.groups.items()},
+        len(a.warnings),
+        a.nc1,
+        args.per_seed,
+        xlabel="optimiser step" if args.x == "steps" else "epoch",
+    )
     with writing(out / "comparison.md") as path:
         path.write_text(text)
     with writing(out / "comparison.csv") as path:
@@ -157,8 +232,10 @@ def compare(args: argparse.Namespace, a: Analysis) -> str:
         write_curves(path, curve_rows(a.drawn))
     with writing(out / f"comparison.{args.format}") as fig_path:
         fig.savefig(fig_path, dpi=args.dpi)
-    return ("\n".join(a.terminal()) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, "
-            f"{out / 'curves.csv'}, {fig_path}\n{how_to_look(args.folders, args.host, args.port)}\n")
+    return (
+        "\n".join(a.terminal()) + f"\n\nwrote {out / 'comparison.md'}, {out / 'comparison.csv'}, "
+        f"{out / 'curves.csv'}, {fig_path}\n{how_to_look(args.folders, args.host, args.port)}\n"
+    )
 
 
 def sweep_end(folder: Path) -> str:
@@ -174,11 +251,18 @@ def sweep_end(folder: Path) -> str:
         lines += [f"no comparison: {error_line(e)}", ""]
         others = []
     if others:
-        lines += [f"{len(others)} of {len(others) + sum(r.counted for r in a.runs)} runs not counted:",
-                  *(f"- {r.describe()}" for r in others), ""]
+        lines += [
+            f"{len(others)} of {len(others) + sum(r.counted for r in a.runs)} runs not counted:",
+            *(f"- {r.describe()}" for r in others),
+            "",
+        ]
     refused = sweepdir.refused_jobs(folder)
     if refused:
-        lines += [f"{len(refused)} job{'s' * (len(refused) > 1)} refused before starting:", *(f"- {j}" for j in refused), ""]
+        lines += [
+            f"{len(refused)} job{'s' * (len(refused) > 1)} refused before starting:",
+            *(f"- {j}" for j in refused),
+            "",
+        ]
     lines += [how_to_look(folder), f"table, plots and curves.csv: etf-compare {folder}"]
     return "\n".join(f"etf-train: {line}" if line else "" for line in lines)
 
@@ -189,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         a = analyse(args)
         print(compare(args, a), end="", flush=True)
         if args.serve:
-            return serve({label: rs for label, rs in a.drawn.items() if rs}, *address(args.host, args.port if args.port else 0))
+            return serve(
+                {label: rs for label, rs in a.drawn.items() if rs}, *address(args.host, args.port if args.port else 0)
+            )
     except (EtfTrainError, OSError) as e:  # OSError: a path the file system refuses to read (too long, say)
         print(f"etf-compare: error: {error_line(e)}", file=sys.stderr)
         return 2

@@ -13,12 +13,21 @@ from ..tags import EQUINORM_H, NC3, TRAIN_LOSS
 from .answer import answer, threshold_words
 from .plot import check_metrics
 from .report import compact
-from .runs import (RecordedRun, check_datasets, code_versions, group_runs, late_starts, load_runs, pooled_settings,
-                   unlike_groups, warn)
+from .runs import (
+    RecordedRun,
+    check_datasets,
+    code_versions,
+    group_runs,
+    late_starts,
+    load_runs,
+    pooled_settings,
+    unlike_groups,
+    warn,
+)
 from .setting import readable, reproduce, setting
 from .speedup import Speedup, choose_baseline, crossings, describe_crossings, nc1_thresholds, speedup
-from .steps import step_counts
 from .stats import NC1, TEST_ACC, GroupSummary, Threshold, epoch_stats, summarize, tag_label, thresholds
+from .steps import step_counts
 
 OTHER_METRICS = (TEST_ACC, TRAIN_LOSS, NC1, NC3, EQUINORM_H)  # after the --acc-tag panel
 
@@ -44,8 +53,9 @@ class Analysis:
 MAX_DPI = 1200  # six panels at 1200 dpi take 0.6 GB to draw; at 100000 drawing ran out of memory
 
 
-def check_options(acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float] | None, dpi: int,
-                  port: int | None) -> None:
+def check_options(
+    acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float] | None, dpi: int, port: int | None
+) -> None:
     for option, values in (("--acc-thresholds", acc), ("--test-acc-thresholds", test_acc)):
         for t in values:
             if not 1.0 < t <= 100.0:
@@ -68,26 +78,42 @@ def analyse(args: argparse.Namespace) -> Analysis:
     if not args.allow_mixed:
         check_datasets(runs)
     if not any(r.included(args.include_unfinished) for r in runs):
-        raise EtfTrainError(f"no finished runs under {', '.join(map(str, args.folders))} ({len(runs)} unfinished or "
-                            "failed); --include-unfinished compares them up to their last epoch")
+        raise EtfTrainError(
+            f"no finished runs under {', '.join(map(str, args.folders))} ({len(runs)} unfinished or "
+            "failed); --include-unfinished compares them up to their last epoch"
+        )
     groups = group_runs(runs, args.group_by)  # labelled over all runs: the table and the legend name groups alike
     drawn = {label: [r for r in rs if r.included(args.include_unfinished)] for label, rs in groups.items()}
     counted = {label: rs for label, rs in drawn.items() if rs}
-    warnings = (pooled_settings(counted) + unlike_groups(counted, args.group_by) + step_counts(counted)
-                + late_starts(counted) + code_versions(counted))
+    warnings = (
+        pooled_settings(counted)
+        + unlike_groups(counted, args.group_by)
+        + step_counts(counted)
+        + late_starts(counted)
+        + code_versions(counted)
+    )
     for message in warnings:
         warn(message)
     baseline = choose_baseline(counted, args.baseline)
     nc1 = nc1_thresholds(counted) if args.nc1_thresholds is None else list(args.nc1_thresholds)
     limits = thresholds(args.acc_tag, args.acc_thresholds, test_acc, nc1)
-    summaries = {label: summarize(label, rs, limits, args.acc_tag, args.include_unfinished) for label, rs in groups.items()}
-    speed = {label: {t: speedup(s, summaries[baseline], t) for t in limits} for label, s in summaries.items()
-             if baseline is not None and label != baseline}
+    summaries = {
+        label: summarize(label, rs, limits, args.acc_tag, args.include_unfinished) for label, rs in groups.items()
+    }
+    speed = {
+        label: {t: speedup(s, summaries[baseline], t) for t in limits}
+        for label, s in summaries.items()
+        if baseline is not None and label != baseline
+    }
     check_metrics([r for rs in counted.values() for r in rs], metrics)
     every = [r for rs in counted.values() for r in rs]
     command = reproduce(every)
-    intro = [*answer(summaries, baseline, limits, speed, _crossings(counted, baseline, nc1)), "",
-             f"Setting: {setting(every)}.", threshold_words(limits, args.nc1_thresholds is None)]
+    intro = [
+        *answer(summaries, baseline, limits, speed, _crossings(counted, baseline, nc1)),
+        "",
+        f"Setting: {setting(every)}.",
+        threshold_words(limits, args.nc1_thresholds is None),
+    ]
     intro += [f"Reproduce: `{command}`"] if command else []
     return Analysis(runs, groups, drawn, warnings, metrics, baseline, nc1, limits, summaries, speed, intro)
 

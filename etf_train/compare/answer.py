@@ -22,26 +22,38 @@ def _epochs(x: float) -> str:
     return "never" if math.isinf(x) else f"{x:g}"
 
 
-def _against(group: GroupSummary, base: GroupSummary, shared: Sequence[Threshold], speed: dict[Threshold, Speedup],
-             first_part: bool) -> str:
+def _against(
+    group: GroupSummary,
+    base: GroupSummary,
+    shared: Sequence[Threshold],
+    speed: dict[Threshold, Speedup],
+    first_part: bool,
+) -> str:
     """`reaches NC1 <= 1 3.50x sooner than learned (4 vs 14 epochs, median; 3 of 3 seeds paired); at NC1 <= 1e-06,
     1.14x sooner (164 vs 187)` over the thresholds both groups' medians reach (the first and the last of them)."""
     # the first threshold where the groups differ (NC1 <= 1 is often met by every head in epoch 1), and the deepest
     first, last = next((t for t in shared if speed[t].median != 1), shared[0]), shared[-1]
     s = speed[first]
     verb = "reaches " if first_part else ""
-    text = (f"{verb}{first.header} {_sooner(s.median)} {readable(base.label)} "
-            f"({_epochs(group.reached[first].median)} vs {_epochs(base.reached[first].median)} epochs, median; {s.basis})")
+    text = (
+        f"{verb}{first.header} {_sooner(s.median)} {readable(base.label)} "
+        f"({_epochs(group.reached[first].median)} vs {_epochs(base.reached[first].median)} epochs, median; {s.basis})"
+    )
     if last != first:
         s = speed[last]
-        text += (f"; at {last.header}, {_sooner(s.median).removesuffix(' than').removesuffix(' as')} "
-                 f"({_epochs(group.reached[last].median)} vs {_epochs(base.reached[last].median)})")
+        text += (
+            f"; at {last.header}, {_sooner(s.median).removesuffix(' than').removesuffix(' as')} "
+            f"({_epochs(group.reached[last].median)} vs {_epochs(base.reached[last].median)})"
+        )
     return text
 
 
 def _shared(group: GroupSummary, base: GroupSummary, limits: Sequence[Threshold], speed: dict) -> list[Threshold]:
-    return [t for t in limits if math.isfinite(group.reached[t].median) and math.isfinite(base.reached[t].median)
-            and speed[t].n]
+    return [
+        t
+        for t in limits
+        if math.isfinite(group.reached[t].median) and math.isfinite(base.reached[t].median) and speed[t].n
+    ]
 
 
 def _alone(group: GroupSummary, base: GroupSummary, limits: Sequence[Threshold]) -> str | None:
@@ -51,13 +63,20 @@ def _alone(group: GroupSummary, base: GroupSummary, limits: Sequence[Threshold])
         g, b = group.reached[t].median, base.reached[t].median
         if math.isfinite(g) != math.isfinite(b):
             who, other = (group, base) if math.isfinite(g) else (base, group)
-            return (f"Only {readable(who.label)}'s median run reaches {t.header} (epoch {_epochs(who.reached[t].median)}), "
-                    f"{readable(other.label)}'s never does")
+            return (
+                f"Only {readable(who.label)}'s median run reaches {t.header} (epoch {_epochs(who.reached[t].median)}), "
+                f"{readable(other.label)}'s never does"
+            )
     return None
 
 
-def answer(summaries: dict[str, GroupSummary], baseline: str | None, limits: Sequence[Threshold],
-           speed: dict[str, dict[Threshold, Speedup]], crossings: dict[str, str]) -> list[str]:
+def answer(
+    summaries: dict[str, GroupSummary],
+    baseline: str | None,
+    limits: Sequence[Threshold],
+    speed: dict[str, dict[Threshold, Speedup]],
+    crossings: dict[str, str],
+) -> list[str]:
     """Sentences, one paragraph per group: against the baseline where there is one, else the fastest group per
     threshold. `crossings`: per group label, the sentence on where its median NC1 curve and the baseline's cross."""
     nc1 = [t for t in limits if t.tag == NC1]
@@ -94,6 +113,9 @@ def answer(summaries: dict[str, GroupSummary], baseline: str | None, limits: Seq
 def threshold_words(limits: Sequence[Threshold], chosen_by_data: bool) -> str:
     """Which NC1 thresholds the table uses and why."""
     values = ", ".join(f"{t.value:g}" for t in limits if t.tag == NC1)
-    why = ("the default 1, 0.1, 0.01 and every further decade that every group's median curve reaches"
-           if chosen_by_data else "from --nc1-thresholds")
+    why = (
+        "the default 1, 0.1, 0.01 and every further decade that every group's median curve reaches"
+        if chosen_by_data
+        else "from --nc1-thresholds"
+    )
     return f"{tag_label(NC1)} thresholds: {values} ({why})." if values else ""

@@ -27,8 +27,10 @@ def curve_rows(groups: dict[str, list[RecordedRun]]) -> list[dict]:
             seed = OmegaConf.select(run.config, "seed", default=None)
             for tag in sorted(run.scalars):
                 steps, values = run.scalars[tag]
-                rows += [{"run": str(run.path), "group": label, "seed": seed, "epoch": int(e), "tag": tag,
-                          "value": float(v)} for e, v in zip(steps.tolist(), values.tolist())]
+                rows += [
+                    {"run": str(run.path), "group": label, "seed": seed, "epoch": int(e), "tag": tag, "value": float(v)}
+                    for e, v in zip(steps.tolist(), values.tolist())
+                ]
     return rows
 
 

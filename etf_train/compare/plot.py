@@ -82,8 +82,16 @@ def _loss_name(runs: Sequence[RecordedRun]) -> str:
     return " / ".join(dict.fromkeys(LOSS_NAMES.get(n, f"{n} loss") for n in names))
 
 
-def _panel(ax: Axes, tag: str, groups: dict[str, list[RecordedRun]], loss: str, lines_at: Sequence[float],
-           per_seed: bool, marked: set[int], xlabel: str) -> None:
+def _panel(
+    ax: Axes,
+    tag: str,
+    groups: dict[str, list[RecordedRun]],
+    loss: str,
+    lines_at: Sequence[float],
+    per_seed: bool,
+    marked: set[int],
+    xlabel: str,
+) -> None:
     """One metric: per group the median and min-max band (and each run thinly with per_seed); dotted horizontal
     lines at `lines_at` (the NC1 thresholds of the table); the groups whose curves carry markers go into `marked`."""
     from matplotlib.ticker import MaxNLocator
@@ -97,8 +105,15 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[RecordedRun]], loss: str, 
         # logged at fewer epochs than trained (every few epochs, and the last), or one point, which a line cannot show
         sparse = st.epochs.size < max(r.epochs for r in runs) or st.epochs.size == 1
         marked.update([i] if sparse else [])
-        ax.plot(st.epochs, st.median, color=s.color, linestyle=s.linestyle, marker=s.marker if sparse else "None",
-                markersize=4, lw=1.5)
+        ax.plot(
+            st.epochs,
+            st.median,
+            color=s.color,
+            linestyle=s.linestyle,
+            marker=s.marker if sparse else "None",
+            markersize=4,
+            lw=1.5,
+        )
         ax.fill_between(st.epochs, st.min, st.max, color=s.color, alpha=0.15, lw=0)
         if per_seed:
             for run in runs:
@@ -124,8 +139,15 @@ def _panel(ax: Axes, tag: str, groups: dict[str, list[RecordedRun]], loss: str, 
     ax.grid(alpha=0.3)
 
 
-def figure(groups: dict[str, list[RecordedRun]], metrics: Sequence[str], totals: dict[str, int] | None = None,
-           warnings: int = 0, nc1_lines: Sequence[float] = (), per_seed: bool = False, xlabel: str = "epoch") -> Figure:
+def figure(
+    groups: dict[str, list[RecordedRun]],
+    metrics: Sequence[str],
+    totals: dict[str, int] | None = None,
+    warnings: int = 0,
+    nc1_lines: Sequence[float] = (),
+    per_seed: bool = False,
+    xlabel: str = "epoch",
+) -> Figure:
     """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
     `<group> (n=<runs>)` below the panels, groups named readably: `n=3, 1 unfinished` when unfinished runs are
     drawn, `n=2 of 5` when `totals` (runs per group, drawn or not) says some were left out, `n=0 of 2, not drawn`
@@ -144,21 +166,43 @@ def figure(groups: dict[str, list[RecordedRun]], metrics: Sequence[str], totals:
     marked: set[int] = set()
     for ax, tag in zip(axes, metrics):
         _panel(ax, tag, groups, loss, nc1_lines if tag == NC1 else (), per_seed, marked, xlabel)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=s.color, linestyle=s.linestyle, marker=s.marker if i in marked else "None",
-                      markersize=4, lw=1.5) for i, s in enumerate(map(style, range(len(groups))))]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=s.color,
+            linestyle=s.linestyle,
+            marker=s.marker if i in marked else "None",
+            markersize=4,
+            lw=1.5,
+        )
+        for i, s in enumerate(map(style, range(len(groups))))
+    ]
+
     def label(name: str, runs: Sequence[RecordedRun]) -> str:
         total = (totals or {}).get(name, len(runs))
         unfinished = sum(not r.counted for r in runs)  # --include-unfinished: curves that stop early say so
-        return (f"{readable(name)} (n={len(runs)}" + (f" of {total}" if total != len(runs) else "")
-                + (f", {unfinished} unfinished" if unfinished else "") + (", not drawn" if not runs else "") + ")")
+        return (
+            f"{readable(name)} (n={len(runs)}"
+            + (f" of {total}" if total != len(runs) else "")
+            + (f", {unfinished} unfinished" if unfinished else "")
+            + (", not drawn" if not runs else "")
+            + ")"
+        )
 
     labels = [label(name, runs) for name, runs in groups.items()]
     # as many legend columns as the longest label leaves room for (about 0.075 in per character, small font)
     fit = int(fig.get_figwidth() // (0.075 * max(map(len, labels)) + 0.6))
-    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(3, len(groups), fit)), fontsize="small",
-               frameon=False)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=max(1, min(3, len(groups), fit)),
+        fontsize="small",
+        frameon=False,
+    )
     warned = f"\n{warnings} warning{'s' * (warnings > 1)}: see comparison.md" if warnings else ""
     fig.suptitle(title({k: rs for k, rs in groups.items() if rs}) + warned, fontsize="medium")
     return fig

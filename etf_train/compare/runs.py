@@ -97,8 +97,9 @@ def load_run(run_dir: Path) -> RecordedRun:
     own, others = own_events(run_dir, OmegaConf.to_container(config, resolve=False))
     for events, why in others.items():
         warn(f"{events}: an event file of another run ({why}); left out of the curves of {run_dir}")
-    return RecordedRun(run_dir, config, rundir.read_scalars(run_dir, own), rundir.state(run_dir), _head_choice(run_dir),
-                       tuple(own))
+    return RecordedRun(
+        run_dir, config, rundir.read_scalars(run_dir, own), rundir.state(run_dir), _head_choice(run_dir), tuple(own)
+    )
 
 
 def _head_choice(run_dir: Path) -> str | None:
@@ -130,15 +131,13 @@ def config_value(run: RecordedRun, key: str) -> object:
     except Exception as e:  # an interpolation that only resolves inside Hydra
         raise EtfTrainError(f"run {run.path}: cannot resolve config key '{key}': {e}") from e
     if isinstance(value, (DictConfig, ListConfig)):
-        raise EtfTrainError(
-            f"config key '{key}' of run {run.path} is a section, not a value; group by one of its keys"
-        )
+        raise EtfTrainError(f"config key '{key}' of run {run.path} is a section, not a value; group by one of its keys")
     return value
 
 
 def plain(value: object) -> object:
     """A number as one spelling: 5 and 5.0 (a yaml default against a command-line override) are one setting."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
 
@@ -149,9 +148,12 @@ def config_text(run: RecordedRun, key: str) -> str:
     return "-" if value is _MISSING else str(value)
 
 
-def _variants(runs: Sequence[RecordedRun], node: str, identity: str, exclude: Sequence[str]) -> dict[int, tuple[str, list]]:
+def _variants(
+    runs: Sequence[RecordedRun], node: str, identity: str, exclude: Sequence[str]
+) -> dict[int, tuple[str, list]]:
     """Per run: its `node.identity` value and the (`node.<option>`, value) pairs of the options that differ among
     the runs sharing that value (options named in `exclude`, or starting with `_`, left out)."""
+
     def flat(value: object) -> dict[str, object]:
         return rundir.flatten(OmegaConf.to_container(value, resolve=False)) if OmegaConf.is_config(value) else {}
 
@@ -162,8 +164,11 @@ def _variants(runs: Sequence[RecordedRun], node: str, identity: str, exclude: Se
     out = {}
     for name, same in by_identity.items():
         keys = sorted({k for r in same for k in options[id(r)] if k != identity and not k.startswith("_")})
-        differ = [k for k in keys if len({repr(plain(options[id(r)].get(k))) for r in same}) > 1
-                  and f"{node}.{k}" not in exclude]
+        differ = [
+            k
+            for k in keys
+            if len({repr(plain(options[id(r)].get(k))) for r in same}) > 1 and f"{node}.{k}" not in exclude
+        ]
         for r in same:
             out[id(r)] = (name, [(f"{node}.{k}", plain(options[id(r)].get(k))) for k in differ])
     return out
@@ -186,16 +191,16 @@ def optimizer_variants(runs: Sequence[RecordedRun], exclude: Sequence[str] = ())
     short = {name: name.rsplit(".", 1)[-1].lower() for name in named}
     # two classes of one name (torch.optim.AdamW, timm.optim.AdamW) keep their full paths, or their groups would merge
     shown = {name: name if list(short.values()).count(s) > 1 else s for name, s in short.items()}
-    return {k: ([("optimizer", shown[name])] if several and name != "-" else []) + pairs
-            for k, (name, pairs) in found.items()}
+    return {
+        k: ([("optimizer", shown[name])] if several and name != "-" else []) + pairs
+        for k, (name, pairs) in found.items()
+    }
 
 
 def _sort_key(values: Sequence[object]) -> tuple:
     """Numbers numerically, then strings, then missing values."""
     return tuple(
-        (2, "") if v is _MISSING
-        else (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool)
-        else (1, str(v))
+        (2, "") if v is _MISSING else (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
         for v in values
     )
 
@@ -249,15 +254,19 @@ def pooled_settings(groups: dict[str, list[RecordedRun]]) -> list[str]:
         for run, config in zip(runs[1:], configs[1:]):
             diff = [c for c in rundir.changed_settings(configs[0], config) if not c.startswith("seed:")]
             if diff:
-                messages.append(f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
-                                f"{run.path}: {listed(diff)}); add such keys to --group-by")
+                messages.append(
+                    f"group '{label}' pools runs with other settings than the seed ({runs[0].path} vs "
+                    f"{run.path}: {listed(diff)}); add such keys to --group-by"
+                )
                 break
         seen: dict[object, RecordedRun] = {}
         for run in runs:
             seed = config_value(run, "seed")
             if seed is not _MISSING and seed in seen:
-                messages.append(f"group '{label}' holds seed {seed} twice ({seen[seed].path}, {run.path}): "
-                                "the same run given twice?")
+                messages.append(
+                    f"group '{label}' holds seed {seed} twice ({seen[seed].path}, {run.path}): "
+                    "the same run given twice?"
+                )
             seen.setdefault(seed, run)
     return messages
 
@@ -284,8 +293,10 @@ def unlike_groups(groups: dict[str, list[RecordedRun]], keys: Sequence[str]) -> 
         shown = set(LABEL_KEY.findall(base_label)) | set(LABEL_KEY.findall(label))
         diff = [c for c in rundir.changed_settings(base_config, config) if not labelled(c.split(":", 1)[0], shown)]
         if diff:
-            messages.append(f"groups '{base_label}' and '{label}' differ in more than their labels ({base.path} vs "
-                            f"{run.path}: {listed(diff)}); compare runs of one setting, or add such keys to --group-by")
+            messages.append(
+                f"groups '{base_label}' and '{label}' differ in more than their labels ({base.path} vs "
+                f"{run.path}: {listed(diff)}); compare runs of one setting, or add such keys to --group-by"
+            )
     return messages
 
 
@@ -294,14 +305,22 @@ def code_versions(groups: dict[str, list[RecordedRun]]) -> list[str]:
     by_version = Counter(config_text(run, "code_version") for rs in groups.values() for run in rs)
     if len(by_version) < 2:
         return []
-    parts = ", ".join(f"{'not recorded' if v == '-' else v}: {n} run{'s' * (n != 1)}" for v, n in sorted(by_version.items()))
-    return [f"the runs come from {len(by_version)} versions of etf-train ({parts}); a fix between them can move "
-            "their numbers (docs/reliability.md lists what each fix changed)"]
+    parts = ", ".join(
+        f"{'not recorded' if v == '-' else v}: {n} run{'s' * (n != 1)}" for v, n in sorted(by_version.items())
+    )
+    return [
+        f"the runs come from {len(by_version)} versions of etf-train ({parts}); a fix between them can move "
+        "their numbers (docs/reliability.md lists what each fix changed)"
+    ]
 
 
 def late_starts(groups: dict[str, list[RecordedRun]]) -> list[str]:
     """Messages for runs whose events begin after epoch 1 (continued from another run's checkpoint into a new
     folder): a threshold they met before their first logged epoch reads as that epoch or later."""
-    return [f"{run.path} logged epochs {run.first_epoch}-{run.epochs} only (continued from another run's checkpoint?): "
-            f"a threshold it met before epoch {run.first_epoch} reads as epoch {run.first_epoch} or later"
-            for runs in groups.values() for run in runs if run.first_epoch > 1]
+    return [
+        f"{run.path} logged epochs {run.first_epoch}-{run.epochs} only (continued from another run's checkpoint?): "
+        f"a threshold it met before epoch {run.first_epoch} reads as epoch {run.first_epoch} or later"
+        for runs in groups.values()
+        for run in runs
+        if run.first_epoch > 1
+    ]

@@ -56,8 +56,11 @@ def serve(groups: dict[str, list[RecordedRun]], host: str, port: int | None) -> 
         port = free_port(host) if port in (None, 0) else port
         cmd = [sys.executable, "-m", "tensorboard.main", "--logdir", str(root), "--host", host, "--port", str(port)]
         server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        print(f"etf-compare: TensorBoard on {len(names)} runs ({len(groups)} groups), one colour per group: "
-              f"{tensorboard_url(port, host, GROUP_COLOURS)}\netf-compare: Ctrl-C stops it", flush=True)
+        print(
+            f"etf-compare: TensorBoard on {len(names)} runs ({len(groups)} groups), one colour per group: "
+            f"{tensorboard_url(port, host, GROUP_COLOURS)}\netf-compare: Ctrl-C stops it",
+            flush=True,
+        )
         previous = signal.signal(signal.SIGTERM, lambda *_: server.send_signal(signal.SIGINT))
         try:
             _, err = server.communicate()

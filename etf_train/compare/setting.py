@@ -64,7 +64,9 @@ def _seeds(runs: Sequence[RecordedRun]) -> str:
 
 
 def _optimiser(runs: Sequence[RecordedRun]) -> str:
-    names = [OPTIMIZERS.get(v.rsplit(".", 1)[-1].lower(), v.rsplit(".", 1)[-1]) for v in _values(runs, "optimizer._target_")]
+    names = [
+        OPTIMIZERS.get(v.rsplit(".", 1)[-1].lower(), v.rsplit(".", 1)[-1]) for v in _values(runs, "optimizer._target_")
+    ]
     parts = []
     for key, word in (("optimizer.lr", "lr"), ("optimizer.gain", "gain"), ("optimizer.effective_depth", "depth")):
         if any(v != "-" for v in _values(runs, key)):
@@ -74,7 +76,9 @@ def _optimiser(runs: Sequence[RecordedRun]) -> str:
 
 def _schedule(runs: Sequence[RecordedRun]) -> str:
     names = [v.rsplit(".", 1)[-1] if v != "-" else "none" for v in _values(runs, "scheduler._target_")]
-    return "schedule " + " / ".join(dict.fromkeys(n.replace("AnnealingLR", "").replace("LR", "").lower() for n in names))
+    return "schedule " + " / ".join(
+        dict.fromkeys(n.replace("AnnealingLR", "").replace("LR", "").lower() for n in names)
+    )
 
 
 def _dataset(runs: Sequence[RecordedRun], with_train_size: bool = True) -> str:
@@ -82,8 +86,10 @@ def _dataset(runs: Sequence[RecordedRun], with_train_size: bool = True) -> str:
     dataset = _one(runs, "dataset.name")
     sizes = [f"K={_one(runs, 'sizes.num_classes')}"] if _values(runs, "sizes.num_classes") != ["-"] else []
     if with_train_size and _values(runs, "sizes.train_samples") != ["-"]:
-        sizes.append(f"{' / '.join(f'{int(v):,}' if v.isdigit() else v for v in _values(runs, 'sizes.train_samples'))} "
-                     "train samples")
+        sizes.append(
+            f"{' / '.join(f'{int(v):,}' if v.isdigit() else v for v in _values(runs, 'sizes.train_samples'))} "
+            "train samples"
+        )
     return ", ".join([DATASETS.get(dataset, dataset)] + sizes)
 
 
@@ -99,8 +105,15 @@ def headline(groups: dict[str, list[RecordedRun]]) -> str:
     d = f", d={_one(runs, 'sizes.feature_dim')}" if _values(runs, "sizes.feature_dim") != ["-"] else ""
     counts = sorted({len(rs) for rs in groups.values()})
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    return " · ".join([f"{_dataset(runs, False)}{d}", f"backbone {_one(runs, 'backbone.arch')}", _optimiser(runs),
-                       _epochs(runs), f"{n} seed{'s' * (n != '1')} per group"])
+    return " · ".join(
+        [
+            f"{_dataset(runs, False)}{d}",
+            f"backbone {_one(runs, 'backbone.arch')}",
+            _optimiser(runs),
+            _epochs(runs),
+            f"{n} seed{'s' * (n != '1')} per group",
+        ]
+    )
 
 
 def setting(runs: Sequence[RecordedRun]) -> str:
@@ -115,11 +128,20 @@ def setting(runs: Sequence[RecordedRun]) -> str:
         epochs += f", batch {_one(runs, 'trainer.batch_size')}"
     if _values(runs, "sizes.steps_per_epoch") != ["-"]:
         epochs += f", {_one(runs, 'sizes.steps_per_epoch')} steps an epoch"
-    return " · ".join([
-        _dataset(runs), backbone, f"loss {_one(runs, 'loss.name')}",
-        _optimiser(runs), _schedule(runs), epochs, _seeds(runs),
-        "etf-train version not recorded" if _values(runs, "code_version") == ["-"] else f"etf-train {_one(runs, 'code_version')}",
-    ])
+    return " · ".join(
+        [
+            _dataset(runs),
+            backbone,
+            f"loss {_one(runs, 'loss.name')}",
+            _optimiser(runs),
+            _schedule(runs),
+            epochs,
+            _seeds(runs),
+            "etf-train version not recorded"
+            if _values(runs, "code_version") == ["-"]
+            else f"etf-train {_one(runs, 'code_version')}",
+        ]
+    )
 
 
 def reproduce(runs: Sequence[RecordedRun]) -> str | None:
@@ -133,7 +155,9 @@ def reproduce(runs: Sequence[RecordedRun]) -> str | None:
         saved = _yaml(sweep / "multirun.yaml")
         task = ((saved or {}).get("hydra") or {}).get("overrides", {}).get("task") if isinstance(saved, dict) else None
         if task:
-            return " ".join(["etf-train", "-m", *(shlex.quote(str(t)) for t in task if not str(t).startswith("hydra."))])
+            return " ".join(
+                ["etf-train", "-m", *(shlex.quote(str(t)) for t in task if not str(t).startswith("hydra."))]
+            )
         results = _yaml(sweep / "optimization_results.yaml")
         sampled = set((results or {}).get("best_params") or {}) if isinstance(results, dict) else set()
     values: dict[str, list[str]] = {}

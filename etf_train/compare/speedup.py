@@ -58,8 +58,14 @@ def speedup(group: GroupSummary, base: GroupSummary, t: Threshold) -> Speedup:
     bv = [v for v in base.reached[t].values if math.isfinite(v)]
     if not gv or not bv:
         return Speedup(math.nan, math.nan, math.nan, 0, len(group.reached[t].values), False)
-    return Speedup(float(np.median(bv) / np.median(gv)), min(bv) / max(gv), max(bv) / min(gv), len(gv),
-                   len(group.reached[t].values), False)
+    return Speedup(
+        float(np.median(bv) / np.median(gv)),
+        min(bv) / max(gv),
+        max(bv) / min(gv),
+        len(gv),
+        len(group.reached[t].values),
+        False,
+    )
 
 
 def choose_baseline(groups: dict[str, list[RecordedRun]], requested: str | None) -> str | None:
@@ -79,13 +85,18 @@ def choose_baseline(groups: dict[str, list[RecordedRun]], requested: str | None)
 
 def nc1_thresholds(groups: dict[str, list[RecordedRun]]) -> list[float]:
     """1, 0.1, 0.01 and every further decade that every group's median NC1 curve reaches (at most 1e-12)."""
-    lows = [float(np.min(st.median)) for runs in groups.values() if runs
-            for st in [epoch_stats(runs, NC1)] if st.median.size]
+    lows = [
+        float(np.min(st.median))
+        for runs in groups.values()
+        if runs
+        for st in [epoch_stats(runs, NC1)]
+        if st.median.size
+    ]
     lowest = max(lows) if lows else 1.0
     deepest = len(DEFAULT_NC1) - 1
     if lowest > 0:  # float32 steps of the logged values: 1e-3 is stored as 0.0010000000475
         deepest = max(deepest, min(MAX_DECADES, math.floor(-math.log10(lowest) + 1e-6)))
-    return [10.0 ** -k for k in range(deepest + 1)]
+    return [10.0**-k for k in range(deepest + 1)]
 
 
 @dataclass(frozen=True)
@@ -104,7 +115,7 @@ def crossings(a: tuple[str, EpochStats], b: tuple[str, EpochStats], start: float
     diff = sa.median[ia] - sb.median[ib]
     began = np.flatnonzero(np.minimum(sa.median[ia], sb.median[ib]) <= start)
     out, sign = [], 0.0
-    for epoch, d in zip(common[began[0]:] if began.size else [], diff[began[0]:] if began.size else []):
+    for epoch, d in zip(common[began[0] :] if began.size else [], diff[began[0] :] if began.size else []):
         s = float(np.sign(d))
         if s == 0 or math.isnan(s):
             continue

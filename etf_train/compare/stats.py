@@ -21,7 +21,7 @@ LABELS = {TRAIN_ACC: "train/acc (measured during training)", NC1: "NC1"}
 # Why a run must hold a tag, for the error when it does not.
 NEEDED = {
     EVAL_ACC: f"eval-mode train accuracy, logged with the NC metrics; for runs from before it was logged pass "
-              f"--acc-tag {TRAIN_ACC} (the accuracy measured during training)",
+    f"--acc-tag {TRAIN_ACC} (the accuracy measured during training)",
     NC1: "needed by --nc1-thresholds; pass the option with no values to skip",
 }
 
@@ -54,8 +54,11 @@ class Threshold:
 
 
 def thresholds(acc_tag: str, acc: Sequence[float], test_acc: Sequence[float], nc1: Sequence[float]) -> list[Threshold]:
-    return ([Threshold(acc_tag, t, True) for t in acc] + [Threshold(TEST_ACC, t, True) for t in test_acc]
-            + [Threshold(NC1, t, False) for t in nc1])
+    return (
+        [Threshold(acc_tag, t, True) for t in acc]
+        + [Threshold(TEST_ACC, t, True) for t in test_acc]
+        + [Threshold(NC1, t, False) for t in nc1]
+    )
 
 
 @dataclass(frozen=True)
@@ -157,8 +160,13 @@ def solver_ms(curve: Curve) -> float:
     return float(values[1:].mean() if values.size > 1 else values.mean())
 
 
-def summarize(label: str, group: Sequence[RecordedRun], limits: Sequence[Threshold], acc_tag: str,
-              include_unfinished: bool = False) -> GroupSummary:
+def summarize(
+    label: str,
+    group: Sequence[RecordedRun],
+    limits: Sequence[Threshold],
+    acc_tag: str,
+    include_unfinished: bool = False,
+) -> GroupSummary:
     """One table row: threshold epochs, final accuracies and solver time over the group's finished runs (all of
     its runs that logged an epoch, with include_unfinished)."""
     runs = [r for r in group if r.included(include_unfinished)]

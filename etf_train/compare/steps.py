@@ -25,17 +25,20 @@ def step_counts(groups: dict[str, list[RecordedRun]]) -> list[str]:
     if len({tuple(c) for c in counts.values()}) < 2:
         return []
     each = "; ".join(f"{readable(label)}: {'/'.join(c)}" for label, c in counts.items())
-    return [f"the groups take different numbers of optimiser steps an epoch ({each}): an epoch is not the same "
-            "amount of training for each, so threshold epochs favour the group with more steps; --x steps draws the "
-            "curves over steps"]
+    return [
+        f"the groups take different numbers of optimiser steps an epoch ({each}): an epoch is not the same "
+        "amount of training for each, so threshold epochs favour the group with more steps; --x steps draws the "
+        "curves over steps"
+    ]
 
 
 def over_steps(groups: dict[str, list[RecordedRun]]) -> dict[str, list[RecordedRun]]:
     """The groups with every run's curves indexed by optimiser steps (epoch x steps an epoch) instead of epochs."""
     missing = [r for rs in groups.values() for r in rs if not config_text(r, KEY).isdigit()]
     if missing:
-        raise EtfTrainError(f"--x steps: {_named(missing)} record no steps an epoch (an etf-train older than "
-                            f"{KEY}); use --x epochs")
+        raise EtfTrainError(
+            f"--x steps: {_named(missing)} record no steps an epoch (an etf-train older than {KEY}); use --x epochs"
+        )
     return {label: [_scaled(r, int(config_text(r, KEY))) for r in rs] for label, rs in groups.items()}
 
 

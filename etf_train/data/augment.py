@@ -50,7 +50,10 @@ class Augment:
         """Batch form (device path): (x (B, C, H, W) on `device`, generator on `device`) -> augmented, normalised x."""
         stats = None
         if self.mean is not None:  # moved once: a blocking host-to-device copy per batch would stall the GPU queue
-            stats = (torch.tensor(self.mean, device=device)[:, None, None], torch.tensor(self.std, device=device)[:, None, None])
+            stats = (
+                torch.tensor(self.mean, device=device)[:, None, None],
+                torch.tensor(self.std, device=device)[:, None, None],
+            )
 
         def transform(x: Tensor, generator: torch.Generator) -> Tensor:
             if self.padding or self.flip:

@@ -82,7 +82,10 @@ def should_decode(mode: str, n: int, size: int, available: int, root: Path) -> b
         log.info(
             "dataset.cache=auto: reading the images of %s every epoch (DataLoader path): decoded (%s) they exceed the "
             "budget of %s (2 GiB or 1/4 of the %s available, the smaller); dataset.cache=on decodes them anyway",
-            root, what, _bytes(budget), _bytes(available),
+            root,
+            what,
+            _bytes(budget),
+            _bytes(available),
         )
         return False
     return mode != "off"
@@ -94,7 +97,9 @@ def folder_key(root: Path, splits: Sequence, size: int, ops: Sequence) -> str:
     import PIL
     import torchvision
 
-    h = hashlib.sha256(repr((FORMAT, size, [repr(op) for op in ops], PIL.__version__, torchvision.__version__)).encode())
+    h = hashlib.sha256(
+        repr((FORMAT, size, [repr(op) for op in ops], PIL.__version__, torchvision.__version__)).encode()
+    )
     for line in sample_lines(root, splits, stat=True):
         h.update(line)
     return h.hexdigest()[:24]
@@ -202,7 +207,9 @@ def decoded(root: Path, splits: Sequence, size: int, ops: Sequence, mode: str) -
     took = f"{images} decoded in {time.perf_counter() - start:.1f} s"
     if path is None:
         where = " nor ".join(map(str, dirs))
-        log.warning("dataset.cache: %s, but neither %s can be written: they will be decoded again next run", took, where)
+        log.warning(
+            "dataset.cache: %s, but neither %s can be written: they will be decoded again next run", took, where
+        )
     else:
         log.info("dataset.cache: %s, into %s", took, path)
     return tensors

@@ -49,7 +49,6 @@ def _root(root: Any) -> Path:
     return Path(str(root)).expanduser().resolve()
 
 
-
 # ----------------------------------------------------------------------------- torchvision datasets
 
 
@@ -81,9 +80,18 @@ def _labels(values: Any) -> Tensor:
 def _cifar(name: str, cls: type, folder: str, K: int, stats: tuple, root: Any, download: Any) -> Splits:
     root, download = _root(root), opt.boolean("dataset.download", download)
     train, test = _torchvision(name, lambda tr: cls(str(root), train=tr, download=download), root, download, folder)
-    tensors = tuple(torch.from_numpy(ds.data).permute(0, 3, 1, 2) for ds in (train, test))  # (N, 32, 32, 3) uint8 -> NCHW
+    tensors = tuple(
+        torch.from_numpy(ds.data).permute(0, 3, 1, 2) for ds in (train, test)
+    )  # (N, 32, 32, 3) uint8 -> NCHW
     return Splits(
-        train, test, _labels(train.targets), _labels(test.targets), K, (3, 32, 32), Augment(4, True, *stats), tensors,
+        train,
+        test,
+        _labels(train.targets),
+        _labels(test.targets),
+        K,
+        (3, 32, 32),
+        Augment(4, True, *stats),
+        tensors,
         class_names=train.classes,
     )
 
@@ -111,7 +119,14 @@ def stl10(root: str = "data", download: bool = True) -> Splits:
     stats = ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
     tensors = tuple(torch.from_numpy(ds.data) for ds in (train, test))  # (N, 3, 96, 96) uint8
     return Splits(
-        train, test, _labels(train.labels), _labels(test.labels), 10, (3, 96, 96), Augment(12, True, *stats), tensors,
+        train,
+        test,
+        _labels(train.labels),
+        _labels(test.labels),
+        10,
+        (3, 96, 96),
+        Augment(12, True, *stats),
+        tensors,
         class_names=train.classes,
     )
 
@@ -122,8 +137,17 @@ def _mnist_like(name: str, cls: type, stats: tuple, root: Any, download: Any) ->
     train, test = _torchvision(name, lambda tr: cls(str(root), train=tr, download=download), root, download, folder)
     augment = Augment(2, False, *stats)  # no flip: mirrored digits/garments change meaning
     tensors = tuple(ds.data.unsqueeze(1) for ds in (train, test))  # (N, 1, 28, 28) uint8
-    return Splits(train, test, _labels(train.targets), _labels(test.targets), 10, (1, 28, 28), augment, tensors,
-                  class_names=train.classes)
+    return Splits(
+        train,
+        test,
+        _labels(train.targets),
+        _labels(test.targets),
+        10,
+        (1, 28, 28),
+        augment,
+        tensors,
+        class_names=train.classes,
+    )
 
 
 @register_dataset("mnist")
@@ -152,7 +176,14 @@ def load_image(path: str) -> Any:
 
 
 def _image_folders(
-    name: str, root: Any, image_size: int, mean: Any, std: Any, augment: Augment, train_ops: Sequence, eval_ops: Sequence
+    name: str,
+    root: Any,
+    image_size: int,
+    mean: Any,
+    std: Any,
+    augment: Augment,
+    train_ops: Sequence,
+    eval_ops: Sequence,
 ) -> Splits:
     root = _root(root)
     hint = f"expected {root}/train/<class>/<image> and {root}/test/<class>/<image> (or val/), or set dataset.root=..."
@@ -176,8 +207,13 @@ def _image_folders(
         except FileNotFoundError as err:  # no class folder, or a class folder without images
             raise EtfTrainError(f"dataset {name}: {directory}: {_one_line(err)}; {hint}") from err
         if skipped:
-            log.warning("dataset %s: %d files under %s are not images torchvision reads and are left out (%s)", name,
-                        sum(skipped.values()), directory, ", ".join(f"{ext} x{n}" for ext, n in skipped.most_common()))
+            log.warning(
+                "dataset %s: %d files under %s are not images torchvision reads and are left out (%s)",
+                name,
+                sum(skipped.values()),
+                directory,
+                ", ".join(f"{ext} x{n}" for ext, n in skipped.most_common()),
+            )
         return found
 
     train, test = folder(root / "train"), folder(test_dir)
@@ -190,8 +226,18 @@ def _image_folders(
     augment = replace(augment, mean=_stats("mean", mean, 3, False), std=_stats("std", std, 3, True))
     K, in_shape = len(train.classes), (3, image_size, image_size)
     return Splits(
-        train, test, _labels(train.targets), _labels(test.targets), K, in_shape, augment, None, train_ops, eval_ops,
-        train.classes, _file_list(root, train, test),
+        train,
+        test,
+        _labels(train.targets),
+        _labels(test.targets),
+        K,
+        in_shape,
+        augment,
+        None,
+        train_ops,
+        eval_ops,
+        train.classes,
+        _file_list(root, train, test),
     )
 
 

@@ -24,8 +24,15 @@ from .. import options as opt
 from ..errors import EtfTrainError
 from .mix import NO_MIX, Mix, NoMix
 from .registry import DataBundle
-from .samplers import (ClassBalancedBatchSampler, MergedSingleton, ShardSampler, ShuffleSampler, StratifiedFoldsSampler,
-                       check_shard, epoch_seed)
+from .samplers import (
+    ClassBalancedBatchSampler,
+    MergedSingleton,
+    ShardSampler,
+    ShuffleSampler,
+    StratifiedFoldsSampler,
+    check_shard,
+    epoch_seed,
+)
 
 MODES = ("auto", "device", "dataloader")
 log = logging.getLogger("etf_train")
@@ -131,7 +138,9 @@ class _SeededCollate:
         return _seeded(epoch_seed(samples[0][1], -1), self.collate, [sample for sample, _ in samples])
 
 
-STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n))
+STOP_SIGNALS = tuple(
+    getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n)
+)
 
 
 def ignore_stop_signals(_worker: int) -> None:
@@ -162,8 +171,13 @@ class TrainDataLoader(StopSafeLoader):
 
     def __init__(self, dataset, batch_sampler, *, seed: int, rank: int, collate_fn: Callable, **options):
         # its own generator: the workers' base seed would otherwise be drawn from (and advance) the global RNG
-        super().__init__(_SeededDataset(dataset), batch_sampler=_SampleSeeds(batch_sampler, seed, rank),
-                         collate_fn=_SeededCollate(collate_fn), generator=torch.Generator(), **options)
+        super().__init__(
+            _SeededDataset(dataset),
+            batch_sampler=_SampleSeeds(batch_sampler, seed, rank),
+            collate_fn=_SeededCollate(collate_fn),
+            generator=torch.Generator(),
+            **options,
+        )
 
 
 def _set_sampler_epoch(batches, epoch: int) -> None:
@@ -215,7 +229,9 @@ def build_loaders(
     opt.boolean("loader.class_balanced", class_balanced)
     opt.boolean("loader.stratified_folds", stratified_folds)
     if class_balanced and stratified_folds:
-        raise EtfTrainError("loader.class_balanced and loader.stratified_folds are two ways to form batches: choose one")
+        raise EtfTrainError(
+            "loader.class_balanced and loader.stratified_folds are two ways to form batches: choose one"
+        )
     check_shard(rank, world_size)
     if not isinstance(mix, NoMix) and len(bundle.in_shape) != 3:
         raise EtfTrainError(f"mixup and cutmix mix images, and dataset {bundle.name} has no image inputs: use mix=none")
@@ -223,8 +239,9 @@ def build_loaders(
         kind = ClassBalancedBatchSampler if class_balanced else StratifiedFoldsSampler
         batches = kind(bundle.train_targets, batch_size, seed=seed, rank=rank, world_size=world_size)
     else:
-        batches = BatchSampler(ShuffleSampler(bundle.train, seed=seed, rank=rank, world_size=world_size), batch_size,
-                               drop_last=False)
+        batches = BatchSampler(
+            ShuffleSampler(bundle.train, seed=seed, rank=rank, world_size=world_size), batch_size, drop_last=False
+        )
     batches = MergedSingleton(batches)  # a last batch of one sample joins the one before (BatchNorm cannot take it)
 
     def in_order(n: int) -> BatchSampler:
@@ -232,9 +249,13 @@ def build_loaders(
 
     if loader_mode(bundle, mode) == "device":
         if num_workers and rank == 0:
-            log.warning("loader.num_workers=%d has no effect: dataset %s is served from the device's memory "
-                        "(loader.mode=%s); set loader.mode=dataloader for worker processes", num_workers, bundle.name,
-                        mode)
+            log.warning(
+                "loader.num_workers=%d has no effect: dataset %s is served from the device's memory "
+                "(loader.mode=%s); set loader.mode=dataloader for worker processes",
+                num_workers,
+                bundle.name,
+                mode,
+            )
         device = torch.device("cpu" if device is None else device)
         x_train = bundle.train_x.to(device, memory_format=torch.contiguous_format)
         x_test = bundle.test_x.to(device, memory_format=torch.contiguous_format)
@@ -249,8 +270,13 @@ def build_loaders(
     common = dict(num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals)
     train = TrainDataLoader(bundle.train, batches, seed=seed, rank=rank, collate_fn=mix.collate, **common)
     test, eval_train = (  # own generators: a base seed drawn from the global RNG per pass would move dropout's draws
-        StopSafeLoader(ds, batch_sampler=in_order(len(ds)), persistent_workers=num_workers > 0,
-                       generator=torch.Generator(), **common)
+        StopSafeLoader(
+            ds,
+            batch_sampler=in_order(len(ds)),
+            persistent_workers=num_workers > 0,
+            generator=torch.Generator(),
+            **common,
+        )
         for ds in (bundle.test, bundle.eval_train)
     )
     return train, test, eval_train

@@ -195,9 +195,14 @@ def _check_tail(limit: int, ratio: float, before: Tensor, after: Tensor) -> None
     milder long tail than imbalance_ratio asked for (100 became 23 at limit_train=64 on 10 classes)."""
     asked, kept = float(before.max() / before.min()), float(after.max() / after.min())
     if kept < asked / 1.2:
-        log.warning("dataset.limit_train=%d keeps a milder long tail than dataset.imbalance_ratio=%g asked for: "
-                    "n_max / n_min = %.3g (class counts %s); raise limit_train for the ratio", limit, ratio, kept,
-                    after.tolist())
+        log.warning(
+            "dataset.limit_train=%d keeps a milder long tail than dataset.imbalance_ratio=%g asked for: "
+            "n_max / n_min = %.3g (class counts %s); raise limit_train for the ratio",
+            limit,
+            ratio,
+            kept,
+            after.tolist(),
+        )
 
 
 def _bundle(
@@ -247,6 +252,20 @@ def _bundle(
     else:
         train_x, test_x = _rows(raw.tensors[0], tr), _rows(raw.tensors[1], te)
     return DataBundle(
-        train, test, eval_train, K, raw.in_shape, train_targets, test_targets[te], spec, train_x, test_x, name, clean, noisy,
-        tuple(str(c) for c in (raw.class_names or range(K))), raw.train is not None, raw.files,
+        train,
+        test,
+        eval_train,
+        K,
+        raw.in_shape,
+        train_targets,
+        test_targets[te],
+        spec,
+        train_x,
+        test_x,
+        name,
+        clean,
+        noisy,
+        tuple(str(c) for c in (raw.class_names or range(K))),
+        raw.train is not None,
+        raw.files,
     )

@@ -123,8 +123,10 @@ class StratifiedFoldsSampler(Sampler[list[int]]):
         self.folds = max(1, len(self.targets) // batch_size)
         smallest = int(np.bincount(self.targets).min())
         if self.folds > 1 and smallest < self.folds:
-            raise EtfTrainError(f"loader.stratified_folds: {self.folds} folds need at least {self.folds} samples of "
-                                f"every class, and one class has {smallest}; raise trainer.batch_size")
+            raise EtfTrainError(
+                f"loader.stratified_folds: {self.folds} folds need at least {self.folds} samples of "
+                f"every class, and one class has {smallest}; raise trainer.batch_size"
+            )
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -133,13 +135,13 @@ class StratifiedFoldsSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         if self.folds == 1:
             order = np.random.default_rng(epoch_seed(self.seed, self.epoch)).permutation(len(self.targets))
-            yield order[self.rank::self.world_size].tolist()
+            yield order[self.rank :: self.world_size].tolist()
             return
         from sklearn.model_selection import StratifiedKFold  # here: scikit-learn takes a second to import
 
         folds = StratifiedKFold(self.folds, shuffle=True, random_state=epoch_seed(self.seed, self.epoch) % 2**32)
         for _, fold in folds.split(np.zeros(len(self.targets)), self.targets):
-            yield fold[self.rank::self.world_size].tolist()
+            yield fold[self.rank :: self.world_size].tolist()
 
     def __len__(self) -> int:
         return self.folds
@@ -164,4 +166,3 @@ class MergedSingleton(Sampler[list[int]]):
     def __len__(self) -> int:
         n = len(self.batches)
         return n - 1 if n > 1 and len(list(self.batches)[-1]) == 1 else n
-

@@ -52,5 +52,7 @@ def stratified_subset(targets: Tensor, n: int, num_classes: int, seed: int, what
     if n >= len(targets):
         return torch.arange(len(targets))
     if n < present:
-        raise EtfTrainError(f"{what}={n}: a stratified subset that small cannot hold all {present} classes; use >= {present}")
+        raise EtfTrainError(
+            f"{what}={n}: a stratified subset that small cannot hold all {present} classes; use >= {present}"
+        )
     return take(targets, stratified_counts(counts, n), seed)

@@ -10,5 +10,13 @@ from .fixed_etf import FixedETFHead
 from .learned import LearnedHead
 from .nearest_etf import NearestETFHead
 
-__all__ = ["HEADS", "FixedETFHead", "Head", "LearnedHead", "NearestETFHead", "create_head", "heads_with",
-           "register_head"]
+__all__ = [
+    "HEADS",
+    "FixedETFHead",
+    "Head",
+    "LearnedHead",
+    "NearestETFHead",
+    "create_head",
+    "heads_with",
+    "register_head",
+]

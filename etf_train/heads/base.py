@@ -69,8 +69,10 @@ def reference_point(dim: int, num_classes: int, basis: str, seed: int) -> torch.
     seed = opt.integer("head.seed", seed, 0)
     if basis == "identity":
         if seed != 0:  # a head.seed sweep would otherwise give identical heads, pooled as replicates
-            raise EtfTrainError(f"head.seed={seed} applies to head.basis=random only (the identity basis has no draw); "
-                                "set head.basis=random, or sweep the run's seed=...")
+            raise EtfTrainError(
+                f"head.seed={seed} applies to head.basis=random only (the identity basis has no draw); "
+                "set head.basis=random, or sweep the run's seed=..."
+            )
         return canonical_stiefel(dim, num_classes)
     return random_stiefel(dim, num_classes, generator=torch.Generator().manual_seed(seed))
 
@@ -88,10 +90,11 @@ def create_head(name: str, num_classes: int, dim: int, **options) -> Head:
     configs/head/<name>.yaml (and `solver`, the solver group, for heads that solve for their classifier)."""
     solving = [n for n in HEADS if "solver" in inspect.signature(HEADS.get(n)).parameters]
     if "solver" in options and name not in solving:
-        raise EtfTrainError(f"the solver group applies to head={' or head='.join(solving)} only; head={name} has no "
-                            "solver: drop solver=...")
+        raise EtfTrainError(
+            f"the solver group applies to head={' or head='.join(solving)} only; head={name} has no "
+            "solver: drop solver=..."
+        )
     return HEADS.build(name, num_classes, dim, **options)
-
 
 
 def heads_with(declaration: str) -> list[str]:

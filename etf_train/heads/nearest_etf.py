@@ -19,8 +19,11 @@ from .base import Head, check_etf_dims, reference_point, register_head
 
 # The options each solver method reads, with their checks; null keeps the solver's default.
 SOLVER_OPTIONS = {
-    "riemannian": {"max_iters": lambda k, v: opt.integer(k, v, 1), "max_inner": lambda k, v: opt.integer(k, v, 1),
-                   "grad_tol": lambda k, v: opt.number(k, v, above=0)},
+    "riemannian": {
+        "max_iters": lambda k, v: opt.integer(k, v, 1),
+        "max_inner": lambda k, v: opt.integer(k, v, 1),
+        "grad_tol": lambda k, v: opt.number(k, v, above=0),
+    },
     "newton": {"iters": lambda k, v: opt.integer(k, v, 1)},
 }
 
@@ -137,8 +140,16 @@ class NearestETFHead(Head):
         solver/ms.  (K, d) -> (d, K)"""
         H = (means / means.norm().clamp_min(1e-12)).T  # (d, K)
         start = _Timer(means.device)
-        P, info = nearest_etf(H, self.P, self.delta, self.method, self.backward, check=not self._checked,
-                              return_info=True, **self.solver_opts)
+        P, info = nearest_etf(
+            H,
+            self.P,
+            self.delta,
+            self.method,
+            self.backward,
+            check=not self._checked,
+            return_info=True,
+            **self.solver_opts,
+        )
         self._checked = True  # the reference point is validated once; later P come from the solver
         self._stats.append((start.stop(), info))
         return P
@@ -212,7 +223,7 @@ class _Timer:
         else:
             self.begin = time.perf_counter()
 
-    def stop(self) -> "_Timer":
+    def stop(self) -> _Timer:
         if self.cuda:
             self.end.record()
         else:

@@ -89,7 +89,11 @@ class ClassificationAccumulator:
         self.groups = None
         if class_counts is not None:
             class_counts = torch.as_tensor(class_counts)
-            if class_counts.shape != (num_classes,) or class_counts.is_floating_point() or bool((class_counts < 0).any()):
+            if (
+                class_counts.shape != (num_classes,)
+                or class_counts.is_floating_point()
+                or bool((class_counts < 0).any())
+            ):
                 raise EtfTrainError(
                     f"class_counts must be {num_classes} non-negative integers, got {class_counts.dtype} {tuple(class_counts.shape)}"
                 )
@@ -108,12 +112,16 @@ class ClassificationAccumulator:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise EtfTrainError(f"expected logits of shape (batch, {self.num_classes}), got {tuple(logits.shape)}")
         if y.shape != logits.shape[:1] or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-            raise EtfTrainError(f"expected integer labels of shape ({logits.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+            raise EtfTrainError(
+                f"expected integer labels of shape ({logits.shape[0]},), got {y.dtype} {tuple(y.shape)}"
+            )
         device = self.calibration.device
         logits = logits.detach().to(device=device, dtype=torch.float64)
         y = y.detach().to(device=device, dtype=torch.long)
         if ((y < 0) | (y >= self.num_classes)).any():
-            raise EtfTrainError(f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}")
+            raise EtfTrainError(
+                f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}"
+            )
         top = logits.topk(min(5, self.num_classes), dim=1).indices  # (B, 5); reported only for K >= 10
         hit1 = logits.argmax(dim=1) == y  # (B,)  the first maximum, as test/acc (topk's order of ties is unspecified)
         hit5 = (top == y[:, None]).any(dim=1)  # (B,)
@@ -177,7 +185,11 @@ def reliability_diagram(calibration: Tensor, title: str = "") -> Figure:
     top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
     top.bar(centre, acc, width=1 / n_bins, edgecolor="black", linewidth=0.5, label="accuracy")
     top.plot(centre, conf, "r_", markersize=10, label="mean confidence")
-    top.set(ylim=(0, 1), ylabel="top-1 accuracy", title=f"{title} ECE = {float(expected_calibration_error(calibration)):.4f}".strip())
+    top.set(
+        ylim=(0, 1),
+        ylabel="top-1 accuracy",
+        title=f"{title} ECE = {float(expected_calibration_error(calibration)):.4f}".strip(),
+    )
     top.legend(loc="upper left", fontsize="small")
     bottom.bar(centre, (count / count.sum())[filled].numpy(), width=1 / n_bins, color="grey")
     bottom.set(xlim=(0, 1), xlabel="top-1 confidence", ylabel="share")

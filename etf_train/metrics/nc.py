@@ -164,13 +164,17 @@ class NCAccumulator:
 
     def __init__(self, num_classes: int, dim: int, device=None, *, sync: bool = True):
         if num_classes < 2 or dim < 1:
-            raise EtfTrainError(f"NC metrics need num_classes >= 2 and dim >= 1, got num_classes={num_classes}, dim={dim}")
+            raise EtfTrainError(
+                f"NC metrics need num_classes >= 2 and dim >= 1, got num_classes={num_classes}, dim={dim}"
+            )
         self.num_classes, self.dim, self.sync = num_classes, dim, sync
         f64 = dict(dtype=torch.float64, device=device)
         self.counts = torch.zeros(num_classes, **f64)  # (K,)
         self.sums = torch.zeros(num_classes, dim, **f64)  # (K, d)
         self.sq_norms = torch.zeros(num_classes, **f64)  # (K,)  sum_{y_i = c} ||h_i||^2, for the class traces of cdnv
-        self.within = torch.zeros(dim, dim, **f64)  # (d, d)  sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, upper block triangle
+        self.within = torch.zeros(
+            dim, dim, **f64
+        )  # (d, d)  sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, upper block triangle
         self.ncc = torch.zeros(2, **f64)  # (disagreements, samples seen) of pass 2
         self._stats_reduced = False
         self._ncc_reduced = False
@@ -186,16 +190,22 @@ class NCAccumulator:
 
     def _check_labels(self, h: Tensor, y: Tensor) -> Tensor:
         if y.shape != h.shape[:1] or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-            raise EtfTrainError(f"NC metrics expect integer labels of shape ({h.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+            raise EtfTrainError(
+                f"NC metrics expect integer labels of shape ({h.shape[0]},), got {y.dtype} {tuple(y.shape)}"
+            )
         y = y.detach().to(device=self.counts.device, dtype=torch.long)
         if ((y < 0) | (y >= self.num_classes)).any():
-            raise EtfTrainError(f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}")
+            raise EtfTrainError(
+                f"labels must lie in [0, {self.num_classes}); got min {int(y.min())}, max {int(y.max())}"
+            )
         return y
 
     def update_stats(self, h: Tensor, y: Tensor) -> None:
         """Pass 1: add a batch of features h (B, d) with integer labels y (B,) in [0, K)."""
         if self._stats_reduced or self._centres is not None:
-            raise EtfTrainError("update_stats called after pass 1 was closed (all_reduce or update_ncc); use a new NCAccumulator")
+            raise EtfTrainError(
+                "update_stats called after pass 1 was closed (all_reduce or update_ncc); use a new NCAccumulator"
+            )
         h = self._check_features(h)
         y = self._check_labels(h, y)
         self.counts += torch.bincount(y, minlength=self.num_classes)
@@ -208,11 +218,15 @@ class NCAccumulator:
         if self._ncc_reduced:
             raise EtfTrainError("update_ncc called after pass 2 was all-reduced; use a new NCAccumulator")
         if self._distributed() and not self._stats_reduced:
-            raise EtfTrainError("update_ncc needs the global class means: call all_reduce() after pass 1 on every rank first")
+            raise EtfTrainError(
+                "update_ncc needs the global class means: call all_reduce() after pass 1 on every rank first"
+            )
         h = self._check_features(h)
         y = self._check_labels(h, y)
         if logits is not None and logits.shape != (h.shape[0], self.num_classes):
-            raise EtfTrainError(f"NC metrics expect logits of shape ({h.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}")
+            raise EtfTrainError(
+                f"NC metrics expect logits of shape ({h.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}"
+            )
         if self._centres is None:
             present = self.counts > 0
             if not present.any():
@@ -254,7 +268,9 @@ class NCAccumulator:
         if self._centres is None:
             raise EtfTrainError("compute needs both passes: update_stats over the split, then update_ncc over it again")
         if self._distributed() and not (self._stats_reduced and self._ncc_reduced):
-            raise EtfTrainError("compute would see only this rank's samples: call all_reduce() after each pass on every rank first")
+            raise EtfTrainError(
+                "compute would see only this rank's samples: call all_reduce() after each pass on every rank first"
+            )
         if b is not None and W is None:
             raise EtfTrainError("bias_collapse || W mu_G + b || needs the classifier W along with its bias b")
         N = self.counts.sum()
@@ -280,12 +296,16 @@ class NCAccumulator:
             "cdnv": cdnv(var, G_h),
             "rank_h": numerical_rank(S, tuple(Hc.shape)),
             # centring h by means it helped form leaves ~d eps E||h||^2 of rounding in tr S_W
-            "erank_sw": participation_ratio(within, self.dim * torch.finfo(within.dtype).eps * float(self.sq_norms.sum())),
+            "erank_sw": participation_ratio(
+                within, self.dim * torch.finfo(within.dtype).eps * float(self.sq_norms.sum())
+            ),
             "norm_ratio_h": norm_ratio(G_h.diagonal().sqrt()),
         }
         if W is not None:
             if W.shape != (self.num_classes, self.dim):
-                raise EtfTrainError(f"classifier W must have shape ({self.num_classes}, {self.dim}), got {tuple(W.shape)}")
+                raise EtfTrainError(
+                    f"classifier W must have shape ({self.num_classes}, {self.dim}), got {tuple(W.shape)}"
+                )
             W = W.detach().to(device=self.counts.device, dtype=torch.float64)
             G_w = W @ W.T  # (K, K)
             out |= {

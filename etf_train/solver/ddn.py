@@ -38,9 +38,9 @@ def ddn_vjp(G, H, prev, P, delta):
         Dyf = (2.0 / (K - 1)) * p @ M - c * h @ M + delta * (p - q)  # Euclidean gradient, (d, K)
         lam = torch.linalg.lstsq(Ah.T, Dyf.reshape(-1, 1)).solution.squeeze(-1)
         Lam = torch.zeros(K, K, dtype=torch.float64, device=G.device)
-        for (i, j), l in zip(pairs, lam):
-            Lam[i, j] += l
-            Lam[j, i] += l  # the diagonal gets 2 lambda_ii: D^2 (p_i^T p_i) = 2 I
+        for (i, j), lam_ij in zip(pairs, lam):
+            Lam[i, j] += lam_ij
+            Lam[j, i] += lam_ij  # the diagonal gets 2 lambda_ii: D^2 (p_i^T p_i) = 2 I
         Hs = torch.kron(Id, (2.0 / (K - 1)) * M + delta * torch.eye(K, dtype=torch.float64, device=G.device) - Lam)
         r = torch.linalg.solve(Hs, g.reshape(-1))
         HinvAt = torch.linalg.solve(Hs, Ah.T)  # (m, p)
@@ -51,4 +51,3 @@ def ddn_vjp(G, H, prev, P, delta):
         out_prev.append(-delta * w)
     shape = (*lead, d, K)
     return (torch.stack(out_H).reshape(shape).to(G.dtype), torch.stack(out_prev).reshape(shape).to(G.dtype))
-

@@ -28,6 +28,7 @@ import torch
 
 from ..errors import EtfTrainError, NonFiniteError
 from .ddn import ddn_vjp
+from .newton import polar_newton
 from .polar import (
     factors_from_solution,
     polar_factors,
@@ -35,7 +36,6 @@ from .polar import (
     polar_vjp,
     procrustes_target,
 )
-from .newton import polar_newton
 from .riemannian import SolveInfo, riemannian_trust_region
 
 METHODS = ("svd", "gram", "riemannian", "newton")

@@ -90,9 +90,7 @@ def polar_factors(A: torch.Tensor, method: str = "svd"):
         evals, V = torch.linalg.eigh(A64.mT @ A64)  # (..., K), (..., K, K) ascending
     except torch.linalg.LinAlgError:
         if not torch.isfinite(A).all():
-            raise NonFiniteError(
-                "nearest_etf: the class means hold NaN or inf: the features diverged"
-            ) from None
+            raise NonFiniteError("nearest_etf: the class means hold NaN or inf: the features diverged") from None
         raise EtfTrainError(f"nearest_etf: the {method} factorisation failed to converge, even in float64") from None
     S = evals.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
     Ut = (V.mT @ A64.mT) / S.unsqueeze(-1)  # (..., K, d): U column-major, as torch.linalg.svd returns it

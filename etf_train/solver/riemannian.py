@@ -19,7 +19,6 @@ class SolveInfo:
     grad_norm: torch.Tensor | None = None  # (...,)
 
 
-
 def _qr_retract(P: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
     """R_P(xi) = qf(P + xi), the Q factor with a positive diagonal of R."""
     Q, R = torch.linalg.qr(P + xi)
@@ -121,4 +120,3 @@ def riemannian_trust_region(
         gnorm = grad.flatten(-2).norm(dim=-1)
         iters = iters + todo.long()
     return P, SolveInfo(iters=iters, grad_norm=gnorm)
-

@@ -25,8 +25,11 @@ def rng_state() -> dict:
     """Every generator's state in plain types and tensors (numpy's key as a tensor), which a checkpoint loaded with
     weights_only=True can hold."""
     kind, key, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos),
-                                                    int(has_gauss), float(gauss)), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -81,20 +84,28 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found is None:  # not a refused object: damaged, or not a torch file
             _unreadable(path, type(e).__name__, given)
-        raise EtfTrainError(f"checkpoint {path} holds a pickled {found.group(1).rstrip('.,')}, "
-                            "not only tensors and plain values: etf-train does not run code from a checkpoint; use "
-                            "checkpoints that etf-train wrote") from None
+        raise EtfTrainError(
+            f"checkpoint {path} holds a pickled {found.group(1).rstrip('.,')}, "
+            "not only tensors and plain values: etf-train does not run code from a checkpoint; use "
+            "checkpoints that etf-train wrote"
+        ) from None
     except Exception as e:  # truncated, corrupt, or not a torch file
         _unreadable(path, type(e).__name__, given)
     if not isinstance(state, dict) or "meta" not in state:
-        raise EtfTrainError(f"{path} is not an etf-train checkpoint; point trainer.resume at a run's checkpoints/last.pt")
+        raise EtfTrainError(
+            f"{path} is not an etf-train checkpoint; point trainer.resume at a run's checkpoints/last.pt"
+        )
     if not isinstance(state.get("config"), dict):  # without it, a checkpoint of other settings (tau 1 for 5) passes
-        raise EtfTrainError(f"checkpoint {path} holds no record of the settings it was trained with (an older "
-                            "etf-train wrote it, or it was stripped): they cannot be checked against this run's")
+        raise EtfTrainError(
+            f"checkpoint {path} holds no record of the settings it was trained with (an older "
+            "etf-train wrote it, or it was stripped): they cannot be checked against this run's"
+        )
     diff = {k: (state["meta"].get(k), v) for k, v in meta.items() if state["meta"].get(k) != v}
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs this run {b!r}" for k, (a, b) in diff.items())
-        raise EtfTrainError(f"checkpoint {path} does not match this run ({what}); use another output folder or trainer.resume=never")
+        raise EtfTrainError(
+            f"checkpoint {path} does not match this run ({what}); use another output folder or trainer.resume=never"
+        )
     return state
 
 
@@ -110,8 +121,11 @@ def _check_crc(path: Path, given: bool) -> None:
 
 
 def _unreadable(path: Path, why: str, given: bool):
-    advice = "point trainer.resume at a run's checkpoints/last.pt" if given else \
-        "this run's own checkpoint is damaged: start the run again in a new folder"
+    advice = (
+        "point trainer.resume at a run's checkpoints/last.pt"
+        if given
+        else "this run's own checkpoint is damaged: start the run again in a new folder"
+    )
     raise EtfTrainError(f"cannot read checkpoint {path} ({why}); {advice}") from None
 
 
@@ -142,8 +156,9 @@ class SignalGuard:
     (e.g. submitit's requeue handler), so cluster tools keep working.
     """
 
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
-                    if hasattr(signal, name))
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP") if hasattr(signal, name)
+    )
 
     def __init__(self):
         self.received: int | None = None
@@ -162,8 +177,12 @@ class SignalGuard:
 
     def _handle(self, signum, frame):
         if self.received is None:  # said at once: an evaluation pass can take a while before the next boundary
-            print(f"etf-train: {signal.Signals(signum).name} received: saving at the next step or epoch boundary, "
-                  "then stopping", file=sys.stderr, flush=True)
+            print(
+                f"etf-train: {signal.Signals(signum).name} received: saving at the next step or epoch boundary, "
+                "then stopping",
+                file=sys.stderr,
+                flush=True,
+            )
         self.received = signum
 
     def chain(self) -> None:

@@ -62,8 +62,19 @@ def _pass(model, loader, device, autocast, num_classes: int, visit: Callable, nc
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast, world: Dist, num_classes: int, *, nc: bool = False,
-             class_names=None, class_counts=None, per_class: bool = True) -> tuple[dict[str, float], torch.Tensor]:
+def evaluate(
+    model,
+    loader,
+    device,
+    autocast,
+    world: Dist,
+    num_classes: int,
+    *,
+    nc: bool = False,
+    class_names=None,
+    class_counts=None,
+    per_class: bool = True,
+) -> tuple[dict[str, float], torch.Tensor]:
     """The test split: test/loss (cross-entropy, whatever the training loss), test/acc (%), test/acc_top5,
     test/ece, test/acc_class/<name> (per_class), test/acc_many|medium|few (with class_counts), and with nc the
     NC metrics of the split as nc_test/*. Also the calibration bins, for a reliability diagram."""
@@ -83,7 +94,9 @@ def evaluate(model, loader, device, autocast, world: Dist, num_classes: int, *, 
     cls.all_reduce()
     loss_sum, correct, seen = world.sum([loss_sum.item(), correct.item(), seen], device)
     out = {tags.TEST_LOSS: loss_sum / seen, tags.TEST_ACC: 100.0 * correct / seen}
-    out |= {tags.on_test(k): v for k, v in cls.compute(class_names).items() if per_class or not k.startswith("acc_class/")}
+    out |= {
+        tags.on_test(k): v for k, v in cls.compute(class_names).items() if per_class or not k.startswith("acc_class/")
+    }
     out |= {tags.nc_test(k): v for k, v in nc_out.items()}
     return out, cls.calibration
 
@@ -101,7 +114,7 @@ def evaluate_train_set(model, loader, device, autocast, num_classes, world: Dist
         nonlocal correct, fit, seen
         correct += (logits.argmax(1) == y).sum()
         if noisy is not None:
-            fit += torch.stack(noisy_fit(logits.argmax(1), y, noisy[seen:seen + len(y)]))
+            fit += torch.stack(noisy_fit(logits.argmax(1), y, noisy[seen : seen + len(y)]))
         seen += len(y)
 
     nc_out = _pass(model, loader, device, autocast, num_classes, visit, nc=True)

@@ -37,8 +37,10 @@ def check_config(cfg: DictConfig) -> None:
     opt.choice("trainer.nonfinite", t.nonfinite, ("stop", "skip"))
     late = [m for m in cfg.scheduler.get("milestones") or () if m >= t.max_epochs]
     if late:  # scheduler=step's [100, 150] in a 10-epoch run: a constant rate recorded as a step schedule
-        raise EtfTrainError(f"scheduler.milestones {list(cfg.scheduler.milestones)}: {late} lie at or past "
-                            f"trainer.max_epochs={t.max_epochs}, where the rate never drops; give milestones within the run")
+        raise EtfTrainError(
+            f"scheduler.milestones {list(cfg.scheduler.milestones)}: {late} lie at or past "
+            f"trainer.max_epochs={t.max_epochs}, where the rate never drops; give milestones within the run"
+        )
 
 
 def check_world(cfg: DictConfig, world_size: int) -> None:
@@ -46,14 +48,20 @@ def check_world(cfg: DictConfig, world_size: int) -> None:
     if world_size == 1:
         return
     if cfg.trainer.nonfinite == "skip":  # each process would skip alone: unmatched all-reduces
-        raise EtfTrainError("trainer.nonfinite=skip is not supported under torchrun: a process that skips a step would "
-                            "leave the others waiting in the gradient all-reduce; use trainer.nonfinite=stop")
+        raise EtfTrainError(
+            "trainer.nonfinite=skip is not supported under torchrun: a process that skips a step would "
+            "leave the others waiting in the gradient all-reduce; use trainer.nonfinite=stop"
+        )
     if cfg.head.get("center") == "batch":
-        raise EtfTrainError("head.center=batch centres by each process's share of a batch (and of the evaluation "
-                            "batches), so it would not be the run one process makes: run it without torchrun")
+        raise EtfTrainError(
+            "head.center=batch centres by each process's share of a batch (and of the evaluation "
+            "batches), so it would not be the run one process makes: run it without torchrun"
+        )
     if cfg.trainer.batch_size % world_size:
-        raise EtfTrainError(f"trainer.batch_size={cfg.trainer.batch_size} (the global batch) must divide evenly over "
-                            f"{world_size} processes")
+        raise EtfTrainError(
+            f"trainer.batch_size={cfg.trainer.batch_size} (the global batch) must divide evenly over "
+            f"{world_size} processes"
+        )
 
 
 def warn_small_leftover(cfg: DictConfig, num_train: int, num_classes: int) -> None:
@@ -66,7 +74,12 @@ def warn_small_leftover(cfg: DictConfig, num_train: int, num_classes: int) -> No
         logging.getLogger("etf_train").warning(
             "each epoch ends in a batch of %d sample(s) (%d train samples, trainer.batch_size=%d): head %s centres a "
             "batch by its own mean, so that step is nearly degenerate; a batch size that divides the train set, or "
-            "leaves more over, avoids it", left, num_train, cfg.trainer.batch_size, cfg.head.name)
+            "leaves more over, avoids it",
+            left,
+            num_train,
+            cfg.trainer.batch_size,
+            cfg.head.name,
+        )
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
@@ -104,7 +117,9 @@ def _instantiate(group: str, node: DictConfig, *args):
         raise
     except (InstantiationException, TypeError, ValueError) as e:
         cause = e.__cause__ or e
-        raise EtfTrainError(f"{group}={component_name(node)} refused its options: {str(cause).splitlines()[0]}") from None
+        raise EtfTrainError(
+            f"{group}={component_name(node)} refused its options: {str(cause).splitlines()[0]}"
+        ) from None
 
 
 def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -18,17 +18,34 @@ from torch.utils.tensorboard.summary import hparams, scalar
 
 from ..errors import first_line, write_failure
 from ..rundir import flatten, read_scalars
-from ..tags import (EPOCH_S, EVAL_ACC, NC1, NC1_LOG10, SOLVER_MS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS,
-                    epochs_to)
+from ..tags import EPOCH_S, EVAL_ACC, NC1, NC1_LOG10, SOLVER_MS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, epochs_to
 from ..view import KEY_CARDS
 
 # How fast a run converged, as scalars the HParams tab can show beside the finals: `epochs_to/<what>` is logged once,
 # at the first (metrics) epoch that reaches the threshold, with that epoch as its value (blank: never reached).
-CONVERGENCE = ((NC1, 1.0, False), (NC1, 0.1, False), (NC1, 0.01, False), (NC1, 1e-3, False), (EVAL_ACC, 99.0, True),
-               (TEST_ACC, 90.0, True))
+CONVERGENCE = (
+    (NC1, 1.0, False),
+    (NC1, 0.1, False),
+    (NC1, 0.01, False),
+    (NC1, 1e-3, False),
+    (EVAL_ACC, 99.0, True),
+    (TEST_ACC, 90.0, True),
+)
 # Settings the HParams tab shows after the swept keys (the full config is in the `config` text and .hydra/).
-KEY_PARAMS = ("head.name", "seed", "optimizer._target_", "optimizer.lr", "optimizer.gain", "optimizer.effective_depth",
-              "head.tau", "loss.name", "dataset.name", "sizes.num_classes", "backbone.arch", "trainer.max_epochs")
+KEY_PARAMS = (
+    "head.name",
+    "seed",
+    "optimizer._target_",
+    "optimizer.lr",
+    "optimizer.gain",
+    "optimizer.effective_depth",
+    "head.tau",
+    "loss.name",
+    "dataset.name",
+    "sizes.num_classes",
+    "backbone.arch",
+    "trainer.max_epochs",
+)
 IDENTITY = ("name", "arch", "_target_")  # a config group's choice, as its node records it
 
 
@@ -44,7 +61,9 @@ def swept_keys(record: tuple | None, config: dict) -> list[str]:
     node's identity key (`head.name`)."""
     if not record or not record[1]:
         return []
-    excluded = set(((record[1].get("job") or {}).get("config") or {}).get("override_dirname", {}).get("exclude_keys") or [])
+    excluded = set(
+        ((record[1].get("job") or {}).get("config") or {}).get("override_dirname", {}).get("exclude_keys") or []
+    )
     flat, out = flatten(config), []
     for override in record[0]:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -137,8 +156,11 @@ def _say_once(handler: logging.FileHandler):
         if not said:
             said.append(True)
             error, path = sys.exc_info()[1], Path(handler.baseFilename)
-            print(f"etf-train: warning: cannot write the log {path}: {write_failure(error, path) or first_line(error)}",
-                  file=sys.stderr)
+            print(
+                f"etf-train: warning: cannot write the log {path}: {write_failure(error, path) or first_line(error)}",
+                file=sys.stderr,
+            )
+
     return handle_error
 
 
@@ -166,4 +188,3 @@ def log_to_file(message: str, exc_info: bool = False) -> None:
 def summary(scalars: dict[str, float]) -> str:
     keys = (TRAIN_LOSS, TRAIN_ACC, TEST_ACC, NC1, SOLVER_MS, EPOCH_S)
     return "  ".join(f"{k}={scalars[k]:.4g}" for k in keys if k in scalars)
-

@@ -1,5 +1,6 @@
 """The training loop: data -> backbone -> head -> cross-entropy -> step; evaluation, NC metrics, TensorBoard,
-checkpoints. `Run` builds everything from the composed config; `train` is what the CLI calls.
+checkpoints. `Run` builds everything from the composed config and runs the epochs (one epoch: epoch.py); `train` is
+what the CLI calls.
 
 Run folder contract: see rundir.py (scalars logged against the epoch number, 1-based).
 """
@@ -17,28 +18,36 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from .. import rundir, tags
-from ..data import build_data, build_loaders, build_mix, set_epoch
+from ..data import build_data, build_loaders, build_mix
 from ..errors import EtfTrainError, NonFiniteError, as_etf_error
 from ..heads import heads_with
-from ..losses import build_loss, hard_labels
+from ..losses import build_loss
 from ..metrics import reliability_diagram
-from .checkpoint import Preempted, SignalGuard, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import Preempted, SignalGuard, rng_state, save_checkpoint
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
-from .evaluate import evaluate, evaluate_train_set, to_device
-from .factories import (build_autocast, build_model, build_optimizer, build_scheduler, check_config, check_world,
-                        optimizer_record, optimizer_scalars, resolve_precision, seed_everything, step_size_option,
-                        warn_small_leftover)
+from .epoch import Epochs
+from .factories import (
+    build_autocast,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    check_config,
+    check_world,
+    optimizer_record,
+    resolve_precision,
+    seed_everything,
+    step_size_option,
+    warn_small_leftover,
+)
 from .logbook import Logbook, log_to_file, quiet_log_files, show_progress, summary
 from .resume import RunFolder, restore
-from .tally import EpochTally, all_finite
 
 log = logging.getLogger("etf_train")
 
 
-class Run:
+class Run(Epochs):
     """One experiment: everything built from the config, the epoch loop, checkpoints.
 
     The run folder is claimed first (resume.RunFolder: one live process per folder, and a resume only with the
@@ -54,7 +63,10 @@ class Run:
         self.world, self.device = setup_distributed(t.device)
         # the record names what ran: the precision (auto differs by device), the process count (BatchNorm statistics
         # are per process) and the code, so a resume or a comparison cannot mix them unseen
-        self.config["trainer"] |= {"precision": resolve_precision(t.precision, self.device), "processes": self.world.world_size}
+        self.config["trainer"] |= {
+            "precision": resolve_precision(t.precision, self.device),
+            "processes": self.world.world_size,
+        }
         self.config["code_version"] = rundir.code_version()
         self.run_dir = shared_run_dir(run_dir, self.world)
         self.folder = RunFolder(self.run_dir, self.world.main)
@@ -89,21 +101,32 @@ class Run:
         self.K = self.bundle.num_classes
         warn_small_leftover(cfg, len(self.bundle.train), self.K)
         model = build_model(cfg, self.K, self.bundle.in_shape, len(self.bundle.train)).to(self.device)
-        self.config["sizes"] = {**self.bundle.sizes(), "feature_dim": model.head.dim,  # for etf-compare's header
-                                "steps_per_epoch": len(self.train_loader)}
+        self.config["sizes"] = {
+            **self.bundle.sizes(),
+            "feature_dim": model.head.dim,  # for etf-compare's header
+            "steps_per_epoch": len(self.train_loader),
+        }
         if t.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if t.compile:  # in place: the state dict keeps its keys (no `_orig_mod.`), so checkpoints load either way
             model.backbone.compile()
         self.model = model
         # DDP averages gradients; the nearest-ETF head all-reduces its class sums itself.
-        self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None) if self.world.enabled else model
+        self.ddp = (
+            DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.world.enabled
+            else model
+        )
         self.optimizer = build_optimizer(cfg.optimizer, model)
         self.config["optimizer"] |= optimizer_record(self.optimizer)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer)
         self.autocast = build_autocast(self.config["trainer"]["precision"], self.device)
-        self.meta = {"head": cfg.head.name, "num_classes": self.K, "feature_dim": model.head.dim,
-                     "backbone": cfg.backbone.arch}
+        self.meta = {
+            "head": cfg.head.name,
+            "num_classes": self.K,
+            "feature_dim": model.head.dim,
+            "backbone": cfg.backbone.arch,
+        }
         self.ckpt_path = rundir.checkpoint(self.run_dir)
         self.progress = show_progress(t.progress) and self.world.main
         self.stop_vote = StopVote(self.world)
@@ -117,16 +140,26 @@ class Run:
         and at the last one. Tiny epochs (UFM) would otherwise spend their time writing; a crash replays the epochs
         since the last checkpoint, bit for bit, and their events are rewritten (Logbook's purge_step)."""
         every = self.t.save_every_n_epochs
-        return (epoch == self.t.max_epochs or bool(every and epoch % every == 0)
-                or time.monotonic() - self.saved_at >= self.t.checkpoint_every_s)
+        return (
+            epoch == self.t.max_epochs
+            or bool(every and epoch % every == 0)
+            or time.monotonic() - self.saved_at >= self.t.checkpoint_every_s
+        )
 
     def save(self, epoch: int, partial: dict | None = None) -> None:
         self.saved_at = time.monotonic()
         if not self.world.main:
             return
-        state = {"epoch": epoch, "partial": partial, "meta": self.meta, "config": self.config,
-                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+        state = {
+            "epoch": epoch,
+            "partial": partial,
+            "meta": self.meta,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        }
         save_checkpoint(self.ckpt_path, state)
         every = self.t.save_every_n_epochs
         if partial is None and every and epoch % every == 0:  # a second name for the file, which later saves replace
@@ -142,126 +175,15 @@ class Run:
         given = self.resume_from is not None and self.resume_from.resolve() != self.ckpt_path.resolve()
         return restore(self.resume_from, self.meta, self.config, given, self.model, self.optimizer, self.scheduler)
 
-    # -- one epoch
-
-    def _step(self, epoch: int, step: int, x, y):
-        """One optimisation step: (loss, logits), or None for a skipped non-finite step (trainer.nonfinite=skip)."""
-        skip = self.t.nonfinite == "skip"
-        # a skipped step puts back the buffers the training forward moves (BatchNorm statistics, nearest_etf's P)
-        buffers = [(b, b.clone()) for b in self.model.buffers()] if skip else []
-        try:
-            with self.autocast:
-                logits, h = self.ddp(x, y, features=True) if self.loss.needs_features else (self.ddp(x, y), None)
-            loss = self.loss(logits, y, head=self.model.head, h=h)
-        except NonFiniteError as e:
-            if not skip:
-                raise NonFiniteError(f"epoch {epoch}, step {step}: {e}") from None
-            loss = None
-        if skip and (loss is None or not torch.isfinite(loss)):  # no update; the next step zeroes grads
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-            return None
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.model.head.after_step()
-        return loss, logits
-
-    def _preempt(self, guard: SignalGuard, tally: EpochTally, epoch: int, step: int):
-        self.save(epoch - 1, tally.partial(epoch, step))
-        raise self._stop(guard, epoch, step)
-
-    @staticmethod
-    def _stop(guard: SignalGuard, epoch: int, step: int) -> Preempted:
-        signum = guard.received or signal.SIGTERM  # another rank's signal, under torchrun
-        guard.chain()
-        return Preempted(signum, epoch, step)
-
-    def train_epoch(self, epoch: int, guard: SignalGuard, partial: dict | None, rng: dict | None) -> dict[str, float]:
-        self.model.train()
-        tally = EpochTally(self.device, partial)
-        check_every = 1 if self.t.nonfinite == "skip" or self.device.type == "cpu" else 50  # a host sync per check on GPUs
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}/{self.t.max_epochs}", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
-        for step, batch in enumerate(bar, 1):
-            if step <= tally.done:  # batches done before the interruption: load (same RNG draws), don't train
-                if step == tally.done:
-                    set_rng_state(rng)
-                continue
-            x, y = to_device(batch, self.device)
-            out = self._step(epoch, step, x, y)
-            if out is None:
-                tally.skipped += 1
-            else:
-                tally.add(step, *out, hard_labels(y))
-                if step % check_every == 0 and tally.bad_step.item():
-                    self._diverged(epoch, int(tally.bad_step))
-            if self.progress and step % 10 == 0 and tally.seen:
-                bar.set_postfix(loss=f"{tally.loss_sum.item() / tally.seen:.3f}",
-                                acc=f"{100 * tally.correct.item() / tally.seen:.1f}",
-                                img_s=f"{tally.seen / tally.elapsed():.0f}")
-            if self.stop_vote(guard.received is not None):
-                self._preempt(guard, tally, epoch, step)
-        if self.stop_vote.settle():  # a signal during the epoch's last step, on some rank
-            self._preempt(guard, tally, epoch, len(self.train_loader))
-        if tally.bad_step.item():
-            self._diverged(epoch, int(tally.bad_step))
-        # A finite loss can still take an inf step, or fill BatchNorm's running statistics with inf.
-        if not all_finite(self.model.state_dict().values()):
-            raise NonFiniteError(f"the weights are no longer finite after epoch {epoch}: training diverged")
-        return self._epoch_scalars(epoch, tally)
-
-    def _epoch_scalars(self, epoch: int, tally: EpochTally) -> dict[str, float]:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = tally.elapsed()
-        loss_total, n_correct, n_seen = self.world.sum([tally.loss_sum.item(), tally.correct.item(), tally.seen], self.device)
-        if n_seen == 0:
-            raise NonFiniteError(f"every step of epoch {epoch} had a non-finite loss")
-        out = {
-            tags.TRAIN_LOSS: loss_total / n_seen,
-            tags.TRAIN_ACC: 100.0 * n_correct / n_seen,
-            tags.EPOCH_S: elapsed,
-            tags.TRAIN_IMG_S: n_seen / elapsed,
-            **self.model.head.pop_solver_stats(),
-        }
-        if self.t.nonfinite == "skip":
-            out[tags.SKIPPED_STEPS] = float(tally.skipped)
-        return out | optimizer_scalars(self.optimizer)
-
-    def _diverged(self, epoch: int, step: int):
-        raise NonFiniteError(f"non-finite loss at epoch {epoch}, step {step}: training diverged")
+    # -- the whole run
 
     def _remedy(self, error: NonFiniteError) -> NonFiniteError:
         """A diverged run's line ends with what the user can change: the step size the optimiser has (AGD's gain,
         not a learning rate), and skipping such steps."""
         skip = ", or set trainer.nonfinite=skip to skip such steps" if self.t.nonfinite == "stop" else ""
-        return NonFiniteError(f"{error}; lower {step_size_option(self.cfg.optimizer)} (the last good checkpoint is "
-                              f"kept){skip}")
-
-    # -- the whole run
-
-    def run_epoch(self, epoch: int, guard: SignalGuard, partial: dict | None, rng: dict | None) -> dict[str, float]:
-        """Train one epoch, evaluate, and step the schedule: the epoch's scalars."""
-        set_epoch(self.train_loader, epoch)
-        scalars = {tags.LR: self.optimizer.param_groups[0]["lr"]}
-        scalars.update(self.train_epoch(epoch, guard, partial, rng))
-        last = epoch == self.t.max_epochs
-        metrics_epoch = epoch % self.cfg.metrics.every_n_epochs == 0 or last
-        # The bare model: ranks' test shards may differ in batch count; DDP's forward would wait on a collective.
-        # NC metrics of a test split that is the train set itself (UFM) would repeat nc/* as nc_test/*
-        test, self.calibration = evaluate(
-            self.model, self.test_loader, self.device, self.autocast, self.world, self.K,
-            nc=metrics_epoch and self.bundle.held_out,
-            class_names=self.bundle.class_names, class_counts=self.class_counts, per_class=self.K <= 100 or last)
-        scalars.update(test)
-        if metrics_epoch:
-            noisy = None if self.bundle.noisy is None else self.bundle.noisy[self.world.rank::self.world.world_size]
-            scalars.update(evaluate_train_set(self.model, self.eval_train_loader, self.device, self.autocast, self.K,
-                                              self.world, noisy))
-        if self.scheduler is not None:
-            self.scheduler.step()
-        return scalars
+        return NonFiniteError(
+            f"{error}; lower {step_size_option(self.cfg.optimizer)} (the last good checkpoint is kept){skip}"
+        )
 
     def fit(self) -> dict[str, float]:
         """Train the remaining epochs: the last epoch's scalars. The folder is released at the end, whatever happens;
@@ -271,7 +193,9 @@ class Run:
             return self._fit()
         except Preempted:
             raise
-        except Exception as e:  # out of memory or a library's error too: marked, logged whole, one line for the terminal
+        except (
+            Exception
+        ) as e:  # out of memory or a library's error too: marked, logged whole, one line for the terminal
             foreign = not isinstance(e, EtfTrainError)
             error = self._remedy(e) if isinstance(e, NonFiniteError) else as_etf_error(e, self.run_dir / rundir.LOG)
             failure = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -288,15 +212,28 @@ class Run:
             log.info("%s already finished %d epochs; nothing to do", self.run_dir, completed)
             if self.world.main:
                 rundir.mark_finished(self.run_dir)
-            return {tag: float(values[-1]) for tag, (steps, values) in rundir.read_scalars(self.run_dir).items()
-                    if steps[-1] == completed}
+            return {
+                tag: float(values[-1])
+                for tag, (steps, values) in rundir.read_scalars(self.run_dir).items()
+                if steps[-1] == completed
+            }
         book = Logbook(self.run_dir, self.config, completed + 1, self.record) if self.world.main else None
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
-            log.info("%s on %s: K=%d, d=%d, %d train / %d test samples, %d steps an epoch, %s head, device %s, "
-                     "%d process(es)", self.cfg.backbone.arch, self.cfg.dataset.name, self.K, self.model.head.dim,
-                     len(self.bundle.train), len(self.bundle.test), len(self.train_loader), self.cfg.head.name,
-                     self.device, self.world.world_size)
+            log.info(
+                "%s on %s: K=%d, d=%d, %d train / %d test samples, %d steps an epoch, %s head, device %s, "
+                "%d process(es)",
+                self.cfg.backbone.arch,
+                self.cfg.dataset.name,
+                self.K,
+                self.model.head.dim,
+                len(self.bundle.train),
+                len(self.bundle.test),
+                len(self.train_loader),
+                self.cfg.head.name,
+                self.device,
+                self.world.world_size,
+            )
         scalars: dict[str, float] = {}
         finished = False
         try:
@@ -316,8 +253,10 @@ class Run:
                         self.save(epoch)
                         raise self._stop(guard, epoch, len(self.train_loader))
             if guard.received is not None and self.world.main:
-                log.warning("%s arrived during the last epoch's evaluation: the run finished, nothing to resume",
-                            signal.Signals(guard.received).name)
+                log.warning(
+                    "%s arrived during the last epoch's evaluation: the run finished, nothing to resume",
+                    signal.Signals(guard.received).name,
+                )
             if book is not None:
                 book.figure(tags.RELIABILITY, reliability_diagram(self.calibration, "test split"), self.t.max_epochs)
             if self.world.main:  # tells `etf-train` (cli.interrupted_run) that this run needs no resuming
@@ -338,6 +277,9 @@ def train(cfg: DictConfig, run_dir: str | Path, record: tuple | None = None) -> 
     try:
         return Run(cfg, Path(run_dir), record).fit()
     except Preempted as p:
-        print(f"etf-train: stopped by {p}; checkpoint saved in {rundir.checkpoint(Path(run_dir)).parent}; "
-              "run the same command again to continue", file=sys.stderr)
+        print(
+            f"etf-train: stopped by {p}; checkpoint saved in {rundir.checkpoint(Path(run_dir)).parent}; "
+            "run the same command again to continue",
+            file=sys.stderr,
+        )
         raise SystemExit(128 + p.signum) from None

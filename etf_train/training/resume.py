@@ -13,14 +13,18 @@ from pathlib import Path
 from .. import rundir
 from ..errors import EtfTrainError
 from ..rundir import changed_settings
+from ..runlock import RunLock
 from .checkpoint import load_checkpoint, set_rng_state
 
 
 def refuse_changes(saved: dict, now: dict, where: str) -> None:
     changes = changed_settings(saved, now)
     if changes:
-        more = "; training longer than a run's trainer.max_epochs is a new run" if any(
-            c.startswith("trainer.max_epochs:") for c in changes) else ""
+        more = (
+            "; training longer than a run's trainer.max_epochs is a new run"
+            if any(c.startswith("trainer.max_epochs:") for c in changes)
+            else ""
+        )
         shown = ", ".join(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
         raise EtfTrainError(
             f"{where} was started with other settings ({shown}); rerun with its settings to continue "
@@ -35,8 +39,10 @@ def checkpoint_to_resume(run_dir: Path, spec: str, config: dict) -> Path | None:
         if record is not None:
             refuse_changes(record, config, f"the run in {run_dir}")
         elif rundir.holds_run(run_dir):
-            raise EtfTrainError(f"{run_dir} holds checkpoints or event files but no {rundir.CONFIG}: not a run "
-                                "etf-train can continue; choose another folder")
+            raise EtfTrainError(
+                f"{run_dir} holds checkpoints or event files but no {rundir.CONFIG}: not a run "
+                "etf-train can continue; choose another folder"
+            )
         path = rundir.checkpoint(run_dir)
         return path if path.exists() else None
     if spec != "never":
@@ -46,8 +52,10 @@ def checkpoint_to_resume(run_dir: Path, spec: str, config: dict) -> Path | None:
         if path.resolve() == rundir.checkpoint(run_dir).resolve():
             return checkpoint_to_resume(run_dir, "auto", config)
     if rundir.holds_run(run_dir):
-        raise EtfTrainError(f"trainer.resume={spec} starts a new run, but {run_dir} already holds one (one run per "
-                            "folder, or TensorBoard would mix their curves); choose another hydra.run.dir")
+        raise EtfTrainError(
+            f"trainer.resume={spec} starts a new run, but {run_dir} already holds one (one run per "
+            "folder, or TensorBoard would mix their curves); choose another hydra.run.dir"
+        )
     return None if spec == "never" else Path(spec)
 
 
@@ -58,7 +66,7 @@ class RunFolder:
 
     def __init__(self, run_dir: Path, main: bool):
         self.run_dir, self.main = run_dir, main
-        self.lock = rundir.RunLock(run_dir)
+        self.lock = RunLock(run_dir)
         self.started = False
 
     def claim(self, spec: str, config: dict) -> Path | None:
@@ -94,8 +102,9 @@ class RunFolder:
             rundir.remove_if_empty(self.run_dir)
 
 
-def restore(path: Path | None, meta: dict, config: dict, given: bool, model, optimizer,
-            scheduler) -> tuple[int, dict | None, dict | None]:
+def restore(
+    path: Path | None, meta: dict, config: dict, given: bool, model, optimizer, scheduler
+) -> tuple[int, dict | None, dict | None]:
     """Load the checkpoint the claim chose into the model, optimiser and schedule: (completed epochs, partial-epoch
     state, RNG state); (0, None, None) for a fresh start. given: the checkpoint is another folder's
     (trainer.resume=PATH), which words the advice and must leave something to train."""
@@ -114,8 +123,10 @@ def restore(path: Path | None, meta: dict, config: dict, given: bool, model, opt
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     if given and state["epoch"] >= config["trainer"]["max_epochs"]:  # the new folder would hold a run of no epochs
-        raise EtfTrainError(f"checkpoint {path} is of a run that finished all its {state['epoch']} epochs: nothing "
-                            "to train; `etf-eval` evaluates it, and training longer is a new run")
+        raise EtfTrainError(
+            f"checkpoint {path} is of a run that finished all its {state['epoch']} epochs: nothing "
+            "to train; `etf-eval` evaluates it, and training longer is a new run"
+        )
     partial = state.get("partial")
     where = f"epoch {partial['epoch']}, step {partial['step']}" if partial else f"the end of epoch {state['epoch']}"
     logging.getLogger("etf_train").info("resumed from %s at %s", path, where)

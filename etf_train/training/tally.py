@@ -32,8 +32,15 @@ class EpochTally:
         return self.elapsed_before + time.perf_counter() - self.start
 
     def partial(self, epoch: int, step: int) -> dict:
-        return {"epoch": epoch, "step": step, "loss_sum": self.loss_sum.item(), "correct": self.correct.item(),
-                "seen": self.seen, "elapsed": self.elapsed(), "skipped": self.skipped}
+        return {
+            "epoch": epoch,
+            "step": step,
+            "loss_sum": self.loss_sum.item(),
+            "correct": self.correct.item(),
+            "seen": self.seen,
+            "elapsed": self.elapsed(),
+            "skipped": self.skipped,
+        }
 
 
 def all_finite(tensors) -> bool:
