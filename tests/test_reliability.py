@@ -423,9 +423,9 @@ def test_a_signal_during_evaluation_stops_at_that_epochs_end(tmp_path, monkeypat
     epoch, without a word, and in the last epoch not at all. It is said at once; mid-run the run stops at the end of
     that epoch with an end-of-epoch checkpoint; in the last epoch the run finishes and says there is nothing to
     resume."""
-    from etf_train.training import loop
+    from etf_train.training import epoch  # run_epoch, which calls evaluate, lives there
 
-    original, calls = loop.evaluate, []
+    original, calls = epoch.evaluate, []
 
     def evaluate(*args, **kwargs):  # called once per epoch: the signal arrives during epoch 1's (or the last's)
         calls.append(1)
@@ -433,7 +433,7 @@ def test_a_signal_during_evaluation_stops_at_that_epochs_end(tmp_path, monkeypat
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "evaluate", evaluate)
+    monkeypatch.setattr(epoch, "evaluate", evaluate)
     cfg = make_cfg(*TINY, "trainer.max_epochs=2")
     if last:
         with caplog.at_level("WARNING", logger="etf_train"):
