@@ -149,6 +149,18 @@ def test_resume_refuses_another_image_folder_and_another_eval_batch_for_a_batch_
         refuse_changes(run("cifar10", "/a", "batch"), run("cifar10", "/a", "batch", 3), "r")
 
 
+def _started(cwd: Path, *args: str) -> subprocess.Popen:
+    """`etf-train ARGS` started in the background (two at once: the tests of runs started in the same second)."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("etf-train")), *args],
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch, capfd):
     """A fresh start in a used folder mixed two runs' events (TensorBoard showed epochs 1,2,1,2)."""
     run = tmp_path / "run"
@@ -168,17 +180,7 @@ def test_resume_never_in_a_folder_holding_a_run_is_refused(tmp_path, monkeypatch
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, attempt):
     # the folder names the head choice: head=learned_authors runs were named `learned` (name: learned), like learned's
     heads = {1: "nearest_etf", 2: "learned_authors"}
-    procs = [
-        subprocess.Popen(
-            [str(Path(sys.executable).with_name("etf-train")), *QUICK, f"seed={s}", f"head={heads[s]}"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        for s in (1, 2)
-    ]
+    procs = [_started(tmp_path, *QUICK, f"seed={s}", f"head={heads[s]}") for s in (1, 2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     runs = sorted(p.parent.parent for p in tmp_path.glob("outputs/*/*/.hydra/config.yaml"))
     assert len(runs) == 2
@@ -193,17 +195,7 @@ def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, attempt):
 def test_two_sweeps_started_in_the_same_second_get_two_folders(tmp_path, attempt):
     """Sweep folders were named by the second alone: two sweeps started together shared one, each job refused in
     the other's folder, and the folder held one head from each sweep, compared as one finished sweep."""
-    procs = [
-        subprocess.Popen(
-            [str(Path(sys.executable).with_name("etf-train")), "-m", *QUICK, "head=learned,fixed_etf", f"seed={s}"],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        for s in (1, 2)
-    ]
+    procs = [_started(tmp_path, "-m", *QUICK, "head=learned,fixed_etf", f"seed={s}") for s in (1, 2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0], [p.stderr.read() for p in procs]
     sweeps = sorted(tmp_path.glob("outputs/multirun/*/*"))
     assert len(sweeps) == 2
