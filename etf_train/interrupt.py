@@ -9,8 +9,10 @@ takes SIGINT over and saves a checkpoint first.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
 RETRY_S = 0.02
@@ -35,7 +37,14 @@ def startup_sigint(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+# A file to create once the handler is in place: lets a test send Ctrl-C inside start-up without guessing how long
+# the process takes to get there. Unset in normal use.
+READY_ENV = "ETF_TRAIN_TEST_STARTUP_READY"
+
+
 def install() -> None:
     """For the CLI's start-up; a no-op off the main thread, where Python allows no signal handlers."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, startup_sigint)
+        if os.environ.get(READY_ENV):
+            Path(os.environ[READY_ENV]).touch()

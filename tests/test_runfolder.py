@@ -278,14 +278,22 @@ def test_an_empty_output_folder_is_refused(tmp_path, key):
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    """It slept one second before the signal, and failed under load (the handler was not in place yet)."""
+    from etf_train.interrupt import READY_ENV
+
+    ready = tmp_path / "ready"
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("etf-train")), *QUICK],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, READY_ENV: str(ready)},
     )
-    time.sleep(1.0)  # inside start-up (importing torch, building the data): no training step yet
+    deadline = time.monotonic() + 120
+    while not ready.exists():  # the start-up handler is in place; Hydra, torch and the data are still ahead
+        assert proc.poll() is None and time.monotonic() < deadline, "etf-train ended before its start-up handler"
+        time.sleep(0.005)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130 and "Traceback" not in err, err
