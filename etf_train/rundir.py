@@ -263,7 +263,7 @@ IDENTITY = ("name", "arch", "_target_")
 
 
 # Options added after runs were recorded without them: a record lacking one ran with this value.
-ADDED = {"dataset.flip": True, "loader.stratified_folds": False}
+ADDED = {"dataset.flip": True, "loader.stratified_folds": False, "trainer.cudnn_benchmark": None, "trainer.tf32": None}
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:

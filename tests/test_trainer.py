@@ -406,3 +406,30 @@ def test_a_tiny_leftover_batch_is_named_for_nearest_etf(tmp_path, caplog):
         assert (
             "each epoch ends in a batch of 2 sample(s) (64 train samples, trainer.batch_size=31)" in caplog.text
         ) == said
+
+
+def test_cudnn_benchmark_and_tf32_are_options_that_default_to_torchs_own(tmp_path):
+    """issue 29, item 5: null leaves the process-wide flags as torch set them; true/false set them; a benchmark that
+    times algorithms cannot go with deterministic runs."""
+    flags = (
+        (torch.backends.cudnn, "benchmark"),
+        (torch.backends.cuda.matmul, "allow_tf32"),
+        (torch.backends.cudnn, "allow_tf32"),
+    )
+    before = [getattr(owner, name) for owner, name in flags]
+    try:
+        run = Run(make_cfg(*TINY), tmp_path / "default")
+        run.folder.end()
+        assert [getattr(owner, name) for owner, name in flags] == before
+        assert run.config["trainer"]["cudnn_benchmark"] is None and run.config["trainer"]["tf32"] is None
+        for value in (True, False):
+            cfg = make_cfg(*TINY, f"trainer.cudnn_benchmark={value}", f"trainer.tf32={value}")
+            Run(cfg, tmp_path / str(value)).folder.end()
+            assert [getattr(owner, name) for owner, name in flags] == [value] * 3
+        with pytest.raises(EtfTrainError, match="trainer.cudnn_benchmark=true .* trainer.deterministic=true"):
+            Run(make_cfg(*TINY, "trainer.cudnn_benchmark=true", "trainer.deterministic=true"), tmp_path / "both")
+        with pytest.raises(EtfTrainError, match="trainer.tf32 must be true or false"):
+            Run(make_cfg(*TINY, "trainer.tf32=sometimes"), tmp_path / "bad")
+    finally:  # the flags are the process's: the other tests get torch's
+        for (owner, name), value in zip(flags, before):
+            setattr(owner, name, value)

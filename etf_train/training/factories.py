@@ -169,6 +169,20 @@ def build_scheduler(cfg: DictConfig, optimizer):
     return _instantiate("scheduler", cfg, optimizer)
 
 
+def set_cuda_math(cudnn_benchmark: bool | None, tf32: bool | None, deterministic: bool) -> None:
+    """trainer.cudnn_benchmark and trainer.tf32 (null: torch's defaults, untouched). Process-wide flags, which matter
+    on CUDA only."""
+    if cudnn_benchmark is not None:
+        if opt.boolean("trainer.cudnn_benchmark", cudnn_benchmark) and deterministic:
+            raise EtfTrainError(
+                "trainer.cudnn_benchmark=true picks convolution algorithms by timing them, which "
+                "trainer.deterministic=true rules out: drop one of the two"
+            )
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+    if tf32 is not None:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = opt.boolean("trainer.tf32", tf32)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -38,6 +38,7 @@ from .factories import (
     optimizer_record,
     resolve_precision,
     seed_everything,
+    set_cuda_math,
     step_size_option,
     warn_small_leftover,
 )
@@ -81,6 +82,7 @@ class Run(Epochs):
         t = self.t
         check_world(cfg, self.world.world_size)
         seed_everything(cfg.seed, t.deterministic)
+        set_cuda_math(t.cudnn_benchmark, t.tf32, t.deterministic)
         self.bundle = build_data(**self.config["dataset"])
         if self.bundle.files is not None:  # a folder's contents: restore() refuses a checkpoint made on other files
             self.config["dataset"]["files"] = self.bundle.files
