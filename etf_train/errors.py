@@ -36,10 +36,10 @@ def free_mb(path: Path) -> int:
 def write_failure(error: BaseException, path: Path) -> str | None:
     """Why a write failed, `<why> (N MB free there)`, for an error that a full disk or an unwritable folder causes;
     None for any other error. path: what was being written."""
-    why = WRITE_ERRORS.get(getattr(error, "errno", None))
-    if why is None and isinstance(error, (OSError, RuntimeError)) and free_mb(path) < FULL_MB:
+    why, free = WRITE_ERRORS.get(getattr(error, "errno", None)), free_mb(path)
+    if why is None and isinstance(error, (OSError, RuntimeError)) and free < FULL_MB:
         why = WRITE_ERRORS[errno.ENOSPC]
-    return None if why is None else f"{why} ({free_mb(path)} MB free there)"
+    return None if why is None else f"{why} ({free} MB free there)"
 
 
 def as_etf_error(error: Exception, log: Path) -> EtfTrainError:

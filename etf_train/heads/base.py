@@ -88,8 +88,8 @@ def check_etf_dims(name: str, num_classes: int, dim: int) -> None:
 def create_head(name: str, num_classes: int, dim: int, **options) -> Head:
     """Build a head by its config name (HEADS: learned, fixed_etf, nearest_etf, ...); options are the keys of
     configs/head/<name>.yaml (and `solver`, the solver group, for heads that solve for their classifier)."""
-    solving = [n for n in HEADS if "solver" in inspect.signature(HEADS.get(n)).parameters]
-    if "solver" in options and name not in solving:
+    if "solver" in options and "solver" not in inspect.signature(HEADS.get(name)).parameters:
+        solving = [n for n in HEADS if "solver" in inspect.signature(HEADS.get(n)).parameters]
         raise EtfTrainError(
             f"the solver group applies to head={' or head='.join(solving)} only; head={name} has no "
             "solver: drop solver=..."
