@@ -28,30 +28,30 @@ register_backbone = BACKBONES.register
 
 
 def create_backbone(
-    arch: str, *, in_shape: tuple[int, ...], num_samples: int | None = None, **options: Any
+    name: str, /, *, in_shape: tuple[int, ...], num_samples: int | None = None, **options: Any
 ) -> nn.Module:
-    """Build backbone `arch` for inputs of per-sample shape `in_shape` ((C, H, W), or () for UFM indices).
+    """Build backbone `name` for inputs of per-sample shape `in_shape` ((C, H, W), or () for UFM indices).
 
-    num_samples: train-set size, needed only by `ufm`. Unknown arch or options -> EtfTrainError.
+    num_samples: train-set size, needed only by `ufm`. Unknown name or options -> EtfTrainError.
     """
-    model = BACKBONES.build(arch, tuple(int(s) for s in in_shape), num_samples, **options)
-    assert isinstance(model.feature_dim, int), f"backbone {arch} set no int feature_dim"
+    model = BACKBONES.build(name, tuple(int(s) for s in in_shape), num_samples, **options)
+    assert isinstance(model.feature_dim, int), f"backbone {name} set no int feature_dim"
     return model
 
 
 # ---------------------------------------------------------------------------------------- checks
 
 
-def _check_not_indices(arch: str, in_shape: tuple[int, ...]) -> None:
+def _check_not_indices(name: str, in_shape: tuple[int, ...]) -> None:
     if in_shape == ():
-        raise EtfTrainError(f"backbone {arch}: dataset ufm gives sample indices; use backbone=ufm")
+        raise EtfTrainError(f"backbone {name}: dataset ufm gives sample indices; use backbone=ufm")
 
 
-def _image_channels(arch: str, in_shape: tuple[int, ...]) -> int:
+def _image_channels(name: str, in_shape: tuple[int, ...]) -> int:
     """C of a (C, H, W) in_shape."""
-    _check_not_indices(arch, in_shape)
+    _check_not_indices(name, in_shape)
     if len(in_shape) != 3:
-        raise EtfTrainError(f"backbone {arch} needs images of shape (C, H, W), got per-sample shape {in_shape}")
+        raise EtfTrainError(f"backbone {name} needs images of shape (C, H, W), got per-sample shape {in_shape}")
     return in_shape[0]
 
 
@@ -100,12 +100,12 @@ def _fresh_conv(conv: nn.Conv2d, in_channels: int, **changes: Any) -> nn.Conv2d:
 # ------------------------------------------------------------------------------------ torchvision
 
 
-def _resnet(arch: str, in_shape: tuple[int, ...], cifar_stem: bool, bias: bool) -> nn.Module:
-    C = _image_channels(arch, in_shape)
+def _resnet(name: str, in_shape: tuple[int, ...], cifar_stem: bool, bias: bool) -> nn.Module:
+    C = _image_channels(name, in_shape)
     opt.boolean("backbone.cifar_stem", cifar_stem)
     import torchvision  # imported by the builders that use it: UFM and small models start faster
 
-    net = getattr(torchvision.models, arch)(weights=None)
+    net = getattr(torchvision.models, name)(weights=None)
     if cifar_stem:
         # 32 px inputs: the 7x7/2 conv and the max-pool would cut the map to 8x8 before layer1.
         net.conv1 = _fresh_conv(net.conv1, C, kernel_size=3, stride=1, padding=1)
@@ -257,7 +257,7 @@ def _timm(
     in_shape: tuple[int, ...],
     num_samples: int | None,
     *,
-    name: str = "resnet18",
+    model: str = "resnet18",
     pretrained: bool = False,
     kwargs: Mapping[str, Any] = MappingProxyType({}),
     bias: bool = True,
@@ -277,25 +277,25 @@ def _timm(
         )
     import timm
 
-    source, _ = timm.models.parse_model_name(name)
+    source, _ = timm.models.parse_model_name(model)
     # "arch.tag" names one weight set, which must exist; hf-hub: / local-dir: names are resolved by timm itself.
-    known = timm.is_model(name) and ("." not in name or timm.models.is_model_pretrained(name))
+    known = timm.is_model(model) and ("." not in model or timm.models.is_model_pretrained(model))
     if source is None and not known:
-        stem = name.split("_")[0].split(".")[0]
-        raise EtfTrainError(f"unknown timm model {name!r}; list the names with timm.list_models('*{stem}*')")
-    if pretrained and source is None and not timm.models.is_model_pretrained(name):
-        raise EtfTrainError(f"timm model {name!r} has no pretrained weights; set backbone.pretrained=false")
+        stem = model.split("_")[0].split(".")[0]
+        raise EtfTrainError(f"unknown timm model {model!r}; list the names with timm.list_models('*{stem}*')")
+    if pretrained and source is None and not timm.models.is_model_pretrained(model):
+        raise EtfTrainError(f"timm model {model!r} has no pretrained weights; set backbone.pretrained=false")
     kwargs = dict(kwargs)
     fixed = {"pretrained", "num_classes", "in_chans"} & kwargs.keys()
     if fixed:
         raise EtfTrainError(f"backbone timm: kwargs must not set {', '.join(sorted(fixed))} (etf-train sets them)")
     try:
-        net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=C, **kwargs)
+        net = timm.create_model(model, pretrained=pretrained, num_classes=0, in_chans=C, **kwargs)
     except TypeError as e:
-        raise EtfTrainError(f"timm model {name!r} rejected kwargs {kwargs}: {e}") from None
+        raise EtfTrainError(f"timm model {model!r} rejected kwargs {kwargs}: {e}") from None
     except OSError as e:  # hub and URL downloads both fail as OSError subclasses
         raise EtfTrainError(
-            f"could not download pretrained weights for timm model {name!r} ({type(e).__name__}; no network?); "
+            f"could not download pretrained weights for timm model {model!r} ({type(e).__name__}; no network?); "
             "put them in the Hugging Face cache ($HF_HOME) first or set backbone.pretrained=false"
         ) from None
     # Pre-logits width: differs from num_features where a head conv follows the pool (e.g. MobileNetV3).

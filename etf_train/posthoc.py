@@ -72,7 +72,7 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
         "head": config["head"]["name"],
         "num_classes": bundle.num_classes,
         "feature_dim": model.head.dim,
-        "backbone": config["backbone"]["arch"],
+        "backbone": config["backbone"]["name"],
     }
     state = load_checkpoint(path, meta, given=checkpoint is not None)
     if state.get("partial"):  # a stop signal's save: the weights of a step inside the epoch after state["epoch"]

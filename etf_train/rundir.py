@@ -146,7 +146,24 @@ def read_record(run: Path) -> dict | None:
         raise EtfTrainError(f"cannot read the run record {path} ({first}): it is damaged or not etf-train's") from None
     if not isinstance(record, dict) or not isinstance(record.get("trainer", {}), dict):
         raise EtfTrainError(f"the run record {path} is not an etf-train config (a mapping with its sections)")
-    return record
+    return migrate(record)
+
+
+def migrate(record: dict) -> dict:
+    """A record in today's keys. Every config group names its choice by `name` (or `_target_` for a class); records
+    written before that named the backbone by `backbone.arch`, with a timm model in `backbone.name` (now
+    `backbone.model`), and the solver by `head.solver.method`."""
+    out = dict(record)
+    backbone = out.get("backbone")
+    if isinstance(backbone, dict) and "arch" in backbone:
+        rest = {("model" if k == "name" else k): v for k, v in backbone.items() if k != "arch"}
+        out["backbone"] = {"name": backbone["arch"], **rest}
+    head = out.get("head")
+    solver = head.get("solver") if isinstance(head, dict) else None
+    if isinstance(solver, dict) and "method" in solver:
+        rest = {k: v for k, v in solver.items() if k != "method"}
+        out["head"] = {**head, "solver": {"name": solver["method"], **rest}}
+    return out
 
 
 # ----------------------------------------------------------------------------- state, as etf-compare reports it
@@ -259,7 +276,7 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
 BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth")
 
 # The key that names a group's choice: when it differs, the group's other keys differ as a matter of course.
-IDENTITY = ("name", "arch", "_target_")
+IDENTITY = ("name", "_target_")
 
 
 # Options added after runs were recorded without them: a record lacking one ran with this value.
@@ -270,7 +287,7 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     """`key: old -> new` for every key that differs and could change the results, on resume or between two compared
     runs. A changed choice of a group (e.g. head.name) stands for the options only one of the two choices has; the
     options both have (head.tau, dataset.label_noise) are listed when they differ."""
-    a, b = ({**ADDED, **flatten(config)} for config in (saved, now))
+    a, b = ({**ADDED, **flatten(migrate(config))} for config in (saved, now))
     missing = "(unset)"
     neutral = neutral_keys(saved, now)
     changed = [
@@ -280,9 +297,9 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
         and not k.startswith(neutral)
         and not (k in BUILT and missing in (a.get(k, missing), b.get(k, missing)))
     ]
-    swapped = tuple(k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY)
-    return [
-        f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}"
-        for k in changed
-        if not k.startswith(swapped) or k.rsplit(".", 1)[-1] in IDENTITY or (k in a and k in b)
-    ]
+    swapped = [k.rsplit(".", 1)[0] + "." for k in changed if k.rsplit(".", 1)[-1] in IDENTITY]
+
+    def covered(k: str) -> bool:  # an option of one side only, under a swapped group (head.solver.name under head.)
+        return not (k in a and k in b) and any(k.startswith(p) and k[len(p) :] not in IDENTITY for p in swapped)
+
+    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in changed if not covered(k)]

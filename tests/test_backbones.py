@@ -49,9 +49,9 @@ def _hooked_output(module: nn.Module, run) -> torch.Tensor:
     return seen[0]
 
 
-def _one_line_error(match: str, **kwargs) -> str:
+def _one_line_error(match: str, name: str, **kwargs) -> str:
     with pytest.raises(EtfTrainError, match=match) as info:
-        create_backbone(**kwargs)
+        create_backbone(name, **kwargs)
     assert "\n" not in str(info.value)
     return str(info.value)
 
@@ -191,7 +191,7 @@ def test_bias_defaults_to_true_and_keeps_every_parameter(arch, options):
 )
 def test_timm_backbone_matches_timm_pre_logits(name, in_shape, kwargs):
     torch.manual_seed(0)
-    model = create_backbone("timm", in_shape=in_shape, name=name, kwargs=kwargs)
+    model = create_backbone("timm", in_shape=in_shape, model=name, kwargs=kwargs)
     reference = timm.create_model(name, num_classes=0, in_chans=in_shape[0], **kwargs)
     # timm's pre-logits width; num_features would be wrong for mobilenetv3 (288, its conv head gives 1024).
     assert model.feature_dim == reference.head_hidden_size
@@ -209,27 +209,25 @@ def test_timm_pretrained_download_failure_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    _one_line_error(
-        "could not download pretrained weights", arch="timm", in_shape=CIFAR, name="resnet10t", pretrained=True
-    )
+    _one_line_error("could not download pretrained weights", "timm", in_shape=CIFAR, model="resnet10t", pretrained=True)
 
 
 @pytest.mark.parametrize(
     "options, match",
     [
-        ({"name": "resnet_nope"}, r"unknown timm model 'resnet_nope'.*timm\.list_models\('\*resnet\*'\)"),
-        ({"name": "resnet18.no_such_tag"}, r"unknown timm model 'resnet18\.no_such_tag'"),
-        ({"name": "convnext_atto_rms", "pretrained": True}, "convnext_atto_rms' has no pretrained weights"),
-        ({"name": "test_resnet", "kwargs": {"bogus": 1}}, "rejected kwargs"),
-        ({"name": "test_resnet", "kwargs": {"in_chans": 3}}, "must not set in_chans"),
-        ({"name": "test_resnet", "pretrained": "yes"}, "pretrained must be true or false"),
-        ({"name": "test_resnet", "bias": False}, "backbone timm has no bias=false: .* use backbone=resnet18"),
+        ({"model": "resnet_nope"}, r"unknown timm model 'resnet_nope'.*timm\.list_models\('\*resnet\*'\)"),
+        ({"model": "resnet18.no_such_tag"}, r"unknown timm model 'resnet18\.no_such_tag'"),
+        ({"model": "convnext_atto_rms", "pretrained": True}, "convnext_atto_rms' has no pretrained weights"),
+        ({"model": "test_resnet", "kwargs": {"bogus": 1}}, "rejected kwargs"),
+        ({"model": "test_resnet", "kwargs": {"in_chans": 3}}, "must not set in_chans"),
+        ({"model": "test_resnet", "pretrained": "yes"}, "pretrained must be true or false"),
+        ({"model": "test_resnet", "bias": False}, "backbone timm has no bias=false: .* use backbone=resnet18"),
     ],
 )
 def test_timm_errors(options, match):
-    if options.get("pretrained") is True and timm.models.is_model_pretrained(options["name"]):
-        pytest.skip(f"this timm version ships pretrained weights for {options['name']}")
-    _one_line_error(match, arch="timm", in_shape=CIFAR, **options)
+    if options.get("pretrained") is True and timm.models.is_model_pretrained(options["model"]):
+        pytest.skip(f"this timm version ships pretrained weights for {options['model']}")
+    _one_line_error(match, "timm", in_shape=CIFAR, **options)
 
 
 # --------------------------------------------------------------------------------------------- UFM
@@ -270,7 +268,7 @@ def test_config_composes_lists_every_default_and_builds(config_name):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(overrides=[f"+backbone={config_name}"])
     options = OmegaConf.to_container(cfg.backbone)
-    arch = options.pop("arch")
+    arch = options.pop("name")
     assert arch == config_name
     defaults = {
         p.name: p.default for p in inspect.signature(BACKBONES[arch]).parameters.values() if p.kind is p.KEYWORD_ONLY
@@ -286,40 +284,40 @@ def test_config_composes_lists_every_default_and_builds(config_name):
 
 
 def test_unknown_arch_lists_the_choices():
-    message = _one_line_error("unknown backbone 'resnet19'", arch="resnet19", in_shape=CIFAR)
+    message = _one_line_error("unknown backbone 'resnet19'", "resnet19", in_shape=CIFAR)
     assert all(name in message for name in BACKBONES)
 
 
 def test_unknown_option_names_the_options():
     message = _one_line_error(
-        r"backbone small_cnn: unknown option\(s\) widht; its options are", arch="small_cnn", in_shape=CIFAR, widht=8
+        r"backbone small_cnn: unknown option\(s\) widht; its options are", "small_cnn", in_shape=CIFAR, widht=8
     )
     assert "width, dim" in message
 
 
 @pytest.mark.parametrize("arch", sorted(set(BACKBONES) - {"ufm"}))
 def test_image_backbone_on_ufm_indices(arch):
-    _one_line_error("dataset ufm gives sample indices; use backbone=ufm", arch=arch, in_shape=())
+    _one_line_error("dataset ufm gives sample indices; use backbone=ufm", arch, in_shape=())
 
 
 def test_ufm_on_images():
-    _one_line_error("backbone ufm needs dataset=ufm", arch="ufm", in_shape=CIFAR, num_samples=10)
+    _one_line_error("backbone ufm needs dataset=ufm", "ufm", in_shape=CIFAR, num_samples=10)
 
 
 def test_ufm_without_num_samples():
-    _one_line_error("ufm needs num_samples", arch="ufm", in_shape=())
+    _one_line_error("ufm needs num_samples", "ufm", in_shape=())
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"arch": "resnet18", "in_shape": (3, 32)}, r"needs images of shape \(C, H, W\)"),
-        ({"arch": "resnet18", "in_shape": CIFAR, "cifar_stem": "no"}, "cifar_stem must be true or false"),
-        ({"arch": "small_cnn", "in_shape": CIFAR, "width": 0}, "width must be a positive integer"),
-        ({"arch": "vgg13", "in_shape": CIFAR, "bias": "no"}, "bias must be true or false"),
-        ({"arch": "mlp", "in_shape": CIFAR, "depth": 1.5}, "depth must be a positive integer"),
-        ({"arch": "mlp", "in_shape": CIFAR, "norm": "group"}, "unknown norm 'group'"),
-        ({"arch": "ufm", "in_shape": (), "num_samples": 4, "init_std": 0}, "init_std must be a finite number > 0"),
+        ({"name": "resnet18", "in_shape": (3, 32)}, r"needs images of shape \(C, H, W\)"),
+        ({"name": "resnet18", "in_shape": CIFAR, "cifar_stem": "no"}, "cifar_stem must be true or false"),
+        ({"name": "small_cnn", "in_shape": CIFAR, "width": 0}, "width must be a positive integer"),
+        ({"name": "vgg13", "in_shape": CIFAR, "bias": "no"}, "bias must be true or false"),
+        ({"name": "mlp", "in_shape": CIFAR, "depth": 1.5}, "depth must be a positive integer"),
+        ({"name": "mlp", "in_shape": CIFAR, "norm": "group"}, "unknown norm 'group'"),
+        ({"name": "ufm", "in_shape": (), "num_samples": 4, "init_std": 0}, "init_std must be a finite number > 0"),
     ],
 )
 def test_bad_option_values(kwargs, match):

@@ -81,7 +81,7 @@ def dropout_reference(tmp_path_factory):
 DROPOUT = [
     *(o for o in TINY if not o.startswith("backbone.")),
     "backbone=timm",
-    "backbone.name=resnet10t",
+    "backbone.model=resnet10t",
     "+backbone.kwargs.drop_rate=0.5",
     "dataset.channels=3",
     "dataset.image_size=16",

@@ -103,7 +103,7 @@ def make_run(run_dir: Path, head: str, seed: int, dataset: str = "cifar10", **ex
             "seed": seed,
             "head": {"name": head, **extra},
             "dataset": {"name": dataset},
-            "backbone": {"arch": "resnet18"},
+            "backbone": {"name": "resnet18"},
             "optimizer": {"_target_": "torch.optim.SGD"},
             "loss": {"name": "ce"},
             "metrics": {"every_n_epochs": every},
@@ -393,7 +393,7 @@ def test_figure_title_says_mixed_loss_name_and_marks_sparse_tails():
     """Catches a title naming one optimizer for runs that differ, a loss label ignoring loss.name, and no markers on a
     metric logged every 2 of 3 epochs (at 2 and 3: no gap between its points)."""
     scalars = {"train/loss": {1: 1.0, 2: 0.5, 3: 0.25}, "nc/nc1": {2: 1.0, 3: 0.5}}
-    base = {"dataset": {"name": "ufm"}, "backbone": {"arch": "ufm"}, "loss": {"name": "mse"}}
+    base = {"dataset": {"name": "ufm"}, "backbone": {"name": "ufm"}, "loss": {"name": "mse"}}
     runs = {
         "head=learned": [fake_run("a", {**base, "optimizer": {"_target_": "torch.optim.SGD"}}, scalars)],
         "head=nearest_etf": [

@@ -38,8 +38,8 @@ def test_head_in_float32_on_cuda_follows_float64_on_the_cpu(d, K, method):
     device against float64 on the CPU (catches a solver or backward that loses accuracy on cuSOLVER)."""
     g = torch.Generator().manual_seed(0)
     heads = {
-        "cpu": NearestETFHead(K, d, solver={"method": method}).double(),
-        "cuda": NearestETFHead(K, d, solver={"method": method}).cuda(),
+        "cpu": NearestETFHead(K, d, solver={"name": method}).double(),
+        "cuda": NearestETFHead(K, d, solver={"name": method}).cuda(),
     }
     y = torch.arange(4 * K) % K
     for _ in range(2):

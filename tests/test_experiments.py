@@ -48,7 +48,7 @@ def test_every_experiment_file_is_listed_here():
 def test_experiment_composes_to_the_paper_recipe(name, head):
     dataset, arch, K, d, _, lr = EXPERIMENTS[name]
     cfg = make_cfg(f"experiment={name}", f"head={head}")
-    assert (cfg.dataset.name, cfg.backbone.arch, cfg.head.name) == (dataset, arch, head)
+    assert (cfg.dataset.name, cfg.backbone.name, cfg.head.name) == (dataset, arch, head)
     # the authors' presets batch each head as their scripts do (tests/test_stratified_folds.py); the others stratify
     balanced, folds = (False, head == "nearest_etf") if name.endswith("_authors") else (True, False)
     assert (cfg.trainer.max_epochs, cfg.trainer.batch_size) == (200, 256)

@@ -148,7 +148,7 @@ def test_eval_mode_uses_last_solution():
 
 
 def test_riemannian_solver_stats():
-    head = NearestETFHead(4, 16, solver={"method": "riemannian", "max_iters": 30})
+    head = NearestETFHead(4, 16, solver={"name": "riemannian", "max_iters": 30})
     f, y = batch()
     head(f, y)
     stats = head.pop_solver_stats()
@@ -165,7 +165,7 @@ def test_bad_head_inputs():
     with pytest.raises(EtfTrainError, match="basis"):
         create_head("fixed_etf", 3, 8, basis="hadamard")
     with pytest.raises(EtfTrainError, match="solver group applies to head=nearest_etf only; head=learned"):
-        create_head("learned", 3, 8, solver={"method": "riemannian"})
+        create_head("learned", 3, 8, solver={"name": "riemannian"})
     with pytest.raises(EtfTrainError, match="head fixed_etf: unknown option.*bogus"):
         create_head("fixed_etf", 3, 8, bogus=1)
     for bad in (
@@ -174,7 +174,7 @@ def test_bad_head_inputs():
         {"min_rate": 0},
         {"min_rate": 1.5},
         {"delta": -1},
-        {"solver": {"method": "lanczos"}},
+        {"solver": {"name": "lanczos"}},
         {"normalize": "no"},
     ):
         with pytest.raises(EtfTrainError) as info:
@@ -182,16 +182,14 @@ def test_bad_head_inputs():
         assert "\n" not in str(info.value)
     # solver options: max_iters=0 left P at its reference point all run; options a method does not read
     for solver, line in (
-        ({"method": "riemannian", "max_iters": 0}, "head.solver.max_iters must be a positive integer"),
-        ({"method": "riemannian", "max_inner": 0}, "head.solver.max_inner must be a positive integer"),
-        ({"method": "riemannian", "grad_tol": -1.0}, "head.solver.grad_tol must be a finite number > 0"),
-        ({"method": "svd", "max_iters": 30}, "head.solver.max_iters does not apply to solver=svd"),
+        ({"name": "riemannian", "max_iters": 0}, "head.solver.max_iters must be a positive integer"),
+        ({"name": "riemannian", "max_inner": 0}, "head.solver.max_inner must be a positive integer"),
+        ({"name": "riemannian", "grad_tol": -1.0}, "head.solver.grad_tol must be a finite number > 0"),
+        ({"name": "svd", "max_iters": 30}, "head.solver.max_iters does not apply to solver=svd"),
     ):
         with pytest.raises(EtfTrainError, match=line):
             create_head("nearest_etf", 3, 8, solver=solver)
-    create_head(
-        "nearest_etf", 3, 8, solver={"method": "riemannian", "max_iters": 5, "grad_tol": None, "max_inner": None}
-    )
+    create_head("nearest_etf", 3, 8, solver={"name": "riemannian", "max_iters": 5, "grad_tol": None, "max_inner": None})
     # head.seed draws nothing with the identity basis: a head.seed sweep gave identical heads, pooled as replicates
     for name in ("fixed_etf", "nearest_etf"):
         with pytest.raises(EtfTrainError, match="head.seed=7 applies to head.basis=random only"):

@@ -461,6 +461,6 @@ def test_newton_options_are_checked():
     from etf_train import NearestETFHead
 
     with pytest.raises(EtfTrainError, match="head.solver.iters"):
-        NearestETFHead(4, 16, solver={"method": "newton", "iters": 0})
+        NearestETFHead(4, 16, solver={"name": "newton", "iters": 0})
     with pytest.raises(EtfTrainError, match="head.solver.max_iters does not apply to solver=newton"):
-        NearestETFHead(4, 16, solver={"method": "newton", "max_iters": 3})
+        NearestETFHead(4, 16, solver={"name": "newton", "max_iters": 3})

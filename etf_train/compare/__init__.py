@@ -16,7 +16,7 @@ Contract with the trainer (what this module reads; the trainer's tests pin the w
 - A resumed run may hold several event files: they are merged, and for each
   (tag, step) the event with the later wall time wins.
 - Config keys read: `head.name` (learned | fixed_etf | nearest_etf), `seed`, `dataset.name`,
-  for the figure's title and labels `backbone.arch`, `optimizer._target_`, `loss.name`, plus any
+  for the figure's title and labels `backbone.name`, `optimizer._target_`, `loss.name`, plus any
   dotted key named by `--group-by`.
 
 Table notation

@@ -94,11 +94,17 @@ def load_run(run_dir: Path) -> RecordedRun:
         raise EtfTrainError(f"cannot read {config_path}: {str(e).splitlines()[0]}") from e
     if not isinstance(config, DictConfig):
         raise EtfTrainError(f"{config_path} is not a mapping")
-    own, others = own_events(run_dir, OmegaConf.to_container(config, resolve=False))
+    record = rundir.migrate(OmegaConf.to_container(config, resolve=False))
+    own, others = own_events(run_dir, record)
     for events, why in others.items():
         warn(f"{events}: an event file of another run ({why}); left out of the curves of {run_dir}")
     return RecordedRun(
-        run_dir, config, rundir.read_scalars(run_dir, own), rundir.state(run_dir), _head_choice(run_dir), tuple(own)
+        run_dir,
+        OmegaConf.create(record),
+        rundir.read_scalars(run_dir, own),
+        rundir.state(run_dir),
+        _head_choice(run_dir),
+        tuple(own),
     )
 
 

@@ -108,7 +108,7 @@ def headline(groups: dict[str, list[RecordedRun]]) -> str:
     return " · ".join(
         [
             f"{_dataset(runs, False)}{d}",
-            f"backbone {_one(runs, 'backbone.arch')}",
+            f"backbone {_one(runs, 'backbone.name')}",
             _optimiser(runs),
             _epochs(runs),
             f"{n} seed{'s' * (n != '1')} per group",
@@ -120,7 +120,7 @@ def setting(runs: Sequence[RecordedRun]) -> str:
     """One line: `UFM (ufm), K=10, 1,000 train samples · backbone ufm, d=512 · loss ce · AGD (gain 10, depth 2) ·
     schedule none · 200 epochs, batch 256, 4 steps an epoch · seeds 1-3 · etf-train 0.1.0+g1234abc`; `a / b` where runs
     differ."""
-    backbone = f"backbone {_one(runs, 'backbone.arch')}"
+    backbone = f"backbone {_one(runs, 'backbone.name')}"
     if _values(runs, "sizes.feature_dim") != ["-"]:
         backbone += f", d={_one(runs, 'sizes.feature_dim')}"
     epochs = _epochs(runs)

@@ -51,7 +51,7 @@ class NearestETFHead(Head):
     samples') moves that mu_G only by its share n / n_max: mu_eval <- mu_eval + (n / n_max) (mu_G - mu_eval).
     y: hard labels (B,), or soft labels Y (B, K) (a mixed batch): the class sums and counts are label-weighted,
     Y^T h and 1^T Y, so a class mean is the Y-weighted mean of the features (one_hot(y) gives the same bits as y).
-    solver: {"method": svd | gram | riemannian | newton, **options of the method} (configs/solver/).
+    solver: {"name": svd | gram | riemannian | newton, **options of the method} (configs/solver/).
     """
 
     fixed_geometry = True  # a simplex ETF, solved for rather than learned by gradient
@@ -74,8 +74,8 @@ class NearestETFHead(Head):
         check_etf_dims("nearest_etf", num_classes, dim)
         self.delta = opt.number("head.delta", delta, above=0)
         self.min_rate = opt.number("head.min_rate", min_rate, above=0, maximum=1)
-        solver = dict(solver or {"method": "svd"})
-        self.method = opt.choice("solver", solver.pop("method", "svd"), METHODS)
+        solver = dict(solver or {"name": "svd"})
+        self.method = opt.choice("solver", solver.pop("name", "svd"), METHODS)
         self.backward = backward
         self.solver_opts = _solver_options(self.method, solver)
         self.register_buffer("P", reference_point(dim, num_classes, basis, seed))  # (d, K)

@@ -96,7 +96,9 @@ def _options(node: DictConfig, *drop: str) -> dict:
 
 
 def build_model(cfg: DictConfig, num_classes: int, in_shape, num_samples: int) -> Classifier:
-    backbone = create_backbone(**_options(cfg.backbone), in_shape=in_shape, num_samples=num_samples)
+    backbone = create_backbone(
+        cfg.backbone.name, in_shape=in_shape, num_samples=num_samples, **_options(cfg.backbone, "name")
+    )
     # the head's own draws (a learned classifier's init) must not move the global stream: whatever draws from it
     # next (AGD's re-initialisation of every weight, dropout) then draws the same numbers for every head of a seed
     with torch.random.fork_rng(devices=[]):

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams, scalar
 
 from ..errors import first_line, write_failure
-from ..rundir import flatten, read_scalars
+from ..rundir import IDENTITY, flatten, read_scalars
 from ..tags import EPOCH_S, EVAL_ACC, NC1, NC1_LOG10, SOLVER_MS, TEST_ACC, TEST_LOSS, TRAIN_ACC, TRAIN_LOSS, epochs_to
 from ..view import KEY_CARDS
 
@@ -43,10 +43,9 @@ KEY_PARAMS = (
     "loss.name",
     "dataset.name",
     "sizes.num_classes",
-    "backbone.arch",
+    "backbone.name",
     "trainer.max_epochs",
 )
-IDENTITY = ("name", "arch", "_target_")  # a config group's choice, as its node records it
 
 
 # The HParams tab's metric columns: the final values of these scalars, then how soon the run converged.

@@ -127,7 +127,7 @@ class Run(Epochs):
             "head": cfg.head.name,
             "num_classes": self.K,
             "feature_dim": model.head.dim,
-            "backbone": cfg.backbone.arch,
+            "backbone": cfg.backbone.name,
         }
         self.ckpt_path = rundir.checkpoint(self.run_dir)
         self.progress = show_progress(t.progress) and self.world.main
@@ -225,7 +225,7 @@ class Run(Epochs):
             log.info(
                 "%s on %s: K=%d, d=%d, %d train / %d test samples, %d steps an epoch, %s head, device %s, "
                 "%d process(es)",
-                self.cfg.backbone.arch,
+                self.cfg.backbone.name,
                 self.cfg.dataset.name,
                 self.K,
                 self.model.head.dim,
