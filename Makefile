@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-slow bench mutate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_solver.py $(ARGS)
+
+# Mutation testing (docs/mutation.md), not part of `make test` nor of CI: mutmut over the modules in pyproject.toml
+# [tool.mutmut], on a snapshot of HEAD in .mutate/; about an hour on 2 CPU cores. ARGS="NAME ..." re-tests those
+# mutants only, in the last run's .mutate/.
+mutate: $(STAMP)
+	scripts/mutate.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs
