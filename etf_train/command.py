@@ -64,7 +64,7 @@ class Command:
     @property
     def task(self) -> list[str]:
         """The overrides Hydra files as the task's (hydra.overrides.task), sorted: all but Hydra's own, hydra.* keys
-        and group choices such as hydra/launcher=joblib (a joblib sweep run again used to start over)."""
+        and group choices such as hydra/launcher=joblib, so that the same command finds its interrupted run or sweep."""
         if self.parsed is None:
             return sorted(o for o in self.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
         return sorted(o.input_line for o in self.parsed if not o.is_hydra_override())

@@ -2,9 +2,9 @@
 
 omegaconf restores config flags in `finally` blocks; a KeyboardInterrupt raised in the middle of one can leave a
 node half-built, and the clean-up then fails with an unrelated AttributeError that Hydra prints as a traceback
-(seen in tests/test_runfolder.py::test_ctrl_c_during_start_up_is_one_line). So a Ctrl-C that lands inside omegaconf
-is re-checked every RETRY_S and raised as soon as Python has left it. Once training runs, the loop's SignalGuard
-takes SIGINT over and saves a checkpoint first.
+(tests/test_runfolder.py::test_ctrl_c_during_start_up_is_one_line). So a Ctrl-C that lands inside omegaconf is
+re-checked every RETRY_S and raised as soon as Python has left it. Once training runs, the loop's SignalGuard takes
+SIGINT over and saves a checkpoint first.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class Analysis:
         return [*self.intro, "", *compact(self.summaries, self.baseline, self.limits, self.speed, full)]
 
 
-MAX_DPI = 1200  # six panels at 1200 dpi take 0.6 GB to draw; at 100000 drawing ran out of memory
+MAX_DPI = 1200  # drawing memory grows with dpi squared: six panels at 1200 dpi take 0.6 GB
 
 
 def check_options(

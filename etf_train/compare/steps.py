@@ -1,7 +1,7 @@
 """Optimiser steps an epoch (the record's sizes.steps_per_epoch): a warning when compared groups take different
 numbers, and the curves over steps instead of epochs (`etf-compare --x steps`). AGD's step length hardly depends on
 the batch size, so under it an epoch of 4 steps goes further than one of 3: epochs of different step counts are
-not comparable (the authors' nearest-ETF batching against their other heads', issue 26)."""
+not comparable (e.g. the authors' nearest-ETF batching against their other heads')."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class DeviceLoader:
 
 def _seeded(seed: int, call: Callable, *args):
     """call(*args) with torch's CPU RNG seeded by `seed`, the caller's RNG state left as it was. (The CPU generator
-    alone: torch.manual_seed also seeds every CUDA device, ~0.6 ms a call, and fork_rng costs 4x this.)"""
+    alone, as this runs per sample: torch.manual_seed also seeds every CUDA device, fork_rng copies their states.)"""
     state = torch.get_rng_state()
     torch.default_generator.manual_seed(seed)
     try:
@@ -145,9 +145,9 @@ STOP_SIGNALS = tuple(
 
 def ignore_stop_signals(_worker: int) -> None:
     """In a DataLoader worker: leave stop signals to the main process. Slurm's scancel and time limit, and systemd,
-    signal the whole process group: workers that died of SIGTERM first made the main process fail ("DataLoader
-    worker ... killed by signal") before it could save; it saves at its next step boundary and the workers end
-    with it. The signals were blocked since the worker started (StopSafeLoader); one that came meanwhile is dropped."""
+    signal the whole process group, and a worker that dies of SIGTERM fails the main process ("DataLoader worker ...
+    killed by signal") before it can save; it saves at its next step boundary and the workers end with it. The
+    signals are blocked from the worker's start (StopSafeLoader); one that comes meanwhile is dropped."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
@@ -156,7 +156,7 @@ def ignore_stop_signals(_worker: int) -> None:
 class StopSafeLoader(DataLoader):
     """A DataLoader whose workers start with the stop signals blocked, until ignore_stop_signals (their
     worker_init_fn) ignores them: torch's worker kills itself on a SIGTERM from any process but its parent, so a group
-    signal that met an epoch's start, before worker_init_fn ran, killed a worker and the run with it."""
+    signal between an epoch's start and worker_init_fn would kill a worker and the run with it."""
 
     def _get_iterator(self):
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # forked workers inherit this thread's mask

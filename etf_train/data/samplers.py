@@ -148,10 +148,10 @@ class StratifiedFoldsSampler(Sampler[list[int]]):
 
 
 class MergedSingleton(Sampler[list[int]]):
-    """The batches of `batches`, with a last batch of one sample merged into the batch before it: BatchNorm cannot
-    normalise a single sample in training ("Expected more than 1 value per channel"), so N mod B = 1 (e.g.
-    dataset.limit_train=129 at batch 128) crashed every BatchNorm backbone at the end of epoch 1. Every rank of a
-    shard has the same batch sizes, so ranks stay in step. `sampler` is what set_epoch reaches."""
+    """The batches of `batches`, with a last batch of one sample (N mod B = 1, e.g. dataset.limit_train=129 at batch
+    128) merged into the batch before it: BatchNorm cannot normalise a single sample in training ("Expected more than
+    1 value per channel"). Every rank of a shard has the same batch sizes, so ranks stay in step. `sampler` is what
+    set_epoch reaches."""
 
     def __init__(self, batches: Sampler[list[int]]):
         self.batches = batches
