@@ -1,8 +1,8 @@
 """The feature normalisation every head shares, h = tau f / max(||f||, eps), as one autograd node.
 
 F.normalize's autograd graph (norm, clamp, expand, div, then the scale) makes six to eight passes over the (B, d)
-features in its backward; at UFM sizes those memory-bound passes were half of a head's step. This node saves h and
-the per-row scale and makes three: forward h = r f with r = tau / max(||f||, eps), backward (rows with ||f|| > eps)
+features in its backward, memory-bound passes that weigh on a head's step at UFM sizes (docs/benchmarks.md); this
+node saves h and r and makes three: forward h = r f with r = tau / max(||f||, eps), backward (rows with ||f|| > eps)
 
     dL/df = r (g - h (h . g) / tau^2)        (the projection of g off h, scaled by r)
 

@@ -4,7 +4,7 @@ Per batch `update(logits, y)`; under torch.distributed `all_reduce()` once on ev
 Every state is a float64 sum over samples, so the cross-process reduction is one all_reduce per tensor:
   per class [samples, top-1 hits, top-5 hits]                                `counts`, (3, K)
   per confidence bin [samples, sum of top-1 confidences, sum of top-1 hits]   `calibration`, (3, 15)
-Not torchmetrics: these are a few bincounts, while importing torchmetrics costs 1-5 s in every process (the
+Not torchmetrics: these are a few bincounts, while importing torchmetrics takes seconds in every process (the
 trainer's and each DDP test worker's) and its MulticlassCalibrationError keeps every sample's confidence
 (O(N) state, concatenated across ranks) without exposing the bins the reliability diagram needs.
 

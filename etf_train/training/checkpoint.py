@@ -110,7 +110,7 @@ def load_checkpoint(path: Path, meta: dict, given: bool = False) -> dict:
 
 
 def _check_crc(path: Path, given: bool) -> None:
-    """torch.load reads a checkpoint's zip without checking its CRCs, so flipped bits in a weight loaded unseen."""
+    """torch.load reads a checkpoint's zip without checking its CRCs, so flipped bits in a weight would load unseen."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()

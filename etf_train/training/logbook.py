@@ -105,9 +105,9 @@ class Logbook:
             _, _, self.ended = hparams({}, {})
 
     def scalars(self, epoch: int, values: dict[str, float]) -> None:
-        """One event per epoch holding every scalar (as TensorBoard reads any summary with several values): a third
-        of the cost of an event per tag, which was a UFM epoch's largest cost after the NC metrics; flushed, so a
-        crash loses no finished epoch."""
+        """One event per epoch holding every scalar (as TensorBoard reads any summary with several values): one
+        record to serialise and write, not one per tag (docs/benchmarks.md); flushed, so a crash loses no finished
+        epoch."""
         values = dict(values)
         if values.get(NC1, 0) > 0:
             values[NC1_LOG10] = math.log10(values[NC1])
