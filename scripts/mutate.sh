@@ -37,6 +37,8 @@ cd "$dir"
 # that the editable install points at. The run itself drops "." (this folder) from its own path and puts mutants/
 # first, so in-process the tests import the mutated copy (mutmut's forced-fail check proves it before the run).
 export PYTHONPATH=$dir
+# and it is not a git checkout: git must not find this repository above it (rundir.code_version, its tests)
+export GIT_CEILING_DIRECTORIES=$root
 start=$(date +%s)
 "$bin/mutmut" run --max-children "$children" "$@"
 end=$(date +%s)
