@@ -213,9 +213,7 @@ def _main(cfg: DictConfig) -> float | None:
         OmegaConf.resolve(cfg)  # e.g. dataset.root: ${oc.env:CIFAR10_JPG,...} -> the path the trainer is handed
         job_num = hc.job.num if multirun else 0  # hydra.job.num exists in multiruns only
         device = job_device(str(cfg.trainer.device), multirun, job_num, torch.cuda.device_count())
-        if device != cfg.trainer.device:
-            cfg.trainer.device = device
-            torch.cuda.set_device(torch.device(device))  # for code that allocates on the current device
+        cfg.trainer.device = device
         record = (list(hc.overrides.task), OmegaConf.to_container(hc, resolve=False))
         scalars = train(cfg, run_dir, record)
         if not multirun:  # the folder beside other runs to compare with (a sweep names its own at the end)
@@ -282,13 +280,21 @@ def prepare(cmd: Command, cwd: Path) -> tuple[Command, Path | None]:
     return cmd, Path(sweep_dir) if named else None
 
 
-def main() -> None:
-    # OpenMP threads that sleep while they wait instead of spinning, read when torch loads (later, in _main): with
-    # torch's spinning default a busy neighbour on a small machine made every step 10-20x slower
-    # (docs/benchmarks.md, "The thread cliff"); export OMP_WAIT_POLICY=ACTIVE to choose otherwise.
+def set_process_env(cmd: Command) -> None:
+    """Environment read once per process, so set before torch loads (later, in _main). OpenMP threads that sleep
+    while they wait instead of spinning: with torch's spinning default a busy neighbour on a small machine slows every
+    step many times over (docs/benchmarks.md, "The thread cliff"); export OMP_WAIT_POLICY=ACTIVE to choose otherwise.
+    cuBLAS's fixed workspace, which deterministic cuBLAS needs, must precede the process's first cuBLAS call, and in
+    a sweep an earlier job makes that call."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "true" in cmd.value("trainer.deterministic", "").lower():  # true, or a sweep over true and false
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as seed_everything sets it
+
+
+def main() -> None:
     interrupt.install()
     cmd = Command(tuple(sys.argv[1:]))
+    set_process_env(cmd)
     if "--version" in cmd.args or "-V" in cmd.args:  # etf-train's own version; Hydra's --version would print Hydra's
         print(f"etf-train {version()}")
         return

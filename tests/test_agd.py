@@ -77,6 +77,27 @@ def test_one_step_matches_an_independent_derivation(depth):
         torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-14)
 
 
+def test_a_new_gain_and_a_parameter_without_gradient_change_the_next_step():
+    """The per-position coefficients are kept on the device between steps: a scheduler's new gain, or a tensor that
+    takes no step (no gradient), must reach the next update (a stale copy would step with the old ones)."""
+    model = _tiny_model()
+    optimizer = AGD(model.parameters(), gain=3.0)
+    _backward(model)
+    optimizer.step()
+    for gain, frozen in ((7.0, None), (7.0, 1)):
+        optimizer.param_groups[0]["lr"] = gain  # the gain sits in lr's slot
+        _backward(model, seed=2)
+        params = list(model.parameters())
+        if frozen is not None:
+            params[frozen].grad = None
+        stepped = [p for p in params if p.grad is not None]
+        weights = [p.detach().clone() for p in stepped]
+        expected, _ = _reference_step(weights, [p.grad.clone() for p in stepped], gain, 3)
+        optimizer.step()
+        for p, e in zip(stepped, expected):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-12, atol=1e-14)
+
+
 def test_init_is_orthogonal_with_the_agd_scale():
     """Catches a missing init, a wrong scale, the conv orthogonalised as one flattened matrix, or the UFM table
     transposed."""

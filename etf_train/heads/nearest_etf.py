@@ -117,10 +117,10 @@ class NearestETFHead(Head):
             total = counts.sum()
             mu_G = sums.sum(0) / total  # (d,) batch global mean
             means = self._running_means(sums, counts, total)  # (K, d)
-            P = self._solve(means)  # (d, K)
+            P, finite = self._solve(means)  # (d, K), () bool
             W = centre(P.T, math.sqrt(self.num_classes / (self.num_classes - 1)))  # (K, d), simplex_etf(P)
             logits = h @ W.T - W @ mu_G
-        self._remember(means, P, mu_G, total)
+        self._remember(means, P, mu_G, total, finite)
         return logits
 
     def _working_precision(self, h):
@@ -136,8 +136,8 @@ class NearestETFHead(Head):
         return torch.addmm(self.means.T * keep, C, sums)
 
     def _solve(self, means):
-        """P: the Stiefel point of the simplex ETF nearest to H = m / ||m||_F, from the previous P; timed for
-        solver/ms.  (K, d) -> (d, K)"""
+        """P: the Stiefel point of the simplex ETF nearest to H = m / ||m||_F, from the previous P, and whether H and P
+        are finite; timed for solver/ms.  (K, d) -> (d, K), () bool"""
         H = (means / means.norm().clamp_min(1e-12)).T  # (d, K)
         start = _Timer(means.device)
         P, info = nearest_etf(
@@ -152,17 +152,24 @@ class NearestETFHead(Head):
         )
         self._checked = True  # the reference point is validated once; later P come from the solver
         self._stats.append((start.stop(), info))
-        return P
+        return P, info.finite
 
     @torch.no_grad()
-    def _remember(self, means, P, mu_G, total):
+    def _remember(self, means, P, mu_G, total, finite):
         """What the next step and eval mode start from: the running means, P, and the batch mean mu_G for the
-        eval-mode bias (weighted by the batch's share of the largest batch seen)."""
-        self.means.copy_(means.T)
-        self.P.copy_(P)
-        self.global_count.copy_(torch.maximum(self.global_count, total))
-        self.global_mean.add_((mu_G - self.global_mean) * (total / self.global_count))  # = mu_G for a full batch
-        self.step += 1
+        eval-mode bias (weighted by the batch's share of the largest batch seen). A step whose solve is not finite
+        leaves every buffer as it was, decided on the device; its loss is not finite either, and the trainer skips
+        the step or stops (trainer.nonfinite)."""
+        count = torch.maximum(self.global_count, total)
+        new = {
+            self.means: means.T,
+            self.P: P,
+            self.global_mean: self.global_mean + (mu_G - self.global_mean) * (total / count),  # mu_G for a full batch
+            self.global_count: count,
+            self.step: self.step + 1,
+        }
+        for buffer, value in new.items():
+            buffer.copy_(torch.where(finite, value, buffer))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints from before global_count: 0, so the next batch sets the mean as it did then
@@ -217,15 +224,16 @@ class _Timer:
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        if self.cuda:
+        if self.cuda:  # on the stream of the tensors' device, whichever device is current
+            self.stream = torch.cuda.current_stream(device)
             self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self.begin.record()
+            self.begin.record(self.stream)
         else:
             self.begin = time.perf_counter()
 
     def stop(self) -> _Timer:
         if self.cuda:
-            self.end.record()
+            self.end.record(self.stream)
         else:
             self.end = time.perf_counter()
         return self

@@ -22,6 +22,7 @@ equality-constrained implicit differentiation of Gould et al., dense, slow, a cr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import torch
@@ -47,7 +48,9 @@ def _solve(H, prev, delta, method, opts):
     A = procrustes_target(H, prev, delta)
     if method == "riemannian":
         init = opts.pop("init", None)
-        P, info = riemannian_trust_region(A, prev if init is None else init.to(A), **opts)
+        # on a GPU the stopping tests stay on the device: reading them would wait for it at every iteration
+        early_exit = A.device.type == "cpu"
+        P, info = riemannian_trust_region(A, prev if init is None else init.to(A), early_exit=early_exit, **opts)
         return P, A, None, info
     if method == "newton":
         return polar_newton(A, **opts), A, None, SolveInfo()
@@ -144,7 +147,7 @@ def nearest_etf(
     in H's dtype and device; half precision inputs are solved in float32, autocast is disabled inside.
     ``method``: svd | gram | riemannian (solver_opts: max_iters, grad_tol, max_inner, init) | newton (iters);
     ``backward``: polar | ddn | none.  ``check`` validates prev and H (costs a host sync).
-    With ``return_info`` returns (P, SolveInfo).
+    With ``return_info`` returns (P, SolveInfo), whose ``finite`` flags a non-finite H or P on the device.
     """
     _validate(H, prev, delta, method, backward, check)
     out_dtype = H.dtype
@@ -163,4 +166,6 @@ def nearest_etf(
         else:
             P = _NearestETFNode.apply(Hw, pw, (delta, method, backward, solver_opts, info_out))
     P = _cast(P, out_dtype)
-    return (P, info_out[0]) if return_info else P
+    if not return_info:
+        return P
+    return P, dataclasses.replace(info_out[0], finite=torch.isfinite(H).all() & torch.isfinite(P).all())

@@ -109,6 +109,7 @@ class AGD(torch.optim.Optimizer):
             if dist.is_available() and dist.is_initialized():
                 dist.broadcast(p.data, src=0)
         self.last_eta: torch.Tensor | None = None
+        self._coef: tuple[tuple, torch.Tensor] | None = None
         self._eta_sum: float | torch.Tensor = 0.0
         self._eta_count = 0
 
@@ -127,19 +128,30 @@ class AGD(torch.optim.Optimizer):
         stepped = [(group["lr"], p) for group in self.param_groups for p in group["params"] if p.grad is not None]
         if not stepped:
             return loss
-        grads = [_matrices(p.grad) for _, p in stepped]  # (d_out, d_in, P) each
+        params = [p for _, p in stepped]
+        grads = [_matrices(p.grad) for p in params]  # (d_out, d_in, P) each
         norms = [torch.linalg.vector_norm(g, dim=(0, 1)) for g in grads]  # (P,) per kernel position
-        scales = [agd_scale(p.shape) for _, p in stepped]
+        scales = [agd_scale(p.shape) for p in params]
         G = sum(s * n.sum() for s, n in zip(scales, norms)) / self.depth
         eta = torch.log((1 + torch.sqrt(1 + 4 * G)) / 2)
-        for (gain, p), g, n, s in zip(stepped, grads, norms, scales):
-            # gain (eta/L) s / n per kernel position; a zero gradient slice gets 0, not 0/0.
-            factor = torch.where(n > 0, (gain * s / self.depth) * eta / n, 0.0)  # (P,)
-            p.sub_((g * factor).reshape(p.shape))
+        # gain (eta/L) s / n at every kernel position of every tensor at once; a zero gradient slice gets 0, not 0/0
+        n = torch.cat(norms)  # (sum P,)
+        coef = self._coefficients(tuple(gain * s / self.depth for (gain, _), s in zip(stepped, scales)), norms)
+        factors = torch.where(n > 0, coef * eta / n, 0.0).split([len(m) for m in norms])  # (P,) each
+        torch._foreach_sub_(params, [(g * f).reshape(p.shape) for g, f, p in zip(grads, factors, params)])
         self.last_eta = eta
         self._eta_sum = self._eta_sum + eta
         self._eta_count += 1
         return loss
+
+    def _coefficients(self, per_tensor: tuple[float, ...], norms: list[torch.Tensor]) -> torch.Tensor:
+        """gain s / L repeated over each tensor's kernel positions, (sum P,) on the device; copied there only when
+        it changes (a scheduler's new gain), not at every step."""
+        key = tuple((c, len(m)) for c, m in zip(per_tensor, norms))
+        if self._coef is None or self._coef[0] != key:
+            values = [c for c, P in key for _ in range(P)]
+            self._coef = (key, torch.tensor(values, dtype=norms[0].dtype).to(norms[0].device))
+        return self._coef[1]
 
     def pop_eta(self) -> float | None:
         """Mean eta over the steps since the last call (None if none); resets the running mean."""

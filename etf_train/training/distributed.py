@@ -104,7 +104,10 @@ def setup_distributed(device_spec: str) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK) and pick this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist(), resolve_device(device_spec)
+        device = resolve_device(device_spec)
+        if device.type == "cuda":  # cuda:N for whatever allocates or records on "the current device" (events, streams)
+            torch.cuda.set_device(device)
+        return Dist(), device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_spec != "cpu"
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
