@@ -29,8 +29,8 @@ SOLVER_OPTIONS = {
 
 
 def _solver_options(method: str, given: Mapping) -> dict:
-    """head.solver's options for `method`, checked: max_iters=0 left the ETF at its reference point for a whole run
-    (and the polar backward then differentiated a point that solves nothing)."""
+    """head.solver's options for `method`, checked (max_iters=0 would keep P at its reference point, and the polar
+    backward would differentiate a point that solves nothing); an option the method does not read is refused."""
     known = SOLVER_OPTIONS.get(method, {})
     for key, value in given.items():
         if key not in known and value is not None:
