@@ -19,8 +19,8 @@ run: $(STAMP)
 # The linter and the formatter's check (pyproject.toml [tool.ruff]), then the default test suite (pytest exit 5,
 # "no tests collected", is not a failure).
 test: $(STAMP)
-	$(BIN)/ruff check etf_train tests scripts
-	$(BIN)/ruff format --check etf_train tests scripts
+	$(BIN)/ruff check etf_train hydra_plugins tests scripts
+	$(BIN)/ruff format --check etf_train hydra_plugins tests scripts
 	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 test-slow: $(STAMP)

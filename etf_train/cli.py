@@ -23,7 +23,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import interrupt, rundir, search, sweepdir
+from . import interrupt, parallel, rundir, search, sweepdir
 from .command import Command
 from .errors import FULL_MB, EtfTrainError, free_mb, one_line
 from .runlock import RunLock
@@ -272,12 +272,20 @@ def prepare(cmd: Command, cwd: Path) -> tuple[Command, Path | None]:
     named = sweep_dir is not None and "${" not in sweep_dir
     if named and "hydra.sweep.dir" not in cmd.given:
         cmd = cmd.with_override(f"hydra.sweep.dir={sweep_dir}")
+    for override in parallel.default_launcher(cmd, cuda_available):
+        cmd = cmd.with_override(override)
     if DIRNAME_EXCLUDES not in cmd.given:
         always = OmegaConf.select(OmegaConf.load(config_dir() / "config.yaml"), DIRNAME_EXCLUDES, default=[])
         excludes = swept_dirname_excludes(cmd, always)
         if excludes:
             cmd = cmd.with_override(f"{DIRNAME_EXCLUDES}=[{','.join(repr(k) for k in excludes)}]")
     return cmd, Path(sweep_dir) if named else None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def set_process_env(cmd: Command) -> None:

@@ -16,6 +16,11 @@ from pathlib import Path
 from types import FrameType
 
 RETRY_S = 0.02
+# The signals that stop a run with a checkpoint: Ctrl-C, kill and Slurm's scancel/time limit (SIGTERM), a closed
+# terminal (SIGHUP), Slurm's and submitit's pre-emption notices (SIGUSR1, SIGUSR2).
+STOP_SIGNALS = tuple(
+    getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n)
+)
 _HELD_IN = ("omegaconf",)  # top-level packages a KeyboardInterrupt must not be raised in
 
 

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).parents[1] / "etf_train"
 LAYERS = [
     {"command", "errors", "tags"},
     {"interrupt", "options", "registry", "rundir", "search", "sweepdir", "view"},
-    {"etf", "metrics", "runlock", "sphere"},
+    {"etf", "metrics", "parallel", "runlock", "sphere"},
     {"solver"},
     {"heads", "backbones", "data", "losses"},
     {"training"},

@@ -32,3 +32,6 @@ def test_wheel_carries_every_config(tmp_path):
     expected = {f"etf_train/configs/{p.relative_to(ROOT / 'configs')}" for p in (ROOT / "configs").rglob("*.yaml")}
     assert expected and expected <= names
     assert "etf_train/cli.py" in names  # cli.config_dir() finds etf_train/configs beside it once installed
+    # the default CPU sweep launcher; Hydra finds plugins only in the hydra_plugins namespace package (no __init__.py)
+    assert "hydra_plugins/etf_train_launcher/parallel_launcher.py" in names
+    assert "hydra_plugins/__init__.py" not in names

@@ -161,7 +161,8 @@ def test_a_signal_to_the_process_group_or_a_hangup_saves_too(tmp_path, sig, grou
 def test_dataloader_workers_start_with_stop_signals_blocked(tmp_path):
     """torch's DataLoader worker kills itself on a SIGTERM from any process but its parent: a group signal that met
     an epoch's start, before worker_init_fn ignored it, killed a worker and then the run (seen under torchrun)."""
-    from etf_train.data.loaders import STOP_SIGNALS, StopSafeLoader
+    from etf_train.data.loaders import StopSafeLoader
+    from etf_train.interrupt import STOP_SIGNALS
 
     mask = tmp_path / "mask"
 

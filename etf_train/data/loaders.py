@@ -22,6 +22,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from .. import options as opt
 from ..errors import EtfTrainError
+from ..interrupt import STOP_SIGNALS
 from .mix import NO_MIX, Mix, NoMix
 from .registry import DataBundle
 from .samplers import (
@@ -136,11 +137,6 @@ class _SeededCollate:
 
     def __call__(self, samples: list):
         return _seeded(epoch_seed(samples[0][1], -1), self.collate, [sample for sample, _ in samples])
-
-
-STOP_SIGNALS = tuple(
-    getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGUSR2") if hasattr(signal, n)
-)
 
 
 def ignore_stop_signals(_worker: int) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import EtfTrainError, first_line, write_failure
-from ..interrupt import startup_sigint
+from ..interrupt import STOP_SIGNALS, startup_sigint
 
 
 def rng_state() -> dict:
@@ -156,9 +156,7 @@ class SignalGuard:
     (e.g. submitit's requeue handler), so cluster tools keep working.
     """
 
-    SIGNALS = tuple(
-        getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP") if hasattr(signal, name)
-    )
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.received: int | None = None

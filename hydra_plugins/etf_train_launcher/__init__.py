@@ -1,0 +1,1 @@
+"""etf-train's Hydra launcher: hydra/launcher=parallel (configs/hydra/launcher/parallel.yaml)."""
