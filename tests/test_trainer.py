@@ -433,3 +433,25 @@ def test_cudnn_benchmark_and_tf32_are_options_that_default_to_torchs_own(tmp_pat
     finally:  # the flags are the process's: the other tests get torch's
         for (owner, name), value in zip(flags, before):
             setattr(owner, name, value)
+
+
+@pytest.mark.parametrize("label_noise", [0.0, 0.25])
+def test_ufm_takes_its_test_and_nc_metrics_from_one_pass(tmp_path, monkeypatch, label_noise):
+    """UFM's test split is its train set: without label noise one evaluation pass gives both, with the numbers the
+    two passes give (recomputed here on the same end-of-epoch model); with noise the labels differ, so two passes."""
+    from etf_train.training import SignalGuard, epoch
+    from etf_train.training.evaluate import evaluate, evaluate_train_set
+
+    calls = []
+    monkeypatch.setattr(epoch, "evaluate_train_set", lambda *a, **k: calls.append(1) or evaluate_train_set(*a, **k))
+    run = Run(make_cfg(*TINY_UFM, "head=nearest_etf", f"dataset.label_noise={label_noise}"), tmp_path)
+    scalars = run.run_epoch(1, SignalGuard(), None, None)
+    run.folder.end()
+    assert len(calls) == (label_noise > 0)
+    args = (run.model, run.eval_train_loader, run.device, run.autocast)
+    separate = evaluate_train_set(*args, run.K, run.world, run.bundle.noisy)
+    separate |= evaluate(run.model, run.test_loader, run.device, run.autocast, run.world, run.K)[0]
+    assert {"nc/nc1", "nc/nc4", "train/eval_acc", "test/acc", "test/loss", "test/ece"} <= separate.keys()
+    assert not any(k.startswith("nc_test/") for k in scalars)
+    for key, value in separate.items():
+        assert scalars[key] == value or (math.isnan(value) and math.isnan(scalars[key])), key

@@ -70,6 +70,12 @@ class DataBundle:
     held_out: bool = True  # False: the test split is the train samples themselves (UFM)
     files: str | None = None  # image folders: which files the splits hold (Splits.files); None: fixed by the config
 
+    @property
+    def test_is_eval_train(self) -> bool:
+        """The test split is eval_train itself, sample for sample and label for label (UFM without label noise or a
+        test limit): one evaluation pass serves both."""
+        return not self.held_out and self.noisy is None and len(self.test) == len(self.eval_train)
+
     def sizes(self) -> dict[str, int]:
         """K and the sample counts of the splits as served (after limits and the long tail): for reports."""
         return {"num_classes": self.num_classes, "train_samples": len(self.train), "test_samples": len(self.test)}

@@ -13,7 +13,7 @@ from ..data import set_epoch
 from ..errors import NonFiniteError
 from ..losses import hard_labels
 from .checkpoint import Preempted, SignalGuard, set_rng_state
-from .evaluate import evaluate, evaluate_train_set, to_device
+from .evaluate import as_train_set, evaluate, evaluate_train_set, to_device
 from .factories import optimizer_scalars
 from .tally import EpochTally, all_finite
 
@@ -125,22 +125,23 @@ class Epochs:
         scalars.update(self.train_epoch(epoch, guard, partial, rng))
         last = epoch == self.t.max_epochs
         metrics_epoch = epoch % self.cfg.metrics.every_n_epochs == 0 or last
+        shared = metrics_epoch and self.bundle.test_is_eval_train  # UFM: one pass, the test and the NC metrics
         # The bare model: ranks' test shards may differ in batch count; DDP's forward would wait on a collective.
         # NC metrics of a test split that is the train set itself (UFM) would repeat nc/* as nc_test/*
         test, self.calibration = evaluate(
             self.model,
-            self.test_loader,
+            self.eval_train_loader if shared else self.test_loader,
             self.device,
             self.autocast,
             self.world,
             self.K,
-            nc=metrics_epoch and self.bundle.held_out,
+            nc=metrics_epoch and (self.bundle.held_out or shared),
             class_names=self.bundle.class_names,
             class_counts=self.class_counts,
             per_class=self.K <= 100 or last,
         )
-        scalars.update(test)
-        if metrics_epoch:
+        scalars.update(as_train_set(test) if shared else test)
+        if metrics_epoch and not shared:
             noisy = None if self.bundle.noisy is None else self.bundle.noisy[self.world.rank :: self.world.world_size]
             scalars.update(
                 evaluate_train_set(

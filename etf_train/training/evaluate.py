@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .. import tags
 from ..data import noisy_fit
 from ..metrics import ClassificationAccumulator, NCAccumulator
+from ..metrics.nc import METRIC_KEYS
 from .distributed import Dist
 
 # Budget for caching a split's features between the two NC passes instead of running the backbone twice.
@@ -125,3 +126,13 @@ def evaluate_train_set(model, loader, device, autocast, num_classes, world: Dist
     if noisy is not None:
         out[tags.NOISY_FIT] = n_fit / max(n_noisy, 1)
     return out
+
+
+def as_train_set(test: dict[str, float]) -> dict[str, float]:
+    """evaluate()'s scalars of a test split that is the train set itself (DataBundle.test_is_eval_train), with what
+    evaluate_train_set would give from the same pass: nc_test/* as nc/*, and test/acc as train/eval_acc."""
+    nc_test = {tags.nc_test(k): k for k in METRIC_KEYS}
+    out = {k: v for k, v in test.items() if k not in nc_test}
+    return (
+        out | {tags.nc(nc_test[k]): v for k, v in test.items() if k in nc_test} | {tags.EVAL_ACC: test[tags.TEST_ACC]}
+    )
