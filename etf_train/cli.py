@@ -51,6 +51,7 @@ UID = secrets.token_hex(2)
 OmegaConf.register_new_resolver("etf_uid", lambda: UID, replace=True)
 OmegaConf.register_new_resolver("etf_round", lambda name: search.round_dirname(str(name)), replace=True)
 OmegaConf.register_new_resolver("etf_eq", lambda a, b: a == b, replace=True)  # e.g. a setting that follows head.name
+OmegaConf.register_new_resolver("etf_le", lambda a, b: float(a) <= float(b), replace=True)  # e.g. the resnet stem
 
 
 class JobFailed(CompactHydraException):

@@ -267,7 +267,7 @@ def test_every_registered_backbone_has_a_config():
 def test_config_composes_lists_every_default_and_builds(config_name):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg = compose(overrides=[f"+backbone={config_name}"])
-    options = OmegaConf.to_container(cfg.backbone)
+    options = OmegaConf.to_container(cfg.backbone, resolve=True)
     arch = options.pop("name")
     assert arch == config_name
     defaults = {
