@@ -54,7 +54,7 @@ def interrupt_mid_epoch(proc, sig, epoch=2, group=False):
     time limit do) once the progress bar shows `epoch` between 5 % and 50 % done; returns stderr. The bar lags the
     steps: sent at 90 %, a signal reached the last epoch's evaluation now and then, where the run finishes."""
     seen, sent = [], threading.Event()
-    pattern = re.compile(rf"epoch {epoch}/\d+:\s+(\d+)%")
+    pattern = re.compile(rf"epoch {epoch}/\d+[^:]*:\s+(\d+)%")  # "epoch 2/3 ETA 1.2s:  40%"
 
     def read():
         buf = ""

@@ -60,7 +60,7 @@ class Epochs:
         )  # a host sync per check on GPUs
         bar = tqdm(
             self.train_loader,
-            desc=f"epoch {epoch}/{self.t.max_epochs}",
+            desc=" ".join(filter(None, (f"epoch {epoch}/{self.t.max_epochs}", self.eta.text()))),
             leave=False,
             disable=not self.progress,
             dynamic_ncols=True,
@@ -72,6 +72,7 @@ class Epochs:
                 continue
             x, y = to_device(batch, self.device)
             out = self._step(epoch, step, x, y)
+            self.eta.stepped(len(self.train_loader))
             if out is None:
                 tally.skipped += 1
             else:

@@ -25,6 +25,7 @@ from ..errors import EtfTrainError, NonFiniteError, as_etf_error
 from ..heads import heads_with
 from ..losses import build_loss
 from ..metrics import reliability_diagram
+from .announce import Eta, sources, start_block
 from .checkpoint import Preempted, SignalGuard, rng_state, save_checkpoint
 from .distributed import StopVote, agreed, setup_distributed, shared_run_dir
 from .epoch import Epochs
@@ -131,6 +132,7 @@ class Run(Epochs):
         }
         self.ckpt_path = rundir.checkpoint(self.run_dir)
         self.progress = show_progress(t.progress) and self.world.main
+        self.eta = Eta(t.max_epochs, cpu=self.device.type == "cpu")
         self.stop_vote = StopVote(self.world)
         self.saved_at = time.monotonic()
         self.class_counts = self.bundle.shot_counts(cfg.dataset.imbalance_ratio)
@@ -222,20 +224,16 @@ class Run(Epochs):
         book = Logbook(self.run_dir, self.config, completed + 1, self.record) if self.world.main else None
         if self.world.main:
             log.info("run folder: %s  (tensorboard --logdir %s)", self.run_dir.resolve(), self.run_dir)
-            log.info(
-                "%s on %s: K=%d, d=%d, %d train / %d test samples, %d steps an epoch, %s head, device %s, "
-                "%d process(es)",
-                self.cfg.backbone.name,
-                self.cfg.dataset.name,
-                self.K,
-                self.model.head.dim,
-                len(self.bundle.train),
-                len(self.bundle.test),
-                len(self.train_loader),
-                self.cfg.head.name,
-                self.device,
-                self.world.world_size,
+            block = start_block(
+                self.config,
+                sources(self.record, self.config),
+                d=self.model.head.dim,
+                steps=len(self.train_loader),
+                device=self.device,
+                processes=self.world.world_size,
             )
+            log.info("the run (in [ ]: where a setting came from, if not etf-train's defaults):\n%s", "\n".join(block))
+        self.eta.begin(completed + 1)
         scalars: dict[str, float] = {}
         finished = False
         try:
@@ -247,8 +245,9 @@ class Run(Epochs):
                         book.scalars(epoch, scalars)
                     if self._checkpoint_due(epoch):
                         self.save(epoch)
+                    self.eta.update(epoch)
                     if self.world.main:
-                        log.info("epoch %d/%d  %s", epoch, self.t.max_epochs, summary(scalars))
+                        log.info("epoch %d/%d  %s  %s", epoch, self.t.max_epochs, summary(scalars), self.eta.text())
                     # a signal during the evaluation or NC pass: stop at this epoch's end, not a step into the next
                     stop = self.stop_vote(guard.received is not None) | self.stop_vote.settle()  # every rank votes
                     if stop and epoch < self.t.max_epochs:
