@@ -1,0 +1,177 @@
+"""Checkpoint files, stop signals, the failure marker and AGD's saved state, in-process (issue 30, item 3): the
+signal and full-disk paths are otherwise held only by subprocess tests, which a mutation run cannot attribute to
+the functions they reach. Each test's comment names the mutants it kills."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from etf_train import rundir
+from etf_train.errors import EtfTrainError
+from etf_train.training.agd import AGD
+from etf_train.training.checkpoint import Preempted, SignalGuard, load_checkpoint, save_checkpoint
+
+# ----------------------------------------------------------------------------- the stop signals
+
+
+def test_the_first_stop_signal_is_said_once_on_stderr_and_recorded(capfd):
+    """Kills mutants of `received is None` (said on every signal, or never), of the message (None, dropped, text
+    changed, printed to stdout) and of the flag it sets."""
+    with SignalGuard() as guard:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert guard.received == signal.SIGUSR2
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err == "etf-train: SIGUSR1 received: saving at the next step or epoch boundary, then stopping\n"
+
+
+def test_chain_hands_the_signal_to_the_handler_installed_before():
+    """Kills mutants that look up another handler (None, the wrong key), skip calling it, call it for the default
+    handlers instead, or call it with other arguments; the handler is restored first (chain's __exit__)."""
+    calls = []
+
+    def before(signum, frame):
+        calls.append((signum, frame, signal.getsignal(signal.SIGTERM) is before))
+
+    previous = signal.signal(signal.SIGTERM, before)
+    try:
+        guard = SignalGuard().__enter__()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == []  # the guard only records it
+        guard.chain()
+        assert calls == [(signal.SIGTERM, None, True)]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_chain_does_not_raise_keyboard_interrupt_for_python_s_own_sigint_handler():
+    """Kills the mutant `handler in (default_int_handler, ...)`, which calls Python's handler: a KeyboardInterrupt
+    after the checkpoint was written."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        guard = SignalGuard().__enter__()
+        os.kill(os.getpid(), signal.SIGINT)
+        guard.chain()  # no KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_preempted_names_the_signal_and_where():
+    """Kills the mutant that gives the exception no message."""
+    e = Preempted(signal.SIGTERM, 3, 7)
+    assert str(e) == "SIGTERM at epoch 3, step 7" and e.signum == signal.SIGTERM
+
+
+# ----------------------------------------------------------------------------- checkpoint files
+
+
+META = {"head": "learned", "num_classes": 4}
+
+
+def test_a_damaged_checkpoint_s_advice_depends_on_whose_file_it_is(tmp_path):
+    """Kills mutants of _unreadable's advice: `given` ignored, either advice's text changed."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(EtfTrainError) as own:
+        load_checkpoint(path, META)
+    with pytest.raises(EtfTrainError) as given:
+        load_checkpoint(path, META, given=True)
+    assert str(own.value).startswith(f"cannot read checkpoint {path} (")
+    assert str(own.value).endswith("); this run's own checkpoint is damaged: start the run again in a new folder")
+    assert str(given.value).endswith("); point trainer.resume at a run's checkpoints/last.pt")
+
+
+def test_a_flipped_bit_fails_the_crc_check(tmp_path):
+    """A weight's bytes changed after writing: the zip's CRC names the damaged entry."""
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"meta": META, "config": {}, "w": torch.arange(64.0)})
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith("/data/0"))
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len + 5] ^= 0xFF  # a byte of the stored tensor (uncompressed)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(EtfTrainError, match=f"{info.filename} fails its CRC check: the file is damaged"):
+        load_checkpoint(path, META)
+
+
+def test_save_writes_atomically_and_loads_back(tmp_path):
+    """The file appears under its name only, no temporary left; a nested folder is created."""
+    path = tmp_path / "a" / "b" / "last.pt"
+    save_checkpoint(path, {"meta": META, "config": {"seed": 1}, "x": torch.ones(3)})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+    state = load_checkpoint(path, META)
+    assert torch.equal(state["x"], torch.ones(3)) and state["config"] == {"seed": 1}
+
+
+# ----------------------------------------------------------------------------- the failure marker
+
+
+def test_mark_failed_creates_the_folders_it_needs_and_writes_the_reason(tmp_path):
+    """Kills the mkdir mutants (parents False/None/dropped: the run folder itself is missing; exist_ok False/None/
+    dropped: checkpoints/ exists already) and the marker text's mutants (the reason plus one newline)."""
+    fresh = tmp_path / "never" / "made"
+    rundir.mark_failed(fresh, "diverged at epoch 1, step 2")
+    assert (fresh / "checkpoints" / "failed").read_text() == "diverged at epoch 1, step 2\n"
+    existing = tmp_path / "run"
+    (existing / "checkpoints").mkdir(parents=True)
+    rundir.mark_failed(existing, "out of memory")
+    assert (existing / "checkpoints" / "failed").read_text() == "out of memory\n"
+
+
+def test_a_marker_that_cannot_be_written_is_removed_not_left_empty(tmp_path, monkeypatch):
+    """Kills the except branch's mutants: `run * FAILED` (a TypeError), missing_ok False/None (a write that failed
+    before creating the file then raises FileNotFoundError from a best-effort call)."""
+    run = tmp_path / "run"
+
+    def full_disk_after_creating(self, text):
+        self.touch()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk_after_creating)
+    rundir.mark_failed(run, "x")
+    assert not (run / "checkpoints" / "failed").exists()
+
+    def full_disk(self, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    rundir.mark_failed(tmp_path / "other", "x")  # nothing raised
+    assert not (tmp_path / "other" / "checkpoints" / "failed").exists()
+
+
+# ----------------------------------------------------------------------------- AGD's saved state
+
+
+def test_agd_loads_an_old_state_without_the_running_eta_as_an_empty_mean():
+    """Kills load_state_dict's default mutants: (1.0, 0), (0.0, 1), None and no default."""
+    w = torch.nn.Parameter(torch.ones(3, 2))
+    opt = AGD([w])
+    old = opt.state_dict()
+    old.pop("eta_running")
+    opt._eta_sum, opt._eta_count = 5.0, 2
+    opt.load_state_dict(old)
+    assert opt.pop_eta() is None  # no steps since: no mean
+    w.grad = torch.ones(3, 2)
+    opt.step()
+    assert opt.pop_eta() == pytest.approx(float(opt.last_eta))  # the mean of this one step alone
+
+
+def test_agd_names_at_most_five_vectors_and_counts_the_rest():
+    """Kills `len(names) >= 5` (five names would get " and 0 more")."""
+    five = [(f"b{i}", torch.nn.Parameter(torch.zeros(2))) for i in range(5)]
+    with pytest.raises(EtfTrainError) as e:
+        AGD(five)
+    assert "trainable: b0, b1, b2, b3, b4; remove" in str(e.value)
+    with pytest.raises(EtfTrainError) as e:
+        AGD([*five, ("b5", torch.nn.Parameter(torch.zeros(2)))])
+    assert "trainable: b0, b1, b2, b3, b4 and 1 more; remove" in str(e.value)
