@@ -101,3 +101,12 @@ def test_a_cpu_run_of_over_an_hour_says_so_once_with_the_quick_alternatives(monk
 @pytest.mark.parametrize(("seconds", "text"), [(0.84, "0.8s"), (12.4, "12s"), (185, "3m05s"), (3725, "1h02m")])
 def test_durations_read_at_a_glance(seconds, text):
     assert announce.duration(seconds) == text
+
+
+def test_an_epoch_of_one_step_is_timed_whole(monkeypatch):
+    """Its first step is the whole epoch: the clock runs from the epoch's start (it divided by zero)."""
+    clock = itertools.count(0.0, 100.0)
+    monkeypatch.setattr(announce.time, "monotonic", lambda: next(clock))
+    eta = announce.Eta(max_epochs=3, cpu=False)  # begins at 0
+    eta.stepped(steps_per_epoch=1)
+    assert eta.update(1) == 200.0  # 100 s an epoch, 2 left

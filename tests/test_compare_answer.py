@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import csv
 import math
-import tempfile
-from pathlib import Path
+import os
 
 import numpy as np
 import pytest
@@ -266,11 +265,14 @@ def test_serve_starts_tensorboard_on_exactly_the_compared_runs_and_stops_on_ctrl
     import time
     import urllib.request
 
+    scratch = tmp_path / "tmp"  # its own temporary folder: other processes' leftovers in /tmp are not its
+    scratch.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "etf_train.compare", str(sweep), "--out", str(tmp_path), "--serve"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     try:
         line = next(line for line in proc.stdout if "TensorBoard on" in line)
@@ -290,7 +292,7 @@ def test_serve_starts_tensorboard_on_exactly_the_compared_runs_and_stops_on_ctrl
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, proc.stderr.read()
-    assert not list(Path(tempfile.gettempdir()).glob("etf-compare-view-*"))
+    assert not list(scratch.glob("etf-compare-view-*"))  # (TensorBoard keeps its .tensorboard-info there)
 
 
 def test_the_printed_link_takes_a_host_and_port(monkeypatch):

@@ -103,19 +103,21 @@ class Eta:
         self.begin(1)
 
     def begin(self, first_epoch: int) -> None:
-        """The attempt's epochs start, from `first_epoch` (a resumed run's first)."""
-        self.first, self.start, self.skipped = first_epoch, None, 0.0
+        """The attempt's epochs start now, from `first_epoch` (a resumed run's first)."""
+        self.first, self.begun, self.start, self.skipped = first_epoch, time.monotonic(), None, 0.0
         self.remaining: float | None = None
 
     def stepped(self, steps_per_epoch: int) -> None:
-        """After each training step; the clock starts at the attempt's first."""
+        """After each training step; the clock restarts at the attempt's first, unless that is a whole epoch."""
         if self.start is None:
-            self.start, self.skipped = time.monotonic(), 1 / steps_per_epoch
+            self.start, self.skipped = (
+                (time.monotonic(), 1 / steps_per_epoch) if steps_per_epoch > 1 else (self.begun, 0)
+            )
 
     def update(self, epoch: int) -> float:
         """After epoch `epoch` ends: the estimate (s); the first says once when a CPU run will take over an hour."""
-        now = time.monotonic()
-        per_epoch = (now - (now if self.start is None else self.start)) / (epoch - self.first + 1 - self.skipped)
+        start = self.begun if self.start is None else self.start
+        per_epoch = (time.monotonic() - start) / (epoch - self.first + 1 - self.skipped)
         first = self.remaining is None
         self.remaining = per_epoch * (self.max_epochs - epoch)
         if first and self.cpu and self.remaining > LONG_CPU_RUN_S:
