@@ -100,8 +100,13 @@ def test_a_flipped_bit_fails_the_crc_check(tmp_path):
     name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
     raw[info.header_offset + 30 + name_len + extra_len + 5] ^= 0xFF  # a byte of the stored tensor (uncompressed)
     path.write_bytes(bytes(raw))
-    with pytest.raises(EtfTrainError, match=f"{info.filename} fails its CRC check: the file is damaged"):
-        load_checkpoint(path, META)
+    with pytest.raises(EtfTrainError) as e:
+        load_checkpoint(path, META, given=True)
+    # kills _check_crc's mutants that pass _unreadable None for the path or for `given`
+    assert str(e.value) == (
+        f"cannot read checkpoint {path} ({info.filename} fails its CRC check: the file is damaged); "
+        "point trainer.resume at a run's checkpoints/last.pt"
+    )
 
 
 def test_save_writes_atomically_and_loads_back(tmp_path):
