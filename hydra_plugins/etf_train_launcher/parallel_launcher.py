@@ -36,7 +36,12 @@ class ParallelLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import torch  # imported once here: every forked job starts with it
+        # imported once here, so that no forked job pays for them: torch, etf-train, the dynamo that torch's fused
+        # optimisers import when first built (1.2 s a process) and matplotlib for the end-of-run figures
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+        import torch
+        import torch._dynamo  # noqa: F401
 
         import etf_train.training  # noqa: F401
         from etf_train.cli import JobFailed
