@@ -58,8 +58,10 @@ class Epochs:
         check_every = (
             1 if self.t.nonfinite == "skip" or self.device.type == "cpu" else 50
         )  # a host sync per check on GPUs
+        steps = len(self.train_loader)  # once: a merging sampler's len() builds the epoch's batches
         bar = tqdm(
             self.train_loader,
+            total=steps,
             desc=" ".join(filter(None, (f"epoch {epoch}/{self.t.max_epochs}", self.eta.text()))),
             leave=False,
             disable=not self.progress,
@@ -72,7 +74,7 @@ class Epochs:
                 continue
             x, y = to_device(batch, self.device)
             out = self._step(epoch, step, x, y)
-            self.eta.stepped(len(self.train_loader))
+            self.eta.stepped(steps)
             if out is None:
                 tally.skipped += 1
             else:
@@ -88,7 +90,7 @@ class Epochs:
             if self.stop_vote(guard.received is not None):
                 self._preempt(guard, tally, epoch, step)
         if self.stop_vote.settle():  # a signal during the epoch's last step, on some rank
-            self._preempt(guard, tally, epoch, len(self.train_loader))
+            self._preempt(guard, tally, epoch, steps)
         if tally.bad_step.item():
             self._diverged(epoch, int(tally.bad_step))
         # A finite loss can still take an inf step, or fill BatchNorm's running statistics with inf.
