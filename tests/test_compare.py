@@ -255,15 +255,13 @@ def test_epoch_stats_unequal_lengths(groups):
     assert epoch_stats(groups["head=learned"], "solver/ms").epochs.size == 0
 
 
+# the default thresholds, as (tag, comparison, values)
+THRESHOLDS = (("train_eval_acc", "ge", (90, 95, 99)), ("test_acc", "ge", (90, 95, 99)), ("nc1", "le", (1, 0.1, 0.01)))
 CSV_HEADER = (
     ["group", "runs", "runs_finished", "runs_total", "epochs_median", "epochs_min", "epochs_max"]
     + [
         f"epochs_to_{tag}_{op}_{t}_{stat}"
-        for tag, op, ts in (
-            ("train_eval_acc", "ge", (90, 95, 99)),
-            ("test_acc", "ge", (90, 95, 99)),
-            ("nc1", "le", (1, 0.1, 0.01)),
-        )
+        for tag, op, ts in THRESHOLDS
         for t in ts
         for stat in ("median", "min", "max", "reached")
     ]
@@ -274,11 +272,7 @@ CSV_HEADER = (
     ]
     + [
         f"speedup_{tag}_{op}_{t}_{stat}"
-        for tag, op, ts in (
-            ("train_eval_acc", "ge", (90, 95, 99)),
-            ("test_acc", "ge", (90, 95, 99)),
-            ("nc1", "le", (1, 0.1, 0.01)),
-        )
+        for tag, op, ts in THRESHOLDS
         for t in ts
         for stat in ("median", "min", "max", "pairs")
     ]  # over the baseline, head=learned
