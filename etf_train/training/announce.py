@@ -24,7 +24,8 @@ def _group_file(configs: Path, group: str, name: str) -> dict:
 
 def _sets(configs: Path, group: str, name: str, package: str = "") -> set[str]:
     """The keys (`trainer.max_epochs`) and groups (`backbone`) a config file sets, with the files it includes from
-    its own group (an experiment's paper_recipe, a dataset's budget)."""
+    its own group (an experiment's paper_recipe, a dataset's budget); `package`: where the file's own keys go
+    (`dataset.` for a dataset's; "" for the global package of experiments and budgets)."""
     node = _group_file(configs, group, name)
     out = {f"{package}{k}" for k in flatten({k: v for k, v in node.items() if k != "defaults"})}
     for entry in node.get("defaults") or []:
@@ -49,7 +50,8 @@ def sources(record: tuple | None, config: dict) -> dict[str, str]:
         return {}
     configs = Path(folders[0].removeprefix("file://"))
     choices = runtime.get("choices") or {}
-    out = {k: f"dataset {config['dataset']['name']}" for k in _sets(configs, "dataset", choices.get("dataset", ""))}
+    dataset = _sets(configs, "dataset", choices.get("dataset", ""), package="dataset.")
+    out = dict.fromkeys(dataset, f"dataset {config['dataset']['name']}")
     if choices.get("experiment"):
         out |= dict.fromkeys(_sets(configs, "experiment", choices["experiment"]), f"experiment={choices['experiment']}")
     for override in record[0]:
