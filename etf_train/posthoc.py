@@ -106,10 +106,13 @@ def evaluate_run(run: Path, checkpoint: Path | None = None, device: str = "cpu")
         world,
         K,
         nc=bundle.held_out,
+        erank_sw=config["metrics"]["erank_sw"],
         class_names=bundle.class_names,
         class_counts=counts,
     )
-    scalars |= evaluate_train_set(model, eval_train_loader, device, autocast, K, world, bundle.noisy)
+    scalars |= evaluate_train_set(
+        model, eval_train_loader, device, autocast, K, world, bundle.noisy, config["metrics"]["erank_sw"]
+    )
     return (
         {"epoch": state["epoch"], "checkpoint": str(path), **scalars},
         bundle,

@@ -152,8 +152,14 @@ def read_record(run: Path) -> dict | None:
 def migrate(record: dict) -> dict:
     """A record in today's keys. Every config group names its choice by `name` (or `_target_` for a class); records
     written before that named the backbone by `backbone.arch`, with a timm model in `backbone.name` (now
-    `backbone.model`), and the solver by `head.solver.method`."""
+    `backbone.model`), and the solver by `head.solver.method`. Options added since (ADDED) take the value the run
+    ran with."""
     out = dict(record)
+    for key, value in ADDED.items():
+        section, leaf = key.split(".")
+        part = out.get(section, {})
+        if isinstance(part, dict) and leaf not in part:
+            out[section] = {**part, leaf: value}
     backbone = out.get("backbone")
     if isinstance(backbone, dict) and "arch" in backbone:
         rest = {("model" if k == "name" else k): v for k, v in backbone.items() if k != "arch"}
@@ -279,15 +285,21 @@ BUILT = ("dataset.files", "trainer.processes", "optimizer.effective_depth")
 IDENTITY = ("name", "_target_")
 
 
-# Options added after runs were recorded without them: a record lacking one ran with this value.
-ADDED = {"dataset.flip": True, "loader.stratified_folds": False, "trainer.cudnn_benchmark": None, "trainer.tf32": None}
+# Options added after runs were recorded without them: a record lacking one ran with this value (migrate).
+ADDED = {
+    "dataset.flip": True,
+    "loader.stratified_folds": False,
+    "trainer.cudnn_benchmark": None,
+    "trainer.tf32": None,
+    "metrics.erank_sw": True,
+}
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
     """`key: old -> new` for every key that differs and could change the results, on resume or between two compared
     runs. A changed choice of a group (e.g. head.name) stands for the options only one of the two choices has; the
     options both have (head.tau, dataset.label_noise) are listed when they differ."""
-    a, b = ({**ADDED, **flatten(migrate(config))} for config in (saved, now))
+    a, b = (flatten(migrate(config)) for config in (saved, now))
     missing = "(unset)"
     neutral = neutral_keys(saved, now)
     changed = [

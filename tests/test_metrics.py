@@ -103,8 +103,8 @@ def random_bias(K=5, seed=0):
     return torch.randn(K, generator=torch.Generator().manual_seed(seed + 100), dtype=torch.float64)
 
 
-def stream(h, y, logits, W, K, chunks, device=None, b=None):
-    acc = NCAccumulator(K, h.shape[1], device=device)
+def stream(h, y, logits, W, K, chunks, device=None, b=None, erank_sw=True):
+    acc = NCAccumulator(K, h.shape[1], device=device, erank_sw=erank_sw)
     for hc, yc in zip(h.tensor_split(chunks), y.tensor_split(chunks)):
         acc.update_stats(hc, yc)
     acc.all_reduce()
@@ -139,6 +139,37 @@ def test_streaming_matches_dense_definitions(K, d, absent):
     assert got["cdnv"] > 1e-3 and got["erank_sw"] > 1.5 and got["bias_collapse"] > 1e-3
     assert got["norm_ratio_h"] > 1.05 and got["norm_ratio_w"] > 1.05
     assert got["rank_h"] == min(d, K - 1 - len(absent))
+
+
+def test_without_erank_sw_every_other_metric_is_unchanged_and_no_d_by_d_state():
+    """Catches metrics.erank_sw=false changing another metric (nc1 reads the same projected moment either way),
+    reporting erank_sw anyway, or still holding the d x d moment it was turned off to save."""
+    K, d = 6, 40
+    h, y, logits, W = random_problem(K, d, (70, 50, 40, 25, 15, 33), absent=(2,))
+    b = random_bias(K)
+    full = stream(h, y, logits, W, K, chunks=7, b=b)
+    part = stream(h, y, logits, W, K, chunks=7, b=b, erank_sw=False)
+    assert part == {k: v for k, v in full.items() if k != "erank_sw"} and "erank_sw" in full
+    acc = NCAccumulator(K, d, erank_sw=False)
+    acc.update_stats(h, y)
+    acc.update_ncc(h, y, logits)
+    held = [t.numel() for t in vars(acc).values() if isinstance(t, torch.Tensor)]
+    assert max(held) == K * d  # the class sums; with erank_sw, d x d
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-9])
+def test_nc1_near_collapse_keeps_its_digits(spread):
+    """Catches a within-class moment taken from uncentred features (h U - (mu U)_y, or sum h h^T - sum n mu mu^T):
+    their rounding, about eps ||h||, against a within-class spread of 1e-11 ||h|| (1e-9 here) moves NC1 by 5e-8."""
+    K, d = 5, 12
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(K).repeat(30)
+    means = 50.0 * torch.randn(K, d, generator=g, dtype=torch.float64)
+    h = means[y] + spread * torch.randn(len(y), d, generator=g, dtype=torch.float64)
+    want = dense_reference(h, y, None, None, K)["nc1"]
+    assert 1e-24 < want < 1e-2
+    assert nc_metrics(h, y, None, None, K)["nc1"] == pytest.approx(want, rel=1e-9, abs=0)
+    assert stream(h, y, h[:, :K], None, K, chunks=4, erank_sw=False)["nc1"] == pytest.approx(want, rel=1e-9, abs=0)
 
 
 def test_chunking_does_not_change_the_result():

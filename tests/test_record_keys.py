@@ -27,12 +27,25 @@ def _in_older_keys(record: dict) -> dict:
 
 def test_a_timm_record_moves_its_model_out_of_name():
     older = {"backbone": {"arch": "timm", "name": "resnet10t", "pretrained": False}, "head": {"name": "learned"}}
-    assert rundir.migrate(older) == {
-        "backbone": {"name": "timm", "model": "resnet10t", "pretrained": False},
-        "head": {"name": "learned"},
-    }
+    migrated = rundir.migrate(older)
+    assert (migrated["backbone"], migrated["head"]) == (
+        {"name": "timm", "model": "resnet10t", "pretrained": False},
+        {"name": "learned"},
+    )
     today = {"backbone": {"name": "timm", "model": "resnet10t"}, "head": {"solver": {"name": "gram"}}}
-    assert rundir.migrate(today) == today  # a record in today's keys is left as it is
+    migrated = rundir.migrate(today)
+    assert (migrated["backbone"], migrated["head"]) == (today["backbone"], today["head"])  # today's keys: as they are
+
+
+def test_a_record_without_a_later_option_reads_with_the_value_it_ran_with():
+    """Catches an added option read as unset (posthoc would fail on it) or as today's default, and a migration that
+    edits the caller's dict."""
+    older = {"metrics": {"every_n_epochs": 2}, "trainer": {"max_epochs": 3}}
+    migrated = rundir.migrate(older)
+    assert migrated["metrics"] == {"every_n_epochs": 2, "erank_sw": True}  # every NC pass formed S_W then
+    assert migrated["trainer"] == {"max_epochs": 3, "cudnn_benchmark": None, "tf32": None}
+    assert older == {"metrics": {"every_n_epochs": 2}, "trainer": {"max_epochs": 3}}
+    assert rundir.migrate({"metrics": {"erank_sw": False}})["metrics"]["erank_sw"] is False
 
 
 def test_a_run_recorded_in_the_older_keys_resumes_and_compares(tmp_path, monkeypatch):

@@ -435,6 +435,28 @@ def test_cudnn_benchmark_and_tf32_are_options_that_default_to_torchs_own(tmp_pat
             setattr(owner, name, value)
 
 
+def test_ufm_leaves_out_erank_sw_unless_asked_and_nothing_else_moves(tmp_path):
+    """Catches metrics.erank_sw not reaching the NC pass (UFM still paying for the d x d moment, or a run with it
+    asked for not getting it), and the switch changing any other number; a bad value is one line."""
+    from etf_train.training import SignalGuard
+
+    scalars = {}
+    for name, extra in (("default", []), ("asked", ["metrics.erank_sw=true"])):
+        cfg = make_cfg(*TINY_UFM, "head=nearest_etf", *extra)
+        assert cfg.metrics.erank_sw is bool(extra)  # configs/dataset/budget/ufm.yaml
+        run = Run(cfg, tmp_path / name)
+        timed = ("time/", "throughput/", "solver/ms")
+        scalars[name] = {
+            k: v for k, v in run.run_epoch(1, SignalGuard(), None, None).items() if not k.startswith(timed)
+        }
+        run.folder.end()
+    assert "nc/erank_sw" not in scalars["default"] and scalars["asked"]["nc/erank_sw"] > 1
+    assert {k: v for k, v in scalars["asked"].items() if k != "nc/erank_sw"} == scalars["default"]
+    assert make_cfg(*TINY).metrics.erank_sw is True  # every other dataset keeps it
+    with pytest.raises(EtfTrainError, match="metrics.erank_sw must be true or false"):
+        Run(make_cfg(*TINY_UFM, "metrics.erank_sw=sometimes"), tmp_path / "bad")
+
+
 @pytest.mark.parametrize("label_noise", [0.0, 0.25])
 def test_ufm_takes_its_test_and_nc_metrics_from_one_pass(tmp_path, monkeypatch, label_noise):
     """UFM's test split is its train set: without label noise one evaluation pass gives both, with the numbers the
@@ -449,8 +471,8 @@ def test_ufm_takes_its_test_and_nc_metrics_from_one_pass(tmp_path, monkeypatch, 
     run.folder.end()
     assert len(calls) == (label_noise > 0)
     args = (run.model, run.eval_train_loader, run.device, run.autocast)
-    separate = evaluate_train_set(*args, run.K, run.world, run.bundle.noisy)
-    separate |= evaluate(run.model, run.test_loader, run.device, run.autocast, run.world, run.K)[0]
+    separate = evaluate_train_set(*args, run.K, run.world, run.bundle.noisy, erank_sw=False)
+    separate |= evaluate(run.model, run.test_loader, run.device, run.autocast, run.world, run.K, erank_sw=False)[0]
     assert {"nc/nc1", "nc/nc4", "train/eval_acc", "test/acc", "test/loss", "test/ece"} <= separate.keys()
     assert not any(k.startswith("nc_test/") for k in scalars)
     for key, value in separate.items():

@@ -2,11 +2,15 @@
 
 Two passes over the data:
   pass 1  `update_stats(h, y)`        per-class counts n_c, per-class sums and per-class sums of ||h||^2.
-  pass 2  `update_ncc(h, y, logits)`  with the pass-1 means: the within-class second moment
+  pass 2  `update_ncc(h, y, logits)`  with the pass-1 means mu_c and the thin SVD Hc = U S V^T of their centred
+                                      matrix: the within-class second moment seen along the class-mean directions,
+                                      sum_i (U^T (h_i - mu_{y_i}))^2 (r,), for nc1; with erank_sw, all of it,
                                       sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T (d x d, accumulated as its upper
-                                      block triangle, `panels`; per-class ones would be d x d x K) and the
+                                      block triangle, `panels`; per-class ones would be d x d x K); and the
                                       nearest-class-centre disagreement (logits optional).
-The second moment is formed from centred features, so no cancellation can hide a collapsed S_W.
+Both moments are formed from centred features, so no cancellation can hide a collapsed S_W. The d x d one is
+the NC pass's largest cost where the features are cheap to make (N d^2 / 2 multiply-adds: about a learned head's
+training epoch at UFM-10 sizes, docs/benchmarks.md), hence optional.
 Under torch.distributed call `all_reduce()` after each pass (every rank, same order), then `compute(W)`.
 
 Notation: K classes, d feature dimension, N samples, mu_c class means, mu_G = sum_c n_c mu_c / N,
@@ -23,8 +27,9 @@ Hc = [mu_c - mu_G] (d x K), M = I_K - 1 1^T / K.
                 (Var_i + Var_j) / (2 ||mu_i - mu_j||^2), Var_c = (1/n_c) sum_{y_i = c} ||h_i - mu_c||^2 = tr(Sigma_c)
   rank_h        numerical rank of Hc: singular values > max(d, K) * eps * s_max (numpy.linalg.matrix_rank's default)
   erank_sw      effective rank of S_W as its participation ratio (tr S_W)^2 / ||S_W||_F^2 = (sum lambda)^2 / sum lambda^2:
-                d for an isotropic S_W, 1 for one direction, 0 for S_W = 0; O(d^2), where an entropy-based effective
-                rank (Roy & Vetterli 2007) would need the eigenvalues, O(d^3), twice an epoch (40-70 ms at d = 512)
+                d for an isotropic S_W, 1 for one direction, 0 for S_W = 0; O(d^2) from the d x d moment, where an
+                entropy-based effective rank (Roy & Vetterli 2007) would need the eigenvalues, O(d^3), twice an epoch
+                (40-70 ms at d = 512); only with erank_sw=True
   norm_ratio_h, norm_ratio_w   max / min of the column norms of Hc, resp. row norms of W (minority collapse)
   bias_collapse || W mu_G + b ||, for a classifier with bias b (K,)
 
@@ -40,12 +45,24 @@ Nothing is specific to the train split: an accumulator fed the test loader gives
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from etf_train.errors import EtfTrainError, NonFiniteError
+
+from .geometry import (
+    cdnv,
+    equiangularity,
+    equinorm,
+    nc1_from_projections,
+    nc2,
+    norm_ratio,
+    numerical_rank,
+    participation_ratio,
+)
 
 METRIC_KEYS = (
     "nc1",
@@ -66,41 +83,6 @@ METRIC_KEYS = (
 )
 
 
-def nc1_from_moments(S_W: Tensor, U: Tensor, S: Tensor) -> Tensor:
-    """NC1 = tr(S_W S_B^+) / K with S_B = Hc Hc^T / K, from the thin SVD Hc = U S V^T, without a d x d pseudo-inverse.
-
-    S_B^+ = K U S^-2 U^T, so NC1 = sum_i u_i^T S_W u_i / s_i^2 over the kept singular values: O(d^2 K) time
-    given the SVD, O(d K) extra memory.
-
-    Rank tolerance: singular values s_i <= sqrt(d * eps_float64) * s_max are dropped. That is the
-    rank decision torch.linalg.pinv(S_B) makes at its default rtol = d * eps on the eigenvalues
-    s_i^2 / K of S_B, so the result equals the dense definition. Hc always has the null vector
-    (n_c)_c, since sum_c n_c (mu_c - mu_G) = 0, hence rank(Hc) <= min(d, K-1) (K-1 when the class
-    means are in general position); that direction must be cut, not inverted.
-    S_W: (d, d), U: (d, r), S: (r,) descending -> scalar
-    """
-    keep = S > math.sqrt(U.shape[0] * torch.finfo(S.dtype).eps) * S[0]
-    U, S = U[:, keep], S[keep]
-    # no between-class spread at all (every class mean equal: e.g. features collapsed to 0): undefined, not 0
-    return torch.where(keep.any(), ((U * (S_W @ U)).sum(dim=0) / S.square()).sum(), torch.nan)
-
-
-def numerical_rank(S: Tensor, shape: tuple[int, int]) -> Tensor:
-    """Number of singular values s_i > max(m, n) * eps * s_max of an m x n matrix: numpy.linalg.matrix_rank's
-    (and torch.linalg.matrix_rank's) default tolerance, i.e. rank up to the rounding of the matrix itself.
-    S: (r,) descending -> integer scalar"""
-    return (S > max(shape) * torch.finfo(S.dtype).eps * S[0]).sum()
-
-
-def participation_ratio(S: Tensor, tol: float) -> Tensor:
-    """(tr S)^2 / ||S||_F^2 = (sum_i lambda_i)^2 / sum_i lambda_i^2 of a symmetric PSD S: between 1 and its rank, the
-    number of equally strong directions it spreads over. 0 when tr S <= tol: the ratio is scale-free, so the
-    rounding left in a collapsed S would otherwise read as a spread.  S: (d, d) -> scalar"""
-    trace = S.trace()
-    sq_frobenius = torch.linalg.vector_norm(S).square()  # one pass over S, no (d, d) temporary
-    return torch.where(trace > tol, trace.square() / sq_frobenius.clamp_min(torch.finfo(S.dtype).tiny), 0.0)
-
-
 def panels(d: int, count: int = 4) -> list[tuple[int, int]]:
     """[start, end) of `count` near-equal blocks of 0..d: a symmetric d x d matrix is its upper block triangle,
     block row i from column start_i on, count (count + 1) / 2 of the count^2 blocks (10 of 16: the products that
@@ -118,40 +100,13 @@ def symmetric_from_upper(upper: Tensor) -> Tensor:
     return full
 
 
-def cdnv(var: Tensor, G: Tensor) -> Tensor:
-    """Class-distance normalised variance (Galanti et al. 2022): mean over pairs i < j of
-    (Var_i + Var_j) / (2 ||mu_i - mu_j||^2), with ||mu_i - mu_j||^2 = G_ii + G_jj - 2 G_ij from the Gram matrix
-    G of the (centred or not) class means. var: (K,), G: (K, K) -> scalar"""
-    K = G.shape[-1]
-    i, j = torch.triu_indices(K, K, offset=1, device=G.device)
-    sq_dist = G.diagonal()[i] + G.diagonal()[j] - 2.0 * G[i, j]  # (K(K-1)/2,)
-    return ((var[i] + var[j]) / (2.0 * sq_dist)).mean()
+class _Pass2(NamedTuple):
+    """What pass 1 fixes for pass 2: the class means, the nearest-centre offsets and the class-mean directions."""
 
-
-def norm_ratio(norms: Tensor) -> Tensor:
-    """max / min of K norms: 1 for equal norms; large when some classes (minority collapse: the rare ones) shrink."""
-    return norms.max() / norms.min()
-
-
-def nc2(G: Tensor) -> Tensor:
-    """|| G / ||G||_F - M / sqrt(K-1) ||_F: distance of a Gram-like K x K matrix from the simplex ETF Gram."""
-    K = G.shape[-1]
-    M = torch.eye(K, dtype=G.dtype, device=G.device) - 1.0 / K
-    return torch.linalg.matrix_norm(G / torch.linalg.matrix_norm(G) - M / math.sqrt(K - 1))
-
-
-def equinorm(norms: Tensor) -> Tensor:
-    """Coefficient of variation std / mean of K norms (std with Bessel's correction, as torch.std)."""
-    return norms.std() / norms.mean()
-
-
-def equiangularity(G: Tensor) -> Tensor:
-    """Mean over pairs i < j of |cos_ij + 1/(K-1)|, from the K x K Gram matrix G of K vectors."""
-    K = G.shape[-1]
-    norms = G.diagonal().sqrt()  # (K,)
-    cos = G / (norms[:, None] * norms[None, :])  # (K, K)
-    i, j = torch.triu_indices(K, K, offset=1, device=G.device)
-    return (cos[i, j] + 1.0 / (K - 1)).abs().mean()
+    mu: Tensor  # (K, d) every class's mean (0 for an absent class)
+    offset: Tensor  # (K,) ||mu_c||^2, inf for an absent class: it can never be nearest
+    U: Tensor  # (d, r) left singular vectors of Hc (present classes), r = min(d, K')
+    S: Tensor  # (r,) its singular values, descending
 
 
 class NCAccumulator:
@@ -160,9 +115,10 @@ class NCAccumulator:
     The phases are enforced so that a distributed run cannot silently mix local and global sums:
     update_stats* -> all_reduce -> update_ncc* -> all_reduce -> compute. Without a process group
     (or with sync=False, for purely process-local data) all_reduce changes no numbers and may be skipped.
+    erank_sw=False leaves out erank_sw and the d x d moment only it needs.
     """
 
-    def __init__(self, num_classes: int, dim: int, device=None, *, sync: bool = True):
+    def __init__(self, num_classes: int, dim: int, device=None, *, sync: bool = True, erank_sw: bool = True):
         if num_classes < 2 or dim < 1:
             raise EtfTrainError(
                 f"NC metrics need num_classes >= 2 and dim >= 1, got num_classes={num_classes}, dim={dim}"
@@ -172,13 +128,13 @@ class NCAccumulator:
         self.counts = torch.zeros(num_classes, **f64)  # (K,)
         self.sums = torch.zeros(num_classes, dim, **f64)  # (K, d)
         self.sq_norms = torch.zeros(num_classes, **f64)  # (K,)  sum_{y_i = c} ||h_i||^2, for the class traces of cdnv
-        self.within = torch.zeros(
-            dim, dim, **f64
-        )  # (d, d)  sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, upper block triangle
+        # (d, d)  sum_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T, upper block triangle
+        self.within = torch.zeros(dim, dim, **f64) if erank_sw else None
+        self.projected = torch.zeros(min(dim, num_classes), **f64)  # (r,) first r entries: see _Pass2.U
         self.ncc = torch.zeros(2, **f64)  # (disagreements, samples seen) of pass 2
         self._stats_reduced = False
         self._ncc_reduced = False
-        self._centres: tuple[Tensor, Tensor] | None = None  # pass-1 means, fixed once pass 2 starts
+        self._pass2: _Pass2 | None = None  # fixed once pass 2 starts
 
     def _distributed(self) -> bool:
         return self.sync and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -200,9 +156,29 @@ class NCAccumulator:
             )
         return y
 
+    def _centred_means(self) -> tuple[Tensor, Tensor, Tensor]:
+        """present (K,) bool, mu_G (d,) and Hc (d, K'), the centred means of the classes present."""
+        present = self.counts > 0
+        mu_G = self.sums.sum(dim=0) / self.counts.sum()  # (d,)
+        return present, mu_G, (self.sums[present] / self.counts[present][:, None] - mu_G).T
+
+    def _start_pass2(self) -> _Pass2:
+        if self._pass2 is None:
+            present = self.counts > 0
+            if not present.any():
+                raise EtfTrainError("update_ncc called before any update_stats: pass 1 must run first")
+            mu = self.sums / self.counts.clamp(min=1)[:, None]  # (K, d)
+            _, _, Hc = self._centred_means()
+            if not bool(torch.isfinite(Hc).all()):  # a diverged run's features (NaN where their norm overflowed)
+                raise NonFiniteError("the features are no longer finite in the NC metrics' pass: training diverged")
+            U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
+            # ||h - mu_c||^2 = ||h||^2 + (||mu_c||^2 - 2 h.mu_c); absent classes can never be nearest.
+            self._pass2 = _Pass2(mu, mu.square().sum(dim=1).masked_fill(~present, math.inf), U, S)
+        return self._pass2
+
     def update_stats(self, h: Tensor, y: Tensor) -> None:
         """Pass 1: add a batch of features h (B, d) with integer labels y (B,) in [0, K)."""
-        if self._stats_reduced or self._centres is not None:
+        if self._stats_reduced or self._pass2 is not None:
             raise EtfTrainError(
                 "update_stats called after pass 1 was closed (all_reduce or update_ncc); use a new NCAccumulator"
             )
@@ -227,18 +203,12 @@ class NCAccumulator:
             raise EtfTrainError(
                 f"NC metrics expect logits of shape ({h.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}"
             )
-        if self._centres is None:
-            present = self.counts > 0
-            if not present.any():
-                raise EtfTrainError("update_ncc called before any update_stats: pass 1 must run first")
-            mu = self.sums / self.counts.clamp(min=1)[:, None]  # (K, d)
-            # ||h - mu_c||^2 = ||h||^2 + (||mu_c||^2 - 2 h.mu_c); absent classes can never be nearest.
-            offset = mu.square().sum(dim=1).masked_fill(~present, math.inf)  # (K,)
-            self._centres = (mu, offset)
-        mu, offset = self._centres
+        mu, offset, U, _ = self._start_pass2()
         centred = h - mu[y]  # (B, d)
-        for a, b in panels(self.dim):  # symmetric: the upper block triangle is all of it
-            self.within[a:b, a:].addmm_(centred[:, a:b].T, centred[:, a:])
+        self.projected[: U.shape[1]] += (centred @ U).square().sum(dim=0)
+        if self.within is not None:
+            for a, b in panels(self.dim):  # symmetric: the upper block triangle is all of it
+                self.within[a:b, a:].addmm_(centred[:, a:b].T, centred[:, a:])
         if logits is not None:
             nearest = torch.addmm(offset, h, mu.T, alpha=-2.0).argmin(dim=1)  # (B,), no (B, d) temporary 2 h
             predicted = logits.detach().to(self.counts.device).argmax(dim=1)
@@ -254,18 +224,20 @@ class NCAccumulator:
         if not self._stats_reduced:
             tensors, self._stats_reduced = (self.counts, self.sums, self.sq_norms), True
         elif not self._ncc_reduced:
-            tensors, self._ncc_reduced = (self.within, self.ncc), True
+            tensors, self._ncc_reduced = (self.within, self.projected, self.ncc), True
         else:
             return
         if self.sync and dist.is_available() and dist.is_initialized():
             for t in tensors:
-                dist.all_reduce(t)
+                if t is not None:
+                    dist.all_reduce(t)
 
     def compute(self, W: Tensor | None, b: Tensor | None = None) -> dict[str, float]:
         """The metrics of the module docstring. W: (K, d) classifier, or None to omit nc2_w, equinorm_w,
         equiangular_w, nc3 and norm_ratio_w; b: (K,) its bias, for bias_collapse (omitted without one);
-        nc4 is present only when pass 2 had logits."""
-        if self._centres is None:
+        nc4 is present only when pass 2 had logits, erank_sw only with erank_sw=True."""
+        # a rank without samples starts pass 2 only here, on the all-reduced sums
+        if self._pass2 is None and not (self._ncc_reduced and self._distributed()):
             raise EtfTrainError("compute needs both passes: update_stats over the split, then update_ncc over it again")
         if self._distributed() and not (self._stats_reduced and self._ncc_reduced):
             raise EtfTrainError(
@@ -274,33 +246,29 @@ class NCAccumulator:
         if b is not None and W is None:
             raise EtfTrainError("bias_collapse || W mu_G + b || needs the classifier W along with its bias b")
         N = self.counts.sum()
-        present = self.counts > 0
+        present, mu_G, Hc = self._centred_means()
         if int(present.sum()) < 2:
             raise EtfTrainError(f"NC metrics need samples of at least 2 classes, got {int(present.sum())} (N={int(N)})")
+        _, _, U, S = self._start_pass2()
         n = self.counts[present]  # (K',)
         mu = self.sums[present] / n[:, None]  # (K', d)
-        mu_G = self.sums.sum(dim=0) / N  # (d,)
-        Hc = (mu - mu_G).T  # (d, K')
-        if not bool(torch.isfinite(Hc).all()):  # a diverged run's features (NaN where their norm overflowed)
-            raise NonFiniteError("the features are no longer finite in the NC metrics' pass: training diverged")
-        within = symmetric_from_upper(self.within)  # (d, d), N S_W: the metrics below are linear in it or scale-free
         G_h = Hc.T @ Hc  # (K', K')
-        U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
         # E||h - mu_c||^2 = E||h||^2 - ||mu_c||^2; the clamp removes rounding below 0 for collapsed classes.
         var = (self.sq_norms[present] / n - mu.square().sum(dim=1)).clamp_min(0)  # (K',)
         out = {
-            "nc1": nc1_from_moments(within, U, S) / N,
+            "nc1": nc1_from_projections(self.projected[: U.shape[1]], S, self.dim) / N,
             "nc2_h": nc2(G_h),
             "equinorm_h": equinorm(G_h.diagonal().sqrt()),
             "equiangular_h": equiangularity(G_h),
             "cdnv": cdnv(var, G_h),
             "rank_h": numerical_rank(S, tuple(Hc.shape)),
-            # centring h by means it helped form leaves ~d eps E||h||^2 of rounding in tr S_W
-            "erank_sw": participation_ratio(
-                within, self.dim * torch.finfo(within.dtype).eps * float(self.sq_norms.sum())
-            ),
             "norm_ratio_h": norm_ratio(G_h.diagonal().sqrt()),
         }
+        if self.within is not None:
+            # centring h by means it helped form leaves ~d eps E||h||^2 of rounding in tr S_W; the ratio is
+            # scale-free, so N S_W serves
+            tol = self.dim * torch.finfo(self.within.dtype).eps * float(self.sq_norms.sum())
+            out["erank_sw"] = participation_ratio(symmetric_from_upper(self.within), tol)
         if W is not None:
             if W.shape != (self.num_classes, self.dim):
                 raise EtfTrainError(
@@ -327,8 +295,8 @@ class NCAccumulator:
 def nc_metrics(
     h: Tensor, y: Tensor, logits: Tensor | None, W: Tensor | None, num_classes: int, b: Tensor | None = None
 ) -> dict[str, float]:
-    """One-shot NC metrics of in-memory features h (N, d), labels y (N,), optional logits (N, K) for nc4,
-    classifier W (K, d) and its bias b (K,); process-local (never all-reduced)."""
+    """One-shot NC metrics (all of them) of in-memory features h (N, d), labels y (N,), optional logits (N, K) for
+    nc4, classifier W (K, d) and its bias b (K,); process-local (never all-reduced)."""
     acc = NCAccumulator(num_classes, h.shape[-1], device=h.device, sync=False)
     acc.update_stats(h, y)
     acc.update_ncc(h, y, logits)

@@ -139,6 +139,7 @@ class Epochs:
             self.world,
             self.K,
             nc=metrics_epoch and (self.bundle.held_out or shared),
+            erank_sw=self.cfg.metrics.erank_sw,
             class_names=self.bundle.class_names,
             class_counts=self.class_counts,
             per_class=self.K <= 100 or last,
@@ -148,7 +149,14 @@ class Epochs:
             noisy = None if self.bundle.noisy is None else self.bundle.noisy[self.world.rank :: self.world.world_size]
             scalars.update(
                 evaluate_train_set(
-                    self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world, noisy
+                    self.model,
+                    self.eval_train_loader,
+                    self.device,
+                    self.autocast,
+                    self.K,
+                    self.world,
+                    noisy,
+                    self.cfg.metrics.erank_sw,
                 )
             )
         if self.scheduler is not None:

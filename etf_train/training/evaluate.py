@@ -27,11 +27,13 @@ def to_device(batch, device):
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _pass(model, loader, device, autocast, num_classes: int, visit: Callable, nc: bool) -> dict[str, float]:
+def _pass(
+    model, loader, device, autocast, num_classes: int, visit: Callable, nc: bool, erank_sw: bool
+) -> dict[str, float]:
     """model (eval mode) over loader: visit(h, logits, y) per batch; with nc, the NC metrics of the split (all-reduced
-    over ranks), with the classifier and its effective bias; {} without."""
+    over ranks; erank_sw among them or not), with the classifier and its effective bias; {} without."""
     model.eval()
-    acc = NCAccumulator(num_classes, model.head.dim, device=device) if nc else None
+    acc = NCAccumulator(num_classes, model.head.dim, device=device, erank_sw=erank_sw) if nc else None
     cache, cached_bytes = [], 0
 
     def features(x):
@@ -72,13 +74,14 @@ def evaluate(
     num_classes: int,
     *,
     nc: bool = False,
+    erank_sw: bool = True,
     class_names=None,
     class_counts=None,
     per_class: bool = True,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """The test split: test/loss (cross-entropy, whatever the training loss), test/acc (%), test/acc_top5,
     test/ece, test/acc_class/<name> (per_class), test/acc_many|medium|few (with class_counts), and with nc the
-    NC metrics of the split as nc_test/*. Also the calibration bins, for a reliability diagram."""
+    NC metrics of the split as nc_test/* (erank_sw among them or not). Also the calibration bins, for a reliability diagram."""
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -91,7 +94,7 @@ def evaluate(
         seen += len(y)
         cls.update(logits, y)
 
-    nc_out = _pass(model, loader, device, autocast, num_classes, visit, nc)
+    nc_out = _pass(model, loader, device, autocast, num_classes, visit, nc, erank_sw)
     cls.all_reduce()
     loss_sum, correct, seen = world.sum([loss_sum.item(), correct.item(), seen], device)
     out = {tags.TEST_LOSS: loss_sum / seen, tags.TEST_ACC: 100.0 * correct / seen}
@@ -103,9 +106,11 @@ def evaluate(
 
 
 @torch.no_grad()
-def evaluate_train_set(model, loader, device, autocast, num_classes, world: Dist, noisy=None) -> dict[str, float]:
-    """NC metrics and eval-mode accuracy over the (un-augmented) train set, with the labels training sees (label
-    noise included). noisy: (this rank's samples,) bool in the loader's order, marking noisy labels: adds
+def evaluate_train_set(
+    model, loader, device, autocast, num_classes, world: Dist, noisy=None, erank_sw: bool = True
+) -> dict[str, float]:
+    """NC metrics (erank_sw among them or not) and eval-mode accuracy over the (un-augmented) train set, with the
+    labels training sees (label noise included). noisy: (this rank's samples,) bool in the loader's order, marking noisy labels: adds
     train/noisy_fit, the fraction of them the model predicts with their noisy label."""
     correct = torch.zeros((), device=device, dtype=torch.long)
     fit = torch.zeros(2, device=device, dtype=torch.long)  # (noisy samples fitted, noisy samples)
@@ -118,7 +123,7 @@ def evaluate_train_set(model, loader, device, autocast, num_classes, world: Dist
             fit += torch.stack(noisy_fit(logits.argmax(1), y, noisy[seen : seen + len(y)]))
         seen += len(y)
 
-    nc_out = _pass(model, loader, device, autocast, num_classes, visit, nc=True)
+    nc_out = _pass(model, loader, device, autocast, num_classes, visit, True, erank_sw)
     correct, seen, n_fit, n_noisy = world.sum([correct.item(), seen, *fit.tolist()], device)
     # train/acc is measured during the epoch, as the weights change (and, for nearest_etf, with a classifier fitted
     # to running means that include the batch); this is the train set under the end-of-epoch model.

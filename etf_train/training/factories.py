@@ -32,6 +32,7 @@ def check_config(cfg: DictConfig) -> None:
     opt.integer("trainer.save_every_n_epochs", t.save_every_n_epochs, 0)
     opt.number("trainer.checkpoint_every_s", t.checkpoint_every_s, 0)
     opt.integer("metrics.every_n_epochs", cfg.metrics.every_n_epochs)
+    opt.boolean("metrics.erank_sw", cfg.metrics.erank_sw)
     opt.integer("seed", cfg.seed, 0)
     opt.choice("trainer.precision", t.precision, ("auto", "bf16", "fp32"))
     opt.choice("trainer.nonfinite", t.nonfinite, ("stop", "skip"))
