@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import interrupt, parallel, rundir, search, sweepdir
 from .command import Command
 from .errors import FULL_MB, EtfTrainError, free_mb, one_line
+from .heap import keep_freed_memory
 from .runlock import RunLock
 from .view import how_to_look
 
@@ -294,7 +295,8 @@ def set_process_env(cmd: Command) -> None:
     while they wait instead of spinning: with torch's spinning default a busy neighbour on a small machine slows every
     step many times over (docs/benchmarks.md, "The thread cliff"); export OMP_WAIT_POLICY=ACTIVE to choose otherwise.
     cuBLAS's fixed workspace, which deterministic cuBLAS needs, must precede the process's first cuBLAS call, and in
-    a sweep an earlier job makes that call."""
+    a sweep an earlier job makes that call. And glibc's allocator keeps freed memory for the next tensor (heap.py)."""
+    keep_freed_memory()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "true" in cmd.value("trainer.deterministic", "").lower():  # true, or a sweep over true and false
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # as seed_everything sets it

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).parents[1] / "etf_train"
 
 # Lower layers never import higher ones; within a layer, only a package's own modules import each other.
 LAYERS = [
-    {"command", "errors", "tags"},
+    {"command", "errors", "heap", "tags"},
     {"interrupt", "options", "registry", "rundir", "search", "sweepdir", "view"},
     {"etf", "metrics", "parallel", "runlock", "sphere"},
     {"solver"},
