@@ -252,6 +252,17 @@ def test_the_end_of_a_sweep_lists_runs_that_failed_after_starting(sweep, tmp_pat
     assert "etf-train: 1 of 10 runs not counted:" in text
     assert f"etf-train: - {tmp_path / 's' / 'diverged'}: failed at epoch 0 (diverged at epoch 1, step 2)" in text
     assert "etf-train: Against the baseline learned" in text and "refused" not in text
+    # the blocks in order, each ended by one bare blank line: the answer and table (its note pointing at the full
+    # table), the runs not counted, then where to look
+    lines = text.split("\n")
+    assert lines[0] == "etf-train: Against the baseline learned (baseline epochs / group epochs):"
+    table_end = next(i for i, line in enumerate(lines) if line.endswith(f"full table: etf-compare {tmp_path / 's'})"))
+    assert lines[table_end + 1 : table_end + 5] == [
+        "",
+        "etf-train: 1 of 10 runs not counted:",
+        f"etf-train: - {tmp_path / 's' / 'diverged'}: failed at epoch 0 (diverged at epoch 1, step 2)",
+        "",
+    ]
 
 
 def test_serve_starts_tensorboard_on_exactly_the_compared_runs_and_stops_on_ctrl_c(sweep, tmp_path):  # noqa: F811

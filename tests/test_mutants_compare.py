@@ -5,6 +5,7 @@ message. Expected values are written out here, not computed with the package's h
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,6 +110,7 @@ class _Run:
 
 def test_runs_named_in_a_message():
     assert _named([_Run("a")]) == "a"
+    assert _named([_Run("a"), _Run("b")]) == "a and 1 more runs"
     assert _named([_Run("a"), _Run("b"), _Run("c")]) == "a and 2 more runs"
 
 
@@ -198,3 +200,73 @@ def test_the_answer_sentence_against_the_baseline():
         "Only nearest_etf's median run reaches NC1 <= 0.001 (epoch 60), learned's never does. "
         "Median curves cross: learned falls below nearest_etf in NC1 from epoch 30.",
     ]
+
+
+def test_the_answer_when_the_deepest_shared_threshold_is_a_tie_and_only_the_baseline_gets_further():
+    from etf_train.compare.answer import answer
+
+    nc1 = [Threshold(NC1, v, False) for v in (1.0, 0.1, 0.01, 0.001)]
+    seeds = (1, 2, 3)
+
+    def summary(label, epochs):
+        reached = {t: Spread(e if isinstance(e, tuple) else (e, e, e)) for t, e in zip(nc1, epochs)}
+        return GroupSummary(label, 3, 3, 3, Spread(()), reached, {}, Spread(()), seeds)
+
+    base = summary("head=learned", (2, 14, 20, 50))
+    # at 0.001 one seed of three gets there: a paired ratio exists, but the group's median is never
+    group_ = summary("head=fixed_etf", (1, 7, 20, (40.0, math.inf, math.inf)))
+    speed = {
+        "head=fixed_etf": {
+            nc1[0]: Speedup(2.0, 2.0, 2.0, 3, 3, True),
+            nc1[1]: Speedup(2.0, 2.0, 2.0, 3, 3, True),
+            nc1[2]: Speedup(1.0, 1.0, 1.0, 3, 3, True),
+            nc1[3]: Speedup(1.25, 1.25, 1.25, 1, 3, True),
+        }
+    }
+    lines = answer({"head=learned": base, "head=fixed_etf": group_}, "head=learned", nc1, speed, {})
+    assert lines[1] == (
+        "- fixed_etf reaches NC1 <= 1 2.00x sooner than learned (1 vs 2 epochs, median; 3 of 3 seeds paired); "
+        "at NC1 <= 0.01, at the same epoch (20 vs 20). "
+        "Only learned's median run reaches NC1 <= 0.001 (epoch 50), fixed_etf's never does."
+    )
+
+
+def test_the_speedup_table_of_one_threshold_and_of_none():
+    from etf_train.compare.report import speedup_table
+
+    summaries = {"base": group("base", (1,), (6.0,)), "g": group("g", (1,), (3.0,))}
+    one = speedup_table(summaries, "base", [T], {"g": {T: Speedup(2.0, 2.0, 2.0, 1, 1, True)}})
+    assert one[2:] == ["| group | paired by seed | NC1 <= 0.1 |", "|---|---|---|", "| g | 1 seeds | 2.00x |"]
+    assert speedup_table(summaries, "base", [], {"g": {}})[2:] == [
+        "| group | paired by seed |",
+        "|---|---|",
+        "| g | - |",
+    ]
+    assert one[0] == (
+        "Speed-up over `base`: its epochs / the group's epochs at each threshold (> 1: sooner), median [min, max] over "
+        "the seeds both ran and both got there with (etf-train starts every head of a seed from the same backbone); "
+        "groups without a seed in common: the ratio of median epochs, with the range of min / max run pairs; `-`: no "
+        "pair got there."
+    )
+
+
+def test_a_log_axis_only_past_the_decades_and_never_for_no_values():
+    from etf_train.compare.plot import spans_decades
+
+    assert spans_decades(np.array([1.0, 100.0]), decades=2) is False  # exactly 2 decades: not more
+    assert spans_decades(np.array([1.0, 1000.0]), decades=2) is True
+    assert spans_decades(np.array([math.nan, math.inf]), decades=2) is False  # no finite value
+    assert spans_decades(np.array([0.0, 1000.0]), decades=2) is False
+
+
+def test_a_run_not_counted_is_described_with_its_reason_when_it_has_one():
+    from omegaconf import OmegaConf
+
+    from etf_train.compare.runs import RecordedRun
+    from etf_train.rundir import RunState
+
+    config = OmegaConf.create({"trainer": {"max_epochs": 6}})
+    scalars = {"test/acc": (np.array([1, 2, 3]), np.array([1.0, 2.0, 3.0]))}
+    failed = RecordedRun(Path("r"), config, scalars, RunState("failed", "diverged at epoch 3"))
+    assert failed.describe() == "r: failed at epoch 3 of 6 (diverged at epoch 3)"
+    assert RecordedRun(Path("r"), config, scalars, RunState("unfinished")).describe() == "r: unfinished at epoch 3 of 6"
