@@ -270,3 +270,15 @@ def test_a_run_not_counted_is_described_with_its_reason_when_it_has_one():
     failed = RecordedRun(Path("r"), config, scalars, RunState("failed", "diverged at epoch 3"))
     assert failed.describe() == "r: failed at epoch 3 of 6 (diverged at epoch 3)"
     assert RecordedRun(Path("r"), config, scalars, RunState("unfinished")).describe() == "r: unfinished at epoch 3 of 6"
+
+
+def test_curves_leave_out_an_unfinished_run_unless_asked(tmp_path):
+    from etf_train.compare import curves
+
+    from .test_compare import write_config, write_events
+
+    for name, state in (("done", "finished"), ("running", "unfinished")):
+        write_config(tmp_path / name, {"seed": 1, "head": {"name": name}}, state=state)
+        write_events(tmp_path / name, {"test/acc": {1: 50.0, 2: 60.0}})
+    assert {row["group"] for row in curves(tmp_path)} == {"head=done"}
+    assert {row["group"] for row in curves(tmp_path, include_unfinished=True)} == {"head=done", "head=running"}
