@@ -74,7 +74,8 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="Hydra overrides added to experiment=ufm10")
     args = p.parse_args()
     lines = [
-        "| code | head | training steps, ms | rest of the epoch, ms | evaluation alone, ms | NC metrics, ms | NC / training |",
+        "| code | head | training steps, ms | rest of the epoch, ms | evaluation alone, ms | NC metrics, ms "
+        "| NC / training |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for head in HEADS:

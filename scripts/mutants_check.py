@@ -6,7 +6,8 @@ rather than with mutmut's stats pass first (docs/mutation.md, "Checking a test a
 Each mutant (survived, timeout or no tests in .mutate/mutants/**/*.meta, its module matching the pattern) runs in
 a process forked from this one with MUTANT_UNDER_TEST set, as mutmut's own workers do: pytest -x over the test
 files, from .mutate/mutants/ (copy new test files into .mutate/mutants/tests/ first), with a 30 s alarm. Prints
-a line per mutant as it goes, killed or alive, then the counts. Results are not written back: the next `make mutate` records them.
+a line per mutant as it goes, killed or alive, then the counts. Results are not written back: the next
+`make mutate` records them.
 """
 
 from __future__ import annotations

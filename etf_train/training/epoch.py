@@ -129,6 +129,7 @@ class Epochs:
         last = epoch == self.t.max_epochs
         metrics_epoch = epoch % self.cfg.metrics.every_n_epochs == 0 or last
         shared = metrics_epoch and self.bundle.test_is_eval_train  # UFM: one pass, the test and the NC metrics
+        erank_sw = self.cfg.metrics.erank_sw
         # The bare model: ranks' test shards may differ in batch count; DDP's forward would wait on a collective.
         # NC metrics of a test split that is the train set itself (UFM) would repeat nc/* as nc_test/*
         test, self.calibration = evaluate(
@@ -139,7 +140,7 @@ class Epochs:
             self.world,
             self.K,
             nc=metrics_epoch and (self.bundle.held_out or shared),
-            erank_sw=self.cfg.metrics.erank_sw,
+            erank_sw=erank_sw,
             class_names=self.bundle.class_names,
             class_counts=self.class_counts,
             per_class=self.K <= 100 or last,
@@ -149,14 +150,7 @@ class Epochs:
             noisy = None if self.bundle.noisy is None else self.bundle.noisy[self.world.rank :: self.world.world_size]
             scalars.update(
                 evaluate_train_set(
-                    self.model,
-                    self.eval_train_loader,
-                    self.device,
-                    self.autocast,
-                    self.K,
-                    self.world,
-                    noisy,
-                    self.cfg.metrics.erank_sw,
+                    self.model, self.eval_train_loader, self.device, self.autocast, self.K, self.world, noisy, erank_sw
                 )
             )
         if self.scheduler is not None:

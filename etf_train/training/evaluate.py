@@ -81,7 +81,8 @@ def evaluate(
 ) -> tuple[dict[str, float], torch.Tensor]:
     """The test split: test/loss (cross-entropy, whatever the training loss), test/acc (%), test/acc_top5,
     test/ece, test/acc_class/<name> (per_class), test/acc_many|medium|few (with class_counts), and with nc the
-    NC metrics of the split as nc_test/* (erank_sw among them or not). Also the calibration bins, for a reliability diagram."""
+    NC metrics of the split as nc_test/* (erank_sw among them or not). Also the calibration bins, for a reliability
+    diagram."""
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
@@ -110,8 +111,8 @@ def evaluate_train_set(
     model, loader, device, autocast, num_classes, world: Dist, noisy=None, erank_sw: bool = True
 ) -> dict[str, float]:
     """NC metrics (erank_sw among them or not) and eval-mode accuracy over the (un-augmented) train set, with the
-    labels training sees (label noise included). noisy: (this rank's samples,) bool in the loader's order, marking noisy labels: adds
-    train/noisy_fit, the fraction of them the model predicts with their noisy label."""
+    labels training sees (label noise included). noisy: (this rank's samples,) bool in the loader's order, marking
+    noisy labels: adds train/noisy_fit, the fraction of them the model predicts with their noisy label."""
     correct = torch.zeros((), device=device, dtype=torch.long)
     fit = torch.zeros(2, device=device, dtype=torch.long)  # (noisy samples fitted, noisy samples)
     seen = 0
