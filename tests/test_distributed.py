@@ -1,6 +1,7 @@
 """DistributedDataParallel on CPU: torchrun, gloo backend, two processes."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,7 +110,14 @@ def _torchrun_stopped_by_sigterm(run: Path, settings: list[str], sig=signal.SIGT
     assert proc.returncode != 0 and err.count(f"etf-train: stopped by {name} at epoch") >= 1, err[-3000:]
     assert "killed by signal" not in err, err[-3000:]  # (torchrun itself prints a traceback when signalled)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
-    assert state["partial"] is not None and 0 < state["epoch"] < 20, state["epoch"]
+    # The checkpoint is where the stop line says. A signal during the steps of epoch E saves E's first S steps; one
+    # during E's evaluation (which one it meets depends on timing) stops at E's end, its last step, as loop.py says.
+    epoch, step = map(int, re.search(rf"stopped by {name} at epoch (\d+), step (\d+)", err).groups())
+    assert 0 < epoch < 20 and step > 0, err[-3000:]
+    if state["partial"] is None:
+        assert state["epoch"] == epoch
+    else:
+        assert (state["epoch"], state["partial"]["epoch"], state["partial"]["step"]) == (epoch - 1, epoch, step)
     assert not (run / "checkpoints" / "finished").exists() and not (run / ".etf-train.lock").exists()
 
 
