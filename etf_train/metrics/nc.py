@@ -101,11 +101,15 @@ def symmetric_from_upper(upper: Tensor) -> Tensor:
 
 
 class _Pass2(NamedTuple):
-    """What pass 1 fixes for pass 2: the class means, the nearest-centre offsets and the class-mean directions."""
+    """What pass 1 fixes for pass 2 (and compute reads): the class means, the nearest-centre offsets and the
+    class-mean directions."""
 
     mu: Tensor  # (K, d) every class's mean (0 for an absent class)
     offset: Tensor  # (K,) ||mu_c||^2, inf for an absent class: it can never be nearest
-    U: Tensor  # (d, r) left singular vectors of Hc (present classes), r = min(d, K')
+    present: Tensor  # (K,) bool, the classes with samples
+    mu_G: Tensor  # (d,) the global mean
+    Hc: Tensor  # (d, K') the centred means of the classes present
+    U: Tensor  # (d, r) left singular vectors of Hc, r = min(d, K')
     S: Tensor  # (r,) its singular values, descending
 
 
@@ -156,24 +160,20 @@ class NCAccumulator:
             )
         return y
 
-    def _centred_means(self) -> tuple[Tensor, Tensor, Tensor]:
-        """present (K,) bool, mu_G (d,) and Hc (d, K'), the centred means of the classes present."""
-        present = self.counts > 0
-        mu_G = self.sums.sum(dim=0) / self.counts.sum()  # (d,)
-        return present, mu_G, (self.sums[present] / self.counts[present][:, None] - mu_G).T
-
     def _start_pass2(self) -> _Pass2:
         if self._pass2 is None:
             present = self.counts > 0
             if not present.any():
                 raise EtfTrainError("update_ncc called before any update_stats: pass 1 must run first")
             mu = self.sums / self.counts.clamp(min=1)[:, None]  # (K, d)
-            _, _, Hc = self._centred_means()
+            mu_G = self.sums.sum(dim=0) / self.counts.sum()  # (d,)
+            Hc = (mu[present] - mu_G).T  # (d, K')
             if not bool(torch.isfinite(Hc).all()):  # a diverged run's features (NaN where their norm overflowed)
                 raise NonFiniteError("the features are no longer finite in the NC metrics' pass: training diverged")
             U, S, _ = torch.linalg.svd(Hc, full_matrices=False)  # (d, r), (r,)
             # ||h - mu_c||^2 = ||h||^2 + (||mu_c||^2 - 2 h.mu_c); absent classes can never be nearest.
-            self._pass2 = _Pass2(mu, mu.square().sum(dim=1).masked_fill(~present, math.inf), U, S)
+            offset = mu.square().sum(dim=1).masked_fill(~present, math.inf)  # (K,)
+            self._pass2 = _Pass2(mu, offset, present, mu_G, Hc, U, S)
         return self._pass2
 
     def update_stats(self, h: Tensor, y: Tensor) -> None:
@@ -203,14 +203,14 @@ class NCAccumulator:
             raise EtfTrainError(
                 f"NC metrics expect logits of shape ({h.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}"
             )
-        mu, offset, U, _ = self._start_pass2()
-        centred = h - mu.index_select(0, y)  # (B, d); index_select: twice as fast as mu[y] here
-        self.projected[: U.shape[1]] += (centred @ U).square().sum(dim=0)
+        fixed = self._start_pass2()
+        centred = h - fixed.mu.index_select(0, y)  # (B, d); index_select: twice as fast as mu[y] here
+        self.projected[: fixed.U.shape[1]] += (centred @ fixed.U).square().sum(dim=0)
         if self.within is not None:
             for a, b in panels(self.dim):  # symmetric: the upper block triangle is all of it
                 self.within[a:b, a:].addmm_(centred[:, a:b].T, centred[:, a:])
         if logits is not None:
-            nearest = torch.addmm(offset, h, mu.T, alpha=-2.0).argmin(dim=1)  # (B,), no (B, d) temporary 2 h
+            nearest = torch.addmm(fixed.offset, h, fixed.mu.T, alpha=-2.0).argmin(dim=1)  # (B,), no (B, d) 2 h
             predicted = logits.detach().to(self.counts.device).argmax(dim=1)
             self.ncc[0] += (nearest != predicted).sum()
             self.ncc[1] += h.shape[0]
@@ -246,12 +246,11 @@ class NCAccumulator:
         if b is not None and W is None:
             raise EtfTrainError("bias_collapse || W mu_G + b || needs the classifier W along with its bias b")
         N = self.counts.sum()
-        present, mu_G, Hc = self._centred_means()
+        mu, _, present, mu_G, Hc, U, S = self._start_pass2()
         if int(present.sum()) < 2:
             raise EtfTrainError(f"NC metrics need samples of at least 2 classes, got {int(present.sum())} (N={int(N)})")
-        _, _, U, S = self._start_pass2()
         n = self.counts[present]  # (K',)
-        mu = self.sums[present] / n[:, None]  # (K', d)
+        mu = mu[present]  # (K', d)
         G_h = Hc.T @ Hc  # (K', K')
         # E||h - mu_c||^2 = E||h||^2 - ||mu_c||^2; the clamp removes rounding below 0 for collapsed classes.
         var = (self.sq_norms[present] / n - mu.square().sum(dim=1)).clamp_min(0)  # (K',)
