@@ -144,7 +144,8 @@ def read_record(run: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EtfTrainError(f"cannot read the run record {path} ({first}): it is damaged or not etf-train's") from None
-    if not isinstance(record, dict) or not isinstance(record.get("trainer", {}), dict):
+    sections = {"trainer", *(key.split(".")[0] for key in ADDED)}  # read as mappings (by migrate, by etf-eval)
+    if not isinstance(record, dict) or any(not isinstance(record.get(s, {}), dict) for s in sections):
         raise EtfTrainError(f"the run record {path} is not an etf-train config (a mapping with its sections)")
     return migrate(record)
 

@@ -8,6 +8,7 @@ import yaml
 
 from etf_train import rundir
 from etf_train.compare.runs import load_run
+from etf_train.errors import EtfTrainError
 from etf_train.training import train
 
 from .conftest import TINY, Crash, interrupted, make_cfg
@@ -46,6 +47,15 @@ def test_a_record_without_a_later_option_reads_with_the_value_it_ran_with():
     assert migrated["trainer"] == {"max_epochs": 3, "cudnn_benchmark": None, "tf32": None}
     assert older == {"metrics": {"every_n_epochs": 2}, "trainer": {"max_epochs": 3}}
     assert rundir.migrate({"metrics": {"erank_sw": False}})["metrics"]["erank_sw"] is False
+
+
+@pytest.mark.parametrize("section", ["trainer", "metrics", "dataset", "loader"])
+def test_a_record_whose_section_is_no_mapping_is_one_line(tmp_path, section):
+    """Catches a damaged record (`metrics: null`) read on, to a TypeError in etf-eval's config["metrics"][...]."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / rundir.CONFIG).write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}, section: None}))
+    with pytest.raises(EtfTrainError, match="is not an etf-train config"):
+        rundir.read_record(tmp_path)
 
 
 def test_a_run_recorded_in_the_older_keys_resumes_and_compares(tmp_path, monkeypatch):
