@@ -61,9 +61,12 @@ def test_the_start_block_names_every_chosen_value(tmp_path):
         assert re.search(pattern, line), (line, pattern)
 
 
-def test_the_estimate_after_the_first_epoch_is_within_a_quarter_of_the_time_left(tmp_path):
+def test_the_estimate_after_the_first_epoch_is_within_a_factor_of_two_of_the_time_left(tmp_path):
     """A 5-epoch digits run (`make run`'s experiment): the ETA its log gives after epoch 1 against the time its
-    epochs 2-5 actually took, both from the log's own time stamps."""
+    epochs 2-5 actually took, both from the log's own time stamps. The bound is loose because one epoch of 0.2 s
+    predicts the next four only as well as the machine's load allows (25 % failed once on an idle 2-core machine,
+    0.9 s for 0.70 s); the formula itself is pinned exactly, with a fake clock, below. A wrong unit or a per-step
+    estimate is still off by far more than 2x."""
     exe = Path(sys.executable).with_name("etf-train")
     args = ["dataset=digits", "trainer.max_epochs=5", "trainer.device=cpu", "trainer.progress=false"]
     proc = subprocess.run(
@@ -77,7 +80,7 @@ def test_the_estimate_after_the_first_epoch_is_within_a_quarter_of_the_time_left
     assert sorted(stamps) == [1, 2, 3, 4, 5]
     actual = (stamps[5][0] - stamps[1][0]).total_seconds()
     eta = stamps[1][1]
-    assert eta.endswith("s") and abs(float(eta[:-1]) - actual) <= 0.25 * actual, (eta, actual)
+    assert eta.endswith("s") and 0.5 * actual <= float(eta[:-1]) <= 2 * actual, (eta, actual)
 
 
 def test_a_cpu_run_of_over_an_hour_says_so_once_with_the_quick_alternatives(monkeypatch, caplog):
