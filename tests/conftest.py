@@ -47,6 +47,20 @@ TINY_UFM = [
 ]
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Under `make mutate` only (a worker testing one mutant): each test file's tests run together, files in the
+    order of their first test. mutmut hands a mutant's tests over fastest first, across files; pytest then tears a
+    module's fixtures down at every switch of file and builds them again (a surviving mutant took 1.2-1.5x as long,
+    docs/mutation.md)."""
+    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
+        return
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.nodeid.partition("::")[0], i)
+    items.sort(key=lambda item: first[item.nodeid.partition("::")[0]])  # stable: the order within a file is kept
+
+
 def make_cfg(*overrides: str):
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))

@@ -1,0 +1,38 @@
+"""The test order under `make mutate` (tests/conftest.py): a mutant's tests grouped by file, so that no module's
+fixtures are built twice; any other run keeps pytest's order."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from .conftest import pytest_collection_modifyitems
+
+# as mutmut hands them over, fastest first, across files
+GIVEN = ["tests/b.py::t1", "tests/a.py::t1", "tests/b.py::t2", "tests/c.py::t1", "tests/a.py::t2", "tests/b.py::t3"]
+
+
+def ordered(monkeypatch, mutant: str | None) -> list[str]:
+    if mutant is None:
+        monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+    else:
+        monkeypatch.setenv("MUTANT_UNDER_TEST", mutant)
+    items = [SimpleNamespace(nodeid=n) for n in GIVEN]
+    pytest_collection_modifyitems(items)
+    return [item.nodeid for item in items]
+
+
+def test_a_mutants_tests_run_file_by_file_in_the_order_of_each_files_first_test(monkeypatch):
+    assert ordered(monkeypatch, "etf_train.rundir.x_checkpoint__mutmut_3") == [
+        "tests/b.py::t1",
+        "tests/b.py::t2",
+        "tests/b.py::t3",
+        "tests/a.py::t1",
+        "tests/a.py::t2",
+        "tests/c.py::t1",
+    ]
+
+
+def test_every_other_run_keeps_the_order_it_was_given(monkeypatch):
+    # no mutmut; mutmut's own passes (its stats, the clean run, the forced failure) name no mutant
+    for mutant in (None, "", "stats", "fail"):
+        assert ordered(monkeypatch, mutant) == GIVEN
