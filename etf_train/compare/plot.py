@@ -199,7 +199,7 @@ def figure(
         handles,
         labels,
         loc="outside lower center",
-        ncols=max(1, min(3, len(groups), fit)),
+        ncols=max(1, min(3, fit)),  # matplotlib keeps it to the number of entries
         fontsize="small",
         frameon=False,
     )

@@ -95,7 +95,7 @@ def compact(
     baseline: str | None,
     limits: Sequence[Threshold],
     speed: dict[str, dict[Threshold, Speedup]],
-    full: str = "comparison.md",
+    full: str,
     width: int = 120,
 ) -> list[str]:
     """The terminal's table: readable group, runs, a few threshold columns (median epoch, and the speed-up over the
@@ -142,12 +142,12 @@ def compact(
 def markdown(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
-    others: Sequence[RecordedRun] = (),
-    include_unfinished: bool = False,
-    notes: Sequence[str] = (),
-    warnings: Sequence[str] = (),
-    intro: Sequence[str] = (),
-    after: Sequence[str] = (),
+    others: Sequence[RecordedRun],
+    include_unfinished: bool,
+    notes: Sequence[str],
+    warnings: Sequence[str],
+    intro: Sequence[str],
+    after: Sequence[str],
 ) -> str:
     """`intro` (the answer and the setting), the table, `after` it (the speed-ups), the warnings (what the table
     cannot show: pooled or unlike settings; also on stderr, but the file is what gets kept), its legend (the cell
