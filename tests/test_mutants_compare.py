@@ -282,3 +282,12 @@ def test_curves_leave_out_an_unfinished_run_unless_asked(tmp_path):
         write_events(tmp_path / name, {"test/acc": {1: 50.0, 2: 60.0}})
     assert {row["group"] for row in curves(tmp_path)} == {"head=done"}
     assert {row["group"] for row in curves(tmp_path, include_unfinished=True)} == {"head=done", "head=running"}
+
+
+def test_a_message_names_four_differing_settings_and_says_when_there_are_more():
+    from etf_train.compare.events import listed
+
+    assert listed(["a: 1 -> 2", "b: x -> y"]) == "a: 1 -> 2, b: x -> y"
+    four = [f"k{i}: {i} -> {i + 1}" for i in range(4)]
+    assert listed(four) == "k0: 0 -> 1, k1: 1 -> 2, k2: 2 -> 3, k3: 3 -> 4"
+    assert listed([*four, "k4: 4 -> 5"]) == "k0: 0 -> 1, k1: 1 -> 2, k2: 2 -> 3, k3: 3 -> 4 ..."

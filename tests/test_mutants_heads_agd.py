@@ -5,6 +5,7 @@ written out here."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -89,3 +90,26 @@ def test_agd_reports_the_mean_eta_of_its_steps_and_nothing_for_an_epoch_without_
     optimizer.step()
     (eta,) = optimizer.epoch_scalars().values()  # the next epoch's one step alone: the sum restarted at 0
     assert eta == pytest.approx(float(optimizer.last_eta), rel=1e-6)
+
+
+def test_the_solver_scalars_are_the_mean_over_the_epochs_solves():
+    """solver/ms, iters and grad_norm over three solves (the Riemannian solver reports iterations and the gradient's
+    norm per class batch; the closed form neither); then nothing is left for the next epoch."""
+    head = create_head("nearest_etf", num_classes=3, dim=4)
+
+    def solve(ms: float, iters: list[int] | None, grad: list[float] | None = None):
+        timer = SimpleNamespace(elapsed_ms=lambda: ms)
+        info = SimpleNamespace(
+            iters=None if iters is None else torch.tensor(iters), grad_norm=None if grad is None else torch.tensor(grad)
+        )
+        return timer, info
+
+    head._stats[:] = [solve(2.0, [3, 5], [0.5, 1.5]), solve(4.0, [6], [0.25]), solve(9.0, None)]
+    assert head.pop_solver_stats() == {
+        "solver/ms": pytest.approx(5.0),
+        "solver/iters": pytest.approx((4 + 6) / 2),  # of the two solves that iterated
+        "solver/grad_norm": pytest.approx((1.0 + 0.25) / 2),
+    }
+    assert head.pop_solver_stats() == {}
+    head._stats[:] = [solve(1.0, None), solve(2.0, None)]
+    assert head.pop_solver_stats() == {"solver/ms": pytest.approx(1.5)}
