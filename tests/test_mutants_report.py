@@ -5,12 +5,17 @@ built here by hand; each expected line is written out."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from etf_train.compare.report import compact, notes, table
+from etf_train.compare.report import compact, markdown, notes, table, write_csv
+from etf_train.compare.runs import RecordedRun
 from etf_train.compare.speedup import Speedup
 from etf_train.compare.stats import GroupSummary, Spread, Threshold
+from etf_train.rundir import RunState
 from etf_train.tags import EVAL_ACC, NC1, TEST_ACC, TRAIN_ACC
 
 inf, nan = math.inf, math.nan
@@ -183,3 +188,109 @@ def test_the_notes_say_what_each_accuracy_measures():
         "fitted to running means that include the batch), which flatters early epochs.",
         solver,
     ]
+
+
+LEGEND = (
+    "Cells: median [min, max] over {counted} of a group; `-`: none. Threshold columns: the first logged epoch at which "
+    "the tag >= T (accuracies) or <= T (NC1); `never` = a run never got there within its epochs (ranked after every "
+    "epoch); a bare `never` = no run did."
+)
+
+
+def recorded(name: str, status: str, epochs: int) -> RecordedRun:
+    scalars = {TEST_ACC: (np.arange(1, epochs + 1), np.ones(epochs))}
+    return RecordedRun(Path(name), OmegaConf.create({"trainer": {"max_epochs": 6}}), scalars, RunState(status))
+
+
+def test_the_report_file_in_order_intro_table_after_warnings_legend_and_runs_not_counted():
+    others = [recorded("runs/u", "unfinished", 3), recorded("runs/f", "failed", 0)]
+    args = (["g", "x"], [["a|b", "1"]], others)
+    text = markdown(*args, False, ["note 1", "note 2"], ["w 1", "w 2"], ["answer", "setting"], ["after"])
+    assert text == "\n".join(
+        [
+            "answer",
+            "setting",
+            "",
+            "| g | x |",
+            "|---|---|",
+            r"| a\|b | 1 |",
+            "",
+            "after",
+            "",
+            "**Warnings** (read the table with them):",
+            "- w 1",
+            "- w 2",
+            "",
+            LEGEND.format(counted="its finished runs"),
+            "note 1",
+            "note 2",
+            "",
+            "Not counted (unfinished or failed; --include-unfinished adds the epochs they logged):",
+            "- runs/u: unfinished at epoch 3 of 6",
+            "- runs/f: failed at epoch 0 of 6",
+            "",
+        ]
+    )
+    # with --include-unfinished: the run that logged epochs is counted, the one that logged none is not
+    assert markdown(*args, True, [], [], [], []) == "\n".join(
+        [
+            "| g | x |",
+            "|---|---|",
+            r"| a\|b | 1 |",
+            "",
+            LEGEND.format(counted="all runs that logged an epoch, unfinished ones too"),
+            "",
+            "Unfinished or failed runs, counted up to their last logged epoch:",
+            "- runs/u: unfinished at epoch 3 of 6",
+            "",
+            "Not counted (no epoch logged):",
+            "- runs/f: failed at epoch 0 of 6",
+            "",
+        ]
+    )
+
+
+def test_the_csv_has_every_number_unformatted_and_empty_cells_where_there_is_none(tmp_path):
+    base = GroupSummary(
+        "head=learned",
+        2,
+        2,
+        3,
+        Spread((10, 10)),
+        {N1: Spread((4, inf)), A90: Spread(())},
+        {TEST_ACC: Spread((80.0, 90.0))},
+        Spread(()),
+    )
+    other = GroupSummary(
+        "head=nearest_etf",
+        1,
+        1,
+        1,
+        Spread((10,)),
+        {N1: Spread((2,)), A90: Spread((5,))},
+        {TEST_ACC: Spread((95.0,))},
+        Spread((1.5,)),
+    )
+    speed = {"head=nearest_etf": {N1: Speedup(2.0, 2.0, 2.0, 1, 1, True), A90: Speedup(nan, nan, nan, 0, 1, True)}}
+    acc = "train_acc_measured_during_training_ge_90"
+    header = (
+        "group,runs,runs_finished,runs_total,epochs_median,epochs_min,epochs_max,"
+        "epochs_to_nc1_le_1_median,epochs_to_nc1_le_1_min,epochs_to_nc1_le_1_max,epochs_to_nc1_le_1_reached,"
+        f"epochs_to_{acc}_median,epochs_to_{acc}_min,epochs_to_{acc}_max,epochs_to_{acc}_reached,"
+        "final_test_acc_median,final_test_acc_min,final_test_acc_max,"
+        "solver_ms_per_step_median,solver_ms_per_step_min,solver_ms_per_step_max"
+    )
+    write_csv(tmp_path / "a.csv", [base, other], speed)
+    assert (tmp_path / "a.csv").read_bytes().decode().split("\r\n") == [
+        header + ",speedup_nc1_le_1_median,speedup_nc1_le_1_min,speedup_nc1_le_1_max,speedup_nc1_le_1_pairs"
+        f",speedup_{acc}_median,speedup_{acc}_min,speedup_{acc}_max,speedup_{acc}_pairs",
+        "head=learned,2,2,3,10.0,10.0,10.0,inf,4.0,inf,1,,,,0,85.0,80.0,90.0,,,,,,,,,,,",
+        "head=nearest_etf,1,1,1,10.0,10.0,10.0,2.0,2.0,2.0,1,5.0,5.0,5.0,1,95.0,95.0,95.0,1.5,1.5,1.5,2.0,2.0,2.0,1,,,,",
+        "",
+    ]
+    write_csv(tmp_path / "b.csv", [base, other])  # no baseline: no speed-up columns
+    lines = (tmp_path / "b.csv").read_text().splitlines()
+    assert (
+        lines[0] == header
+        and lines[2] == "head=nearest_etf,1,1,1,10.0,10.0,10.0,2.0,2.0,2.0,1,5.0,5.0,5.0,1,95.0,95.0,95.0,1.5,1.5,1.5"
+    )
