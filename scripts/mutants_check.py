@@ -2,6 +2,11 @@
 rather than with mutmut's stats pass first (docs/mutation.md, "Checking a test against a mutant").
 
     .venv/bin/python scripts/mutants_check.py "etf_train.compare.*" tests/test_mutants_compare.py [more test files]
+    .venv/bin/python scripts/mutants_check.py --untested 4 "etf_train.*"
+
+With --untested S it triages instead the mutants the last run never reached: each against the tests mutmut recorded
+for its function (its stats pass), fastest first, for at most S seconds: `killed`, or `not killed in S s` (a later
+test may still kill it). Hours of mutmut's run become about one, and what needs a test shows up.
 
 Each mutant (survived, timeout or no tests in .mutate/mutants/**/*.meta, its module matching the pattern) runs in
 a process forked from this one with MUTANT_UNDER_TEST set, as mutmut's own workers do: pytest -x over the test
@@ -36,7 +41,42 @@ def not_killed(pattern: str) -> list[str]:
     return names
 
 
-def killed(name: str, tests: list[str]) -> bool:
+def untested(pattern: str) -> list[tuple[str, list[str]]]:
+    """The mutants the last run never reached, each with its recorded tests fastest first, cheapest mutants first."""
+    from mutmut.__main__ import mangled_name_from_mutant_name
+
+    stats = json.loads((MUTANTS / "mutmut-stats.json").read_text())
+    seconds, tests_of = stats["duration_by_test"], stats["tests_by_mangled_function_name"]
+    found = []
+    for meta in sorted(MUTANTS.glob("etf_train/**/*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if code is None and fnmatch.fnmatch(name, pattern):
+                tests = sorted(tests_of.get(mangled_name_from_mutant_name(name), []), key=seconds.__getitem__)
+                found.append((sum(map(seconds.__getitem__, tests)), name, tests))
+    return [(name, tests) for _, name, tests in sorted(found)]
+
+
+def warm_up() -> None:
+    """Import and collect the selected tests once, here, as mutmut does before its first mutant: the forks then start
+    with torch and the test modules loaded (seconds a mutant otherwise); the frozen heap is not collected again."""
+    import gc
+
+    import pytest
+    import tomllib
+
+    selection = tomllib.loads((MUTANTS / "pyproject.toml").read_text())["tool"]["mutmut"]
+    quiet, out, err = os.open(os.devnull, os.O_WRONLY), os.dup(1), os.dup(2)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    pytest.main(["--collect-only", "-qqq", "-p", "no:cacheprovider", *selection["pytest_add_cli_args_test_selection"]])
+    os.dup2(out, 1)
+    os.dup2(err, 2)
+    gc.collect()
+    gc.freeze()
+
+
+def killed(name: str, tests: list[str], limit: float = 30) -> bool | None:
+    """Whether the tests fail with this mutant; None when they ran past `limit` seconds without failing."""
     pid = os.fork()
     if pid == 0:
         import pytest
@@ -45,24 +85,35 @@ def killed(name: str, tests: list[str]) -> bool:
         quiet = os.open(os.devnull, os.O_WRONLY)
         os.dup2(quiet, 1)
         os.dup2(quiet, 2)
-        signal.alarm(30)  # an endless loop is caught, as mutmut's timeout would be
+        signal.setitimer(signal.ITIMER_REAL, limit)
         os._exit(int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests])))
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return None if code == -signal.SIGALRM else code not in (0, 5)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("pattern", help='module pattern, e.g. "etf_train.compare.*"')
-    p.add_argument("tests", nargs="+", help="test files, relative to the repository root")
+    p.add_argument("tests", nargs="*", help="test files, relative to the repository root")
+    p.add_argument("--untested", type=float, metavar="S", help="triage the mutants the last run never reached")
     args = p.parse_args()
     os.chdir(MUTANTS)
     sys.path.insert(0, str(MUTANTS))  # the mutated package first, as in mutmut's workers
+    if args.untested:
+        warm_up()
+        for name, tests in untested(args.pattern + "*"):
+            dead = killed(name, tests, args.untested) if tests else False
+            print(f"{'killed' if dead else f'not killed in {args.untested:g} s'}: {name}", flush=True)
+        return
     names = not_killed(args.pattern)
     alive = 0
     for name in names:  # a line each as it is known: a run over many mutants can be stopped and still read
         dead = killed(name, args.tests)
-        alive += not dead
-        print(f"{'killed' if dead else 'alive'}: {name}", flush=True)
+        alive += dead is False
+        status = (
+            "killed" if dead else "alive" if dead is False else "timeout (an endless loop: caught, as mutmut counts it)"
+        )
+        print(f"{status}: {name}", flush=True)
     print(f"{len(names)} mutants not killed by the last run; killed now {len(names) - alive}, alive {alive}")
 
 
