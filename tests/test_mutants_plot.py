@@ -18,8 +18,9 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from omegaconf import OmegaConf
 
-from etf_train.compare.plot import _panel, figure, ylabel
+from etf_train.compare.plot import _panel, check_metrics, figure, ylabel
 from etf_train.compare.runs import RecordedRun
+from etf_train.errors import EtfTrainError
 from etf_train.rundir import RunState
 from etf_train.tags import NC1, TEST_ACC, TRAIN_LOSS
 
@@ -212,4 +213,13 @@ def test_the_legend_has_as_many_columns_as_its_longest_label_leaves_room_for(lab
 
 
 def test_a_metric_without_a_label_of_its_own_is_named_by_its_last_part():
-    assert [ylabel(tag, "mse loss") for tag in ("a/b/c", "test/loss_x", "train/loss")] == ["c", "loss_x", "mse loss"]
+    tags = ("a/b/c", "custom", "test/loss_x", "train/loss")
+    assert [ylabel(tag, "mse loss") for tag in tags] == ["c", "custom", "loss_x", "mse loss"]
+
+
+def test_a_metric_no_run_logged_is_named_with_every_tag_there_is():
+    runs = [run("a", **{NC1_TAG: (EPOCHS, [1, 1, 1, 1])}), run("b", test__acc=(EPOCHS, [1, 1, 1, 1]))]
+    check_metrics(runs, [NC1, TRAIN_LOSS])
+    with pytest.raises(EtfTrainError) as e:
+        check_metrics(runs, [NC1, "nc/nc9"])
+    assert str(e.value) == "no run has scalar 'nc/nc9' (from --metrics); available: nc/nc1, test/acc, train/loss"
