@@ -91,6 +91,9 @@ def test_nc1_thresholds_go_as_deep_as_every_group_gets():
     shallow = {"a": group(3e-6), "b": group(0.2)}
     assert nc1_thresholds(shallow) == pytest.approx([1, 0.1, 0.01])  # the defaults, never fewer
     assert nc1_thresholds({"a": group(np.float32(1e-3).item())}) == pytest.approx([1, 0.1, 0.01, 1e-3])
+    # a median NC1 of exactly 0 (features collapsed to float32 round-off) reaches every decade at once: no more
+    # columns than the defaults, and no log of 0
+    assert nc1_thresholds({"a": group(0.0)}) == pytest.approx([1, 0.1, 0.01])
 
 
 def stats(*median) -> EpochStats:

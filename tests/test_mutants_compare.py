@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from etf_train.compare.answer import _sooner
+from etf_train.compare.answer import _epochs, _sooner
 from etf_train.compare.speedup import Crossing, Speedup, crossings, describe_crossings, speedup
 from etf_train.compare.stats import NC1, EpochStats, GroupSummary, Spread, Threshold, solver_ms
 from etf_train.compare.steps import _named
@@ -291,3 +291,7 @@ def test_a_message_names_four_differing_settings_and_says_when_there_are_more():
     four = [f"k{i}: {i} -> {i + 1}" for i in range(4)]
     assert listed(four) == "k0: 0 -> 1, k1: 1 -> 2, k2: 2 -> 3, k3: 3 -> 4"
     assert listed([*four, "k4: 4 -> 5"]) == "k0: 0 -> 1, k1: 1 -> 2, k2: 2 -> 3, k3: 3 -> 4 ..."
+
+
+def test_an_epoch_in_the_answer_is_a_plain_number_or_never():
+    assert [_epochs(x) for x in (12.0, 7.5, math.inf)] == ["12", "7.5", "never"]
