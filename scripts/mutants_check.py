@@ -6,7 +6,8 @@ rather than with mutmut's stats pass first (docs/mutation.md, "Checking a test a
 
 With --untested S it triages instead the mutants the last run never reached: each against the tests mutmut recorded
 for its function (its stats pass), fastest first, for at most S seconds: `killed`, or `not killed in S s` (a later
-test may still kill it). Hours of mutmut's run become about one, and what needs a test shows up.
+test may still kill it). One mutant at a time: run two, over disjoint patterns, to use two cores (the 4184 mutants
+that run 3 never reached took 67 minutes two at a time, docs/mutation.md).
 
 Each mutant (survived, timeout or no tests in .mutate/mutants/**/*.meta, its module matching the pattern) runs in
 a process forked from this one with MUTANT_UNDER_TEST set, as mutmut's own workers do: pytest -x over the test
