@@ -124,13 +124,13 @@ def make_run(run_dir: Path, head: str, seed: int, dataset: str = "cifar10", **ex
     return run_dir
 
 
-def fake_run(path: str, config: dict, scalars: dict[str, dict[int, float]]) -> RecordedRun:
-    """A finished run in memory (no event files), for the numbers that need no TensorBoard round trip."""
+def fake_run(path: str, config: dict, scalars: dict[str, dict[int, float]], status: str = "finished") -> RecordedRun:
+    """A run in memory (no event files), finished unless told, for the numbers that need no TensorBoard round trip."""
     curves = {
         tag: (np.array(list(c), dtype=np.int64), np.array(list(c.values()), dtype=np.float64))
         for tag, c in scalars.items()
     }
-    return RecordedRun(Path(path), OmegaConf.create(config), curves, RunState("finished"))
+    return RecordedRun(Path(path), OmegaConf.create(config), curves, RunState(status))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ value is written out here."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -16,22 +15,21 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.layout_engine import ConstrainedLayoutEngine
-from omegaconf import OmegaConf
 
 from etf_train.compare.plot import _panel, check_metrics, figure, ylabel
 from etf_train.compare.runs import RecordedRun
 from etf_train.errors import EtfTrainError
-from etf_train.rundir import RunState
 from etf_train.tags import NC1, TEST_ACC, TRAIN_LOSS
+
+from .test_compare import fake_run
 
 EPOCHS = np.arange(1, 5)
 
 
 def run(name: str, **curves: tuple) -> RecordedRun:
     """A run that trained 4 epochs (train/loss at each), with these tags at (epochs, values)."""
-    scalars = {TRAIN_LOSS: (EPOCHS, np.ones(4))}
-    scalars.update({tag.replace("__", "/"): (np.array(s), np.array(v, dtype=float)) for tag, (s, v) in curves.items()})
-    return RecordedRun(Path(name), OmegaConf.create({}), scalars, RunState("finished"))
+    scalars = {tag.replace("__", "/"): dict(zip(np.asarray(s).tolist(), v)) for tag, (s, v) in curves.items()}
+    return fake_run(name, {}, {TRAIN_LOSS: dict.fromkeys(range(1, 5), 1.0), **scalars})
 
 
 def panel(tag, groups, lines_at=(), per_seed=False):
@@ -121,12 +119,7 @@ def test_an_accuracy_panel_is_linear_and_spans_its_medians_with_a_margin():
 
 
 def test_one_point_carries_a_marker_two_points_over_two_epochs_do_not():
-    one = RecordedRun(
-        Path("o"), OmegaConf.create({}), {"x/metric": (np.array([1]), np.array([3.0]))}, RunState("finished")
-    )
-    two = RecordedRun(
-        Path("t"), OmegaConf.create({}), {"x/metric": (np.array([1, 2]), np.array([3.0, 4]))}, RunState("finished")
-    )
+    one, two = fake_run("o", {}, {"x/metric": {1: 3.0}}), fake_run("t", {}, {"x/metric": {1: 3.0, 2: 4.0}})
     ax, marked = panel("x/metric", {"one": [one], "two": [two]})
     assert [line.get_marker() for line in ax.get_lines()] == ["o", "None"] and marked == {0}
     assert (ax.get_title(), ax.get_ylabel()) == ("x/metric", "metric")  # a tag without a title of its own
@@ -147,9 +140,8 @@ def test_a_metric_that_only_a_run_left_out_logged_gives_an_empty_panel():
 
 def falling(name: str, status: str = "finished") -> RecordedRun:
     """4 epochs of train/loss and NC1 from 1 to 0.001, test/acc from 40 to 70 %."""
-    decay = (EPOCHS, np.array([1, 0.1, 0.01, 0.001]))
-    scalars = {TRAIN_LOSS: decay, NC1: decay, TEST_ACC: (EPOCHS, np.array([40.0, 50, 60, 70]))}
-    return RecordedRun(Path(name), OmegaConf.create({}), scalars, RunState(status))
+    decay = {1: 1.0, 2: 0.1, 3: 0.01, 4: 0.001}
+    return fake_run(name, {}, {TRAIN_LOSS: decay, NC1: decay, TEST_ACC: {1: 40.0, 2: 50.0, 3: 60.0, 4: 70.0}}, status)
 
 
 def legend_of(fig) -> tuple:

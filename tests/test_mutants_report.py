@@ -5,18 +5,16 @@ built here by hand; each expected line is written out."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from etf_train.compare.report import compact, markdown, notes, table, write_csv
 from etf_train.compare.runs import RecordedRun
 from etf_train.compare.speedup import Speedup
 from etf_train.compare.stats import GroupSummary, Spread, Threshold
-from etf_train.rundir import RunState
 from etf_train.tags import EVAL_ACC, NC1, TEST_ACC, TRAIN_ACC
+
+from .test_compare import fake_run
 
 inf, nan = math.inf, math.nan
 A50, A90 = Threshold(TRAIN_ACC, 50, True), Threshold(TRAIN_ACC, 90, True)
@@ -198,8 +196,7 @@ LEGEND = (
 
 
 def recorded(name: str, status: str, epochs: int) -> RecordedRun:
-    scalars = {TEST_ACC: (np.arange(1, epochs + 1), np.ones(epochs))}
-    return RecordedRun(Path(name), OmegaConf.create({"trainer": {"max_epochs": 6}}), scalars, RunState(status))
+    return fake_run(name, {"trainer": {"max_epochs": 6}}, {TEST_ACC: dict.fromkeys(range(1, epochs + 1), 1.0)}, status)
 
 
 def test_the_report_file_in_order_intro_table_after_warnings_legend_and_runs_not_counted():
