@@ -303,30 +303,33 @@ def set_process_env(cmd: Command) -> None:
 
 
 def main() -> None:
-    interrupt.install()
-    cmd = Command(tuple(sys.argv[1:]))
+    try:  # the handler too: a Ctrl-C can land on install()'s last lines, after it is in place
+        interrupt.install()
+        _start(Command(tuple(sys.argv[1:])))
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it, a checkpoint is saved first)
+        print("etf-train: interrupted (Ctrl-C) outside training; no training step was lost", file=sys.stderr)
+        sys.exit(130)
+
+
+def _start(cmd: Command) -> None:
     set_process_env(cmd)
     if "--version" in cmd.args or "-V" in cmd.args:  # etf-train's own version; Hydra's --version would print Hydra's
         print(f"etf-train {version()}")
         return
-    try:
-        cmd, sweep_dir = prepare(cmd, Path.cwd())
-        sys.argv[1:] = cmd.args  # what Hydra reads: the command line as decided above, set once
-        from .compare import sweep_end  # here, not at import: a Ctrl-C during start-up must find the handler set
+    cmd, sweep_dir = prepare(cmd, Path.cwd())
+    sys.argv[1:] = cmd.args  # what Hydra reads: the command line as decided above, set once
+    from .compare import sweep_end  # here, not at import: a Ctrl-C during start-up must find the handler set
 
-        if sweep_dir is not None:  # a continued sweep retries the jobs refused before
-            (sweep_dir / sweepdir.REFUSED).unlink(missing_ok=True)
-        try:
-            _main()
-        except SystemExit as e:  # how Hydra ends a sweep in which a job failed, after running the others
-            if sweep_dir is not None and e.code:
-                print(sweep_end(sweep_dir))
-            raise
-        if sweep_dir is not None:
+    if sweep_dir is not None:  # a continued sweep retries the jobs refused before
+        (sweep_dir / sweepdir.REFUSED).unlink(missing_ok=True)
+    try:
+        _main()
+    except SystemExit as e:  # how Hydra ends a sweep in which a job failed, after running the others
+        if sweep_dir is not None and e.code:
             print(sweep_end(sweep_dir))
-    except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it, a checkpoint is saved first)
-        print("etf-train: interrupted (Ctrl-C) outside training; no training step was lost", file=sys.stderr)
-        sys.exit(130)
+        raise
+    if sweep_dir is not None:
+        print(sweep_end(sweep_dir))
 
 
 if __name__ == "__main__":

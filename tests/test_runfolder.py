@@ -301,6 +301,28 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
 
 
+@pytest.mark.parametrize("where", ["install", "set_process_env", "prepare"])
+def test_ctrl_c_at_each_step_before_hydra_is_one_line(tmp_path, monkeypatch, capfd, where):
+    """CI once got a traceback: the signal landed after the handler was in place but before main()'s try. Here it
+    lands on the last line of each start-up step, the handler's own installation included."""
+    from etf_train import cli, interrupt
+
+    step = getattr(interrupt if where == "install" else cli, where)
+
+    def then_ctrl_c(*args, **kwargs):
+        step(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(interrupt if where == "install" else cli, where, then_ctrl_c)
+    try:
+        proc = etf_train_here(*QUICK, cwd=tmp_path, monkeypatch=monkeypatch, capfd=capfd)
+    except KeyboardInterrupt:
+        pytest.fail(f"a Ctrl-C at the end of {where}() escaped main(): a traceback")
+    assert proc.returncode == 130
+    assert proc.stderr.splitlines() == ["etf-train: interrupted (Ctrl-C) outside training; no training step was lost"]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("delay_s", [0.002, 0.011, 0.037])
 def test_ctrl_c_inside_omegaconf_is_raised_once_it_has_returned(delay_s):
     """Raised inside omegaconf's flag restoring, a KeyboardInterrupt once surfaced as an AttributeError traceback
