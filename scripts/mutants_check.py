@@ -3,6 +3,10 @@ rather than with mutmut's stats pass first (docs/mutation.md, "Checking a test a
 
     .venv/bin/python scripts/mutants_check.py "etf_train.compare.*" tests/test_mutants_compare.py [more test files]
     .venv/bin/python scripts/mutants_check.py --untested 4 "etf_train.*"
+    .venv/bin/python scripts/mutants_check.py --names FILE "etf_train.rundir.*" tests/test_x.py
+
+With --names FILE it re-tests the mutants FILE names (with --untested: triages them) (a name a line, or JSON lines with a "name" and a "verdict",
+as --untested's triage was kept: those not "killed"), whatever the last run said of them, against the test files.
 
 With --untested S it triages instead the mutants the last run never reached: each against the tests mutmut recorded
 for its function (its stats pass), fastest first, for at most S seconds: `killed`, or `not killed in S s` (a later
@@ -42,8 +46,9 @@ def not_killed(pattern: str) -> list[str]:
     return names
 
 
-def untested(pattern: str) -> list[tuple[str, list[str]]]:
-    """The mutants the last run never reached, each with its recorded tests fastest first, cheapest mutants first."""
+def untested(pattern: str, only: list[str] | None = None) -> list[tuple[str, list[str]]]:
+    """The mutants the last run never reached (or those `only` names), each with its recorded tests fastest first,
+    cheapest mutants first."""
     from mutmut.__main__ import mangled_name_from_mutant_name
 
     stats = json.loads((MUTANTS / "mutmut-stats.json").read_text())
@@ -51,10 +56,21 @@ def untested(pattern: str) -> list[tuple[str, list[str]]]:
     found = []
     for meta in sorted(MUTANTS.glob("etf_train/**/*.py.meta")):
         for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if code is None and fnmatch.fnmatch(name, pattern):
+            if (code is None if only is None else name in only) and fnmatch.fnmatch(name, pattern):
                 tests = sorted(tests_of.get(mangled_name_from_mutant_name(name), []), key=seconds.__getitem__)
                 found.append((sum(map(seconds.__getitem__, tests)), name, tests))
     return [(name, tests) for _, name, tests in sorted(found)]
+
+
+def named(path: str, pattern: str) -> list[str]:
+    names = []
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("{"):
+            row = json.loads(line)
+            line = "" if row.get("verdict") == "killed" else row["name"]
+        if line.strip() and fnmatch.fnmatch(line.strip(), pattern):
+            names.append(line.strip())
+    return names
 
 
 def warm_up() -> None:
@@ -97,16 +113,20 @@ def main() -> None:
     p.add_argument("pattern", help='module pattern, e.g. "etf_train.compare.*"')
     p.add_argument("tests", nargs="*", help="test files, relative to the repository root")
     p.add_argument("--untested", type=float, metavar="S", help="triage the mutants the last run never reached")
+    p.add_argument("--names", metavar="FILE", help="re-test the mutants this file names")
     args = p.parse_args()
     os.chdir(MUTANTS)
     sys.path.insert(0, str(MUTANTS))  # the mutated package first, as in mutmut's workers
     if args.untested:
         warm_up()
-        for name, tests in untested(args.pattern + "*"):
+        only = named(args.names, "*") if args.names else None
+        for name, tests in untested(args.pattern + "*", only):
             dead = killed(name, tests, args.untested) if tests else False
             print(f"{'killed' if dead else f'not killed in {args.untested:g} s'}: {name}", flush=True)
         return
-    names = not_killed(args.pattern)
+    if args.names:
+        warm_up()
+    names = named(args.names, args.pattern + "*") if args.names else not_killed(args.pattern)
     alive = 0
     for name in names:  # a line each as it is known: a run over many mutants can be stopped and still read
         dead = killed(name, args.tests)
@@ -115,7 +135,7 @@ def main() -> None:
             "killed" if dead else "alive" if dead is False else "timeout (an endless loop: caught, as mutmut counts it)"
         )
         print(f"{status}: {name}", flush=True)
-    print(f"{len(names)} mutants not killed by the last run; killed now {len(names) - alive}, alive {alive}")
+    print(f"{len(names)} mutants re-tested; killed now {len(names) - alive}, alive {alive}")
 
 
 if __name__ == "__main__":

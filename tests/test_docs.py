@@ -32,3 +32,16 @@ def test_every_test_named_in_reliability_md_exists():
                 )
                 named += 1
     assert named >= 30
+
+
+def test_the_etf_compare_options_page_is_its_help(monkeypatch):
+    """docs/etf-compare.md holds `etf-compare --help` at 100 columns: an option, default, choice or help text changed
+    in one place only fails here. Whitespace is compared loosely, as argparse's layout varies across Pythons."""
+    from etf_train.compare import _parser
+
+    monkeypatch.setenv("COLUMNS", "100")  # argparse wraps to the terminal's width
+    page = (ROOT / "docs" / "etf-compare.md").read_text()
+    block = page.split("```text\n", 1)[1].split("```", 1)[0]
+    assert block.split() == _parser().format_help().split(), (
+        "docs/etf-compare.md differs from the command's help: regenerate it with `COLUMNS=100 etf-compare --help`"
+    )
