@@ -138,7 +138,6 @@ def _parser() -> argparse.ArgumentParser:
         "--test-acc-thresholds",
         nargs="*",
         type=float,
-        default=None,
         metavar="PCT",
         help="test/acc thresholds in percent; default: the --acc-thresholds values; give none to skip",
     )
@@ -146,14 +145,12 @@ def _parser() -> argparse.ArgumentParser:
         "--nc1-thresholds",
         nargs="*",
         type=float,
-        default=None,
         metavar="X",
         help="NC1 thresholds; default: 1 0.1 0.01 and every further decade that every group's median reaches; "
         "give none to skip NC1",
     )
     p.add_argument(
         "--baseline",
-        default=None,
         metavar="GROUP",
         help="the group the speed-ups are against (its label, or a part of one label, e.g. learned_authors); "
         "default: the one learned-head group when there is exactly one",
@@ -161,7 +158,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics",
         nargs="+",
-        default=None,
         metavar="TAG",
         help=f"scalar tags to plot; default: the --acc-tag, {' '.join(OTHER_METRICS)}",
     )
@@ -173,13 +169,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--host",
-        default=None,
         help=f"TensorBoard's host in the link and for --serve (default: ${ADDRESS_ENV} or localhost)",
     )
     p.add_argument(
         "--port",
         type=int,
-        default=None,
         help=f"TensorBoard's port (default: ${ADDRESS_ENV} or 6006; --serve: a free one)",
     )
     p.add_argument(
@@ -187,11 +181,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=("epochs", "steps"),
         default="epochs",
         help="the figure's x axis: epochs, or optimiser steps (epoch x steps an epoch), where groups take "
-        "different numbers of steps an epoch; default: epochs",
+        "different numbers of steps an epoch; default: %(default)s",
     )
-    p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: png")
-    p.add_argument("--dpi", type=int, default=150, help="figure resolution (png); default: 150")
-    p.add_argument("--out", type=Path, default=None, help="output folder; default: the first folder given")
+    p.add_argument("--format", choices=FORMATS, default="png", help="figure file format; default: %(default)s")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution (png); default: %(default)s")
+    p.add_argument("--out", type=Path, help="output folder; default: the first folder given")
     p.add_argument("--allow-mixed", action="store_true", help="allow runs of different dataset.name")
     p.add_argument(
         "--include-unfinished",
