@@ -27,7 +27,7 @@ class Head(nn.Module):
     fixed_geometry = False  # its classifier is a simplex ETF it does not learn by gradient (dot regression needs one)
     batch_centred = False  # it centres each training batch by the batch's own mean (a tiny last batch nearly cancels)
 
-    def __init__(self, num_classes: int, dim: int, tau: float = 5.0, normalize: bool = True):
+    def __init__(self, num_classes: int, dim: int, tau: float, normalize: bool):
         super().__init__()
         if num_classes < 2:
             raise EtfTrainError(f"a classifier needs at least 2 classes, got {num_classes}")
