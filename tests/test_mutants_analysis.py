@@ -3,10 +3,23 @@ limit is tried on both sides, and each refusal's words are written out here."""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import struct
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
 
+from etf_train.compare import main
 from etf_train.compare.analysis import check_options
+from etf_train.compare.answer import answer, threshold_words
+from etf_train.compare.curves import curve_rows
+from etf_train.compare.speedup import Speedup
+from etf_train.compare.stats import EVAL_ACC, NC1, TEST_ACC, GroupSummary, Spread, Threshold
 from etf_train.errors import EtfTrainError
+
+from .test_compare import fake_run, make_run
 
 OK = {"acc": [90.0], "test_acc": [90.0], "nc1": [0.1], "dpi": 150, "port": None}
 
@@ -48,3 +61,142 @@ def test_options_past_their_limits_are_refused_in_words(change, says):
     with pytest.raises(EtfTrainError) as e:
         check_options(**{**OK, **change})
     assert str(e.value) == says
+
+
+def test_the_whole_output_of_a_small_sweep(tmp_path, capsys, monkeypatch):
+    """etf-compare's stdout as a reader gets it, every line: the answer, the setting, the thresholds, the compact
+    table, the files written and the TensorBoard link at the --host and --port given; the warning on stderr; the
+    figure at --dpi. The numbers follow from test_compare's SWEEP by hand: nearest_etf's train/eval_acc reaches 99 %
+    at epochs 5 and 6 (median 5.5) against learned's 12 and 12 (2.20x), its NC1 <= 1 at 2 against 6 (3.00x)."""
+    monkeypatch.setenv("COLUMNS", "120")
+    root, out = tmp_path / "sweep", tmp_path / "out"
+    for i, (head, seed) in enumerate([("learned", 1), ("nearest_etf", 1), ("learned", 2), ("nearest_etf", 2)]):
+        make_run(root / str(i), head, seed)
+    assert main([str(root), "--out", str(out), "--dpi", "40", "--host", "127.0.0.1", "--port", "7007"]) == 0
+    stdout, stderr = capsys.readouterr()
+    *lines, link, end = stdout.split("\n")
+    assert lines == [
+        "Against the baseline learned (baseline epochs / group epochs):",
+        "- nearest_etf reaches NC1 <= 1 3.00x sooner than learned (2 vs 6 epochs, median; 2 of 2 seeds paired); "
+        "train/eval_acc >= 99% 2.20x sooner than learned (5.5 vs 12 epochs, median; 2 of 2 seeds paired). "
+        "Only nearest_etf's median run reaches NC1 <= 0.01 (epoch 7), learned's never does.",
+        "",
+        "Setting: cifar10 · backbone resnet18 · loss ce · SGD · schedule none · 12 epochs · seeds 1, 2 · "
+        "etf-train version not recorded.",
+        "NC1 thresholds: 1, 0.1, 0.01 (the default 1, 0.1, 0.01 and every further decade that every group's median "
+        "curve reaches).",
+        "",
+        "group        runs  train/eval_acc >= 99%  test/acc >= 95%  NC1 <= 1   NC1 <= 0.1  NC1 <= 0.01  final test/acc %",
+        "-----------  ----  ---------------------  ---------------  ---------  ----------  -----------  ----------------",
+        "learned      2/2   12                     never            6          never       never        89.50",
+        "nearest_etf  2/2   5.5 (2.20x)            9                2 (3.00x)  4           7            97.50",
+        "(median epoch; (x): speed-up over the baseline; full table: comparison.md)",
+        "",
+        f"wrote {out}/comparison.md, {out}/comparison.csv, {out}/curves.csv, {out}/comparison.png",
+    ]
+    assert end == ""
+    command, url = link.split("    then open ")
+    assert command == f"compare: tensorboard --logdir {root} --host 127.0.0.1 --port 7007"
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path, parts.fragment) == ("http", "127.0.0.1:7007", "/", "timeseries")
+    query = parse_qs(parts.query)
+    assert query["runColorGroup"] == ["regex:(learned_authors|fixed_etf_authors|learned|fixed_etf|nearest_etf)"]
+    assert json.loads(query["pinnedCards"][0]) == [
+        {"plugin": "scalars", "tag": tag} for tag in ("test/acc", "train/eval_acc", "nc_log10/nc1", "nc/nc3")
+    ]
+    assert stderr == (
+        f"etf-compare: warning: groups 'head=learned' and 'head=nearest_etf' differ in more than their labels "
+        f"({root}/0 vs {root}/1: metrics.every_n_epochs: 2 -> 1); compare runs of one setting, or add such keys to "
+        "--group-by\n"
+    )
+    png = (out / "comparison.png").read_bytes()
+    assert struct.unpack(">I", png[16:20])[0] == 3 * 4.5 * 40  # IHDR width: three 4.5-inch panels at 40 dpi
+    md = (out / "comparison.md").read_text().split("\n")
+    assert (
+        "| head=nearest_etf | 2 seeds | 2.50x [2.00, 3.00] | 2.33x [2.00, 2.67] | 2.20x [2.00, 2.40] | 1.00x | - | - "
+        "| 3.00x | - | - |"
+    ) in md  # the speed-up table: epochs 4, 6 / 2, 2 at 90 %; 8, 8 / 3, 4 at 95 %; 12, 12 / 5, 6 at 99 %
+    assert md[md.index("**Warnings** (read the table with them):") + 1] == "- " + stderr.removeprefix(
+        "etf-compare: warning: "
+    ).removesuffix("\n")
+    assert any(line.startswith("train/eval_acc (eval-mode accuracy over the un-augmented train set)") for line in md)
+    with (out / "comparison.csv").open() as f:
+        rows = {r["group"]: r for r in csv.DictReader(f)}
+    assert rows["head=nearest_etf"]["speedup_nc1_le_1_median"] == "3.0"
+
+
+def test_curve_rows_name_each_runs_folder_group_and_seed_tags_in_order():
+    """One row per logged value; a run without a recorded seed has seed None; tags sorted within a run."""
+    a = fake_run("runs/a", {"seed": 3}, {"test/acc": {1: 50.0}, "nc/nc1": {2: 0.5, 4: 0.25}})
+    b = fake_run("runs/b", {}, {"train/loss": {1: 2.0}})
+    assert curve_rows({"head=x": [a], "head=y": [b]}) == [
+        {"run": "runs/a", "group": "head=x", "seed": 3, "epoch": 2, "tag": "nc/nc1", "value": 0.5},
+        {"run": "runs/a", "group": "head=x", "seed": 3, "epoch": 4, "tag": "nc/nc1", "value": 0.25},
+        {"run": "runs/a", "group": "head=x", "seed": 3, "epoch": 1, "tag": "test/acc", "value": 50.0},
+        {"run": "runs/b", "group": "head=y", "seed": None, "epoch": 1, "tag": "train/loss", "value": 2.0},
+    ]
+
+
+def _summary(label: str, limits: list, epochs: tuple, n_runs: int = 3) -> GroupSummary:
+    """A group whose runs all reached each threshold at these epochs (inf: never)."""
+    reached = {t: Spread((e,) * n_runs) for t, e in zip(limits, epochs)}
+    return GroupSummary(label, n_runs, n_runs, n_runs, Spread(()), reached, {}, Spread(()), (1, 2, 3)[:n_runs])
+
+
+def test_without_a_baseline_the_answer_names_the_fastest_group_at_the_first_and_last_nc1_and_the_top_accuracy():
+    nc1 = [Threshold(NC1, v, False) for v in (1.0, 0.1, 0.01)]
+    acc = [Threshold(EVAL_ACC, v, True) for v in (90, 99)]
+    limits = [*nc1, Threshold(TEST_ACC, 90, True), *acc]
+    summaries = {
+        "head=fixed_etf": _summary("head=fixed_etf", [*nc1, *acc], (2, 5, 9, 3, 12)),
+        "head=nearest_etf": _summary("head=nearest_etf", [*nc1, *acc], (1, 5, 9, 4, 12)),
+        "head=learned": _summary("head=learned", [*nc1, *acc], (3, 4, 9.5, 1, math.inf)),
+        "head=empty": _summary("head=empty", [*nc1, *acc], (0.5, 0.5, 0.5, 0.5, 0.5), n_runs=0),
+    }
+    assert answer(summaries, None, limits, {}, {}) == [
+        "No baseline group (one learned head, or --baseline GROUP): the fastest group per threshold.",
+        "- NC1 <= 1: nearest_etf first (median epoch 1)",
+        "- NC1 <= 0.01: fixed_etf, nearest_etf tie (median epoch 9)",
+        "- train/eval_acc >= 99%: fixed_etf, nearest_etf tie (median epoch 12)",
+    ]
+    # one NC1 threshold is both the first and the last: named once; a threshold no group reaches is left out
+    never = {k: _summary(k, [nc1[0], acc[1]], (2, math.inf)) for k in ("head=a", "head=b")}
+    assert answer(never, None, [nc1[0], acc[1]], {}, {}) == [
+        "No baseline group (one learned head, or --baseline GROUP): the fastest group per threshold.",
+        "- NC1 <= 1: a, b tie (median epoch 2)",
+    ]
+
+
+def test_a_group_sharing_no_threshold_with_the_baseline_is_said_to():
+    nc1 = [Threshold(NC1, 0.1, False)]
+    summaries = {
+        "head=learned": _summary("head=learned", nc1, (4,)),
+        "head=fixed_etf": _summary("head=fixed_etf", nc1, (math.inf,)),
+    }
+    speed = {"head=fixed_etf": {nc1[0]: Speedup(math.nan, math.nan, math.nan, 0, 3, True)}}
+    assert answer(summaries, "head=learned", nc1, speed, {}) == [
+        "Against the baseline learned (baseline epochs / group epochs):",
+        "- fixed_etf shares no threshold with the baseline. Only learned's median run reaches NC1 <= 0.1 (epoch 4), "
+        "fixed_etf's never does.",
+    ]
+    assert answer(
+        {**summaries, "head=fixed_etf": _summary("head=fixed_etf", nc1, (5,), n_runs=0)}, "head=learned", nc1, speed, {}
+    ) == ["Against the baseline learned (baseline epochs / group epochs):"]
+
+
+@pytest.mark.parametrize(
+    "values, by_data, words",
+    [
+        (
+            (1.0, 0.1),
+            True,
+            "NC1 thresholds: 1, 0.1 (the default 1, 0.1, 0.01 and every further decade that every "
+            "group's median curve reaches).",
+        ),
+        ((0.5,), False, "NC1 thresholds: 0.5 (from --nc1-thresholds)."),
+        ((), True, ""),
+    ],
+)
+def test_the_nc1_thresholds_are_named_with_where_they_came_from(values, by_data, words):
+    limits = [Threshold(EVAL_ACC, 90, True), *(Threshold(NC1, v, False) for v in values)]
+    assert threshold_words(limits, by_data) == words
