@@ -15,11 +15,13 @@ from etf_train.compare import main
 from etf_train.compare.analysis import check_options
 from etf_train.compare.answer import answer, threshold_words
 from etf_train.compare.curves import curve_rows
+from etf_train.compare.runs import RecordedRun
 from etf_train.compare.speedup import Speedup
 from etf_train.compare.stats import EVAL_ACC, NC1, TEST_ACC, GroupSummary, Spread, Threshold
+from etf_train.compare.steps import step_counts
 from etf_train.errors import EtfTrainError
 
-from .test_compare import fake_run, make_run
+from .test_compare import fake_run, make_run, write_config, write_events
 
 OK = {"acc": [90.0], "test_acc": [90.0], "nc1": [0.1], "dpi": 150, "port": None}
 
@@ -200,3 +202,70 @@ def test_a_group_sharing_no_threshold_with_the_baseline_is_said_to():
 def test_the_nc1_thresholds_are_named_with_where_they_came_from(values, by_data, words):
     limits = [Threshold(EVAL_ACC, 90, True), *(Threshold(NC1, v, False) for v in values)]
     assert threshold_words(limits, by_data) == words
+
+
+def _stepping(path: str, steps: int | None) -> RecordedRun:
+    config = {"seed": 1} if steps is None else {"seed": 1, "sizes": {"steps_per_epoch": steps}}
+    return fake_run(path, config, {"test/acc": {1: 50.0, 2: 60.0}})
+
+
+def test_groups_of_different_steps_an_epoch_are_warned_about_in_numeric_order():
+    groups = {
+        "head=nearest_etf": [_stepping("a", 3), _stepping("b", 10), _stepping("c", None)],
+        "head=learned": [_stepping("d", 4), _stepping("e", 4)],
+        "head=fixed_etf": [_stepping("f", None)],  # records none: left out
+    }
+    assert step_counts(groups) == [
+        "the groups take different numbers of optimiser steps an epoch (nearest_etf: 3/10; learned: 4): an epoch is "
+        "not the same amount of training for each, so threshold epochs favour the group with more steps; --x steps "
+        "draws the curves over steps"
+    ]
+    assert step_counts({"head=a": [_stepping("a", 4)], "head=b": [_stepping("b", 4), _stepping("c", None)]}) == []
+    three = {f"head={k}": [_stepping(k, s)] for k, s in (("a", 2), ("b", 3), ("c", 4))}
+    assert step_counts(three)[0].startswith(
+        "the groups take different numbers of optimiser steps an epoch (a: 2; b: 3; c: 4)"
+    )
+
+
+def test_given_nc1_thresholds_a_crossing_and_the_reproducing_command(tmp_path, capsys, monkeypatch):
+    """NC1 curves (2, 1, 0.5, 0.05) for learned and (0.8, 0.6, 0.55, 0.5) for nearest_etf: nearest_etf is at 1 first
+    (epoch 1 vs 2), learned goes below it at epoch 3 and alone reaches 0.1; the thresholds came from the command
+    line, and the runs' overrides give the sweep that reproduces them."""
+    monkeypatch.setenv("COLUMNS", "120")
+    nc1 = {"learned": [2.0, 1.0, 0.5, 0.05], "nearest_etf": [0.8, 0.6, 0.55, 0.5]}
+    root = tmp_path / "sweep"
+    for i, (head, seed) in enumerate((h, s) for h in nc1 for s in (1, 2)):
+        run = root / str(i)
+        config = {"seed": seed, "head": {"name": head}, "dataset": {"name": "cifar10"}}
+        config |= {"backbone": {"name": "resnet18"}, "optimizer": {"_target_": "torch.optim.SGD"}}
+        write_config(run, config | {"loss": {"name": "ce"}, "metrics": {"every_n_epochs": 1}})
+        (run / ".hydra" / "overrides.yaml").write_text(f"- head={head}\n- seed={seed}\n- trainer.max_epochs=4\n")
+        epochs = range(1, 5)
+        write_events(
+            run,
+            {
+                "train/eval_acc": {e: 80.0 + 5 * e for e in epochs},
+                "test/acc": {e: 70.0 + 5 * e + seed for e in epochs},
+                "nc/nc1": dict(zip(epochs, nc1[head])),
+            },
+        )
+    argv = [str(root), "--out", str(tmp_path), "--nc1-thresholds", "1", "0.1", "--acc-thresholds", "90", "95"]
+    assert main([*argv, "--metrics", "nc/nc1"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[:11] == [
+        "Against the baseline learned (baseline epochs / group epochs):",
+        "- nearest_etf reaches NC1 <= 1 2.00x sooner than learned (1 vs 2 epochs, median; 2 of 2 seeds paired); "
+        "train/eval_acc >= 95% at the same epoch as learned (3 vs 3 epochs, median; 2 of 2 seeds paired). Only "
+        "learned's median run reaches NC1 <= 0.1 (epoch 4), nearest_etf's never does. Median curves cross: learned "
+        "falls below nearest_etf in NC1 from epoch 3.",
+        "",
+        "Setting: cifar10 · backbone resnet18 · loss ce · SGD · schedule none · 4 epochs · seeds 1, 2 · etf-train "
+        "version not recorded.",
+        "NC1 thresholds: 1, 0.1 (from --nc1-thresholds).",
+        "Reproduce: `etf-train -m head=learned,nearest_etf seed=1,2 trainer.max_epochs=4`",
+        "",
+        "group        runs  train/eval_acc >= 95%  test/acc >= 90%  NC1 <= 1   NC1 <= 0.1  final test/acc %",
+        "-----------  ----  ---------------------  ---------------  ---------  ----------  ----------------",
+        "learned      2/2   3                      4                2          4           91.50",
+        "nearest_etf  2/2   3 (1.00x)              4 (1.00x)        1 (2.00x)  never       91.50",
+    ]
