@@ -6,9 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import struct
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import matplotlib
 import pytest
 
 from etf_train.compare import main
@@ -16,7 +19,7 @@ from etf_train.compare.analysis import check_options
 from etf_train.compare.answer import answer, threshold_words
 from etf_train.compare.curves import curve_rows
 from etf_train.compare.runs import RecordedRun
-from etf_train.compare.speedup import Speedup
+from etf_train.compare.speedup import Speedup, choose_baseline
 from etf_train.compare.stats import EVAL_ACC, NC1, TEST_ACC, GroupSummary, Spread, Threshold
 from etf_train.compare.steps import step_counts
 from etf_train.errors import EtfTrainError
@@ -227,18 +230,17 @@ def test_groups_of_different_steps_an_epoch_are_warned_about_in_numeric_order():
     )
 
 
-def test_given_nc1_thresholds_a_crossing_and_the_reproducing_command(tmp_path, capsys, monkeypatch):
-    """NC1 curves (2, 1, 0.5, 0.05) for learned and (0.8, 0.6, 0.55, 0.5) for nearest_etf: nearest_etf is at 1 first
-    (epoch 1 vs 2), learned goes below it at epoch 3 and alone reaches 0.1; the thresholds came from the command
-    line, and the runs' overrides give the sweep that reproduces them."""
-    monkeypatch.setenv("COLUMNS", "120")
-    nc1 = {"learned": [2.0, 1.0, 0.5, 0.05], "nearest_etf": [0.8, 0.6, 0.55, 0.5]}
-    root = tmp_path / "sweep"
-    for i, (head, seed) in enumerate((h, s) for h in nc1 for s in (1, 2)):
+NC1_CURVES = {"learned": [2.0, 1.0, 0.5, 0.05], "nearest_etf": [0.8, 0.6, 0.55, 0.5]}
+
+
+def crossing_sweep(root: Path, **config) -> Path:
+    """learned and nearest_etf, seeds 1 and 2, 4 epochs: NC1_CURVES, train/eval_acc 85, 90, 95, 100 and test/acc
+    75, 80, 85, 90 (+ the seed); `config` is added to each run's record."""
+    for i, (head, seed) in enumerate((h, s) for h in NC1_CURVES for s in (1, 2)):
         run = root / str(i)
-        config = {"seed": seed, "head": {"name": head}, "dataset": {"name": "cifar10"}}
-        config |= {"backbone": {"name": "resnet18"}, "optimizer": {"_target_": "torch.optim.SGD"}}
-        write_config(run, config | {"loss": {"name": "ce"}, "metrics": {"every_n_epochs": 1}})
+        record = {"seed": seed, "head": {"name": head}, "dataset": {"name": "cifar10"}}
+        record |= {"backbone": {"name": "resnet18"}, "optimizer": {"_target_": "torch.optim.SGD"}}
+        write_config(run, record | {"loss": {"name": "ce"}, "metrics": {"every_n_epochs": 1}} | config)
         (run / ".hydra" / "overrides.yaml").write_text(f"- head={head}\n- seed={seed}\n- trainer.max_epochs=4\n")
         epochs = range(1, 5)
         write_events(
@@ -246,9 +248,18 @@ def test_given_nc1_thresholds_a_crossing_and_the_reproducing_command(tmp_path, c
             {
                 "train/eval_acc": {e: 80.0 + 5 * e for e in epochs},
                 "test/acc": {e: 70.0 + 5 * e + seed for e in epochs},
-                "nc/nc1": dict(zip(epochs, nc1[head])),
+                "nc/nc1": dict(zip(epochs, NC1_CURVES[head])),
             },
         )
+    return root
+
+
+def test_given_nc1_thresholds_a_crossing_and_the_reproducing_command(tmp_path, capsys, monkeypatch):
+    """NC1_CURVES: nearest_etf is at 1 first
+    (epoch 1 vs 2), learned goes below it at epoch 3 and alone reaches 0.1; the thresholds came from the command
+    line, and the runs' overrides give the sweep that reproduces them."""
+    monkeypatch.setenv("COLUMNS", "120")
+    root = crossing_sweep(tmp_path / "sweep")
     argv = [str(root), "--out", str(tmp_path), "--nc1-thresholds", "1", "0.1", "--acc-thresholds", "90", "95"]
     assert main([*argv, "--metrics", "nc/nc1"]) == 0
     lines = capsys.readouterr().out.split("\n")
@@ -269,3 +280,64 @@ def test_given_nc1_thresholds_a_crossing_and_the_reproducing_command(tmp_path, c
         "learned      2/2   3                      4                2          4           91.50",
         "nearest_etf  2/2   3 (1.00x)              4 (1.00x)        1 (2.00x)  never       91.50",
     ]
+
+
+def _svg_text(path: Path) -> list[str]:
+    return [t.strip() for t in re.findall(r"<text[^>]*>([^<]*)</text>", path.read_text())]
+
+
+def test_the_figure_etf_compare_draws_over_steps_with_its_legend_counts_and_warning(tmp_path, monkeypatch, capsys):
+    """The figure compare() asks for, read back from the SVG's text: --x steps labels the axes in optimiser steps
+    (epoch x 3 steps an epoch), the legend counts the drawn runs of all (an unfinished run is left out: n=1 of 2), the
+    title names the epochs and the warning; --per-seed adds a line per run."""
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")  # text as <text>, not glyph paths
+    root = crossing_sweep(tmp_path / "sweep", sizes={"steps_per_epoch": 3})
+    (root / "3" / "checkpoints" / "finished").unlink()  # nearest_etf, seed 2: unfinished
+    record = root / "2" / ".hydra" / "config.yaml"  # nearest_etf, seed 1: 4 steps an epoch, a warning
+    record.write_text(record.read_text().replace("steps_per_epoch: 3", "steps_per_epoch: 4"))
+    argv = [str(root), "--format", "svg", "--metrics", "nc/nc1", "test/acc", "--x", "steps"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b"), "--per-seed"]) == 0
+    capsys.readouterr()
+    text = _svg_text(tmp_path / "a" / "comparison.svg")
+    assert text.count("optimiser step") == 2 and "epoch" not in text
+    assert "16" in text  # the last step: epoch 4 x 4
+    assert {"learned (n=2)", "nearest_etf (n=1 of 2)"} <= set(text)
+    # the title counts epochs, not the last step (the records hold no trainer.max_epochs to read it from)
+    assert (
+        "cifar10 · backbone resnet18 · SGD · 4 epochs · 1-2 seeds per group · line = median, band = min-max over seeds"
+        in text
+    )
+    assert "1 warning: see comparison.md" in text
+    lines = {d: (tmp_path / d / "comparison.svg").read_text().count('<g id="line2d_') for d in ("a", "b")}
+    assert lines["b"] - lines["a"] == 2 * 3  # two panels, three drawn runs
+
+
+def test_a_baseline_group_is_found_among_groups_of_one_run():
+    runs = {"head=nearest_etf": [fake_run("a", {"head": {"name": "nearest_etf"}}, {})]}
+    runs["head=learned"] = [fake_run("b", {"head": {"name": "learned"}}, {})]
+    assert choose_baseline(runs, None) == "head=learned"
+
+
+def test_the_option_checks_run_before_any_run_is_read(tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere"), "--nc1-thresholds", "-1"]) == 2
+    assert capsys.readouterr().err == "etf-compare: error: --nc1-thresholds must be positive, got -1\n"
+
+
+def test_no_finished_run_under_several_folders_names_them_all(tmp_path, capsys):
+    root = crossing_sweep(tmp_path / "sweep")
+    for run in root.iterdir():
+        (run / "checkpoints" / "finished").unlink()
+    assert main([str(root / "0"), str(root / "1")]) == 2
+    assert capsys.readouterr().err == (
+        f"etf-compare: error: no finished runs under {root / '0'}, {root / '1'} (2 unfinished or failed); "
+        "--include-unfinished compares them up to their last epoch\n"
+    )
+
+
+def test_a_scalar_the_table_needs_is_named_when_a_run_lacks_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    write_config(run, {"seed": 1, "head": {"name": "learned"}, "dataset": {"name": "cifar10"}})
+    write_events(run, {"train/eval_acc": {1: 90.0}, "nc/nc1": {1: 0.5}})
+    assert main([str(run), "--metrics", "nc/nc1"]) == 2
+    assert capsys.readouterr().err == f"etf-compare: error: run {run} has no scalar 'test/acc' (needed by the table)\n"

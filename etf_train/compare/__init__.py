@@ -217,6 +217,7 @@ def compare(args: argparse.Namespace, a: Analysis) -> str:
         a.nc1,
         args.per_seed,
         xlabel="optimiser step" if args.x == "steps" else "epoch",
+        described=a.drawn,
     )
     with writing(out / "comparison.md") as path:
         path.write_text(text)

@@ -147,12 +147,15 @@ def figure(
     nc1_lines: Sequence[float] = (),
     per_seed: bool = False,
     xlabel: str = "epoch",
+    described: dict[str, list[RecordedRun]] | None = None,
 ) -> Figure:
     """One panel per metric (each in some run: check_metrics), a title saying what the runs share, and a legend
     `<group> (n=<runs>)` below the panels, groups named readably: `n=3, 1 unfinished` when unfinished runs are
     drawn, `n=2 of 5` when `totals` (runs per group, drawn or not) says some were left out, `n=0 of 2, not drawn`
     for a group with none; with warnings, the title points to them. nc1_lines: thresholds marked on the NC1 panel;
-    per_seed: each run as a thin line too. Legend entries carry a marker only where that group's curves do."""
+    per_seed: each run as a thin line too. Legend entries carry a marker only where that group's curves do.
+    described: the runs the title describes when `groups` are drawn on another x axis (over optimiser steps, whose
+    last step is no epoch count); default: `groups`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -204,5 +207,6 @@ def figure(
         frameon=False,
     )
     warned = f"\n{warnings} warning{'s' * (warnings > 1)}: see comparison.md" if warnings else ""
-    fig.suptitle(title({k: rs for k, rs in groups.items() if rs}) + warned, fontsize="medium")
+    described = groups if described is None else described
+    fig.suptitle(title({k: rs for k, rs in described.items() if rs}) + warned, fontsize="medium")
     return fig
