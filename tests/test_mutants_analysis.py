@@ -150,13 +150,13 @@ def _summary(label: str, limits: list, epochs: tuple, n_runs: int = 3) -> GroupS
 
 def test_without_a_baseline_the_answer_names_the_fastest_group_at_the_first_and_last_nc1_and_the_top_accuracy():
     nc1 = [Threshold(NC1, v, False) for v in (1.0, 0.1, 0.01)]
-    acc = [Threshold(EVAL_ACC, v, True) for v in (90, 99)]
+    acc = [Threshold(EVAL_ACC, v, True) for v in (90, 95, 99)]
     limits = [*nc1, Threshold(TEST_ACC, 90, True), *acc]
     summaries = {
-        "head=fixed_etf": _summary("head=fixed_etf", [*nc1, *acc], (2, 5, 9, 3, 12)),
-        "head=nearest_etf": _summary("head=nearest_etf", [*nc1, *acc], (1, 5, 9, 4, 12)),
-        "head=learned": _summary("head=learned", [*nc1, *acc], (3, 4, 9.5, 1, math.inf)),
-        "head=empty": _summary("head=empty", [*nc1, *acc], (0.5, 0.5, 0.5, 0.5, 0.5), n_runs=0),
+        "head=fixed_etf": _summary("head=fixed_etf", [*nc1, *acc], (2, 5, 9, 3, 1, 12)),
+        "head=nearest_etf": _summary("head=nearest_etf", [*nc1, *acc], (1, 5, 9, 4, 2, 12)),
+        "head=learned": _summary("head=learned", [*nc1, *acc], (3, 4, 9.5, 1, 3, math.inf)),
+        "head=empty": _summary("head=empty", [*nc1, *acc], (0.5,) * 6, n_runs=0),
     }
     assert answer(summaries, None, limits, {}, {}) == [
         "No baseline group (one learned head, or --baseline GROUP): the fastest group per threshold.",
@@ -165,10 +165,17 @@ def test_without_a_baseline_the_answer_names_the_fastest_group_at_the_first_and_
         "- train/eval_acc >= 99%: fixed_etf, nearest_etf tie (median epoch 12)",
     ]
     # one NC1 threshold is both the first and the last: named once; a threshold no group reaches is left out
-    never = {k: _summary(k, [nc1[0], acc[1]], (2, math.inf)) for k in ("head=a", "head=b")}
-    assert answer(never, None, [nc1[0], acc[1]], {}, {}) == [
+    never = {k: _summary(k, [nc1[0], acc[-1]], (2, math.inf)) for k in ("head=a", "head=b")}
+    assert answer(never, None, [nc1[0], acc[-1]], {}, {}) == [
         "No baseline group (one learned head, or --baseline GROUP): the fastest group per threshold.",
         "- NC1 <= 1: a, b tie (median epoch 2)",
+    ]
+
+
+def test_without_a_counted_run_there_is_no_fastest_group():
+    empty = {"head=a": _summary("head=a", [Threshold(NC1, 1.0, False)], (2,), n_runs=0)}
+    assert answer(empty, None, [Threshold(NC1, 1.0, False)], {}, {}) == [
+        "No baseline group (one learned head, or --baseline GROUP): the fastest group per threshold."
     ]
 
 
@@ -184,6 +191,11 @@ def test_a_group_sharing_no_threshold_with_the_baseline_is_said_to():
         "- fixed_etf shares no threshold with the baseline. Only learned's median run reaches NC1 <= 0.1 (epoch 4), "
         "fixed_etf's never does.",
     ]
+    shared = {**summaries, "head=fixed_etf": _summary("head=fixed_etf", nc1, (2,))}
+    speed = {"head=fixed_etf": {nc1[0]: Speedup(2.0, 2.0, 2.0, 3, 3, True)}}
+    assert answer(shared, "head=learned", nc1, speed, {})[1] == (
+        "- fixed_etf reaches NC1 <= 0.1 2.00x sooner than learned (2 vs 4 epochs, median; 3 of 3 seeds paired)."
+    )  # nothing only one of them reaches: no more words
     assert answer(
         {**summaries, "head=fixed_etf": _summary("head=fixed_etf", nc1, (5,), n_runs=0)}, "head=learned", nc1, speed, {}
     ) == ["Against the baseline learned (baseline epochs / group epochs):"]

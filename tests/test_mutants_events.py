@@ -63,3 +63,16 @@ def test_a_runs_own_and_other_event_files_are_told_apart(tmp_path):
     moved = theirs.rename(run / theirs.name)  # an event file copied in from another run's folder
     own, others = own_events(run, RECORD)
     assert own == [mine] and others == {moved: "logged -> recorded: seed: 2 -> 1"}
+
+
+def test_a_config_of_bytes_that_are_not_utf8_is_read_with_replacement_characters(tmp_path):
+    """An event file written by another tool: its config bytes are read, not a UnicodeDecodeError."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+
+    writer = SummaryWriter(log_dir=str(tmp_path))
+    tensor = TensorProto(dtype=7, string_val=[b"seed: \xff1"])  # DT_STRING
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag="config/text_summary", tensor=tensor)]), 0)
+    writer.close()
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    assert logged_config(path) == "seed: \ufffd1"
