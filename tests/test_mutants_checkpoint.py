@@ -10,11 +10,13 @@ import struct
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from etf_train import rundir
 from etf_train.errors import EtfTrainError
+from etf_train.training import checkpoint
 from etf_train.training.agd import AGD
 from etf_train.training.checkpoint import Preempted, SignalGuard, load_checkpoint, save_checkpoint
 
@@ -180,3 +182,95 @@ def test_agd_names_at_most_five_vectors_and_counts_the_rest():
     with pytest.raises(EtfTrainError) as e:
         AGD([*five, ("b5", torch.nn.Parameter(torch.zeros(2)))])
     assert "trainable: b0, b1, b2, b3, b4 and 1 more; remove" in str(e.value)
+
+
+def test_the_test_delay_falls_between_the_written_temporary_and_the_rename(tmp_path, monkeypatch):
+    """ETF_TRAIN_TEST_SAVE_DELAY_S: slept for (its value as seconds) while the temporary file is whole and the
+    checkpoint not yet replaced; "0" still sleeps (0 s)."""
+    path = tmp_path / "last.pt"
+    seen = []
+    monkeypatch.setattr(checkpoint.time, "sleep", lambda s: seen.append((s, path.exists(), tmp_exists(path))))
+    for value in ("0.25", "0"):
+        monkeypatch.setenv(checkpoint.SAVE_DELAY_ENV, value)
+        path.unlink(missing_ok=True)
+        save_checkpoint(path, {"x": torch.ones(2)})
+    assert seen == [(0.25, False, True), (0.0, False, True)]
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+
+
+def tmp_exists(path: Path) -> bool:
+    return path.with_name(f".{path.name}.tmp").exists()
+
+
+def _failing_open(error: Exception):
+    def fake_open(file, mode="r", *args, **kwargs):
+        raise error
+
+    return fake_open
+
+
+def test_a_full_disk_before_anything_is_written_says_why_and_that_none_was_written(tmp_path, monkeypatch):
+    """The temporary file could not even be created (no file to remove): the disk, its free space, and that no
+    checkpoint was written; a nested folder is made first."""
+    path = tmp_path / "a" / "b" / "last.pt"
+    monkeypatch.setattr("etf_train.errors.free_mb", lambda p: 0 if p == path else 999)  # measured where it writes
+    monkeypatch.setattr(checkpoint, "open", _failing_open(OSError(28, "No space left on device")), raising=False)
+    with pytest.raises(EtfTrainError) as e:
+        save_checkpoint(path, {"x": 1})
+    assert str(e.value) == (
+        f"cannot write checkpoint {path}: the disk is full (0 MB free there); no checkpoint was written"
+    )
+    assert path.parent.is_dir()
+
+
+def test_a_failed_write_of_another_kind_keeps_the_previous_checkpoint_and_names_the_error(tmp_path, monkeypatch):
+    """An error that is no full disk (here torch's writer): its type and first line; the previous file stays
+    and the temporary is removed."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"previous")
+
+    def broken_save(state, fh):
+        fh.write(b"partial")
+        raise RuntimeError("writer failed\nat byte 7")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(EtfTrainError) as e:
+        save_checkpoint(path, {"x": 1})
+    assert str(e.value) == (
+        f"cannot write checkpoint {path}: RuntimeError: writer failed; the previous checkpoint is kept"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"] and path.read_bytes() == b"previous"
+
+
+# ----------------------------------------------------------------------------- the random streams a checkpoint holds
+
+
+def test_the_rng_state_is_plain_values_and_an_int64_key():
+    """numpy's state as (kind, int64 tensor of its 624 words, pos, has_gauss, gauss); no cuda entry on a CPU."""
+    np.random.seed(5)
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = checkpoint.rng_state()
+    assert set(state) == {"python", "numpy", "torch"} | ({"cuda"} if torch.cuda.is_available() else set())
+    s_kind, s_key, s_pos, s_has, s_gauss = state["numpy"]
+    assert (s_kind, s_key.dtype, s_key.tolist(), s_pos, s_has, s_gauss) == (
+        "MT19937",
+        torch.int64,
+        key.tolist(),
+        pos,
+        has_gauss,
+        gauss,
+    )
+
+
+def test_every_cuda_generator_is_saved_and_restored(monkeypatch):
+    """On a CUDA machine (faked here) the state holds every device's generator under "cuda" and set_rng_state
+    hands it back."""
+    devices = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: devices)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = checkpoint.rng_state()
+    assert state["cuda"] is devices
+    checkpoint.set_rng_state(state)
+    assert restored == [devices]
