@@ -660,7 +660,7 @@ def test_error_mixed_datasets(tmp_path, capsys):
     make_run(tmp_path / "a", "learned", 1, dataset="cifar10")
     make_run(tmp_path / "b", "learned", 2, dataset="cifar100")
     err = error_of([str(tmp_path)], capsys)
-    assert "cifar10 (1 runs" in err and "cifar100 (1 runs" in err and "--allow-mixed" in err
+    assert "cifar10 (1 run," in err and "cifar100 (1 run," in err and "--allow-mixed" in err
     assert main([str(tmp_path), "--allow-mixed", "--metrics", "test/acc"]) == 0
 
 

@@ -407,3 +407,12 @@ def test_a_given_checkpoint_of_a_finished_run_leaves_nothing_to_train(tmp_path, 
         f"checkpoint {path} is of a run that finished all its 5 epochs: nothing to train; `etf-eval` evaluates it, "
         "and training longer is a new run"
     )
+
+
+def test_a_resume_under_a_version_that_is_a_suffix_of_the_records_is_noted(tmp_path):
+    """10.1.0 then 0.1.0 was kept as 10.1.0 (the check was `endswith`): the last version continued under counts."""
+    rundir.write_record(tmp_path, {"seed": 1, "code_version": "10.1.0"})
+    RunFolder(tmp_path, main=True).start({"seed": 1, "code_version": "0.1.0"}, None)
+    assert _yaml(tmp_path / ".hydra" / "config.yaml")["code_version"] == "10.1.0 then 0.1.0"
+    RunFolder(tmp_path, main=True).start({"seed": 1, "code_version": "0.1.0"}, None)  # the same again: unchanged
+    assert _yaml(tmp_path / ".hydra" / "config.yaml")["code_version"] == "10.1.0 then 0.1.0"

@@ -272,7 +272,7 @@ def test_check_datasets_names_each_dataset_with_a_run_of_it():
     with pytest.raises(EtfTrainError) as e:
         check_datasets(runs)
     assert str(e.value) == (
-        "runs mix datasets: - (1 runs, e.g. c/1), mnist (2 runs, e.g. m/1); compare one dataset at a time or pass "
+        "runs mix datasets: - (1 run, e.g. c/1), mnist (2 runs, e.g. m/1); compare one dataset at a time or pass "
         "--allow-mixed"
     )
 

@@ -87,7 +87,7 @@ class RunFolder:
             saved = rundir.read_record(self.run_dir)
             if saved is None:
                 rundir.write_record(self.run_dir, config, *(record or ()))
-            elif not str(saved.get("code_version", "")).endswith(now := str(config.get("code_version", ""))):
+            elif str(saved.get("code_version", "")).rsplit(" then ", 1)[-1] != (now := str(config["code_version"])):
                 # continued under other code: the record says so, and etf-compare then counts it as its own version
                 saved["code_version"] = f"{saved.get('code_version', 'not recorded')} then {now}"
                 rundir.write_record(self.run_dir, saved)
