@@ -5,13 +5,9 @@ rather than with mutmut's stats pass first (docs/mutation.md, "Checking a test a
     .venv/bin/python scripts/mutants_check.py --untested 4 "etf_train.*"
     .venv/bin/python scripts/mutants_check.py --names FILE "etf_train.rundir.*" tests/test_x.py
 
-With --names FILE it re-tests the mutants FILE names (with --untested: triages them) (a name a line, or JSON lines with a "name" and a "verdict",
-as --untested's triage was kept: those not "killed"), whatever the last run said of them, against the test files.
-
-With --untested S it triages instead the mutants the last run never reached: each against the tests mutmut recorded
-for its function (its stats pass), fastest first, for at most S seconds: `killed`, or `not killed in S s` (a later
-test may still kill it). One mutant at a time: run two, over disjoint patterns, to use two cores (the 4184 mutants
-that run 3 never reached took 67 minutes two at a time, docs/mutation.md).
+With --names FILE it re-tests the mutants FILE names against the test files, whatever the last run said of them
+(FILE: a name a line, or the JSON lines of a triage, a "name" and a "verdict" each: those not "killed"); with
+--untested too, it triages them against their recorded tests instead.
 
 Each mutant (survived, timeout or no tests in .mutate/mutants/**/*.meta, its module matching the pattern) runs in
 a process forked from this one with MUTANT_UNDER_TEST set, as mutmut's own workers do: pytest -x over the test
