@@ -15,12 +15,12 @@ import matplotlib
 import pytest
 
 from etf_train.compare import main
-from etf_train.compare.analysis import check_options
+from etf_train.compare.analysis import _crossings, check_options
 from etf_train.compare.answer import answer, threshold_words
 from etf_train.compare.curves import curve_rows
 from etf_train.compare.runs import RecordedRun
 from etf_train.compare.speedup import Speedup, choose_baseline
-from etf_train.compare.stats import EVAL_ACC, NC1, TEST_ACC, GroupSummary, Spread, Threshold
+from etf_train.compare.stats import EVAL_ACC, NC1, TEST_ACC, GroupSummary, Spread, Threshold, summarize
 from etf_train.compare.steps import step_counts
 from etf_train.errors import EtfTrainError
 
@@ -309,7 +309,8 @@ def test_the_figure_etf_compare_draws_over_steps_with_its_legend_counts_and_warn
     record.write_text(record.read_text().replace("steps_per_epoch: 3", "steps_per_epoch: 4"))
     argv = [str(root), "--format", "svg", "--metrics", "nc/nc1", "test/acc", "--x", "steps"]
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
-    assert main([*argv, "--out", str(tmp_path / "b"), "--per-seed"]) == 0
+    assert main([*argv[:-2], "--out", str(tmp_path / "b"), "--per-seed"]) == 0  # over epochs
+    assert main([*argv[:-2], "--out", str(tmp_path / "c")]) == 0
     capsys.readouterr()
     text = _svg_text(tmp_path / "a" / "comparison.svg")
     assert text.count("optimiser step") == 2 and "epoch" not in text
@@ -321,8 +322,9 @@ def test_the_figure_etf_compare_draws_over_steps_with_its_legend_counts_and_warn
         in text
     )
     assert "1 warning: see comparison.md" in text
-    lines = {d: (tmp_path / d / "comparison.svg").read_text().count('<g id="line2d_') for d in ("a", "b")}
-    assert lines["b"] - lines["a"] == 2 * 3  # two panels, three drawn runs
+    assert _svg_text(tmp_path / "b" / "comparison.svg").count("epoch") == 2
+    lines = {d: (tmp_path / d / "comparison.svg").read_text().count('<g id="line2d_') for d in ("b", "c")}
+    assert lines["b"] - lines["c"] == 2 * 3  # two panels, three drawn runs
 
 
 def test_a_baseline_group_is_found_among_groups_of_one_run():
@@ -353,3 +355,36 @@ def test_a_scalar_the_table_needs_is_named_when_a_run_lacks_it(tmp_path, capsys)
     write_events(run, {"train/eval_acc": {1: 90.0}, "nc/nc1": {1: 0.5}})
     assert main([str(run), "--metrics", "nc/nc1"]) == 2
     assert capsys.readouterr().err == f"etf-compare: error: run {run} has no scalar 'test/acc' (needed by the table)\n"
+
+
+def test_the_crossing_names_the_group_that_goes_below_and_the_one_it_passes():
+    """nearest_etf (2, 1, 0.5, 0.05) passes below learned (0.8, 0.6, 0.55, 0.5) at epoch 3: the sentence names the
+    group first and the baseline second; the baseline is no group of its own here."""
+    curves = {"learned": (0.8, 0.6, 0.55, 0.5), "nearest_etf": (2.0, 1.0, 0.5, 0.05)}
+    groups = {
+        f"head={h}": [fake_run(h, {"seed": 1, "head": {"name": h}}, {"nc/nc1": dict(zip(range(1, 5), v))})]
+        for h, v in curves.items()
+    }
+    assert _crossings(groups, "head=learned", [1.0, 0.1]) == {
+        "head=nearest_etf": "nearest_etf falls below learned in NC1 from epoch 3"
+    }
+    assert _crossings(groups, None, [1.0]) == {} and _crossings(groups, "head=learned", []) == {}
+
+
+def test_a_summary_counts_finished_runs_only_unless_told():
+    finished = fake_run("a", {"seed": 1}, {"test/acc": {1: 50.0, 2: 60.0}, "train/eval_acc": {1: 90.0, 2: 95.0}})
+    unfinished = fake_run("b", {"seed": 2}, {"test/acc": {1: 50.0}, "train/eval_acc": {1: 91.0}}, "unfinished")
+    limits = [Threshold(EVAL_ACC, 90, True)]
+    by_default = summarize("x", [finished, unfinished], limits, EVAL_ACC)
+    assert (by_default.n_runs, by_default.n_finished, by_default.n_total, by_default.seeds) == (1, 1, 2, (1,))
+    both = summarize("x", [finished, unfinished], limits, EVAL_ACC, include_unfinished=True)
+    assert (both.n_runs, both.seeds, both.finals[EVAL_ACC].values) == (2, (1, 2), (95.0, 91.0))
+
+
+def test_include_unfinished_compares_folders_of_unfinished_runs_and_baseline_picks_the_group(tmp_path, capsys):
+    root = crossing_sweep(tmp_path / "sweep")
+    for run in root.iterdir():
+        (run / "checkpoints" / "finished").unlink()
+    argv = [str(root), "--out", str(tmp_path), "--include-unfinished", "--metrics", "nc/nc1"]
+    assert main([*argv, "--baseline", "nearest"]) == 0
+    assert capsys.readouterr().out.startswith("Against the baseline nearest_etf (baseline epochs / group epochs):\n")
