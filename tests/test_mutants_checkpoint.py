@@ -274,3 +274,14 @@ def test_every_cuda_generator_is_saved_and_restored(monkeypatch):
     assert state["cuda"] is devices
     checkpoint.set_rng_state(state)
     assert restored == [devices]
+
+
+def test_a_checkpoint_holding_numpys_rng_state_as_an_array_loads_with_weights_only(tmp_path):
+    """Checkpoints from before the numpy key was a tensor hold numpy's state tuple (a uint32 array): torch's
+    weights_only load refuses its classes unless they are allowed (torch 2.5+)."""
+    state = np.random.RandomState(3).get_state()
+    torch.save({"numpy": state, "step": np.array([7], dtype=np.int64)}, tmp_path / "old.pt")
+    with checkpoint._numpy_arrays_allowed():
+        loaded = torch.load(tmp_path / "old.pt", weights_only=True)
+    assert loaded["numpy"][0] == "MT19937" and np.array_equal(loaded["numpy"][1], state[1])
+    assert loaded["numpy"][1].dtype == np.uint32 and loaded["step"].tolist() == [7]

@@ -75,3 +75,11 @@ def test_cross_entropy_against_soft_targets_of_any_float_dtype_is_float32():
     got = loss(z, t.double())
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, -(torch.log_softmax(z, 1) * t).sum(1).mean())
+
+
+def test_the_solver_timer_reads_the_clock_in_milliseconds(monkeypatch):
+    from etf_train.heads import nearest_etf
+
+    ticks = iter([10.0, 10.25])
+    monkeypatch.setattr(nearest_etf.time, "perf_counter", lambda: next(ticks))
+    assert nearest_etf._Timer(torch.device("cpu")).stop().elapsed_ms() == 250.0

@@ -215,3 +215,11 @@ def test_a_metric_no_run_logged_is_named_with_every_tag_there_is():
     with pytest.raises(EtfTrainError) as e:
         check_metrics(runs, [NC1, "nc/nc9"])
     assert str(e.value) == "no run has scalar 'nc/nc9' (from --metrics); available: nc/nc1, test/acc, train/loss"
+
+
+def test_the_loss_panels_name_every_loss_the_runs_train_with():
+    from etf_train.compare.plot import _loss_name
+
+    runs = [fake_run(p, {"loss": {"name": n}}, {}) for p, n in (("a", "mse"), ("b", "ce"), ("c", "mse"))]
+    assert _loss_name(runs) == "cross-entropy / mse loss"
+    assert _loss_name(runs[:1]) == "mse loss" and _loss_name([fake_run("d", {}, {})]) == "cross-entropy"

@@ -416,3 +416,13 @@ def test_a_resume_under_a_version_that_is_a_suffix_of_the_records_is_noted(tmp_p
     assert _yaml(tmp_path / ".hydra" / "config.yaml")["code_version"] == "10.1.0 then 0.1.0"
     RunFolder(tmp_path, main=True).start({"seed": 1, "code_version": "0.1.0"}, None)  # the same again: unchanged
     assert _yaml(tmp_path / ".hydra" / "config.yaml")["code_version"] == "10.1.0 then 0.1.0"
+
+
+def test_a_record_continued_twice_compares_with_its_last_version(tmp_path):
+    """`a then b then c` resumed under c is unchanged; under d it gains ` then d` (the last part, not after the
+    first ` then `)."""
+    for now, want in (("c", "a then b then c"), ("d", "a then b then c then d")):
+        folder = tmp_path / now
+        rundir.write_record(folder, {"seed": 1, "code_version": "a then b then c"})
+        RunFolder(folder, main=True).start({"seed": 1, "code_version": now}, None)
+        assert _yaml(folder / ".hydra" / "config.yaml")["code_version"] == want

@@ -185,3 +185,21 @@ def test_two_runs_of_one_seed_and_a_run_without_a_seed_keep_distinct_names(tmp_p
     names = serve_module.view_folder(groups, tmp_path / "view")
     assert names == ["x_y/seed1", "x_y/seed1 (2)", "x_y/seed1 (3)", "z/d"]
     assert (tmp_path / "view" / "x_y" / "seed1 (3)" / "events.out.tfevents.c").read_bytes() == b"c"
+
+
+def test_etf_compare_serve_flushes_its_report_first_and_serves_on_the_port_given(tmp_path, server, monkeypatch):
+    """With stdout a pipe, the table and link printed before TensorBoard starts must be flushed, or they show only
+    once it ends; --port is the one TensorBoard gets."""
+    from etf_train.compare import main
+
+    from .test_compare import make_run
+
+    make_run(tmp_path / "sweep" / "0", "learned", 1)
+    monkeypatch.setattr(sys, "stdout", Recorder())
+    assert (
+        main([str(tmp_path / "sweep"), "--out", str(tmp_path), "--serve", "--port", "7124", "--metrics", "test/acc"])
+        == 0
+    )
+    [proc] = server.made
+    assert proc.cmd[-2:] == ["--port", "7124"]
+    assert "wrote " in proc.stdout_flushed and "etf-compare: Ctrl-C stops it\n" in proc.stdout_flushed
