@@ -247,7 +247,9 @@ def check_datasets(runs: Sequence[RecordedRun]) -> None:
     for run in runs:
         by_name.setdefault(config_text(run, "dataset.name"), []).append(run)
     if len(by_name) > 1:
-        parts = ", ".join(f"{n} ({len(rs)} run{'s' * (len(rs) > 1)}, e.g. {rs[0].path})" for n, rs in sorted(by_name.items()))
+        parts = ", ".join(
+            f"{n} ({len(rs)} run{'s' * (len(rs) > 1)}, e.g. {rs[0].path})" for n, rs in sorted(by_name.items())
+        )
         raise EtfTrainError(f"runs mix datasets: {parts}; compare one dataset at a time or pass --allow-mixed")
 
 
