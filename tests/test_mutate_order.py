@@ -10,6 +10,15 @@ from .conftest import pytest_collection_modifyitems
 
 # as mutmut hands them over, fastest first, across files
 GIVEN = ["tests/b.py::t1", "tests/a.py::t1", "tests/b.py::t2", "tests/c.py::t1", "tests/a.py::t2", "tests/b.py::t3"]
+# grouped by file, the files in the order of their first test
+BY_FIRST_TEST = [
+    "tests/b.py::t1",
+    "tests/b.py::t2",
+    "tests/b.py::t3",
+    "tests/a.py::t1",
+    "tests/a.py::t2",
+    "tests/c.py::t1",
+]
 
 
 def ordered(monkeypatch, mutant: str | None, seconds: dict[str, float] | None = None, where=None) -> list[str]:
@@ -26,14 +35,7 @@ def ordered(monkeypatch, mutant: str | None, seconds: dict[str, float] | None = 
 
 
 def test_a_mutants_tests_run_file_by_file_in_the_order_of_each_files_first_test(monkeypatch):
-    assert ordered(monkeypatch, "etf_train.rundir.x_checkpoint__mutmut_3") == [
-        "tests/b.py::t1",
-        "tests/b.py::t2",
-        "tests/b.py::t3",
-        "tests/a.py::t1",
-        "tests/a.py::t2",
-        "tests/c.py::t1",
-    ]
+    assert ordered(monkeypatch, "etf_train.rundir.x_checkpoint__mutmut_3") == BY_FIRST_TEST
 
 
 def test_with_mutmuts_stats_the_cheapest_file_runs_first(monkeypatch, tmp_path):
@@ -50,14 +52,7 @@ def test_with_mutmuts_stats_the_cheapest_file_runs_first(monkeypatch, tmp_path):
         "tests/b.py::t3",
     ]
     seconds = {"tests/b.py::t1": 1.0, "tests/a.py::t1": 1.0, "tests/c.py::t1": 1.0}
-    assert ordered(monkeypatch, "etf_train.rundir.x_checkpoint__mutmut_3", seconds, tmp_path) == [
-        "tests/b.py::t1",
-        "tests/b.py::t2",
-        "tests/b.py::t3",
-        "tests/a.py::t1",
-        "tests/a.py::t2",
-        "tests/c.py::t1",
-    ]
+    assert ordered(monkeypatch, "etf_train.rundir.x_checkpoint__mutmut_3", seconds, tmp_path) == BY_FIRST_TEST
 
 
 def test_every_other_run_keeps_the_order_it_was_given(monkeypatch):
