@@ -42,7 +42,7 @@ def not_killed(pattern: str) -> list[str]:
     return names
 
 
-def untested(pattern: str, only: list[str] | None = None) -> list[tuple[str, list[str]]]:
+def untested(pattern: str, only: set[str] | None = None) -> list[tuple[str, list[str]]]:
     """The mutants the last run never reached (or those `only` names), each with its recorded tests fastest first,
     cheapest mutants first."""
     from mutmut.__main__ import mangled_name_from_mutant_name
@@ -61,11 +61,9 @@ def untested(pattern: str, only: list[str] | None = None) -> list[tuple[str, lis
 def named(path: str, pattern: str) -> list[str]:
     names = []
     for line in Path(path).read_text().splitlines():
-        if line.startswith("{"):
-            row = json.loads(line)
-            line = "" if row.get("verdict") == "killed" else row["name"]
-        if line.strip() and fnmatch.fnmatch(line.strip(), pattern):
-            names.append(line.strip())
+        row = json.loads(line) if line.startswith("{") else {"name": line.strip()}
+        if row["name"] and row.get("verdict") != "killed" and fnmatch.fnmatch(row["name"], pattern):
+            names.append(row["name"])
     return names
 
 
@@ -115,7 +113,7 @@ def main() -> None:
     sys.path.insert(0, str(MUTANTS))  # the mutated package first, as in mutmut's workers
     if args.untested:
         warm_up()
-        only = named(args.names, "*") if args.names else None
+        only = set(named(args.names, "*")) if args.names else None
         for name, tests in untested(args.pattern + "*", only):
             dead = killed(name, tests, args.untested) if tests else False
             print(f"{'killed' if dead else f'not killed in {args.untested:g} s'}: {name}", flush=True)
